@@ -1,0 +1,134 @@
+"""Flags shared by the apps, and the mapping from flags to a ``Config``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from absl import flags
+
+from bir_keras.config import METHODS, Config, ConfigError, method_settings
+from bir_keras.data.sources import DataError
+
+USER_ERRORS = (ConfigError, DataError, FileExistsError)
+
+
+def define_train_flags() -> None:
+    """Every flag of apps.train (names follow the paper's code)."""
+    d = flags
+    d.DEFINE_string("experiment", "split_mnist", "protocol: split_mnist, permuted_mnist, "
+                    "split_cifar100, split_cifar10, split_fashion_mnist, split_digits")
+    d.DEFINE_enum("scenario", "class", ["task", "domain", "class"], "Task-IL, Domain-IL or Class-IL")
+    d.DEFINE_string("method", None, f"shorthand for a method of the paper with its "
+                    f"grid-searched hyper-parameters: {', '.join(METHODS)} (explicit flags win)")
+    d.DEFINE_integer("tasks", None, "number of tasks (default: the protocol's; permuted MNIST 10)")
+    d.DEFINE_integer("iters", None, "iterations per task (default per experiment, e.g. 2000)")
+    d.DEFINE_integer("batch", None, "current-task batch size (default per experiment, e.g. 128)")
+    d.DEFINE_float("lr", None, "Adam learning rate (default per experiment, e.g. 0.001)")
+    d.DEFINE_integer("fc_units", None, "units per hidden FC layer (default 400 split MNIST, else 2000)")
+    d.DEFINE_integer("fc_layers", 2, "number of hidden FC layers (default 2)")
+    d.DEFINE_integer("seed", 0, "random seed: class order, permutations, init, batches (default 0)")
+    d.DEFINE_bool("keep_label_order", False, "take classes in label order instead of a "
+                  "seed-dependent permutation (default false)")
+    d.DEFINE_string("data_dir", None, "local data files (IDX .gz, CIFAR pickles, image folder or "
+                    "its .zip); default: TFDS (downloads where the internet is reachable)")
+    d.DEFINE_string("output_dir", None, "where results.json, accuracy.png and tensorboard/ go "
+                    "(default runs/<run name>); never overwritten without --overwrite")
+    d.DEFINE_string("export_dir", None, "SavedModel + checkpoint + run.json, after every task "
+                    "(default saved_models/<output_dir name>)")
+    d.DEFINE_string("resume_from", None, "an export dir to continue from with the next tasks")
+    d.DEFINE_bool("overwrite", False, "replace an existing --output_dir (default false)")
+    d.DEFINE_enum("replay", "none", ["none", "offline", "current", "generative"],
+                  "none (fine-tune), offline (Joint), current (LwF), generative (GR / BI-R)")
+    d.DEFINE_integer("batch_replay", None, "replayed samples per iteration (default = --batch)")
+    d.DEFINE_bool("distill", None, "soft targets (distillation) for replay (default: on with "
+                  "--brain_inspired, else off)")
+    d.DEFINE_float("temp", 2.0, "distillation temperature (default 2)")
+    d.DEFINE_bool("ewc", False, "EWC penalty (default false)")
+    d.DEFINE_float("ewc_lambda", None, "EWC strength lambda (default: the paper's grid value)")
+    d.DEFINE_integer("fisher_n", 1000, "samples for EWC's Fisher (default 1000)")
+    d.DEFINE_bool("online", False, "online EWC: one running Fisher (default false)")
+    d.DEFINE_float("gamma", 1.0, "online EWC decay of the running Fisher, in (0, 1] (default 1)")
+    d.DEFINE_bool("si", False, "synaptic intelligence penalty (default false)")
+    d.DEFINE_float("si_c", None, "SI strength c (default: the paper's grid value)")
+    d.DEFINE_float("epsilon", 0.1, "SI damping xi (default 0.1)")
+    d.DEFINE_bool("xdg", False, "context-dependent gating, Task-IL only (default false)")
+    d.DEFINE_float("xdg_prop", None, "XdG: proportion of hidden units silenced per task, [0, 1)")
+    d.DEFINE_integer("z_dim", 100, "VAE latent units (default 100)")
+    d.DEFINE_integer("g_fc_units", None, "separate generator's hidden units (default = --fc_units)")
+    d.DEFINE_integer("g_iters", None, "separate generator's iterations per task (default = --iters)")
+    d.DEFINE_float("lr_gen", None, "separate generator's learning rate (default = --lr)")
+    d.DEFINE_bool("reinit", False, "re-initialise the networks before each task, after freezing "
+                  "what is replayed (Fig. 4, default false)")
+    d.DEFINE_bool("brain_inspired", False, "BI-R: --feedback --prior=gmm --dg_gates --distill "
+                  "(+ --hidden on CIFAR); switch parts off with --nofeedback etc.")
+    d.DEFINE_bool("feedback", None, "replay through feedback: the VAE on top of the classifier")
+    d.DEFINE_enum("prior", None, ["standard", "gmm"], "VAE prior; gmm = a mode per class "
+                  "(conditional replay; default gmm with --brain_inspired)")
+    d.DEFINE_bool("dg_gates", None, "decoder gates chosen by class/task (internal context)")
+    d.DEFINE_enum("dg_type", None, ["class", "task"], "what selects a decoder gate (default: "
+                  "task on permuted MNIST, else class)")
+    d.DEFINE_float("dg_prop", None, "proportion of decoder units each gate silences, [0, 1) "
+                   "(default: the paper's grid value)")
+    d.DEFINE_bool("hidden", None, "internal replay: replay after the frozen conv layers (CIFAR)")
+    d.DEFINE_bool("freeze_convE", None, "freeze the pre-trained conv layers (default: with --hidden)")
+    d.DEFINE_string("conv_weights", None, "pre-trained conv weights (default: shipped "
+                    "saved_models/cifar10_conv; 'random' for an untrained trunk)")
+    d.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
+                  "tf.distribute strategy (multi_worker reads TF_CONFIG)")
+    d.DEFINE_integer("num_logical_cpus", 0, "split the CPU into N logical devices (testing "
+                     "--strategy=mirrored without GPUs; default 0 = off)")
+    d.DEFINE_bool("jit_compile", False, "compile the training step with XLA (default false)")
+    d.DEFINE_bool("deterministic", True, "deterministic ops (same seed, same numbers)")
+    d.DEFINE_integer("log_every", 50, "TensorBoard loss logging interval in steps (default 50)")
+
+
+def config_from_flags(f) -> Config:
+    """A ``Config`` from parsed flags; ``--method`` fills what was not given explicitly."""
+    values = {}
+    for field in dataclasses.fields(Config):
+        if field.name in f:
+            values[field.name] = f[field.name].value
+    if f.method:
+        if f.method == "xdg" and f.scenario != "task":
+            raise ConfigError("XdG needs task identity: --method=xdg is only allowed with "
+                              f"--scenario=task (got --scenario={f.scenario})")
+        for k, v in method_settings(f.method, f.experiment, f.scenario).items():
+            if not f[k].present:
+                values[k] = v
+    return Config(**values)
+
+
+def run_name(c: Config) -> str:
+    """A readable default name: experiment-scenario-method-seed."""
+    parts = [c.experiment, c.scenario, c.replay]
+    for k in ("ewc", "online", "si", "xdg", "distill", "brain_inspired"):
+        if getattr(c, k):
+            parts.append(k)
+    return "-".join(parts + [f"s{c.seed}"])
+
+
+def make_strategy(name: str, num_logical_cpus: int = 0):
+    """(strategy or None for the default one, whether this process is the chief)."""
+    import tensorflow as tf
+
+    if num_logical_cpus:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * num_logical_cpus)
+    if name == "default":
+        return None, True
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices=devices), True
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    if not tf_config:
+        raise ConfigError("--strategy=multi_worker needs the TF_CONFIG environment variable")
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    task = tf_config.get("task", {})
+    is_chief = task.get("type") == "chief" or (
+        task.get("type") == "worker" and task.get("index", 0) == 0
+        and "chief" not in tf_config.get("cluster", {}))
+    return strategy, is_chief

@@ -1,0 +1,236 @@
+"""Run configuration: one dataclass, the paper's defaults per experiment, and the named
+methods of the paper as flag sets (method.md sections 2 and 3)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """Incompatible or invalid settings, detected before any training starts."""
+
+
+@dataclasses.dataclass
+class Config:
+    """Every setting of a run; ``None`` means "the paper's default for this experiment"."""
+
+    experiment: str = "split_mnist"
+    scenario: str = "class"
+    tasks: int | None = None
+    iters: int | None = None
+    batch: int | None = None
+    lr: float | None = None
+    fc_units: int | None = None
+    fc_layers: int = 2
+    seed: int = 0
+    keep_label_order: bool = False
+    data_dir: str | None = None
+    # replay: none | offline (Joint) | current (LwF) | generative (GR, BI-R)
+    replay: str = "none"
+    batch_replay: int | None = None
+    distill: bool | None = None
+    temp: float = 2.0
+    # regularisers
+    ewc: bool = False
+    ewc_lambda: float | None = None
+    fisher_n: int = 1000
+    online: bool = False
+    gamma: float = 1.0
+    si: bool = False
+    si_c: float | None = None
+    epsilon: float = 0.1
+    xdg: bool = False
+    xdg_prop: float | None = None
+    # generative replay and BI-R
+    z_dim: int = 100
+    g_fc_units: int | None = None
+    g_iters: int | None = None
+    lr_gen: float | None = None
+    reinit: bool = False
+    brain_inspired: bool = False
+    feedback: bool | None = None
+    prior: str | None = None
+    dg_gates: bool | None = None
+    dg_type: str | None = None
+    dg_prop: float | None = None
+    hidden: bool | None = None
+    freeze_convE: bool | None = None
+    conv_weights: str | None = None
+    # execution
+    strategy: str = "default"
+    jit_compile: bool = False
+    eval_batch: int = 1000
+    log_every: int = 50
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of all settings."""
+        return dataclasses.asdict(self)
+
+
+# method.md 2: iterations per task, learning rate, batch size, hidden units.
+EXPERIMENT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "split_mnist": dict(iters=2000, lr=0.001, batch=128, fc_units=400),
+    "split_fashion_mnist": dict(iters=2000, lr=0.001, batch=128, fc_units=400),
+    "permuted_mnist": dict(iters=2000, lr=0.0001, batch=256, fc_units=2000, tasks=10),
+    "split_cifar100": dict(iters=5000, lr=0.0001, batch=256, fc_units=2000),
+    "split_cifar10": dict(iters=5000, lr=0.0001, batch=256, fc_units=2000),
+    # the offline demo: sklearn's 8x8 digits, small and quick
+    "split_digits": dict(iters=300, lr=0.001, batch=64, fc_units=100),
+}
+
+# method.md 3: grid-searched values (SI c, EWC lambda, online-EWC lambda, XdG / BI-R gating).
+PAPER_HPARAMS: dict[tuple[str, str], dict[str, Any]] = {
+    ("split_mnist", "task"): dict(si_c=10.0, ewc_lambda=1e9, online_lambda=1e9, xdg_prop=0.9,
+                                  dg_prop=0.0, bir_si_c=10.0),
+    ("split_mnist", "class"): dict(si_c=0.1, ewc_lambda=1e5, online_lambda=1e5, dg_prop=0.8,
+                                   bir_si_c=0.1),
+    ("split_mnist", "domain"): dict(si_c=0.1, ewc_lambda=1e5, online_lambda=1e5, dg_prop=0.8,
+                                    bir_si_c=0.1),
+    ("permuted_mnist", "domain"): dict(si_c=10.0, ewc_lambda=1.0, online_lambda=1.0, dg_prop=0.8,
+                                       dg_type="task", bir_si_c=1.0, bir_si_dg_prop=0.8),
+    ("split_cifar100", "task"): dict(si_c=100.0, ewc_lambda=1000.0, online_lambda=1000.0,
+                                     xdg_prop=0.7, dg_prop=0.0, bir_si_c=100.0),
+    ("split_cifar100", "class"): dict(si_c=1.0, ewc_lambda=1.0, online_lambda=1.0, dg_prop=0.7,
+                                      bir_si_c=1e8, bir_si_dg_prop=0.6),
+}
+
+
+def paper_hparams(experiment: str, scenario: str) -> dict[str, Any]:
+    """The grid-searched values for a setting, falling back to the closest published one."""
+    key = (experiment, scenario)
+    if key in PAPER_HPARAMS:
+        return dict(PAPER_HPARAMS[key])
+    family = {"split_fashion_mnist": "split_mnist", "split_digits": "split_mnist",
+              "split_cifar10": "split_cifar100"}.get(experiment, experiment)
+    for k in ((family, scenario), (family, "class"), ("split_mnist", scenario)):
+        if k in PAPER_HPARAMS:
+            return dict(PAPER_HPARAMS[k])
+    return dict(PAPER_HPARAMS[("split_mnist", "class")])
+
+
+# The paper's methods as flag sets, used by ``--method`` and by apps.compare.
+METHODS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "joint": dict(replay="offline"),
+    "ewc": dict(ewc=True),
+    "online_ewc": dict(ewc=True, online=True),
+    "si": dict(si=True),
+    "lwf": dict(replay="current", distill=True),
+    "xdg": dict(xdg=True),
+    "generative": dict(replay="generative"),
+    "generative_distill": dict(replay="generative", distill=True),
+    "bir": dict(replay="generative", brain_inspired=True),
+    "bir_si": dict(replay="generative", brain_inspired=True, si=True),
+}
+
+
+def method_settings(method: str, experiment: str, scenario: str) -> dict[str, Any]:
+    """Flags of a named method with the paper's hyper-parameters for the setting."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    out = dict(METHODS[method])
+    hp = paper_hparams(experiment, scenario)
+    if method == "ewc":
+        out["ewc_lambda"] = hp["ewc_lambda"]
+    elif method == "online_ewc":
+        out["ewc_lambda"] = hp["online_lambda"]
+    elif method == "si":
+        out["si_c"] = hp["si_c"]
+    elif method == "xdg":
+        out["xdg_prop"] = hp.get("xdg_prop", 0.9)
+    elif method == "bir_si":
+        out["si_c"] = hp["bir_si_c"]
+        out["dg_prop"] = hp.get("bir_si_dg_prop", hp.get("dg_prop", 0.0))
+    return out
+
+
+def resolve(config: Config, conv_protocol: bool) -> Config:
+    """Fill the paper's defaults, expand ``--brain_inspired`` and check compatibility."""
+    c = dataclasses.replace(config)
+    if c.experiment not in EXPERIMENT_DEFAULTS:
+        raise ConfigError(f"unknown experiment {c.experiment!r}; choose one of "
+                          f"{sorted(EXPERIMENT_DEFAULTS)}")
+    if c.scenario not in ("task", "domain", "class"):
+        raise ConfigError(f"unknown scenario {c.scenario!r}; choose task, domain or class")
+    for k, v in EXPERIMENT_DEFAULTS[c.experiment].items():
+        if getattr(c, k) is None:
+            setattr(c, k, v)
+    hp = paper_hparams(c.experiment, c.scenario)
+    if c.ewc_lambda is None:
+        c.ewc_lambda = hp["online_lambda"] if c.online else hp["ewc_lambda"]
+    if c.si_c is None:
+        c.si_c = hp["bir_si_c"] if c.brain_inspired else hp["si_c"]
+    if c.xdg_prop is None:
+        c.xdg_prop = hp.get("xdg_prop", 0.9)
+    # --brain_inspired switches on the five components; each may be switched off alone
+    # (e.g. --nofeedback) for the ablations of Fig. 8 (method.md 4.3).
+    bi = c.brain_inspired
+    if c.feedback is None:
+        c.feedback = bi
+    if c.prior is None:
+        c.prior = "gmm" if bi else "standard"
+    if c.dg_gates is None:
+        c.dg_gates = bi
+    if c.dg_prop is None:
+        c.dg_prop = hp.get("dg_prop", 0.0)
+    if c.dg_type is None:
+        c.dg_type = hp.get("dg_type", "task" if c.scenario == "domain" else "class")
+    if c.hidden is None:
+        c.hidden = bi and conv_protocol
+    if c.distill is None:
+        c.distill = bi
+    if c.freeze_convE is None:
+        c.freeze_convE = bool(c.hidden)
+    if c.batch_replay is None:
+        c.batch_replay = c.batch
+    if c.g_fc_units is None:
+        c.g_fc_units = c.fc_units
+    if c.g_iters is None:
+        c.g_iters = c.iters
+    if c.lr_gen is None:
+        c.lr_gen = c.lr
+    check(c, conv_protocol)
+    return c
+
+
+def check(c: Config, conv_protocol: bool) -> None:
+    """Refuse incompatible settings with one clear message (before any training)."""
+    if c.replay not in ("none", "offline", "current", "generative"):
+        raise ConfigError(f"--replay must be none, offline, current or generative, got {c.replay!r}")
+    if c.xdg and c.scenario != "task":
+        raise ConfigError("XdG needs task identity: --xdg is only allowed with --scenario=task "
+                          f"(got --scenario={c.scenario})")
+    if c.hidden and not conv_protocol:
+        raise ConfigError(f"--hidden (internal replay) needs conv layers, which {c.experiment} "
+                          "does not have; use a CIFAR protocol or drop --hidden")
+    if c.hidden and not c.freeze_convE:
+        raise ConfigError("--hidden replays the output of frozen conv layers: it needs --freeze_convE")
+    if c.prior not in ("standard", "gmm"):
+        raise ConfigError(f"--prior must be standard or gmm, got {c.prior!r}")
+    if c.dg_type not in ("class", "task"):
+        raise ConfigError(f"--dg_type must be class or task, got {c.dg_type!r}")
+    if c.dg_gates and not 0.0 <= c.dg_prop < 1.0:
+        raise ConfigError(f"--dg_prop must be in [0, 1), got {c.dg_prop}")
+    if c.xdg and not 0.0 <= c.xdg_prop < 1.0:
+        raise ConfigError(f"--xdg_prop must be in [0, 1), got {c.xdg_prop}")
+    generative_only = dict(feedback=c.feedback, dg_gates=c.dg_gates, reinit=c.reinit)
+    if c.prior == "gmm":
+        generative_only["prior=gmm"] = True
+    for name, on in generative_only.items():
+        if on and c.replay != "generative":
+            raise ConfigError(f"--{name} is a part of generative replay: it needs --replay=generative")
+    if c.xdg and c.feedback:
+        raise ConfigError("--xdg cannot be combined with --feedback (RtF has no XdG masks)")
+    if c.distill and c.replay not in ("current", "generative"):
+        raise ConfigError("--distill labels replayed samples: it needs --replay=current or generative")
+    for name in ("iters", "batch", "fc_units", "batch_replay", "z_dim", "g_fc_units", "fisher_n"):
+        v = getattr(c, name)
+        if v is not None and v < 1:
+            raise ConfigError(f"--{name} must be at least 1, got {v}")
+    if c.g_iters is not None and c.g_iters < 0:
+        raise ConfigError(f"--g_iters must be >= 0, got {c.g_iters}")
+    if c.lr is not None and c.lr <= 0:
+        raise ConfigError(f"--lr must be positive, got {c.lr}")
+    if c.strategy not in ("default", "mirrored", "multi_worker"):
+        raise ConfigError(f"--strategy must be default, mirrored or multi_worker, got {c.strategy!r}")

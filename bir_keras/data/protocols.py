@@ -1,0 +1,257 @@
+"""Continual-learning protocols: how a dataset is cut into tasks, and the scenarios.
+
+Follows ``method.md`` section 1. Every protocol exposes the same label convention so
+that models and methods never special-case a scenario:
+
+* ``capacity``: the most tasks the protocol can hold (split protocols: the dataset's
+  classes / classes per task; permuted MNIST: 100, the paper's longest run). Output
+  units, modes, masks and gates are sized by it, so that a run can be continued with more
+  tasks (``--resume_from``) without changing any weight's shape.
+* ``num_outputs``: output units of the classifier (``capacity * classes_per_task``
+  in Task-IL and Class-IL, ``classes_per_task`` in Domain-IL).
+* A sample of task ``t`` with within-task class ``k`` has label ``t * cpt + k``
+  (Task-IL, Class-IL) or ``k`` (Domain-IL), and *mode* ``t * cpt + k`` in every
+  scenario: the mode indexes per-(task, class) things such as BI-R's mixture
+  components and class gates.
+* ``active_table(current)`` is a ``[num_tasks, num_outputs]`` 0/1 matrix: row ``j``
+  says which units take part in the softmax for a sample of task ``j`` once the
+  network has been trained up to (0-based) task ``current``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+from bir_keras.data.sources import DataError, Dataset, load_dataset
+
+SCENARIOS = ("task", "domain", "class")
+
+# experiment -> (dataset, tasks, classes per task, flattened input?)
+EXPERIMENTS: dict[str, tuple[str, int, int, bool]] = {
+    "split_mnist": ("mnist", 5, 2, True),
+    "permuted_mnist": ("mnist", 10, 10, True),
+    "split_cifar100": ("cifar100", 10, 10, False),
+    "split_cifar10": ("cifar10", 5, 2, False),
+    "split_fashion_mnist": ("fashion_mnist", 5, 2, True),
+    "split_digits": ("digits", 5, 2, True),
+}
+
+# Per-channel statistics used to normalise CIFAR inputs (method.md 1: "per-channel normalised").
+CIFAR_MEAN = {
+    "cifar10": (0.4914, 0.4822, 0.4465),
+    "cifar100": (0.5071, 0.4865, 0.4409),
+}
+CIFAR_STD = {
+    "cifar10": (0.2470, 0.2435, 0.2616),
+    "cifar100": (0.2673, 0.2564, 0.2762),
+}
+
+
+@dataclasses.dataclass
+class Task:
+    """One task: its raw classes and its scenario-mapped training and test data."""
+
+    index: int
+    classes: list[int]
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+@dataclasses.dataclass
+class Protocol:
+    """A sequence of tasks plus everything needed to map labels and active units."""
+
+    experiment: str
+    scenario: str
+    num_tasks: int
+    classes_per_task: int
+    input_shape: tuple[int, ...]
+    class_order: list[int]
+    class_names: list[str]
+    dataset_name: str
+    # Inputs are stored compactly (uint8 pixels) and turned into model inputs in-graph:
+    # x / 255 then (x - mean) / std. Cached conv features are float32 and pass unchanged.
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    recon_loss: str = "bce"
+    capacity: int = 0
+    conv: bool = False
+    features: bool = False
+    _task_fn: Callable[[int], Task] | None = dataclasses.field(default=None, repr=False)
+    _tasks: dict[int, Task] = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def num_outputs(self) -> int:
+        """Number of output units of the classifier in this scenario."""
+        if self.scenario == "domain":
+            return self.classes_per_task
+        return self.capacity * self.classes_per_task
+
+    @property
+    def num_modes(self) -> int:
+        """Number of (task, class) pairs: BI-R's mixture modes and class gates."""
+        return self.capacity * self.classes_per_task
+
+    def task(self, index: int) -> Task:
+        """Return task ``index`` (0-based), building and caching it on first use."""
+        if not 0 <= index < self.num_tasks:
+            raise IndexError(f"task {index} out of range 0..{self.num_tasks - 1}")
+        if index not in self._tasks:
+            assert self._task_fn is not None
+            self._tasks[index] = self._task_fn(index)
+        return self._tasks[index]
+
+    def active_table(self, current: int) -> np.ndarray:
+        """Active output units per task row once trained up to task ``current`` (0-based)."""
+        table = np.zeros((self.capacity, self.num_outputs), np.float32)
+        cpt = self.classes_per_task
+        for j in range(self.capacity):
+            if self.scenario == "task":
+                table[j, j * cpt:(j + 1) * cpt] = 1.0
+            elif self.scenario == "domain":
+                table[j, :] = 1.0
+            else:
+                table[j, :(current + 1) * cpt] = 1.0
+        return table
+
+    def mode_to_label(self, modes: np.ndarray) -> np.ndarray:
+        """Output label of each (task, class) mode in this scenario."""
+        modes = np.asarray(modes)
+        return modes % self.classes_per_task if self.scenario == "domain" else modes
+
+    def mode_names(self) -> list[str]:
+        """A readable name for each mode (the raw class name, with the task in Domain-IL)."""
+        names = []
+        for t in range(self.capacity):
+            for k in range(self.classes_per_task):
+                if self.experiment == "permuted_mnist":
+                    names.append(f"task{t + 1}:{self.class_names[k]}")
+                else:
+                    names.append(self.class_names[self.class_order[t * self.classes_per_task + k]]
+                                 if t * self.classes_per_task + k < len(self.class_order) else "?")
+        return names
+
+    def preprocess_np(self, x: np.ndarray) -> np.ndarray:
+        """Turn stored inputs into model inputs (the numpy twin of the in-graph version)."""
+        if self.features:
+            return x.astype(np.float32)
+        out = x.astype(np.float32) / 255.0
+        if self.mean is not None:
+            out = (out - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return out
+
+    def describe(self) -> dict:
+        """A JSON-able summary used in run records and to check resumed runs."""
+        return {
+            "experiment": self.experiment,
+            "scenario": self.scenario,
+            "num_tasks": self.num_tasks,
+            "classes_per_task": self.classes_per_task,
+            "input_shape": list(self.input_shape),
+            "class_order": [int(c) for c in self.class_order],
+            "dataset": self.dataset_name,
+            "features": self.features,
+        }
+
+    def with_features(self, fn: Callable[[np.ndarray], np.ndarray], dim: int) -> Protocol:
+        """A protocol whose inputs are ``fn(preprocessed pixels)`` (frozen conv features)."""
+        parent = self
+
+        def build(i: int) -> Task:
+            task = parent.task(i)
+            return Task(task.index, task.classes, fn(parent.preprocess_np(task.x_train)),
+                        task.y_train, fn(parent.preprocess_np(task.x_test)), task.y_test)
+
+        return dataclasses.replace(self, input_shape=(dim,), mean=None, std=None,
+                                   recon_loss="mse", features=True, _task_fn=build, _tasks={})
+
+
+def _class_order(num_classes: int, seed: int, keep_label_order: bool) -> list[int]:
+    if keep_label_order:
+        return list(range(num_classes))
+    return [int(c) for c in np.random.RandomState(seed).permutation(num_classes)]
+
+
+def _flatten(x: np.ndarray) -> np.ndarray:
+    return x.reshape(len(x), -1)
+
+
+def make_protocol(experiment: str, scenario: str, *, tasks: int | None = None,
+                  data_dir: str | None = None, seed: int = 0,
+                  keep_label_order: bool = False, dataset: Dataset | None = None) -> Protocol:
+    """Build a protocol; ``dataset`` overrides loading (used by tests with generated data)."""
+    if experiment not in EXPERIMENTS:
+        raise DataError(f"unknown experiment {experiment!r}; choose one of {sorted(EXPERIMENTS)}")
+    if scenario not in SCENARIOS:
+        raise DataError(f"unknown scenario {scenario!r}; choose one of {list(SCENARIOS)}")
+    ds_name, default_tasks, cpt, flat = EXPERIMENTS[experiment]
+    num_tasks = default_tasks if tasks is None else int(tasks)
+    if dataset is None:
+        dataset = load_dataset(ds_name, data_dir)
+    permuted = experiment == "permuted_mnist"
+    if not permuted and num_tasks * cpt > dataset.num_classes:
+        raise DataError(f"{experiment} with {num_tasks} tasks needs {num_tasks * cpt} classes, "
+                        f"the data has {dataset.num_classes}")
+    if num_tasks < 1:
+        raise DataError("--tasks must be at least 1")
+
+    common = dict(experiment=experiment, scenario=scenario, num_tasks=num_tasks,
+                  classes_per_task=cpt, class_names=list(dataset.class_names),
+                  dataset_name=dataset.name)
+
+    if permuted:
+        # method.md 1: zero-padded to 32x32, one fixed pixel permutation per task drawn
+        # from the seed; the first task keeps the identity (as the reference code does).
+        def pad(x: np.ndarray) -> np.ndarray:
+            h, w = x.shape[1:3]
+            ph, pw = (32 - h) // 2, (32 - w) // 2
+            out = np.zeros((len(x), 32, 32), np.uint8)
+            out[:, ph:ph + h, pw:pw + w] = x[..., 0]
+            return out.reshape(len(x), -1)
+
+        x_tr, x_te = pad(dataset.x_train), pad(dataset.x_test)
+        rng = np.random.RandomState(seed)
+        perms = [np.arange(1024)] + [rng.permutation(1024) for _ in range(num_tasks - 1)]
+
+        def build(i: int) -> Task:
+            p = perms[i]
+            return Task(i, list(range(cpt)), x_tr[:, p], dataset.y_train.astype(np.int32),
+                        x_te[:, p], dataset.y_test.astype(np.int32))
+
+        proto = Protocol(input_shape=(1024,), class_order=list(range(cpt)), _task_fn=build,
+                         capacity=max(num_tasks, 100), **common)
+        proto.permutations = perms  # type: ignore[attr-defined]
+        return proto
+
+    order = _class_order(dataset.num_classes, seed, keep_label_order)
+    conv = not flat
+    shape = (int(np.prod(dataset.x_train.shape[1:])),) if flat else tuple(dataset.x_train.shape[1:])
+
+    def build(i: int) -> Task:
+        classes = order[i * cpt:(i + 1) * cpt]
+        parts = []
+        for x, y in ((dataset.x_train, dataset.y_train), (dataset.x_test, dataset.y_test)):
+            keep = np.isin(y, classes)
+            xs, ys = x[keep], y[keep]
+            # within-task index follows the order the classes take in `order`
+            rank = np.zeros(dataset.num_classes, np.int32)
+            rank[classes] = np.arange(cpt)
+            within = rank[ys]
+            label = within if scenario == "domain" else i * cpt + within
+            parts.append((_flatten(xs) if flat else xs, label.astype(np.int32)))
+        (xtr, ytr), (xte, yte) = parts
+        if len(xtr) == 0 or len(xte) == 0:
+            raise DataError(f"task {i + 1} (classes {classes}) has no training or test data")
+        return Task(i, [int(c) for c in classes], xtr, ytr, xte, yte)
+
+    mean = std = None
+    recon = "bce"
+    if ds_name in CIFAR_MEAN:
+        mean, std, recon = CIFAR_MEAN[ds_name], CIFAR_STD[ds_name], "mse"
+    return Protocol(input_shape=shape, class_order=order, _task_fn=build, mean=mean, std=std,
+                    recon_loss=recon, conv=conv, capacity=dataset.num_classes // cpt, **common)

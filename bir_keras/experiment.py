@@ -1,0 +1,225 @@
+"""One experiment end to end: config -> protocol -> trainer -> results, logs and exports."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from bir_keras import export
+from bir_keras.config import Config, ConfigError, resolve
+from bir_keras.data.protocols import Protocol, make_protocol
+from bir_keras.evaluation.metrics import summarize
+from bir_keras.evaluation.plots import plot_average_accuracy
+from bir_keras.models.layers import CONV_FEATURES, conv_trunk
+from bir_keras.strategies import make_trainer
+from bir_keras.strategies.base import Trainer
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONV_WEIGHTS = PACKAGE_ROOT / "saved_models" / "cifar10_conv" / "conv_trunk.weights.h5"
+
+
+@dataclasses.dataclass
+class Setup:
+    """A resolved config, its protocol (features if conv layers are frozen and cached), the
+    pixel-level protocol and the pre-trained conv trunk (CIFAR only)."""
+
+    config: Config
+    protocol: Protocol
+    pixels: Protocol
+    trunk: object | None
+
+
+def load_trunk(path: str | None):
+    """The CIFAR conv trunk with pre-trained weights (``path='random'``: untrained, for tests)."""
+    trunk = conv_trunk()
+    if path == "random":
+        return trunk
+    path = Path(path) if path else DEFAULT_CONV_WEIGHTS
+    if not path.exists():
+        raise ConfigError(f"pre-trained conv weights not found at {path}; run "
+                          "`python -m apps.pretrain` or pass --conv_weights=FILE")
+    trunk.load_weights(str(path))
+    return trunk
+
+
+def prepare(config: Config) -> Setup:
+    """Load the data, fill the paper's defaults, check flags, cache frozen conv features."""
+    pixels = make_protocol(config.experiment, config.scenario, tasks=config.tasks,
+                           data_dir=config.data_dir, seed=config.seed,
+                           keep_label_order=config.keep_label_order)
+    c = resolve(config, pixels.conv)
+    protocol, trunk = pixels, None
+    if pixels.conv:
+        trunk = load_trunk(c.conv_weights)
+        trunk.trainable = False
+        # Frozen layers give the same output for the same input: compute the features of
+        # each dataset once (internal replay, method.md 4.3.4) and train the FC part on them.
+        if c.hidden or (c.freeze_convE and c.replay != "generative"):
+            def features(x: np.ndarray) -> np.ndarray:
+                return np.concatenate([trunk(x[s:s + 1000], training=False).numpy()
+                                       for s in range(0, len(x), 1000)])
+            protocol = pixels.with_features(features, CONV_FEATURES)
+    return Setup(c, protocol, pixels, trunk)
+
+
+def build(setup: Setup, strategy: tf.distribute.Strategy | None = None,
+          verbose: bool = True) -> Trainer:
+    """The trainer, its conv trunks initialised from the pre-trained weights (all methods
+    start from them, method.md 4.4; only frozen with ``--freeze_convE``)."""
+    trainer = make_trainer(setup.config, setup.protocol, strategy=strategy, verbose=verbose)
+    if setup.trunk is not None and not setup.protocol.features:
+        for name in ("model", "prev_model", "generator", "prev_generator"):
+            m = getattr(trainer, name, None)
+            if m is not None and getattr(m, "trunk", None) is not None:
+                m.trunk.set_weights(setup.trunk.get_weights())
+                m.trunk.trainable = not setup.config.freeze_convE
+    return trainer
+
+
+def run_record(setup: Setup, trainer: Trainer, wall: float) -> dict:
+    """The JSON record of a run: flags, protocol, classes seen, accuracy matrix, metrics."""
+    matrix = trainer.history.accuracy_matrix
+    rec = {"flags": setup.config.to_dict(), "protocol": setup.protocol.describe(),
+           "tasks_learned": int(trainer.tasks_done.numpy()),
+           "classes_seen": [int(c) for c in setup.protocol.class_order[
+               :int(trainer.tasks_done.numpy()) * setup.protocol.classes_per_task]]
+           if setup.protocol.experiment != "permuted_mnist" else list(range(10)),
+           "accuracy_matrix": matrix, "wall_time_s": wall,
+           "task_times_s": trainer.history.task_times, "losses": trainer.history.losses,
+           "global_step": trainer.global_step}
+    if matrix:
+        s = summarize(matrix)
+        rec.update(average_accuracy=s["average_accuracy"],
+                   final_average_accuracy=s["final_average_accuracy"], bwt=s["bwt"],
+                   forgetting=s["forgetting"])
+    return rec
+
+
+def resume(trainer: Trainer, setup: Setup, resume_from: str) -> None:
+    """Load a previous run's checkpoint and history into ``trainer`` (same protocol only)."""
+    path = Path(resume_from)
+    run_json = path / export.RUN_JSON
+    if not run_json.exists():
+        raise ConfigError(f"--resume_from={resume_from}: no {export.RUN_JSON} there")
+    old = json.loads(run_json.read_text())
+    mine = setup.protocol.describe()
+    theirs = dict(old["protocol"])
+    for key in ("experiment", "scenario", "classes_per_task", "dataset", "features"):
+        if theirs.get(key) != mine.get(key):
+            raise ConfigError(f"--resume_from={resume_from} has a different protocol "
+                              f"({key}={theirs.get(key)!r}, this run has {mine.get(key)!r})")
+    if theirs["class_order"][:len(mine["class_order"])] != mine["class_order"][:len(theirs["class_order"])]:
+        raise ConfigError(f"--resume_from={resume_from} used a different class order (seed)")
+    if old["tasks_learned"] >= setup.protocol.num_tasks:
+        raise ConfigError(f"--resume_from={resume_from} already learned {old['tasks_learned']} "
+                          f"tasks; ask for more with --tasks")
+    export.restore_checkpoint(trainer, path)
+    width = setup.protocol.num_tasks
+    trainer.history.accuracy_matrix = [list(r) + [None] * (width - len(r))
+                                       for r in old["accuracy_matrix"]]
+    trainer.history.task_times = list(old.get("task_times_s", []))
+    trainer.history.losses = list(old.get("losses", []))
+    trainer.global_step = int(old.get("global_step", 0))
+
+
+def run(config: Config, output_dir: str, export_dir: str | None = None,
+        resume_from: str | None = None, overwrite: bool = False,
+        strategy: tf.distribute.Strategy | None = None, is_chief: bool = True,
+        verbose: bool = True, setup: Setup | None = None) -> dict:
+    """Train, evaluate after each task, export after each task, write results atomically."""
+    out = Path(output_dir)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"--output_dir={output_dir} exists; pass --overwrite to replace it")
+    setup = setup or prepare(config)
+    trainer = build(setup, strategy=strategy, verbose=verbose)
+    if resume_from:
+        resume(trainer, setup, resume_from)
+    start = time.time()
+    # Everything goes to a temporary sibling first and is renamed into place at the end, so
+    # an earlier run in ``output_dir`` is never half-overwritten (workers other than the
+    # chief write to a scratch directory that is deleted).
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    if is_chief:
+        trainer.summary_writer = tf.summary.create_file_writer(str(work / "tensorboard"))
+        _log_hparams(trainer, setup)
+    if export_dir is None:
+        export_dir = str(Path("saved_models") / out.name)
+
+    def after_task(tr: Trainer, t: int) -> None:
+        if not is_chief:
+            return
+        rec = run_record(setup, tr, time.time() - start)
+        export.export_run(tr, export_dir, rec, pixels=setup.pixels,
+                          trunk=setup.trunk if setup.protocol.features else None)
+        _log_samples(tr, setup, t)
+
+    trainer.callbacks.append(after_task)
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        if is_chief:
+            export.export_run(trainer, export_dir, run_record(setup, trainer, time.time() - start),
+                              pixels=setup.pixels,
+                              trunk=setup.trunk if setup.protocol.features else None)
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    rec = run_record(setup, trainer, time.time() - start)
+    rec["export_dir"] = str(export_dir)
+    if not is_chief:
+        shutil.rmtree(work, ignore_errors=True)
+        return rec
+    trainer.summary_writer.close()
+    export.write_json(work / "results.json", rec)
+    plot_average_accuracy({setup.config.replay if setup.config.replay != "none" else "run":
+                           (rec["average_accuracy"], None)}, work / "accuracy.png",
+                          title=f"{setup.config.experiment} ({setup.config.scenario}-IL)")
+    export.atomic_dir(out, lambda tmp: _move_contents(work, tmp), overwrite=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return rec
+
+
+def _move_contents(src: Path, dst: Path) -> None:
+    for item in src.iterdir():
+        os.replace(item, dst / item.name)
+
+
+def _log_hparams(trainer: Trainer, setup: Setup) -> None:
+    from tensorboard.plugins.hparams import api as hp
+
+    values = {k: (v if isinstance(v, (bool, int, float, str)) else str(v))
+              for k, v in setup.config.to_dict().items()}
+    with trainer.summary_writer.as_default():
+        hp.hparams(values, trial_id=f"{setup.config.experiment}-{setup.config.scenario}-"
+                                    f"{setup.config.replay}-seed{setup.config.seed}")
+
+
+def _log_samples(trainer: Trainer, setup: Setup, t: int) -> None:
+    """An image grid of replayable samples (classes seen so far) after each task."""
+    gen = getattr(trainer, "replay_source", None)
+    p = setup.protocol
+    if gen is None or p.features:
+        return
+    live = trainer.model if trainer.config.feedback else trainer.generator
+    modes = np.arange((t + 1) * p.classes_per_task, dtype=np.int32)
+    # a generator of its own: drawing from trainer.rng would change the resumed run's numbers
+    noise = tf.random.Generator.from_seed(setup.config.seed + 104729 * (t + 1))
+    x = live.generate(tf.constant(modes), noise.normal([len(modes), live.z_dim])).numpy()
+    x = x.reshape(len(modes), -1)
+    side = int(round(np.sqrt(x.shape[1] / (3 if p.conv else 1))))
+    imgs = x.reshape(len(modes), side, side, -1)
+    if p.mean is not None:
+        imgs = imgs * np.asarray(p.std) + np.asarray(p.mean)
+    with trainer.summary_writer.as_default(step=t + 1):
+        tf.summary.image("replay_samples", np.clip(imgs, 0, 1), max_outputs=len(modes))

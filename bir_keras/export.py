@@ -1,0 +1,160 @@
+"""A run's products: the SavedModel (``classify`` and ``sample`` signatures, loadable with
+TensorFlow alone), the training checkpoint used by ``--resume_from``, and ``run.json``.
+
+Everything is written atomically: into a temporary sibling directory, then renamed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from bir_keras.strategies.base import Trainer
+from bir_keras.strategies.generative import GenerativeReplay
+
+SAVED_MODEL = "saved_model"
+CHECKPOINT = "checkpoint"
+RUN_JSON = "run.json"
+
+
+def atomic_dir(path: str | os.PathLike, write: Callable[[Path], None],
+               overwrite: bool = True) -> Path:
+    """Fill a temporary sibling of ``path`` with ``write(tmp)``, then rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists (pass --overwrite to replace it)")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        write(tmp)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old / "x")
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def checkpoint_for(trainer: Trainer) -> tf.train.Checkpoint:
+    """Every piece of training state: weights, optimiser slots, frozen copies, regulariser
+    state (Fisher, Omega, anchors), the random generator and the number of tasks learned."""
+    parts = {"model": trainer.model, "optimizer": trainer.optimizer, "rng": trainer.rng,
+             "tasks_done": trainer.tasks_done}
+    for name in ("prev_model", "generator", "prev_generator", "gen_optimizer"):
+        obj = getattr(trainer, name, None)
+        if obj is not None:
+            parts[name] = obj
+    for i, reg in enumerate(trainer.regularizers):
+        for k, v in reg.state().items():
+            parts[f"reg{i}_{reg.name}_{k}"] = v if not isinstance(v, list) else _Bag(v)
+    return tf.train.Checkpoint(**parts)
+
+
+class _Bag(tf.Module):
+    def __init__(self, variables):
+        super().__init__()
+        self.variables_ = list(variables)
+
+
+class RunModule(tf.Module):
+    """What the SavedModel serves: ``classify`` and, for generative replay, ``sample``.
+
+    Inputs are pixels in [0, 1] in the protocol's layout (flattened for FC protocols,
+    32x32x3 for CIFAR); normalisation and, with internal replay, the frozen conv trunk are
+    applied inside."""
+
+    def __init__(self, trainer: Trainer, pixels, trunk=None):
+        super().__init__()
+        p = trainer.protocol
+        self._trainer = trainer
+        self._pixels = pixels
+        self.model = trainer.model
+        self.trunk = trunk
+        spec = tf.TensorSpec([None, *pixels.input_shape], tf.float32, name="x")
+        self.classify = tf.function(self._classify, input_signature=[spec])
+        self.classify_task = tf.function(self._classify_task, input_signature=[
+            spec, tf.TensorSpec([None], tf.int32, name="task_ids")])
+        self.mode_labels = tf.constant(p.mode_to_label(np.arange(p.num_modes)), tf.int32)
+        self.sample = None
+        if isinstance(trainer, GenerativeReplay):
+            self.generator_model = trainer.model if trainer.config.feedback else trainer.generator
+            self.sample = tf.function(self._sample, input_signature=[
+                tf.TensorSpec([None], tf.int32, name="class_ids")])
+        self.classify_features = None
+        if p.features:
+            self.classify_features = tf.function(self._classify_features, input_signature=[
+                tf.TensorSpec([None, *p.input_shape], tf.float32, name="h")])
+
+    def _inputs(self, x):
+        if self._pixels.mean is not None:
+            x = (x - tf.constant(self._pixels.mean)) / tf.constant(self._pixels.std)
+        if self.trunk is not None:
+            x = self.trunk(x, training=False)
+        return x
+
+    def _classify(self, x):
+        """Logits over all classes."""
+        return self._classify_task(x, tf.zeros(tf.shape(x)[:1], tf.int32))
+
+    def _classify_task(self, x, task_ids):
+        """Logits with the task identity of each input (needed by XdG's masks)."""
+        return {"logits": self._trainer.logits(self.model, self._inputs(x), task_ids)}
+
+    def _classify_features(self, h):
+        """Logits for hidden features (what internal replay generates)."""
+        return {"logits": self._trainer.logits(self.model, h, tf.zeros(tf.shape(h)[:1], tf.int32))}
+
+    def _sample(self, class_ids):
+        """One sample per requested class id: the output label in Task-IL and Class-IL, the
+        (task, class) mode ``task * classes_per_task + class`` in Domain-IL."""
+        gen = self.generator_model
+        x = gen.generate(class_ids, tf.random.normal([tf.shape(class_ids)[0], gen.z_dim]))
+        if not self._trainer.protocol.features:
+            if self._pixels.mean is not None:
+                x = x * tf.constant(self._pixels.std) + tf.constant(self._pixels.mean)
+            x = tf.clip_by_value(x, 0.0, 1.0)
+        return {"x": x, "labels": tf.gather(self.mode_labels, class_ids)}
+
+
+def export_run(trainer: Trainer, export_dir: str | os.PathLike, record: dict,
+               pixels=None, trunk=None) -> Path:
+    """Write SavedModel, checkpoint and run.json into ``export_dir`` (atomically)."""
+
+    def write(tmp: Path) -> None:
+        module = RunModule(trainer, pixels or trainer.protocol, trunk)
+        sigs = {"classify": module.classify, "classify_task": module.classify_task}
+        if module.sample is not None:
+            sigs["sample"] = module.sample
+        if module.classify_features is not None:
+            sigs["classify_features"] = module.classify_features
+        tf.saved_model.save(module, str(tmp / SAVED_MODEL), signatures=sigs)
+        checkpoint_for(trainer).write(str(tmp / CHECKPOINT / "ckpt"))
+        write_json(tmp / RUN_JSON, record)
+
+    return atomic_dir(export_dir, write, overwrite=True)
+
+
+def restore_checkpoint(trainer: Trainer, export_dir: str | os.PathLike) -> None:
+    """Load the training state saved by ``export_run`` into a freshly built trainer."""
+    path = Path(export_dir) / CHECKPOINT / "ckpt"
+    checkpoint_for(trainer).read(str(path)).assert_existing_objects_matched()

@@ -1,0 +1,82 @@
+"""The classifier: optional conv trunk, FC hidden layers, one output unit per class."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from bir_keras.models.layers import FCStack, conv_trunk, masked_logits
+
+
+def masked_cross_entropy(logits: tf.Tensor, labels: tf.Tensor, active: tf.Tensor) -> tf.Tensor:
+    """Per-sample cross-entropy with the softmax over active units only (method.md 1)."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(labels, tf.int32), logits=masked_logits(logits, active))
+
+
+def distillation_loss(logits: tf.Tensor, target_probs: tf.Tensor, active: tf.Tensor,
+                      temperature: float) -> tf.Tensor:
+    """Per-sample -T^2 sum_c p_old,c log softmax(z/T)_c over active units (method.md 4.2)."""
+    log_p = tf.nn.log_softmax(masked_logits(logits, active) / temperature)
+    log_p = tf.where(active > 0, log_p, 0.0)
+    return -(temperature ** 2) * tf.reduce_sum(target_probs * log_p, axis=-1)
+
+
+class Classifier(keras.Model):
+    """FC classifier (optional conv trunk) with active-unit masking and optional XdG masks."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_outputs: int, fc_units: list[int],
+                 conv: bool = False, xdg_masks: list[np.ndarray] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.input_shape_ = tuple(input_shape)
+        self.num_outputs = num_outputs
+        self.trunk = conv_trunk() if conv else None
+        self.fc = FCStack(fc_units, name="fc")
+        self.head = keras.layers.Dense(num_outputs, name="classifier")
+        # XdG (method.md 3): per task, a fixed mask over every hidden layer's units.
+        self.xdg_masks = (None if xdg_masks is None
+                          else [tf.constant(m, tf.float32) for m in xdg_masks])
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.build((None, *self.input_shape_))
+
+    def build(self, input_shape):
+        """Create the weights by running a dummy batch through the network."""
+        self.call(tf.zeros((1, *self.input_shape_)), tf.zeros((1,), tf.int32))
+        self.built = True
+
+    def hidden(self, x: tf.Tensor, task_ids: tf.Tensor | None = None,
+               training: bool = False) -> tf.Tensor:
+        """Activations of the last hidden layer."""
+        if self.trunk is not None:
+            x = self.trunk(x, training=training)
+        masks = None
+        if self.xdg_masks is not None:
+            if task_ids is None:
+                raise ValueError("XdG needs the task identity of every sample")
+            masks = [tf.gather(m, task_ids) for m in self.xdg_masks]
+        return self.fc(x, masks=masks)
+
+    def call(self, x: tf.Tensor, task_ids: tf.Tensor | None = None,
+             training: bool = False) -> tf.Tensor:
+        """Logits over all output units."""
+        return self.head(self.hidden(x, task_ids, training=training))
+
+    def classifier_variables(self) -> list:
+        """Variables that a regulariser such as SI or EWC protects."""
+        return list(self.trainable_variables)
+
+    @property
+    def metrics(self):
+        """Trackers reset by ``fit`` at each epoch."""
+        return [self.loss_tracker]
+
+    def train_step(self, data):
+        """One step of ``fit`` on a single task: data = (x, y, active [B, outputs])."""
+        x, y, active = data
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(masked_cross_entropy(self(x, training=True), y, active))
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply(grads, self.trainable_variables)
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}

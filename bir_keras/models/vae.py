@@ -1,0 +1,245 @@
+"""The generator: a VAE with a standard-normal or Gaussian-mixture prior and decoder gates,
+and BI-R's RtF model, the same VAE with a softmax layer on the encoder (method.md 4)."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from bir_keras.models.classifier import masked_cross_entropy
+from bir_keras.models.layers import CONV_FEATURES, FCStack, conv_trunk, deconv_decoder
+
+tfd = tfp.distributions
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+class VAE(keras.Model):
+    """Variational autoencoder; with ``num_outputs > 0`` it is BI-R's RtF classifier.
+
+    ``prior='standard'``: N(0, I). ``prior='gmm'``: one trainable diagonal Gaussian per
+    mode (method.md 4.3.2). ``gate_masks``: per decoder hidden layer a ``[contexts, units]``
+    0/1 table; ``mode_to_context`` maps a mode to the gate context (its class or task).
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], fc_units: list[int], z_dim: int = 100,
+                 recon_loss: str = "bce", prior: str = "standard", num_modes: int = 1,
+                 gate_masks: list[np.ndarray] | None = None,
+                 mode_to_context: np.ndarray | None = None, num_outputs: int = 0,
+                 conv: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        if recon_loss not in ("bce", "mse"):
+            raise ValueError(f"recon_loss must be 'bce' or 'mse', got {recon_loss!r}")
+        if prior not in ("standard", "gmm"):
+            raise ValueError(f"prior must be 'standard' or 'gmm', got {prior!r}")
+        self.input_shape_ = tuple(input_shape)
+        self.input_dim = int(np.prod(input_shape))
+        self.z_dim = z_dim
+        self.recon = recon_loss
+        self.prior_type = prior
+        self.num_modes = num_modes
+        self.num_outputs = num_outputs
+        self.conv = conv
+        self.trunk = conv_trunk("vae_trunk") if conv else None
+        self.encoder = FCStack(fc_units, name="enc")
+        self.z_mean = keras.layers.Dense(z_dim, name="z_mean")
+        self.z_logvar = keras.layers.Dense(z_dim, name="z_logvar")
+        self.head = keras.layers.Dense(num_outputs, name="classifier") if num_outputs else None
+        self.decoder = FCStack(list(reversed(fc_units)), name="dec")
+        if conv:
+            self.to_deconv = keras.layers.Dense(CONV_FEATURES, activation="relu", name="dec_to_conv")
+            self.deconv = deconv_decoder()
+            self.out_layer = None
+        else:
+            self.out_layer = keras.layers.Dense(self.input_dim, name="dec_out")
+        if prior == "gmm":
+            # method.md 4.3.2: trainable means and log-variances, initialised from N(0, 1).
+            self.prior_means = self.add_weight(shape=(num_modes, z_dim), name="prior_means",
+                                               initializer=keras.initializers.RandomNormal(0.0, 1.0))
+            self.prior_logvars = self.add_weight(shape=(num_modes, z_dim), name="prior_logvars",
+                                                 initializer=keras.initializers.RandomNormal(0.0, 1.0))
+        self.gate_masks = (None if gate_masks is None
+                           else [tf.constant(m, tf.float32) for m in gate_masks])
+        if mode_to_context is None:
+            mode_to_context = np.arange(num_modes)
+        self.mode_to_context = tf.constant(np.asarray(mode_to_context, np.int32))
+        self.trackers = {k: keras.metrics.Mean(name=k) for k in ("loss", "recon", "latent", "class")}
+        self.call(tf.zeros((1, *self.input_shape_)))
+        self.built = True
+
+    # -- the parts -------------------------------------------------------------------
+    def encode(self, x: tf.Tensor, training: bool = False):
+        """Return (last hidden layer, mu, logvar)."""
+        h = self.trunk(x, training=training) if self.trunk is not None else x
+        h = self.encoder(h)
+        return h, self.z_mean(h), self.z_logvar(h)
+
+    def classify(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Logits of the RtF softmax layer, which reads the encoder's last hidden layer."""
+        if self.head is None:
+            raise ValueError("this VAE has no classifier head (num_outputs=0)")
+        return self.head(self.encode(x, training)[0])
+
+    def decode(self, z: tf.Tensor, modes: tf.Tensor | None = None,
+               training: bool = False) -> tf.Tensor:
+        """Decoder output before the output non-linearity, gated by each sample's mode."""
+        masks = None
+        if self.gate_masks is not None:
+            if modes is None:
+                raise ValueError("a gated decoder needs the mode (class) of every sample")
+            ctx = tf.gather(self.mode_to_context, modes)
+            masks = [tf.gather(m, ctx) for m in self.gate_masks]
+        h = self.decoder(z, masks=masks)
+        if self.conv:
+            return self.deconv(self.to_deconv(h), training=training)
+        return tf.reshape(self.out_layer(h), (-1, *self.input_shape_))
+
+    def to_input_space(self, out: tf.Tensor) -> tf.Tensor:
+        """Decoder output as an input: pixels in [0, 1] for BCE, unchanged for squared error."""
+        return tf.sigmoid(out) if self.recon == "bce" else out
+
+    def call(self, x: tf.Tensor, training: bool = False):
+        """Deterministic reconstruction (z = mu) and, for RtF, the logits."""
+        h, mu, _ = self.encode(x, training)
+        modes = tf.zeros(tf.shape(x)[:1], tf.int32) if self.gate_masks is not None else None
+        out = self.to_input_space(self.decode(mu, modes, training))
+        return (out, self.head(h)) if self.head is not None else out
+
+    # -- losses (per sample) ---------------------------------------------------------
+    def recon_loss(self, x: tf.Tensor, out: tf.Tensor) -> tf.Tensor:
+        """BCE (pixels in [0, 1]) or squared error, averaged over input elements."""
+        x = tf.reshape(x, (-1, self.input_dim))
+        out = tf.reshape(out, (-1, self.input_dim))
+        if self.recon == "bce":
+            return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=out), -1)
+        return tf.reduce_mean(tf.square(x - out), -1)
+
+    def _components(self) -> tfd.MultivariateNormalDiag:
+        return tfd.MultivariateNormalDiag(loc=self.prior_means,
+                                          scale_diag=tf.exp(0.5 * self.prior_logvars))
+
+    def log_prior(self, z: tf.Tensor, modes: tf.Tensor | None = None,
+                  mode_probs: tf.Tensor | None = None,
+                  mode_ids: tf.Tensor | None = None) -> tf.Tensor:
+        """log p(z) (standard), log p(z|mode), or log sum_k w_k p(z|m_k) for soft weights
+        ``mode_probs`` [B, K] over the candidate modes ``mode_ids`` [B, K] (default: all)."""
+        if self.prior_type == "standard":
+            return tfd.MultivariateNormalDiag(loc=tf.zeros_like(z)).log_prob(z)
+        if mode_probs is None:
+            return tfd.MultivariateNormalDiag(
+                loc=tf.gather(self.prior_means, modes),
+                scale_diag=tf.exp(0.5 * tf.gather(self.prior_logvars, modes))).log_prob(z)
+        if mode_ids is None:
+            batch = tf.shape(z)[0]
+            shape = (batch, self.num_modes, self.z_dim)
+            loc = tf.broadcast_to(self.prior_means, shape)
+            scale = tf.broadcast_to(tf.exp(0.5 * self.prior_logvars), shape)
+        else:
+            loc = tf.gather(self.prior_means, mode_ids)
+            scale = tf.exp(0.5 * tf.gather(self.prior_logvars, mode_ids))
+        mix = tfd.MixtureSameFamily(tfd.Categorical(probs=mode_probs),
+                                    tfd.MultivariateNormalDiag(loc=loc, scale_diag=scale))
+        return mix.log_prob(z)
+
+    def latent_loss(self, z: tf.Tensor, mu: tf.Tensor, logvar: tf.Tensor,
+                    modes: tf.Tensor | None = None, mode_probs: tf.Tensor | None = None,
+                    mode_ids: tf.Tensor | None = None) -> tf.Tensor:
+        """KL (standard prior, analytic) or one-sample log q(z|x) - log p(z|y) (GMM),
+        divided by the number of input elements (method.md 4.1, 4.3.2)."""
+        if self.prior_type == "standard":
+            kl = 0.5 * tf.reduce_sum(tf.square(mu) + tf.exp(logvar) - logvar - 1.0, -1)
+        else:
+            log_q = tfd.MultivariateNormalDiag(loc=mu, scale_diag=tf.exp(0.5 * logvar)).log_prob(z)
+            kl = log_q - self.log_prior(z, modes, mode_probs, mode_ids)
+        return kl / float(self.input_dim)
+
+    def losses_for(self, x: tf.Tensor, eps: tf.Tensor, modes: tf.Tensor | None = None,
+                   mode_probs: tf.Tensor | None = None, gate_modes: tf.Tensor | None = None,
+                   mode_ids: tf.Tensor | None = None, training: bool = True):
+        """Per-sample reconstruction and latent losses, plus the encoder's hidden layer.
+
+        ``modes`` (or soft ``mode_probs``) select the prior component; ``gate_modes`` the
+        decoder gates (default: ``modes``)."""
+        h, mu, logvar = self.encode(x, training)
+        z = mu + tf.exp(0.5 * logvar) * eps
+        out = self.decode(z, modes if gate_modes is None else gate_modes, training)
+        return (self.recon_loss(x, out),
+                self.latent_loss(z, mu, logvar, modes, mode_probs, mode_ids), h)
+
+    # -- sampling --------------------------------------------------------------------
+    def prior_sample(self, modes: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
+        """z from the prior (the given modes' components for a GMM prior)."""
+        if self.prior_type == "standard":
+            return eps
+        return (tf.gather(self.prior_means, modes)
+                + tf.exp(0.5 * tf.gather(self.prior_logvars, modes)) * eps)
+
+    def generate(self, modes: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
+        """Decode prior samples for the given modes (their gates applied) into input space."""
+        return self.to_input_space(self.decode(self.prior_sample(modes, eps), modes))
+
+    def sample(self, n: int, modes=None, seed: int | None = None) -> tf.Tensor:
+        """``n`` samples; ``modes`` (ints, one per sample or a pool to draw from) picks classes."""
+        gen = tf.random.Generator.from_seed(seed) if seed is not None else tf.random.get_global_generator()
+        if modes is None:
+            modes = tf.zeros((n,), tf.int32)
+        modes = tf.convert_to_tensor(modes, tf.int32)
+        if modes.shape[0] != n:
+            pick = gen.uniform((n,), 0, tf.shape(modes)[0], tf.int32)
+            modes = tf.gather(modes, pick)
+        return self.generate(modes, gen.normal((n, self.z_dim)))
+
+    # -- fit on one task ---------------------------------------------------------------
+    @property
+    def metrics(self):
+        """Loss trackers reset by ``fit``."""
+        return list(self.trackers.values())
+
+    def train_step(self, data):
+        """One ``fit`` step: data = x, (x, modes) or, for RtF, (x, y, active[, modes])."""
+        if not isinstance(data, tuple):
+            data = (data,)
+        x = data[0]
+        y = active = modes = None
+        if self.head is not None:
+            y, active = data[1], data[2]
+            modes = data[3] if len(data) > 3 else None
+            if modes is None and self.prior_type == "gmm":
+                modes = tf.cast(y, tf.int32)
+        elif len(data) > 1:
+            modes = tf.cast(data[1], tf.int32)
+        if modes is None and (self.prior_type == "gmm" or self.gate_masks is not None):
+            raise ValueError("a GMM prior or gated decoder needs the mode of every sample")
+        eps = keras.random.normal((tf.shape(x)[0], self.z_dim))
+        with tf.GradientTape() as tape:
+            recon, latent, h = self.losses_for(x, eps, modes)
+            loss = tf.reduce_mean(recon + latent)
+            cls = tf.constant(0.0)
+            if self.head is not None:
+                cls = tf.reduce_mean(masked_cross_entropy(self.head(h), y, active))
+                loss = loss + cls
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply(grads, self.trainable_variables)
+        for k, v in (("loss", loss), ("recon", tf.reduce_mean(recon)),
+                     ("latent", tf.reduce_mean(latent)), ("class", cls)):
+            self.trackers[k].update_state(v)
+        return {k: t.result() for k, t in self.trackers.items()}
+
+
+class RtFClassifier(VAE):
+    """BI-R's combined model: the classifier's hidden layers are the VAE's encoder, a softmax
+    layer reads its last hidden layer, and the decoder is the feedback path (method.md 4.3.1)."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_outputs: int, fc_units: list[int],
+                 **kwargs):
+        if num_outputs < 1:
+            raise ValueError("RtFClassifier needs at least one output unit")
+        super().__init__(input_shape, fc_units, num_outputs=num_outputs, **kwargs)
+
+    def call_logits(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Logits over all output units (the classifier view of the model)."""
+        return self.classify(x, training)

@@ -1,0 +1,411 @@
+"""The Trainer: task loop, distribution strategy, one compiled step per iteration, and
+evaluation after every task. Methods subclass it and override a few hooks."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from bir_keras.config import Config
+from bir_keras.data.protocols import Protocol
+from bir_keras.models.classifier import Classifier, distillation_loss, masked_cross_entropy
+from bir_keras.models.layers import make_unit_masks, masked_logits
+from bir_keras.strategies.regularizers import EWC, SI, Regularizer
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN or infinite; the message names the step and the term."""
+
+
+@dataclasses.dataclass
+class History:
+    """What a run measured: the accuracy matrix and per-task mean losses."""
+
+    accuracy_matrix: list[list[float | None]] = dataclasses.field(default_factory=list)
+    losses: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    task_times: list[float] = dataclasses.field(default_factory=list)
+
+    @property
+    def average_accuracy(self) -> list[float]:
+        """Per row, the mean accuracy over the tasks learned so far."""
+        return [float(np.mean([a for a in row if a is not None])) for row in self.accuracy_matrix]
+
+
+def _local(x: tf.Tensor) -> tf.Tensor:
+    """This replica's slice of a globally drawn tensor (all randomness is drawn once, in
+    cross-replica context, so that any number of replicas sees the same numbers)."""
+    ctx = tf.distribute.get_replica_context()
+    n = ctx.num_replicas_in_sync
+    if n == 1:
+        return x
+    b = tf.shape(x)[0] // n
+    rid = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+    return x[rid * b:(rid + 1) * b]
+
+
+class Trainer:
+    """Fine-tuning ("None"): the base every method builds on.
+
+    Hooks for subclasses: ``build_models``, ``task_data``, ``before_task``,
+    ``replay_batch`` (in-graph), ``extra_losses`` (in-graph), ``after_task``.
+    """
+
+    uses_replay = False
+
+    def __init__(self, protocol: Protocol, config: Config,
+                 strategy: tf.distribute.Strategy | None = None, verbose: bool = True):
+        self.protocol = protocol
+        self.config = config
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.replicas = self.strategy.num_replicas_in_sync
+        self.verbose = verbose
+        self.history = History()
+        self.summary_writer: tf.summary.SummaryWriter | None = None
+        self.callbacks: list[Callable[[Trainer, int], None]] = []
+        self.global_step = 0
+        for name, size in (("batch", config.batch), ("batch_replay", config.batch_replay)):
+            if size % self.replicas:
+                raise ValueError(f"--{name}={size} must be divisible by the {self.replicas} replicas")
+        # One generator for every random number of training; part of the checkpoint.
+        self.rng = tf.random.Generator.from_seed(config.seed)
+        keras.utils.set_random_seed(config.seed)
+        with self.strategy.scope():
+            self.build_models()
+            self.optimizer = keras.optimizers.Adam(config.lr, beta_1=0.9, beta_2=0.999)
+            self.optimizer.build(self.model.trainable_variables)
+            self.regularizers = self.make_regularizers()
+            for reg in self.regularizers:
+                reg.build(self.protected_variables())
+            self.tasks_done = tf.Variable(0, trainable=False, name="tasks_done")
+        self._step_fn = tf.function(self._step, reduce_retracing=True,
+                                    jit_compile=config.jit_compile or None)
+        self._eval_fn = tf.function(self._eval_batch, reduce_retracing=True)
+
+    # -- construction hooks ----------------------------------------------------------
+    def build_models(self) -> None:
+        """Create ``self.model`` (and, for replay methods, frozen copies / a generator)."""
+        self.model = self.make_classifier()
+
+    def make_classifier(self) -> Classifier:
+        """The classifier of this protocol, with XdG masks when asked for."""
+        c, p = self.config, self.protocol
+        units = [c.fc_units] * c.fc_layers
+        xdg = None
+        if c.xdg:
+            xdg = [make_unit_masks(p.capacity, u, c.xdg_prop, seed=c.seed + 1000 + i)
+                   for i, u in enumerate(units)]
+        return Classifier(p.input_shape, p.num_outputs, units, conv=p.conv and not p.features,
+                          xdg_masks=xdg)
+
+    def make_regularizers(self) -> list[Regularizer]:
+        """EWC / online EWC / SI as asked for by the config."""
+        c = self.config
+        regs: list[Regularizer] = []
+        if c.ewc:
+            regs.append(EWC(c.ewc_lambda, online=c.online, gamma=c.gamma))
+        if c.si:
+            regs.append(SI(c.si_c, c.epsilon))
+        return regs
+
+    def protected_variables(self) -> list:
+        """The parameters regularisers protect (for BI-R: encoder and classifier only)."""
+        return list(self.model.trainable_variables)
+
+    def logits(self, model, x: tf.Tensor, task_ids: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Logits over all units of ``model`` (a Classifier or an RtF model)."""
+        if isinstance(model, Classifier):
+            return model(x, task_ids, training=training)
+        return model.classify(x, training=training)
+
+    # -- data ------------------------------------------------------------------------
+    def task_data(self, t: int) -> dict[str, tf.Tensor]:
+        """Training data of task ``t`` as tensors: x, y, task id, per-task offsets and sizes."""
+        task = self.protocol.task(t)
+        n = len(task.y_train)
+        return {"x": tf.constant(task.x_train), "y": tf.constant(task.y_train, tf.int32),
+                "tid": tf.fill([n], tf.constant(t, tf.int32)),
+                "offsets": tf.constant([0], tf.int32), "sizes": tf.constant([n], tf.int32)}
+
+    def preprocess(self, x: tf.Tensor) -> tf.Tensor:
+        """Stored inputs to model inputs, in-graph (pixels / 255, per-channel normalised)."""
+        p = self.protocol
+        if x.dtype != tf.uint8:
+            return tf.cast(x, tf.float32)
+        x = tf.cast(x, tf.float32) / 255.0
+        if p.mean is not None:
+            x = (x - tf.constant(p.mean, tf.float32)) / tf.constant(p.std, tf.float32)
+        return x
+
+    # -- the compiled step -----------------------------------------------------------
+    def draw(self, data: dict, ctx: dict) -> dict[str, tf.Tensor]:
+        """All random numbers of one iteration, drawn globally (cross-replica)."""
+        b = self.config.batch
+        n_parts = tf.shape(data["sizes"])[0]
+        # batches mix the tasks in the data evenly (Joint in Task-IL: method.md 3)
+        part = tf.math.floormod(tf.range(b, dtype=tf.int32), n_parts)
+        u = self.rng.uniform([b], 0.0, 1.0)
+        within = tf.cast(tf.floor(u * tf.cast(tf.gather(data["sizes"], part), tf.float32)), tf.int32)
+        within = tf.minimum(within, tf.gather(data["sizes"], part) - 1)
+        return {"idx": tf.gather(data["offsets"], part) + within}
+
+    def replay_batch(self, batch: dict, draws: dict, ctx: dict) -> dict | None:
+        """In-graph replay for this replica: x, targets, task ids... (None: no replay)."""
+        return None
+
+    def model_losses(self, batch: dict, replay: dict | None, draws: dict,
+                     ctx: dict) -> dict[str, tf.Tensor]:
+        """Per-term losses of the main model, each already divided by its global batch."""
+        c = self.config
+        out = {}
+        logits = self.logits(self.model, batch["x"], batch["tid"], training=True)
+        ce = masked_cross_entropy(logits, batch["y"], tf.gather(ctx["active"], batch["tid"]))
+        out["class_current"] = tf.nn.compute_average_loss(ce, global_batch_size=c.batch)
+        cur = out["class_current"]
+        if replay is not None:
+            rep = self.replay_class_loss(self.logits(self.model, replay["x"], replay["tid"],
+                                                     training=True), replay, ctx)
+            out["class_replay"] = rep
+            out["total"] = ctx["w_current"] * cur + ctx["w_replay"] * rep
+        else:
+            out["total"] = cur
+        return out
+
+    def replay_class_loss(self, logits: tf.Tensor, replay: dict, ctx: dict) -> tf.Tensor:
+        """Hard-target cross-entropy or distillation on replayed samples (method.md 4.1-4.2)."""
+        c = self.config
+        active = tf.gather(ctx["active"], replay["tid"])
+        if c.distill:
+            per = distillation_loss(logits, replay["soft"], active, c.temp)
+        else:
+            per = masked_cross_entropy(logits, replay["hard"], active)
+        return tf.nn.compute_average_loss(per, global_batch_size=c.batch_replay)
+
+    def label_replay(self, prev_model, x: tf.Tensor, tid: tf.Tensor, ctx: dict) -> dict:
+        """Targets for replayed inputs from the frozen previous model, over the units it knew."""
+        prev_active = tf.gather(ctx["active_prev"], tid)
+        z = masked_logits(self.logits(prev_model, x, tid), prev_active)
+        return {"hard": tf.argmax(z, -1, output_type=tf.int32),
+                "soft": tf.where(prev_active > 0, tf.nn.softmax(z / self.config.temp), 0.0),
+                "probs": tf.where(prev_active > 0, tf.nn.softmax(z), 0.0)}
+
+    def _replica_step(self, data: dict, ctx: dict, draws: dict) -> tf.Tensor:
+        idx = _local(draws["idx"])
+        batch = {"x": self.preprocess(tf.gather(data["x"], idx)),
+                 "y": tf.gather(data["y"], idx), "tid": tf.gather(data["tid"], idx)}
+        local_draws = {k: _local(v) for k, v in draws.items()}
+        replay = self.replay_batch(batch, local_draws, ctx) if ctx["replay"] else None
+        groups = self.optim_groups(ctx)
+        with tf.GradientTape(persistent=len(groups) > 1) as tape:
+            losses = self.model_losses(batch, replay, local_draws, ctx)
+            for reg in self.regularizers:
+                # the penalty is counted once over all replicas (their gradients are summed)
+                pen = reg.penalty()
+                losses[f"penalty_{reg.name}"] = pen
+                losses["total"] = losses["total"] + pen / float(self.replicas)
+        for loss_key, optimizer, variables, regs in groups:
+            grads = tape.gradient(losses[loss_key], variables)
+            before = [tf.identity(v) for v in variables] if regs else None
+            optimizer.apply(grads, variables)
+            if regs:
+                rctx = tf.distribute.get_replica_context()
+                applied = rctx.all_reduce(tf.distribute.ReduceOp.SUM, grads) if self.replicas > 1 else grads
+                index = {id(v): i for i, v in enumerate(variables)}
+                for reg in self.regularizers:
+                    sel = [index[id(v)] for v in reg.vars]
+                    reg.after_apply([applied[i] for i in sel],
+                                    [tf.convert_to_tensor(variables[i]) - before[i] for i in sel])
+        # penalties are not per-sample: report them once (divide by the replica sum below)
+        return tf.stack([losses[k] if not k.startswith("penalty_") else losses[k] / self.replicas
+                         for k in self.loss_names(ctx)])
+
+    def optim_groups(self, ctx: dict) -> list[tuple[str, keras.optimizers.Optimizer, list, bool]]:
+        """(loss key, optimiser, variables, has regularisers) for each optimiser of the step."""
+        return [("total", self.optimizer, list(self.model.trainable_variables),
+                 bool(self.regularizers))]
+
+    def loss_names(self, ctx: dict) -> list[str]:
+        """Names of the loss terms the step reports, in order."""
+        names = ["total", "class_current"] + (["class_replay"] if ctx["replay"] else [])
+        return names + [f"penalty_{r.name}" for r in self.regularizers]
+
+    def _step(self, data: dict, ctx: dict) -> tf.Tensor:
+        draws = self.draw(data, ctx)
+        per_replica = self.strategy.run(self._replica_step, args=(data, ctx, draws))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    # -- the task loop ---------------------------------------------------------------
+    def step_context(self, t: int) -> dict:
+        """Tensors that change per task but not per iteration."""
+        p = self.protocol
+        replay = self.uses_replay and t > 0
+        return {"active": tf.constant(p.active_table(t)),
+                "active_prev": tf.constant(p.active_table(max(t - 1, 0))),
+                "task": tf.constant(t, tf.int32),
+                "w_current": tf.constant(1.0 / (t + 1), tf.float32),
+                "w_replay": tf.constant(1.0 - 1.0 / (t + 1), tf.float32),
+                "replay": replay}
+
+    def before_task(self, t: int) -> None:
+        """Hook before training on task ``t`` (0-based)."""
+        for reg in self.regularizers:
+            reg.before_task(t)
+
+    def after_task(self, t: int, data: dict) -> None:
+        """Hook after training on task ``t``: regulariser updates (EWC's Fisher, SI's Omega)."""
+        for reg in self.regularizers:
+            reg.after_task(t, lambda: self.fisher(t))
+
+    def iterations(self, t: int) -> int:
+        """Iterations of the step for task ``t``."""
+        return self.config.iters
+
+    def ctx_for_iteration(self, ctx: dict, i: int) -> dict:
+        """The step context of iteration ``i`` (e.g. which optimisers run)."""
+        return ctx
+
+    def fit(self, until: int | None = None) -> History:
+        """Train on the tasks not yet learned (up to ``until``), evaluating after each."""
+        last = self.protocol.num_tasks if until is None else min(until, self.protocol.num_tasks)
+        for t in range(int(self.tasks_done.numpy()), last):
+            start = time.time()
+            data = self.task_data(t)
+            self.before_task(t)
+            ctx = self.step_context(t)
+            means = self.train_task(t, data, ctx)
+            self.after_task(t, data)
+            self.tasks_done.assign(t + 1)
+            self.history.task_times.append(time.time() - start)
+            self.history.losses.append(means)
+            self.history.accuracy_matrix.append(self.evaluate(t))
+            self.log_task(t)
+            for cb in self.callbacks:
+                cb(self, t)
+        return self.history
+
+    def train_task(self, t: int, data: dict, ctx: dict) -> dict[str, float]:
+        """Run the compiled step ``iterations(t)`` times with a progress bar."""
+        n = self.iterations(t)
+        names = self.loss_names(ctx)
+        sums = np.zeros(len(names))
+        window = np.zeros(len(names))
+        bar = keras.utils.Progbar(n, verbose=1 if sys.stdout.isatty() else 2, stateful_metrics=names) \
+            if self.verbose else None
+        for i in range(n):
+            values = self._step_fn(data, self.ctx_for_iteration(ctx, i)).numpy()
+            self.global_step += 1
+            if not np.all(np.isfinite(values)):
+                bad = [nm for nm, v in zip(names, values) if not np.isfinite(v)]
+                raise NonFiniteLoss(f"non-finite loss at task {t + 1}, iteration {i + 1} "
+                                    f"(global step {self.global_step}): {', '.join(bad)}")
+            sums += values
+            window += values
+            if (i + 1) % self.config.log_every == 0 or i + 1 == n:
+                k = (i % self.config.log_every) + 1
+                self.log_scalars({f"loss/{nm}": v / k for nm, v in zip(names, window)},
+                                 self.global_step)
+                window[:] = 0
+                if bar is not None:
+                    bar.update(i + 1, [(nm, float(v)) for nm, v in zip(names, values)])
+        return {nm: float(v / max(n, 1)) for nm, v in zip(names, sums)}
+
+    # -- evaluation ------------------------------------------------------------------
+    def _eval_batch(self, x, y, tid, active_row):
+        logits = self.logits(self.model, self.preprocess(x), tid)
+        pred = tf.argmax(masked_logits(logits, active_row[None]), -1, output_type=tf.int32)
+        return tf.reduce_sum(tf.cast(tf.equal(pred, y), tf.int32))
+
+    def evaluate(self, t: int) -> list[float | None]:
+        """Accuracy on every learned task's test set after learning task ``t``."""
+        table = self.protocol.active_table(t)
+        row: list[float | None] = []
+        for j in range(self.protocol.num_tasks):
+            if j > t:
+                row.append(None)
+                continue
+            row.append(self.task_accuracy(j, table[j]))
+        return row
+
+    def task_accuracy(self, j: int, active_row: np.ndarray) -> float:
+        """Test accuracy on task ``j`` with the given active units."""
+        task = self.protocol.task(j)
+        correct, bs = 0, self.config.eval_batch
+        active = tf.constant(active_row)
+        for s in range(0, len(task.y_test), bs):
+            x = task.x_test[s:s + bs]
+            correct += int(self._eval_fn(tf.constant(x), tf.constant(task.y_test[s:s + bs]),
+                                         tf.fill([len(x)], tf.constant(j, tf.int32)), active))
+        return correct / len(task.y_test)
+
+    # -- Fisher (EWC) ------------------------------------------------------------------
+    def fisher(self, t: int) -> list[tf.Tensor]:
+        """Diagonal Fisher of task ``t`` from ``fisher_n`` training samples, with the model's
+        own predicted distribution over the active classes (method.md 3), vectorised."""
+        task = self.protocol.task(t)
+        n = min(self.config.fisher_n, len(task.y_train))
+        sel = np.random.RandomState(self.config.seed + 7 * t).permutation(len(task.y_train))[:n]
+        x = self.preprocess(tf.constant(task.x_train[sel]))
+        tid = tf.fill([n], tf.constant(t, tf.int32))
+        active = tf.gather(tf.constant(self.protocol.active_table(t)), tid)
+        variables = self.protected_variables()
+        return fisher_diagonal(lambda xb, tb: self.logits(self.model, xb, tb), variables,
+                               x, tid, active)
+
+    # -- logging -----------------------------------------------------------------------
+    def log_scalars(self, values: dict[str, float], step: int) -> None:
+        """Write scalars to TensorBoard when a writer is attached."""
+        if self.summary_writer is None:
+            return
+        with self.summary_writer.as_default(step=step):
+            for k, v in values.items():
+                tf.summary.scalar(k, v)
+
+    def log_task(self, t: int) -> None:
+        """Accuracy per task and the average after task ``t``, to TensorBoard and stdout."""
+        row = self.history.accuracy_matrix[-1]
+        avg = self.history.average_accuracy[-1]
+        vals = {f"accuracy/task{j + 1}": a for j, a in enumerate(row) if a is not None}
+        vals["accuracy/average"] = avg
+        if self.summary_writer is not None:
+            with self.summary_writer.as_default(step=t + 1):
+                for k, v in vals.items():
+                    tf.summary.scalar(k, v)
+            self.summary_writer.flush()
+        if self.verbose:
+            accs = " ".join(f"{a:.4f}" for a in row if a is not None)
+            print(f"task {t + 1}/{self.protocol.num_tasks}: average accuracy {avg:.4f} "
+                  f"[{accs}] ({self.history.task_times[-1]:.1f}s)", flush=True)
+
+
+def fisher_diagonal(logits_fn, variables: list, x: tf.Tensor, tid: tf.Tensor,
+                    active: tf.Tensor, chunk: int | None = None) -> list[tf.Tensor]:
+    """E_x sum_c p(c|x) (d log p(c|x) / d theta)^2 over active c, with per-sample,
+    per-class gradients from one vectorised Jacobian per chunk of samples."""
+    n = int(x.shape[0])
+    n_out = int(active.shape[-1])
+    params = sum(int(np.prod(v.shape)) for v in variables)
+    if chunk is None:  # keep the Jacobian near 256 MB
+        chunk = max(1, min(n, int(64e6 // max(1, params * n_out))))
+    totals = [tf.zeros(v.shape) for v in variables]
+
+    @tf.function(reduce_retracing=True, autograph=False)
+    def part(xb, tb, ab):
+        with tf.GradientTape() as tape:
+            log_p = tf.nn.log_softmax(masked_logits(logits_fn(xb, tb), ab))
+        jac = tape.jacobian(log_p, variables, experimental_use_pfor=True)
+        weight = tf.stop_gradient(tf.where(ab > 0, tf.exp(log_p), 0.0))
+        out = []
+        for j in jac:
+            w = tf.reshape(weight, tf.concat([tf.shape(weight), [1] * (len(j.shape) - 2)], 0))
+            out.append(tf.reduce_sum(w * tf.square(j), axis=[0, 1]))
+        return out
+
+    for s in range(0, n, chunk):
+        res = part(x[s:s + chunk], tid[s:s + chunk], active[s:s + chunk])
+        totals = [a + r for a, r in zip(totals, res)]
+    return [tf_total / float(n) for tf_total in totals]

@@ -1,0 +1,22 @@
+"""Joint training ("offline replay"): at task t, train on all data of tasks 1..t (upper bound)."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from bir_keras.strategies.base import Trainer
+
+
+class Joint(Trainer):
+    """Trains on the union of the tasks so far; batches mix those tasks evenly (method.md 3)."""
+
+    def task_data(self, t: int) -> dict[str, tf.Tensor]:
+        """Concatenated data of tasks 0..t with per-task offsets and sizes."""
+        tasks = [self.protocol.task(j) for j in range(t + 1)]
+        sizes = np.array([len(k.y_train) for k in tasks], np.int32)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32)
+        return {"x": tf.constant(np.concatenate([k.x_train for k in tasks])),
+                "y": tf.constant(np.concatenate([k.y_train for k in tasks]), tf.int32),
+                "tid": tf.constant(np.repeat(np.arange(t + 1, dtype=np.int32), sizes)),
+                "offsets": tf.constant(offsets), "sizes": tf.constant(sizes)}

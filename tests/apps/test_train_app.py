@@ -1,0 +1,150 @@
+"""apps.train end to end: outputs, SavedModel in a fresh process, resume, refused input."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+FAST = ["--experiment=split_digits", "--scenario=class", "--iters=25", "--batch=32",
+        "--fc_units=40", "--z_dim=8", "--keep_label_order"]
+
+
+def train(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "apps.train", *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+
+
+def tree_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        h.update(str(p.relative_to(path)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def bir_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bir")
+    out, exp = root / "out", root / "export"
+    r = train(*FAST, "--method=bir", "--tasks=3", f"--output_dir={out}", f"--export_dir={exp}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, exp
+
+
+def test_outputs_written(bir_run):
+    out, exp = bir_run
+    res = json.loads((out / "results.json").read_text())
+    m = res["accuracy_matrix"]
+    assert len(m) == 3 and m[0][1] is None and m[2][2] is not None
+    assert 0 <= res["final_average_accuracy"] <= 1
+    assert res["final_average_accuracy"] == pytest.approx(np.mean(m[2][:3]))
+    assert res["flags"]["brain_inspired"] and res["wall_time_s"] > 0
+    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert (exp / "saved_model" / "saved_model.pb").exists() and (exp / "run.json").exists()
+    assert not [p for p in out.parent.iterdir() if ".tmp-" in p.name]
+
+
+LOADER = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+assert "bir_keras" not in sys.modules
+m = tf.saved_model.load(sys.argv[1])
+x = np.load(sys.argv[2])
+logits = m.signatures["classify"](x=tf.constant(x))["logits"].numpy()
+s = m.signatures["sample"](class_ids=tf.constant([0, 3, 5, 5], tf.int32))
+np.save(sys.argv[3], logits)
+print(json.dumps({"shape": list(s["x"].shape), "labels": s["labels"].numpy().tolist(),
+                  "min": float(tf.reduce_min(s["x"])), "max": float(tf.reduce_max(s["x"])),
+                  "bir_keras_loaded": "bir_keras" in sys.modules}))
+"""
+
+
+def test_saved_model_loads_without_package(bir_run, tmp_path):
+    out, exp = bir_run
+    from bir_keras import experiment, export
+    from bir_keras.config import Config
+
+    run = json.loads((exp / "run.json").read_text())
+    cfg = Config(**run["flags"])
+    setup = experiment.prepare(cfg)
+    trainer = experiment.build(setup, verbose=False)
+    export.restore_checkpoint(trainer, exp)
+    x = setup.protocol.task(0).x_test[:20]
+    np.save(tmp_path / "x.npy", (x / 255.0).astype("float32"))
+    live = trainer.logits(trainer.model, trainer.preprocess(x), None).numpy()
+    script = tmp_path / "load.py"
+    script.write_text(LOADER)
+    r = subprocess.run([sys.executable, str(script), str(exp / "saved_model"),
+                        str(tmp_path / "x.npy"), str(tmp_path / "logits.npy")],
+                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert not info["bir_keras_loaded"]
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), live, rtol=1e-4, atol=1e-4)
+    assert info["shape"] == [4, 64] and info["labels"] == [0, 3, 5, 5]
+    assert 0.0 <= info["min"] and info["max"] <= 1.0
+
+
+def test_resume_gives_same_matrix_as_straight_run(tmp_path):
+    args = [*FAST, "--method=si", "--replay=generative", "--iters=20"]
+    straight = train(*args, "--tasks=3", f"--output_dir={tmp_path / 'a'}",
+                     f"--export_dir={tmp_path / 'ea'}")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    first = train(*args, "--tasks=2", f"--output_dir={tmp_path / 'b'}",
+                  f"--export_dir={tmp_path / 'eb'}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = train(*args, "--tasks=3", f"--resume_from={tmp_path / 'eb'}",
+                    f"--output_dir={tmp_path / 'c'}", f"--export_dir={tmp_path / 'ec'}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = json.loads((tmp_path / "a" / "results.json").read_text())["accuracy_matrix"]
+    c = json.loads((tmp_path / "c" / "results.json").read_text())["accuracy_matrix"]
+    assert len(c) == 3
+    np.testing.assert_allclose(np.array(a, dtype=float), np.array(c, dtype=float), atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [
+    ["--experiment=split_imagenet"],
+    ["--xdg", "--scenario=class"],
+    ["--experiment=split_mnist", "--data_dir=MISSING"],
+    ["--experiment=split_digits", "--hidden"],
+    ["--resume_from=RESUME"],
+])
+def test_refused_input_exits_2_and_keeps_previous_run(bir_run, tmp_path, bad):
+    out, exp = bir_run
+    before = tree_digest(out), tree_digest(exp)
+    bad = [b.replace("MISSING", str(tmp_path / "nothing")) for b in bad]
+    if bad == ["--resume_from=RESUME"]:  # a run of another protocol cannot be continued
+        bad = ["--experiment=split_digits", "--scenario=task", f"--resume_from={exp}"]
+    args = [*FAST, *bad, f"--output_dir={out}", f"--export_dir={exp}", "--overwrite"]
+    r = train(*args)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert (tree_digest(out), tree_digest(exp)) == before
+
+
+def test_existing_output_dir_needs_overwrite(bir_run):
+    out, exp = bir_run
+    before = tree_digest(out)
+    r = train(*FAST, f"--output_dir={out}", f"--export_dir={exp}")
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+    assert tree_digest(out) == before
+
+
+def test_truncated_data_file_refused(tmp_path, mnist_idx_dir):
+    f = mnist_idx_dir / "train-images-idx3-ubyte.gz"
+    f.write_bytes(f.read_bytes()[:-40])
+    r = train("--experiment=split_mnist", f"--data_dir={mnist_idx_dir}", "--iters=5",
+              f"--output_dir={tmp_path / 'o'}", f"--export_dir={tmp_path / 'e'}")
+    assert r.returncode == 2 and "train-images-idx3-ubyte.gz" in r.stderr
+    assert not (tmp_path / "o").exists()

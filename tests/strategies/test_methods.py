@@ -1,0 +1,102 @@
+"""Methods on a tiny two-task Class-IL problem: forgetting without replay, less with it."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bir_keras.config import ConfigError
+from bir_keras.strategies import GenerativeReplay, Joint, LwF, Trainer, make_trainer
+
+
+def _fit(tiny_setup, scenario="class", tasks=2, **kw):
+    cfg, proto = tiny_setup(scenario, tasks=tasks, **kw)
+    tr = make_trainer(cfg, proto, verbose=False)
+    tr.fit()
+    return tr
+
+
+def test_none_forgets_and_joint_does_not(tiny_setup):
+    none = _fit(tiny_setup, iters=80)
+    joint = _fit(tiny_setup, iters=80, replay="offline")
+    assert isinstance(none, Trainer) and isinstance(joint, Joint)
+    m_none, m_joint = none.history.accuracy_matrix, joint.history.accuracy_matrix
+    assert m_none[0][0] > 0.95 and m_none[1][1] > 0.95
+    assert m_none[1][0] < 0.2          # task 1 forgotten in Class-IL
+    assert m_joint[1][0] > 0.9 and m_joint[1][1] > 0.9
+    assert m_none[0][1] is None
+
+
+def test_generative_replay_reduces_forgetting(tiny_setup):
+    none = _fit(tiny_setup, iters=150)
+    gr = _fit(tiny_setup, iters=150, replay="generative", lr=0.003)
+    assert isinstance(gr, GenerativeReplay)
+    assert gr.history.accuracy_matrix[1][0] > none.history.accuracy_matrix[1][0] + 0.3
+
+
+def test_bir_reduces_forgetting(tiny_setup):
+    none = _fit(tiny_setup, iters=150)
+    bir = _fit(tiny_setup, iters=150, replay="generative", brain_inspired=True, lr=0.003)
+    assert bir.config.feedback and bir.config.prior == "gmm" and bir.config.distill
+    assert bir.history.accuracy_matrix[1][0] > none.history.accuracy_matrix[1][0] + 0.3
+
+
+def test_task_il_none_keeps_more_than_class_il(tiny_setup):
+    task = _fit(tiny_setup, scenario="task", iters=60)
+    assert task.history.accuracy_matrix[1][0] > 0.6
+
+
+def test_lwf_targets_come_from_frozen_previous_model(tiny_setup):
+    cfg, proto = tiny_setup("class", tasks=2, iters=30, replay="current", distill=True)
+    tr = make_trainer(cfg, proto, verbose=False)
+    assert isinstance(tr, LwF)
+    tr.fit(until=1)
+    tr.before_task(1)
+    ctx = tr.step_context(1)
+    x = tf.constant(proto.preprocess_np(proto.task(1).x_train[:16]))
+    tid = tf.zeros([16], tf.int32)
+    before = tr.label_replay(tr.prev_model, x, tid, ctx)["soft"].numpy()
+    for v in tr.model.trainable_variables:   # change the live model
+        v.assign(v + 1.0)
+    after = tr.label_replay(tr.prev_model, x, tid, ctx)["soft"].numpy()
+    np.testing.assert_allclose(before, after)
+    # soft targets only on the previously active units (task 1's two classes)
+    assert np.all(after[:, 2:] == 0) and np.allclose(after.sum(1), 1, atol=1e-5)
+
+
+def test_generative_replay_targets_come_from_frozen_copy(tiny_setup):
+    cfg, proto = tiny_setup("class", tasks=2, iters=30, replay="generative")
+    tr = make_trainer(cfg, proto, verbose=False)
+    tr.fit(until=1)
+    tr.before_task(1)
+    ctx = tr.step_context(1)
+    draws = {"r_modes": tf.constant([0, 1, 0, 1]), "r_eps": tf.random.normal((4, cfg.z_dim))}
+    first = tr.replay_batch({}, draws, ctx)
+    for m in (tr.model, tr.generator):
+        for v in m.trainable_variables:
+            v.assign(v * 0.5 - 0.3)
+    second = tr.replay_batch({}, draws, ctx)
+    np.testing.assert_allclose(first["x"].numpy(), second["x"].numpy(), atol=1e-6)
+    np.testing.assert_array_equal(first["hard"].numpy(), second["hard"].numpy())
+    assert set(first["hard"].numpy()) <= {0, 1}
+
+
+def test_reinit_reinitialises_after_freezing(tiny_setup):
+    cfg, proto = tiny_setup("class", tasks=2, iters=20, replay="generative", reinit=True)
+    tr = make_trainer(cfg, proto, verbose=False)
+    tr.fit(until=1)
+    trained = [v.numpy().copy() for v in tr.model.trainable_variables]
+    tr.before_task(1)
+    prev = tr.prev_model.get_weights()
+    np.testing.assert_allclose(prev[0], trained[0])
+    assert not np.allclose(tr.model.trainable_variables[0].numpy(), trained[0])
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(scenario="class", xdg=True), "XdG needs task identity"),
+    (dict(scenario="task", hidden=True), "needs conv layers"),
+    (dict(scenario="class", feedback=True), "needs --replay=generative"),
+])
+def test_incompatible_flags_refused(tiny_setup, kw, msg):
+    scenario = kw.pop("scenario")
+    with pytest.raises(ConfigError, match=msg):
+        tiny_setup(scenario, tasks=2, **kw)
