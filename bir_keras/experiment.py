@@ -17,7 +17,7 @@ from bir_keras import export
 from bir_keras.config import Config, ConfigError, resolve
 from bir_keras.data.protocols import Protocol, make_protocol
 from bir_keras.evaluation.metrics import summarize
-from bir_keras.evaluation.plots import plot_average_accuracy
+from bir_keras.evaluation.plots import plot_accuracy_matrix, plot_average_accuracy
 from bir_keras.models.layers import CONV_FEATURES, conv_trunk
 from bir_keras.strategies import make_trainer
 from bir_keras.strategies.base import Trainer
@@ -185,6 +185,8 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
     plot_average_accuracy({setup.config.replay if setup.config.replay != "none" else "run":
                            (rec["average_accuracy"], None)}, work / "accuracy.png",
                           title=f"{setup.config.experiment} ({setup.config.scenario}-IL)")
+    plot_accuracy_matrix(rec["accuracy_matrix"], work / "accuracy_matrix.png",
+                         title="accuracy after each task (rows) on each task (columns)")
     export.atomic_dir(out, lambda tmp: _move_contents(work, tmp), overwrite=True)
     shutil.rmtree(work, ignore_errors=True)
     return rec

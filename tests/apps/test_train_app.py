@@ -48,6 +48,7 @@ def test_outputs_written(bir_run):
     assert res["final_average_accuracy"] == pytest.approx(np.mean(m[2][:3]))
     assert res["flags"]["brain_inspired"] and res["wall_time_s"] > 0
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "accuracy_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert (exp / "saved_model" / "saved_model.pb").exists() and (exp / "run.json").exists()
     assert not [p for p in out.parent.iterdir() if ".tmp-" in p.name]
