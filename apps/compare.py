@@ -36,6 +36,8 @@ flags.DEFINE_integer("first_seed", 0, "first seed (default 0)")
 flags.DEFINE_string("output_dir", None, "where runs/, table.md, table.csv, accuracy.png go")
 flags.DEFINE_integer("parallel", 0, "runs at once (default: cores // 2, at least 1)")
 flags.DEFINE_string("title", None, "plot title (default: experiment and scenario)")
+flags.DEFINE_string("sweep", None, "sweep an apps.train flag over values, e.g. "
+                    "batch_replay:1,4,16,128 (Fig. 4) or g_fc_units:10,25,100,400")
 
 # The paper's published final average accuracies (method.md 6), shown beside ours.
 PUBLISHED = {
@@ -56,21 +58,35 @@ def stamp(args: list[str]) -> str:
     return hashlib.sha256(json.dumps(sorted(args)).encode()).hexdigest()[:12]
 
 
+def parse_sweep(spec: str | None) -> tuple[str | None, list[str]]:
+    """``flag:v1,v2,...`` -> (flag, values); None -> (None, [None])."""
+    if not spec:
+        return None, [None]
+    if ":" not in spec:
+        raise ValueError(f"--sweep must look like flag:v1,v2 (got {spec!r})")
+    name, values = spec.split(":", 1)
+    return name.lstrip("-"), [v for v in values.split(",") if v]
+
+
 def plan(methods: list[str], seeds: list[int], experiment: str, scenario: str,
-         passthrough: list[str], root: Path) -> list[dict]:
-    """One entry per (method, seed): its arguments, stamp and run directory."""
+         passthrough: list[str], root: Path, sweep: str | None = None) -> list[dict]:
+    """One entry per (method, sweep value, seed): its arguments, stamp and run directory."""
+    name, values = parse_sweep(sweep)
     runs = []
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
         if m == "xdg" and scenario != "task":
             raise ValueError("xdg needs task identity: only with --scenario=task")
-        for s in seeds:
-            args = [f"--experiment={experiment}", f"--scenario={scenario}", f"--method={m}",
-                    f"--seed={s}", *passthrough]
-            st = stamp(args)
-            d = root / "runs" / f"{m}-s{s}-{st}"
-            runs.append({"method": m, "seed": s, "args": args, "stamp": st, "dir": d})
+        for v in values:
+            for s in seeds:
+                args = [f"--experiment={experiment}", f"--scenario={scenario}", f"--method={m}",
+                        f"--seed={s}", *passthrough] + ([f"--{name}={v}"] if name else [])
+                st = stamp(args)
+                tag = f"{m}-{name}{v}" if name else m
+                d = root / "runs" / f"{tag}-s{s}-{st}"
+                runs.append({"method": m, "value": v, "key": tag, "seed": s, "args": args,
+                             "stamp": st, "dir": d})
     return runs
 
 
@@ -101,7 +117,8 @@ def summarize_runs(runs: list[dict]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for r in runs:
         res = json.loads((r["dir"] / "out" / "results.json").read_text())
-        e = out.setdefault(r["method"], {"final": [], "curves": [], "wall": []})
+        e = out.setdefault(r["key"], {"final": [], "curves": [], "wall": [],
+                                      "method": r["method"], "value": r["value"]})
         e["final"].append(res["final_average_accuracy"])
         e["curves"].append(res["average_accuracy"])
         e["wall"].append(res["wall_time_s"])
@@ -124,7 +141,7 @@ def write_tables(stats: dict, experiment: str, scenario: str, root: Path) -> str
     w = csv.writer(buf)
     w.writerow(["method", "seeds", "mean", "sem", "published", "wall_time_s"])
     for m, e in stats.items():
-        p = pub.get(m)
+        p = pub.get(m) if e["value"] is None else None
         lines.append(f"| {m} | {len(e['final'])} | {e['mean']:.2f} ± {e['sem']:.2f} | "
                      f"{'' if p is None else f'{p:.2f}'} | {np.mean(e['wall']):.0f} |")
         w.writerow([m, len(e["final"]), f"{e['mean']:.4f}", f"{e['sem']:.4f}",
@@ -144,7 +161,8 @@ def main(argv: list[str]) -> int:
     root = Path(FLAGS.output_dir)
     seeds = list(range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds))
     try:
-        runs = plan(FLAGS.methods, seeds, FLAGS.experiment, FLAGS.scenario, passthrough, root)
+        runs = plan(FLAGS.methods, seeds, FLAGS.experiment, FLAGS.scenario, passthrough, root,
+                    FLAGS.sweep)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -164,11 +182,21 @@ def main(argv: list[str]) -> int:
         return 1
     stats = summarize_runs(done)
     print(write_tables(stats, FLAGS.experiment, FLAGS.scenario, root))
-    from bir_keras.evaluation.plots import plot_average_accuracy
+    from bir_keras.evaluation.plots import plot_average_accuracy, plot_sweep
 
+    title = FLAGS.title or f"{FLAGS.experiment} ({FLAGS.scenario}-IL)"
     plot_average_accuracy({m: (e["curve_mean"], e["curve_sem"]) for m, e in stats.items()},
-                          root / "accuracy.png",
-                          title=FLAGS.title or f"{FLAGS.experiment} ({FLAGS.scenario}-IL)")
+                          root / "accuracy.png", title=title)
+    name, values = parse_sweep(FLAGS.sweep)
+    if name:
+        curves = {}
+        for m in FLAGS.methods:
+            keyed = [stats.get(f"{m}-{name}{v}") for v in values]
+            if all(keyed):
+                curves[m] = ([k["mean"] / 100 for k in keyed], [k["sem"] / 100 for k in keyed])
+        xs = [float(v) for v in values]
+        plot_sweep(xs, curves, root / "sweep.png", xlabel=name, title=title,
+                   log_x=name == "batch_replay")
     return 1 if failed else 0
 
 

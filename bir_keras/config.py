@@ -122,6 +122,18 @@ METHODS: dict[str, dict[str, Any]] = {
     "generative_distill": dict(replay="generative", distill=True),
     "bir": dict(replay="generative", brain_inspired=True),
     "bir_si": dict(replay="generative", brain_inspired=True, si=True),
+    # Fig. 8: GR plus one BI-R component ...
+    "gr_rtf": dict(replay="generative", feedback=True),
+    "gr_con": dict(replay="generative", prior="gmm"),
+    "gr_gat": dict(replay="generative", dg_gates=True),
+    "gr_int": dict(replay="generative", hidden=True, freeze_convE=True),
+    "gr_dis": dict(replay="generative", distill=True),
+    # ... and BI-R minus one component.
+    "bir_no_rtf": dict(replay="generative", brain_inspired=True, feedback=False),
+    "bir_no_con": dict(replay="generative", brain_inspired=True, prior="standard"),
+    "bir_no_gat": dict(replay="generative", brain_inspired=True, dg_gates=False),
+    "bir_no_int": dict(replay="generative", brain_inspired=True, hidden=False),
+    "bir_no_dis": dict(replay="generative", brain_inspired=True, distill=False),
 }
 
 
@@ -142,6 +154,8 @@ def method_settings(method: str, experiment: str, scenario: str) -> dict[str, An
     elif method == "bir_si":
         out["si_c"] = hp["bir_si_c"]
         out["dg_prop"] = hp.get("bir_si_dg_prop", hp.get("dg_prop", 0.0))
+    if out.get("dg_gates") or (out.get("brain_inspired") and out.get("dg_gates") is not False):
+        out.setdefault("dg_prop", hp.get("dg_prop", 0.0))
     return out
 
 
@@ -181,7 +195,9 @@ def resolve(config: Config, conv_protocol: bool) -> Config:
     if c.distill is None:
         c.distill = bi
     if c.freeze_convE is None:
-        c.freeze_convE = bool(c.hidden)
+        # every method starts from the pre-trained conv layers; BI-R keeps them frozen
+        # (method.md 4.4)
+        c.freeze_convE = bool(c.hidden or bi)
     if c.batch_replay is None:
         c.batch_replay = c.batch
     if c.g_fc_units is None:

@@ -1,0 +1,132 @@
+"""Quality of a run's replay (Fig. 9): Inception Score, FID, precision and recall.
+
+    python -m apps.evaluate_generator --export_dir=saved_models/RUN --data_dir=DIR \
+        --n=10000 --out=quality.json
+
+Generates ``--n`` samples from the run's SavedModel (``sample`` signature), evenly over the
+classes it has learned, and compares them with as many real test samples of those classes
+in the feature space of an embedding network trained on the protocol's real training data
+(CIFAR: the frozen pre-trained conv layers + FC 2000-2000 + softmax, so pixel-level and
+internal replay land in one space; MNIST-like protocols: FC 2000-2000 on the pixels).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("export_dir", None, "a run's export dir (saved_model/ and run.json)")
+flags.DEFINE_string("data_dir", None, "local data files of the run's dataset (default: TFDS)")
+flags.DEFINE_integer("n", 10000, "generated and real samples compared (default 10000)")
+flags.DEFINE_integer("embedding_epochs", 20, "epochs of the embedding network (default 20)")
+flags.DEFINE_integer("fc_units", 2000, "embedding network's FC units (default 2000)")
+flags.DEFINE_integer("clusters", 20, "k-means clusters for precision/recall (default 20)")
+flags.DEFINE_integer("runs", 10, "k-means repetitions for precision/recall (default 10)")
+flags.DEFINE_string("conv_weights", None, "pre-trained conv weights (CIFAR; default: shipped)")
+flags.DEFINE_string("out", None, "JSON file for the scores (default: EXPORT_DIR/quality.json)")
+flags.DEFINE_integer("seed", 0, "seed of sampling and clustering (default 0)")
+
+
+def evaluate(export_dir: str, data_dir: str | None, n: int, epochs: int, fc_units: int,
+             clusters: int, runs: int, conv_weights: str | None, seed: int) -> dict:
+    """Scores of one exported run's generator against the real test data it learned."""
+    import tensorflow as tf
+
+    from bir_keras.config import Config, ConfigError
+    from bir_keras.data.protocols import make_protocol
+    from bir_keras.evaluation import generator_quality as gq
+    from bir_keras.experiment import load_trunk
+
+    export = Path(export_dir)
+    run_json = export / "run.json"
+    if not run_json.exists():
+        raise ConfigError(f"{export_dir}: no run.json (not an exported run)")
+    run = json.loads(run_json.read_text())
+    flags_ = Config(**{k: v for k, v in run["flags"].items() if k in Config.__dataclass_fields__})
+    proto = make_protocol(flags_.experiment, flags_.scenario, tasks=run["protocol"]["num_tasks"],
+                          data_dir=data_dir, seed=flags_.seed,
+                          keep_label_order=flags_.keep_label_order)
+    model = tf.saved_model.load(str(export / "saved_model"))
+    if "sample" not in model.signatures:
+        raise ConfigError(f"{export_dir}: this run has no generator (no `sample` signature)")
+    learned = run["tasks_learned"]
+    cpt = proto.classes_per_task
+    modes = np.arange(learned * cpt)
+
+    # real data: training set to fit the embedding network, test set to compare with
+    xs_tr, ys_tr, xs_te, ys_te = [], [], [], []
+    for t in range(learned):
+        task = proto.task(t)
+        xs_tr.append(proto.preprocess_np(task.x_train))
+        ys_tr.append(t * cpt + task.y_train % cpt)
+        xs_te.append(proto.preprocess_np(task.x_test))
+        ys_te.append(t * cpt + task.y_test % cpt)
+    x_tr, y_tr = np.concatenate(xs_tr), np.concatenate(ys_tr)
+    x_te = np.concatenate(xs_te)
+
+    trunk = None
+    features = bool(run["protocol"].get("features"))
+    if proto.conv:
+        trunk = load_trunk(conv_weights or run["flags"].get("conv_weights"))
+        trunk.trainable = False
+
+    def to_space(x: np.ndarray) -> np.ndarray:
+        """Pixels (normalised) -> conv features for CIFAR; MNIST pixels stay as they are."""
+        if trunk is None:
+            return x
+        return np.concatenate([trunk(x[s:s + 500], training=False).numpy()
+                               for s in range(0, len(x), 500)])
+
+    embedding = gq.build_embedding_network((x_tr.shape[1] if trunk is None else 1024,),
+                                           len(modes), fc_units=fc_units)
+    gq.train_embedding_network(embedding, to_space(x_tr), y_tr, epochs=epochs, seed=seed)
+
+    rng = np.random.RandomState(seed)
+    ids = np.resize(modes, n)
+    rng.shuffle(ids)
+    fake = []
+    for s in range(0, n, 500):
+        out = model.signatures["sample"](class_ids=tf.constant(ids[s:s + 500], tf.int32))
+        fake.append(out["x"].numpy())
+    fake = np.concatenate(fake).reshape(n, -1)
+    if not features:
+        fake = proto.preprocess_np((fake * 255.0).reshape(n, *proto.input_shape))
+        fake = to_space(fake)
+    real = to_space(x_te[rng.permutation(len(x_te))[:n]])
+    real = real.reshape(len(real), -1)
+    scores = gq.evaluate_generator(embedding, real, fake.reshape(len(fake), -1),
+                                   num_clusters=clusters, num_runs=runs, seed=seed)
+    return {"export_dir": str(export), "tasks_learned": learned, "n_fake": int(len(fake)),
+            "n_real": int(len(real)), "embedding_epochs": epochs, **scores}
+
+
+def main(argv: list[str]) -> int:
+    """Score a run's generator and write JSON."""
+    del argv
+    from bir_keras.config import ConfigError
+    from bir_keras.data.sources import DataError
+
+    if not FLAGS.export_dir:
+        print("error: --export_dir is required", file=sys.stderr)
+        return 2
+    try:
+        res = evaluate(FLAGS.export_dir, FLAGS.data_dir, FLAGS.n, FLAGS.embedding_epochs,
+                       FLAGS.fc_units, FLAGS.clusters, FLAGS.runs, FLAGS.conv_weights, FLAGS.seed)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(FLAGS.out or Path(FLAGS.export_dir) / "quality.json")
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(res, indent=2))
+    tmp.replace(out)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))
