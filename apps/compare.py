@@ -36,6 +36,7 @@ flags.DEFINE_integer("first_seed", 0, "first seed (default 0)")
 flags.DEFINE_string("output_dir", None, "where runs/, table.md, table.csv, accuracy.png go")
 flags.DEFINE_integer("parallel", 0, "runs at once (default: cores // 2, at least 1)")
 flags.DEFINE_string("title", None, "plot title (default: experiment and scenario)")
+flags.DEFINE_bool("only_cached", False, "tabulate the finished runs, run nothing")
 flags.DEFINE_string("sweep", None, "sweep an apps.train flag over values, e.g. "
                     "batch_replay:1,4,16,128 (Fig. 4) or g_fc_units:10,25,100,400")
 
@@ -166,8 +167,8 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    todo = [r for r in runs if not is_cached(r)]
-    print(f"{len(runs) - len(todo)} cached, {len(todo)} to run", flush=True)
+    todo = [] if FLAGS.only_cached else [r for r in runs if not is_cached(r)]
+    print(f"{sum(map(is_cached, runs))} cached, {len(todo)} to run", flush=True)
     workers = FLAGS.parallel or max(1, (os.cpu_count() or 2) // 2)
     failed = []
     with cf.ThreadPoolExecutor(workers) as pool:
