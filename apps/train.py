@@ -22,9 +22,22 @@ common.define_train_flags()
 
 
 def main(argv: list[str]) -> int:
-    """Parse flags, run the experiment, print the final average accuracy."""
+    """Parse flags, run the experiment, print the final average accuracy.
+
+    Exit codes: 0 done, 1 training diverged (non-finite loss), 2 refused input,
+    130 interrupted (Ctrl-C; what could be saved is saved)."""
     del argv
     logging.set_verbosity(logging.WARNING)
+    try:
+        return _main()
+    except KeyboardInterrupt as e:
+        # experiment.RunInterrupted says what was saved where; a bare one came before training
+        print(str(e) or "interrupted before training started, nothing saved", file=sys.stderr,
+              flush=True)
+        return 130
+
+
+def _main() -> int:
     try:
         config = common.config_from_flags(FLAGS)
         strategy, is_chief = common.make_strategy(FLAGS.strategy, FLAGS.num_logical_cpus)
@@ -33,12 +46,17 @@ def main(argv: list[str]) -> int:
         if FLAGS.deterministic:
             tf.config.experimental.enable_op_determinism()
         from bir_keras import experiment
+        from bir_keras.strategies.base import NonFiniteLoss
 
         setup = experiment.prepare(config)
         out = FLAGS.output_dir or os.path.join("runs", common.run_name(setup.config))
-        rec = experiment.run(setup.config, out, export_dir=FLAGS.export_dir,
-                             resume_from=FLAGS.resume_from, overwrite=FLAGS.overwrite,
-                             strategy=strategy, is_chief=is_chief, setup=setup)
+        try:
+            rec = experiment.run(setup.config, out, export_dir=FLAGS.export_dir,
+                                 resume_from=FLAGS.resume_from, overwrite=FLAGS.overwrite,
+                                 strategy=strategy, is_chief=is_chief, setup=setup)
+        except NonFiniteLoss as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     except common.USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

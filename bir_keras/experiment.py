@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -20,10 +21,22 @@ from bir_keras.evaluation.metrics import summarize
 from bir_keras.evaluation.plots import plot_accuracy_matrix, plot_average_accuracy
 from bir_keras.models.layers import CONV_FEATURES, conv_trunk
 from bir_keras.strategies import make_trainer
-from bir_keras.strategies.base import Trainer
+from bir_keras.strategies.base import NonFiniteLoss, Trainer
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONV_WEIGHTS = PACKAGE_ROOT / "saved_models" / "cifar10_conv" / "conv_trunk.weights.h5"
+
+
+INTERRUPTED_SUFFIX = "-interrupted"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, after saving what could be saved; ``str()`` says where."""
+
+    def __init__(self, message: str, saved: Path | None, last_complete: Path | None):
+        super().__init__(message)
+        self.saved = saved
+        self.last_complete = last_complete
 
 
 @dataclasses.dataclass
@@ -110,6 +123,12 @@ def resume(trainer: Trainer, setup: Setup, resume_from: str) -> None:
     if not run_json.exists():
         raise ConfigError(f"--resume_from={resume_from}: no {export.RUN_JSON} there")
     old = json.loads(run_json.read_text())
+    if old.get("interrupted"):
+        # the weights are part-way through a task and the frozen copies, SI's running sums
+        # and the random state do not match them: continuing would not be the same run
+        raise ConfigError(f"--resume_from={resume_from} holds a run interrupted part-way "
+                          f"through task {old['interrupted']['task']}; resume from the export "
+                          "written after the last complete task instead")
     mine = setup.protocol.describe()
     theirs = dict(old["protocol"])
     for key in ("experiment", "scenario", "classes_per_task", "dataset", "features"):
@@ -143,53 +162,111 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
     if resume_from:
         resume(trainer, setup, resume_from)
     start = time.time()
+    if export_dir is None:
+        export_dir = str(Path("saved_models") / out.name)
+    # What is safely on disk: the tasks whose final state is exported, and where.
+    saved = {"tasks": int(trainer.tasks_done.numpy()), "step": trainer.global_step,
+             "export": Path(resume_from) if resume_from else None}
     # Everything goes to a temporary sibling first and is renamed into place at the end, so
     # an earlier run in ``output_dir`` is never half-overwritten (workers other than the
     # chief write to a scratch directory that is deleted).
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    if is_chief:
-        trainer.summary_writer = tf.summary.create_file_writer(str(work / "tensorboard"))
-        _log_hparams(trainer, setup)
-    if export_dir is None:
-        export_dir = str(Path("saved_models") / out.name)
 
     def after_task(tr: Trainer, t: int) -> None:
-        if not is_chief:
-            return
-        rec = run_record(setup, tr, time.time() - start)
-        export.export_run(tr, export_dir, rec, pixels=setup.pixels,
-                          trunk=setup.trunk if setup.protocol.features else None)
-        _log_samples(tr, setup, t)
+        if is_chief:
+            rec = run_record(setup, tr, time.time() - start)
+            export.export_run(tr, export_dir, rec, pixels=setup.pixels,
+                              trunk=setup.trunk if setup.protocol.features else None)
+            saved["export"] = Path(export_dir)
+        saved.update(tasks=t + 1, step=tr.global_step)
+        if is_chief:
+            _log_samples(tr, setup, t)
 
     trainer.callbacks.append(after_task)
     try:
+        if is_chief:
+            trainer.summary_writer = tf.summary.create_file_writer(str(work / "tensorboard"))
+            _log_hparams(trainer, setup)
         trainer.fit()
     except KeyboardInterrupt:
-        if is_chief:
-            export.export_run(trainer, export_dir, run_record(setup, trainer, time.time() - start),
-                              pixels=setup.pixels,
-                              trunk=setup.trunk if setup.protocol.features else None)
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        _discard(trainer, work)
+        raise _save_interrupted(trainer, setup, export_dir, saved, start, is_chief) from None
+    except NonFiniteLoss as e:
+        # the weights may already hold NaN: export nothing, keep the last good export
+        _discard(trainer, work)
+        raise NonFiniteLoss(f"{e}; {_last_export_note(saved)}") from e
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        _discard(trainer, work)
         raise
     rec = run_record(setup, trainer, time.time() - start)
     rec["export_dir"] = str(export_dir)
     if not is_chief:
         shutil.rmtree(work, ignore_errors=True)
         return rec
-    trainer.summary_writer.close()
-    export.write_json(work / "results.json", rec)
-    plot_average_accuracy({setup.config.replay if setup.config.replay != "none" else "run":
-                           (rec["average_accuracy"], None)}, work / "accuracy.png",
-                          title=f"{setup.config.experiment} ({setup.config.scenario}-IL)")
-    plot_accuracy_matrix(rec["accuracy_matrix"], work / "accuracy_matrix.png",
-                         title="accuracy after each task (rows) on each task (columns)")
-    export.atomic_dir(out, lambda tmp: _move_contents(work, tmp), overwrite=True)
-    shutil.rmtree(work, ignore_errors=True)
+    try:
+        trainer.summary_writer.close()
+        export.write_json(work / "results.json", rec)
+        plot_average_accuracy({setup.config.replay if setup.config.replay != "none" else "run":
+                               (rec["average_accuracy"], None)}, work / "accuracy.png",
+                              title=f"{setup.config.experiment} ({setup.config.scenario}-IL)")
+        plot_accuracy_matrix(rec["accuracy_matrix"], work / "accuracy_matrix.png",
+                             title="accuracy after each task (rows) on each task (columns)")
+        export.atomic_dir(out, lambda tmp: _move_contents(work, tmp), overwrite=True)
+    except KeyboardInterrupt:
+        raise RunInterrupted(f"interrupted while writing {out} (not written); "
+                             f"{_last_export_note(saved)}", None, saved["export"]) from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return rec
+
+
+def _discard(trainer: Trainer, work: Path) -> None:
+    """Drop the unfinished output directory (and close the TensorBoard writer into it)."""
+    if trainer.summary_writer is not None:
+        trainer.summary_writer.close()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _last_export_note(saved: dict) -> str:
+    if saved["export"] is None:
+        return "no task was completed, so nothing was exported"
+    return f"the last complete export (after task {saved['tasks']}) is in {saved['export']}"
+
+
+def _save_interrupted(trainer: Trainer, setup: Setup, export_dir: str, saved: dict,
+                      start: float, is_chief: bool) -> RunInterrupted:
+    """Export what Ctrl-C left: a finished but not yet exported task goes to ``export_dir``
+    as usual; a task part-way through goes to ``<export_dir>-interrupted`` (marked in its
+    run.json, refused by ``--resume_from``), so ``export_dir`` keeps the last complete task."""
+    done = int(trainer.tasks_done.numpy())
+    last = _last_export_note(saved)
+    if done == saved["tasks"] and trainer.global_step == saved["step"]:
+        return RunInterrupted(f"interrupted between tasks, nothing new to save: {last}",
+                              None, saved["export"])
+    if not is_chief:
+        return RunInterrupted(f"interrupted (not the chief worker: nothing saved); {last}",
+                              None, saved["export"])
+    trunk = setup.trunk if setup.protocol.features else None
+    rec = run_record(setup, trainer, time.time() - start)
+    try:
+        if done > saved["tasks"] and len(trainer.history.accuracy_matrix) == done:
+            # the task is learned and evaluated; only its export was cut short
+            export.export_run(trainer, export_dir, rec, pixels=setup.pixels, trunk=trunk)
+            return RunInterrupted(f"interrupted after task {done}: saved its export to "
+                                  f"{export_dir} (continue with --resume_from={export_dir})",
+                                  Path(export_dir), Path(export_dir))
+        task, iters = saved["tasks"] + 1, trainer.global_step - saved["step"]
+        rec["interrupted"] = {"task": task, "iterations_done": iters,
+                              "global_step": trainer.global_step}
+        dest = Path(export_dir).parent / (Path(export_dir).name + INTERRUPTED_SUFFIX)
+        export.export_run(trainer, dest, rec, pixels=setup.pixels, trunk=trunk)
+    except KeyboardInterrupt:
+        return RunInterrupted(f"interrupted again while saving, nothing saved; {last}",
+                              None, saved["export"])
+    return RunInterrupted(f"interrupted in task {task} after {iters} iteration(s): saved the "
+                          f"partly trained model to {dest} (not resumable); {last}",
+                          dest, saved["export"])
 
 
 def _move_contents(src: Path, dst: Path) -> None:
@@ -200,11 +277,15 @@ def _move_contents(src: Path, dst: Path) -> None:
 def _log_hparams(trainer: Trainer, setup: Setup) -> None:
     from tensorboard.plugins.hparams import api as hp
 
+    c = setup.config
     values = {k: (v if isinstance(v, (bool, int, float, str)) else str(v))
-              for k, v in setup.config.to_dict().items()}
+              for k, v in c.to_dict().items()}
+    # The trial id is TensorBoard's session group: runs sharing one are shown as one row, so
+    # it must differ whenever any hyper-parameter does (GR and BI-R share --replay).
+    digest = hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
     with trainer.summary_writer.as_default():
-        hp.hparams(values, trial_id=f"{setup.config.experiment}-{setup.config.scenario}-"
-                                    f"{setup.config.replay}-seed{setup.config.seed}")
+        hp.hparams(values, trial_id=f"{c.experiment}-{c.scenario}-{c.replay}-seed{c.seed}-"
+                                    f"{digest}")
 
 
 def _log_samples(trainer: Trainer, setup: Setup, t: int) -> None:

@@ -23,6 +23,12 @@ CHECKPOINT = "checkpoint"
 RUN_JSON = "run.json"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_dir(path: str | os.PathLike, write: Callable[[Path], None],
                overwrite: bool = True) -> Path:
     """Fill a temporary sibling of ``path`` with ``write(tmp)``, then rename it to ``path``."""
@@ -31,6 +37,7 @@ def atomic_dir(path: str | os.PathLike, write: Callable[[Path], None],
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists (pass --overwrite to replace it)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a run is for sharing
     try:
         write(tmp)
         if path.exists():
@@ -52,6 +59,7 @@ def write_json(path: str | os.PathLike, obj) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2)
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
 
 

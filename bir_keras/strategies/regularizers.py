@@ -32,6 +32,7 @@ class Regularizer:
 
     def after_apply(self, grads: Sequence[tf.Tensor], deltas: Sequence[tf.Tensor]) -> None:
         """Called in the step with the applied (global) gradients and parameter changes."""
+        return None
 
     def before_task(self, task: int) -> None:
         """Called before training on ``task`` (0-based)."""

@@ -1,0 +1,93 @@
+"""apps.train when a run cannot finish: Ctrl-C saves what it can and exits 130; a diverging
+loss stops with one `error:` line, exit 1, and the last good export left as it was."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.apps.test_sample import ENV, FAST, ROOT, diverging_ewc_run
+
+
+def no_output(out):
+    """``--output_dir`` was not created, and no temporary sibling was left behind."""
+    return not out.exists() and not [p for p in out.parent.iterdir() if ".tmp-" in p.name]
+
+
+def events_size(work_parent) -> int:
+    """Bytes in the event files of a run still in progress (its temporary output dir)."""
+    return sum(f.stat().st_size for f in work_parent.glob(".out.tmp-*/tensorboard/events.*"))
+
+
+def test_ctrl_c_saves_export_and_exits_130(tmp_path):
+    out, exp = tmp_path / "out", tmp_path / "export"
+    # --log_every=1: the event file grows every few steps (the writer's queue holds 10
+    # summaries), which shows when task 2 is under way whatever the machine's speed
+    args = [*FAST, "--method=none", "--iters=500", "--tasks=3", "--log_every=1",
+            f"--output_dir={out}", f"--export_dir={exp}"]
+    proc = subprocess.Popen([sys.executable, "-m", "apps.train", *args], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a launcher may ignore SIGINT (e.g. `cmd &` in a script); the
+                            # child must see it as a terminal's Ctrl-C would deliver it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 240
+        while not (exp / "run.json").exists():
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.time() < deadline, "no export after task 1"
+            time.sleep(0.05)
+        after_task1 = events_size(tmp_path)  # task 1's accuracy is flushed before its export
+        while events_size(tmp_path) == after_task1:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.time() < deadline, "task 2 did not start"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, (proc.returncode, stderr[-3000:])
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    [line] = [ln for ln in stderr.splitlines() if ln.startswith("interrupted")]
+    assert no_output(out)
+
+    # the export after task 1 is intact and resumable; the partly trained task 2 is saved
+    # beside it, marked as interrupted
+    run = json.loads((exp / "run.json").read_text())
+    assert run["tasks_learned"] == 1 and (exp / "saved_model" / "saved_model.pb").exists()
+    assert "interrupted" not in run
+    partial = exp.parent / "export-interrupted"
+    assert "interrupted in task 2 after" in line and str(partial) in line and str(exp) in line
+    prun = json.loads((partial / "run.json").read_text())
+    assert prun["interrupted"]["task"] == 2 and prun["interrupted"]["iterations_done"] > 0
+    assert prun["tasks_learned"] == 1 and (partial / "checkpoint").is_dir()
+    assert (partial / "saved_model" / "saved_model.pb").exists()
+
+    # continuing from the partly trained export is refused (it is not the same run)
+    from bir_keras import experiment
+    from bir_keras.config import ConfigError
+
+    with pytest.raises(ConfigError, match="interrupted part-way through task 2"):
+        experiment.resume(None, None, str(partial))  # checks run.json before anything else
+
+
+def test_non_finite_loss_stops_with_error_and_keeps_last_export(tmp_path_factory):
+    r, out, exp = diverging_ewc_run(tmp_path_factory)
+    assert r.returncode == 1, (r.returncode, r.stderr[-3000:])
+    assert "Traceback" not in r.stderr
+    [line] = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert "non-finite loss at task 2" in line and "global step" in line
+    assert "penalty_ewc" in line and str(exp) in line
+    # the earlier --output_dir is not replaced (despite --overwrite), nothing half-written
+    assert [p.name for p in out.iterdir()] == ["keep"]
+    assert not [p for p in out.parent.iterdir() if ".tmp-" in p.name]
+    # the export written after task 1 is the last one
+    run = json.loads((exp / "run.json").read_text())
+    assert run["tasks_learned"] == 1 and len(run["accuracy_matrix"]) == 1
+    assert (exp / "saved_model" / "saved_model.pb").exists()
+    # ... and nothing else was exported (no temporary or interrupted siblings)
+    assert sorted(p.name for p in exp.parent.iterdir()) == ["export", "out", "result.json"]

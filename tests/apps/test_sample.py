@@ -1,0 +1,147 @@
+"""apps.sample: a PNG grid of a saved run's samples, one row per class; refused requests."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+FAST = ["--experiment=split_digits", "--scenario=class", "--iters=25", "--batch=32",
+        "--fc_units=40", "--z_dim=8", "--keep_label_order"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def python_m(module: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m module args`` from the repository root."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def tiny_bir_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(output_dir, export_dir) of a 2-task BI-R run on split digits, trained once per
+    pytest session and shared with test_tensorboard.py (which logs every 10 steps)."""
+    root = tmp_path_factory.getbasetemp() / "tiny_bir_run"
+    out, exp = root / "out", root / "export"
+    if not (out / "results.json").exists():
+        root.mkdir(exist_ok=True)
+        r = python_m("apps.train", *FAST, "--method=bir", "--tasks=2", "--log_every=10",
+                     f"--output_dir={out}", f"--export_dir={exp}", "--overwrite")
+        assert r.returncode == 0, r.stderr[-3000:]
+    return out, exp
+
+
+def diverging_ewc_run(tmp_path_factory: pytest.TempPathFactory):
+    """(completed process, output_dir, export_dir) of an EWC run whose loss becomes
+    non-finite in task 2 (EWC's penalty is zero in task 1; lambda = 1e38 overflows float32
+    once the parameters move), started over an earlier ``output_dir`` with --overwrite.
+    Run once per session; shared with test_failures.py."""
+    root = tmp_path_factory.getbasetemp() / "diverging_ewc_run"
+    out, exp = root / "out", root / "export"
+    cached = root / "result.json"
+    if not cached.exists():
+        out.mkdir(parents=True)
+        (out / "keep").write_text("an earlier run")
+        r = python_m("apps.train", *FAST, "--method=ewc", "--ewc_lambda=1e38", "--fisher_n=50",
+                     "--tasks=3", f"--output_dir={out}", f"--export_dir={exp}", "--overwrite")
+        cached.write_text(json.dumps([r.returncode, r.stdout, r.stderr]))
+    rc, stdout, stderr = json.loads(cached.read_text())
+    return subprocess.CompletedProcess([], rc, stdout, stderr), out, exp
+
+
+@pytest.fixture(scope="module")
+def bir_export(tmp_path_factory):
+    return tiny_bir_run(tmp_path_factory)[1]
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if ln.startswith("error: ")]
+
+
+def test_writes_png_grid_one_row_per_class(bir_export, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "grids" / "grid.png"
+    # the export dir's saved_model/ subfolder works as well as the export dir
+    r = python_m("apps.sample", f"--saved_model={bir_export / 'saved_model'}",
+                 "--classes=0,1,3", "--n=4", "--scale=2", f"--out={out}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert out.read_bytes()[:8] == PNG
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert info["classes"] == [0, 1, 3] and info["labels"] == [0, 1, 3]
+    assert info["image_shape"] == [8, 8, 1]  # split digits: 64 inputs -> 8x8
+    assert info["dataset_classes"] == [0, 1, 3]  # --keep_label_order
+    cell, pad = 8 * 2, 2
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.mode == "L"
+        # 3 rows (classes) of 4 samples, each 16x16, with 2-pixel padding
+        assert im.size == (4 * (cell + pad) + pad, 3 * (cell + pad) + pad)
+    assert [p.name for p in out.parent.iterdir()] == ["grid.png"]  # no temp file left
+
+
+def test_default_classes_are_those_learned(bir_export, tmp_path):
+    from PIL import Image
+
+    from apps.sample import sample
+
+    info = sample(str(bir_export), None, 2, str(tmp_path / "all.png"))
+    assert info["classes"] == [0, 1, 2, 3]  # 2 tasks of 2 classes learned
+    side = 8 * info["scale"]
+    with Image.open(tmp_path / "all.png") as im:
+        assert im.size == (2 * (side + 2) + 2, 4 * (side + 2) + 2)
+
+
+@pytest.mark.parametrize("classes", ["0,4", "-1", "x"])
+def test_bad_class_ids_exit_2(bir_export, tmp_path, classes):
+    out = tmp_path / "bad.png"
+    r = python_m("apps.sample", f"--saved_model={bir_export}", f"--classes={classes}",
+                 f"--out={out}")
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr
+    assert len(error_lines(r.stderr)) == 1
+    assert not out.exists()
+
+
+def test_run_without_generator_exit_2(tmp_path_factory, tmp_path):
+    # a run without generative replay (EWC here: its export after task 1) has no `sample`
+    _, _, exp = diverging_ewc_run(tmp_path_factory)
+    out = tmp_path / "none.png"
+    r = python_m("apps.sample", f"--saved_model={exp}", "--classes=0,1", f"--out={out}")
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr
+    [line] = error_lines(r.stderr)
+    assert "no `sample` signature" in line and "replay=none" in line
+    assert not out.exists()
+
+
+def test_internal_replay_run_refused_without_loading(tmp_path):
+    # a run with internal replay generates conv features: refused from run.json alone
+    exp = tmp_path / "export"
+    (exp / "saved_model").mkdir(parents=True)
+    (exp / "saved_model" / "saved_model.pb").write_bytes(b"")
+    (exp / "run.json").write_text(json.dumps({
+        "tasks_learned": 1, "flags": {"replay": "generative"},
+        "protocol": {"experiment": "split_cifar100", "classes_per_task": 10,
+                     "input_shape": [1024], "features": True}}))
+    out = tmp_path / "f.png"
+    r = python_m("apps.sample", f"--saved_model={exp}", f"--out={out}")
+    assert r.returncode == 2 and "hidden features" in r.stderr and not out.exists()
+
+
+def test_missing_saved_model_exit_2(tmp_path):
+    r = python_m("apps.sample", f"--saved_model={tmp_path / 'nothing'}")
+    assert r.returncode == 2 and error_lines(r.stderr) and "Traceback" not in r.stderr
+
+
+def test_image_layouts():
+    from apps.sample import SampleError, image_layout
+
+    assert image_layout([784]) == (28, 28, 1)
+    assert image_layout([1024]) == (32, 32, 1)
+    assert image_layout([64]) == (8, 8, 1)
+    assert image_layout([32, 32, 3]) == (32, 32, 3)
+    with pytest.raises(SampleError):
+        image_layout([10])
