@@ -168,6 +168,9 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     todo = [] if FLAGS.only_cached else [r for r in runs if not is_cached(r)]
+    # every method's first seed before any method's second: a cut-short compare still
+    # covers all methods
+    todo.sort(key=lambda r: r["seed"])
     print(f"{sum(map(is_cached, runs))} cached, {len(todo)} to run", flush=True)
     workers = FLAGS.parallel or max(1, (os.cpu_count() or 2) // 2)
     failed = []
