@@ -1,0 +1,99 @@
+"""apps.pretrain end to end on a tiny CIFAR-10-format dataset: weights that load_trunk
+reads, the JSON record beside them, refused input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+FAST = ["--epochs=1", "--limit=16", "--batch=8", "--head_units=16"]
+
+
+def pretrain(*args):
+    return subprocess.run([sys.executable, "-m", "apps.pretrain", *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny pre-training run (20 training images written as CIFAR-10 pickles)."""
+    from tests.conftest import CIFAR10_NAMES, _cifar_data, _pickle
+
+    root = tmp_path_factory.mktemp("pretrain")
+    folder = root / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for b in range(5):
+        _pickle(folder / f"data_batch_{b + 1}",
+                {b"labels": [(4 * b + i) % 10 for i in range(4)], b"data": _cifar_data(4, 4 * b)})
+    _pickle(folder / "test_batch", {b"labels": list(range(10)), b"data": _cifar_data(10, 1000)})
+    _pickle(folder / "batches.meta", {b"label_names": [n.encode() for n in CIFAR10_NAMES]})
+    out = root / "models" / "conv_trunk.weights.h5"
+    r = pretrain(f"--data_dir={root / 'data'}", f"--out={out}", *FAST)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root, out, r
+
+
+def test_weights_load_with_load_trunk(trained):
+    from bir_keras.experiment import load_trunk
+
+    root, out, r = trained
+    assert out.exists()
+    trunk = load_trunk(str(out))
+    fresh = load_trunk("random")
+    loaded, init = trunk.get_weights(), fresh.get_weights()
+    assert len(loaded) == len(init) == 30  # 5 x (kernel, bias, gamma, beta, mean, var)
+    assert any(not np.allclose(a, b) for a, b in zip(loaded, init))
+    x = np.random.RandomState(0).randn(2, 32, 32, 3).astype("float32")
+    assert trunk(x, training=False).shape == (2, 1024)
+    # written atomically: no temporary file left beside the weights
+    assert sorted(p.name for p in out.parent.iterdir()) == ["conv_trunk.json",
+                                                           "conv_trunk.weights.h5"]
+
+
+def test_json_record(trained):
+    root, out, r = trained
+    rec = json.loads((out.parent / "conv_trunk.json").read_text())
+    assert rec["epochs"] == 1 and rec["finished"] and rec["train_images"] == 16
+    assert rec["test_images"] == 10 and 0.0 <= rec["test_accuracy"] <= 1.0
+    assert rec["seconds"] > 0 and rec["command"].startswith("python -m apps.pretrain")
+    assert "--limit=16" in rec["command"] and rec["weights"] == out.name
+    assert len(rec["history"]) == 1
+    assert "test accuracy" in r.stdout
+    assert json.loads(r.stdout.strip().splitlines()[-1])["test_accuracy"] == rec["test_accuracy"]
+
+
+@pytest.mark.parametrize("bad", [["--data_dir=MISSING"], ["--out=OUT.h5"], ["--epochs=0"]])
+def test_refused_input_exits_2_and_keeps_weights(trained, tmp_path, bad):
+    root, out, _ = trained
+    before = out.read_bytes()
+    bad = [b.replace("MISSING", str(tmp_path / "nothing")).replace("OUT", str(out.parent / "w"))
+           for b in bad]
+    args = [f"--data_dir={root / 'data'}", f"--out={out}", *FAST, *bad]
+    r = pretrain(*args)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1
+    assert out.read_bytes() == before
+    assert not (out.parent / "w.h5").exists()
+
+
+def test_shipped_weights_load_by_default():
+    """The pre-trained trunk in saved_models/cifar10_conv is what CIFAR runs load by default."""
+    from bir_keras.experiment import DEFAULT_CONV_WEIGHTS, load_trunk
+
+    if not DEFAULT_CONV_WEIGHTS.exists():
+        pytest.skip("no pre-trained conv weights shipped in this checkout")
+    rec = json.loads(DEFAULT_CONV_WEIGHTS.with_name("conv_trunk.json").read_text())
+    assert rec["epochs"] >= 1 and rec["train_images"] == 50000 and rec["test_accuracy"] > 0.5
+    trunk = load_trunk(None)
+    assert not np.allclose(trunk.get_weights()[0], load_trunk("random").get_weights()[0])
+    x = np.random.RandomState(0).randn(4, 32, 32, 3).astype("float32")
+    f = trunk(x, training=False).numpy()
+    assert f.shape == (4, 1024) and np.all(np.isfinite(f)) and np.all(f >= 0)
