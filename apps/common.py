@@ -123,12 +123,20 @@ def make_strategy(name: str, num_logical_cpus: int = 0):
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
         return tf.distribute.MirroredStrategy(devices=devices), True
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    try:
+        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"TF_CONFIG is not valid JSON ({e})") from None
     if not tf_config:
         raise ConfigError("--strategy=multi_worker needs the TF_CONFIG environment variable")
+    cluster = tf_config.get("cluster") or {}
+    task = tf_config.get("task") or {}
+    kind, index = task.get("type"), task.get("index", 0)
+    # every process trains (the collectives need all of them); only the chief writes
+    if kind not in ("chief", "worker") or kind not in cluster \
+            or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+        raise ConfigError(f"TF_CONFIG: task {task} is not a chief or worker of the cluster "
+                          f"{cluster}")
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    task = tf_config.get("task", {})
-    is_chief = task.get("type") == "chief" or (
-        task.get("type") == "worker" and task.get("index", 0) == 0
-        and "chief" not in tf_config.get("cluster", {}))
+    is_chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
     return strategy, is_chief

@@ -16,6 +16,7 @@ from bir_keras.config import Config
 from bir_keras.data.protocols import Protocol
 from bir_keras.models.classifier import Classifier, distillation_loss, masked_cross_entropy
 from bir_keras.models.layers import make_unit_masks, masked_logits
+from bir_keras.strategies.fisher import dense_fisher
 from bir_keras.strategies.regularizers import EWC, SI, Regularizer
 
 
@@ -49,6 +50,39 @@ def _local(x: tf.Tensor) -> tf.Tensor:
     return x[rid * b:(rid + 1) * b]
 
 
+def _pad_samples(data: dict) -> dict:
+    """The step's data with x, y and tid zero-padded to the next power of two of samples.
+
+    The step draws indices from ``offsets`` and ``sizes`` only, so padding changes no number;
+    it gives tasks of slightly different sizes the same shapes, so the compiled step is
+    neither traced again nor (with XLA) recompiled for each task."""
+    n = int(data["x"].shape[0])
+    size = 1 << max(n - 1, 0).bit_length()
+    if size == n:
+        return data
+    out = dict(data)
+    for k in ("x", "y", "tid"):
+        v = data[k]
+        out[k] = tf.concat([v, tf.zeros([size - n, *v.shape[1:]], v.dtype)], 0)
+    return out
+
+
+def _same_context(a: dict, b: dict) -> bool:
+    """Whether two step contexts trace to the same graph (same tensors, same Python values)."""
+    if a is b:
+        return True
+    if a.keys() != b.keys():
+        return False
+    for k, x in a.items():
+        y = b[k]
+        if x is y:
+            continue
+        if isinstance(x, (tf.Tensor, tf.Variable)) or isinstance(y, (tf.Tensor, tf.Variable)) \
+                or x != y:
+            return False
+    return True
+
+
 class Trainer:
     """Fine-tuning ("None"): the base every method builds on.
 
@@ -57,6 +91,9 @@ class Trainer:
     """
 
     uses_replay = False
+    # Iterations run per call of the compiled loop (``_steps``): one call and one fetch of
+    # the losses per chunk instead of per iteration (see ``_steps`` for the numbers).
+    steps_per_call = 50
 
     def __init__(self, protocol: Protocol, config: Config,
                  strategy: tf.distribute.Strategy | None = None, verbose: bool = True):
@@ -83,8 +120,17 @@ class Trainer:
             for reg in self.regularizers:
                 reg.build(self.protected_variables())
             self.tasks_done = tf.Variable(0, trainable=False, name="tasks_done")
+        # XLA compiles the step for one device; with several replicas (MirroredStrategy over
+        # devices, MultiWorkerMirroredStrategy) the step reads variables on other devices and
+        # all-reduces, which the compiled cluster cannot: there it runs without XLA.
+        self.jit_compile = bool(config.jit_compile) and self.replicas == 1
+        if config.jit_compile and not self.jit_compile:
+            tf.get_logger().warning(f"--jit_compile ignored: XLA does not compile the step "
+                                    f"across {self.replicas} replicas")
         self._step_fn = tf.function(self._step, reduce_retracing=True,
-                                    jit_compile=config.jit_compile or None)
+                                    jit_compile=self.jit_compile or None)
+        self._steps_fn = tf.function(self._steps, reduce_retracing=True,
+                                     jit_compile=self.jit_compile or None)
         self._eval_fn = tf.function(self._eval_batch, reduce_retracing=True)
 
     # -- construction hooks ----------------------------------------------------------
@@ -239,6 +285,28 @@ class Trainer:
         per_replica = self.strategy.run(self._replica_step, args=(data, ctx, draws))
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
+    def _steps(self, data: dict, ctx: dict, n: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Up to ``n`` (<= ``steps_per_call``) iterations of ``_step`` in one graph, stopping
+        after the first iteration with a non-finite loss: (losses [steps_per_call, terms],
+        iterations run); rows past that count are zeros.
+
+        The same draws and updates as ``n`` calls of ``_step``: bit for bit for the methods
+        without a VAE; with one (GR, BI-R) Grappler's arithmetic optimiser rewrites a few of
+        its element-wise terms differently inside the loop, which moves losses by float32
+        rounding (~1e-8). The same seed still gives the same numbers on every run."""
+        size = self.steps_per_call
+        terms = len(self.loss_names(ctx))
+        rows = tf.TensorArray(tf.float32, size=size, element_shape=[terms])
+
+        def body(i, rows, finite):
+            values = self._step(data, ctx)
+            return i + 1, rows.write(i, values), tf.reduce_all(tf.math.is_finite(values))
+
+        count, rows, _ = tf.while_loop(
+            lambda i, rows, finite: tf.logical_and(i < tf.minimum(n, size), finite),
+            body, (tf.constant(0), rows, tf.constant(True)), maximum_iterations=size)
+        return rows.stack(), count
+
     # -- the task loop ---------------------------------------------------------------
     def step_context(self, t: int) -> dict:
         """Tensors that change per task but not per iteration."""
@@ -289,29 +357,41 @@ class Trainer:
         return self.history
 
     def train_task(self, t: int, data: dict, ctx: dict) -> dict[str, float]:
-        """Run the compiled step ``iterations(t)`` times with a progress bar."""
+        """Run the compiled step ``iterations(t)`` times with a progress bar, in chunks of up
+        to ``steps_per_call`` iterations per call (chunks never span a change of context)."""
         n = self.iterations(t)
         names = self.loss_names(ctx)
         sums = np.zeros(len(names))
         window = np.zeros(len(names))
         bar = keras.utils.Progbar(n, verbose=1 if sys.stdout.isatty() else 2, stateful_metrics=names) \
             if self.verbose else None
-        for i in range(n):
-            values = self._step_fn(data, self.ctx_for_iteration(ctx, i)).numpy()
-            self.global_step += 1
-            if not np.all(np.isfinite(values)):
-                bad = [nm for nm, v in zip(names, values) if not np.isfinite(v)]
-                raise NonFiniteLoss(f"non-finite loss at task {t + 1}, iteration {i + 1} "
-                                    f"(global step {self.global_step}): {', '.join(bad)}")
-            sums += values
-            window += values
-            if (i + 1) % self.config.log_every == 0 or i + 1 == n:
-                k = (i % self.config.log_every) + 1
-                self.log_scalars({f"loss/{nm}": v / k for nm, v in zip(names, window)},
-                                 self.global_step)
-                window[:] = 0
-                if bar is not None:
-                    bar.update(i + 1, [(nm, float(v)) for nm, v in zip(names, values)])
+        data = _pad_samples(data)
+        i = 0
+        while i < n:
+            step_ctx = self.ctx_for_iteration(ctx, i)
+            k = 1
+            while (i + k < n and k < self.steps_per_call
+                   and _same_context(step_ctx, self.ctx_for_iteration(ctx, i + k))):
+                k += 1
+            rows, count = self._steps_fn(data, step_ctx, tf.constant(k, tf.int32))
+            rows = rows.numpy()[:int(count)]
+            # count what the model went through at once (an interrupted run reports it)
+            first, self.global_step = self.global_step, self.global_step + len(rows)
+            for j, values in enumerate(rows):
+                if not np.all(np.isfinite(values)):
+                    bad = [nm for nm, v in zip(names, values) if not np.isfinite(v)]
+                    raise NonFiniteLoss(f"non-finite loss at task {t + 1}, iteration {i + 1} "
+                                        f"(global step {first + j + 1}): {', '.join(bad)}")
+                sums += values
+                window += values
+                if (i + 1) % self.config.log_every == 0 or i + 1 == n:
+                    m = (i % self.config.log_every) + 1
+                    self.log_scalars({f"loss/{nm}": v / m for nm, v in zip(names, window)},
+                                     first + j + 1)
+                    window[:] = 0
+                    if bar is not None:
+                        bar.update(i + 1, [(nm, float(v)) for nm, v in zip(names, values)])
+                i += 1
         return {nm: float(v / max(n, 1)) for nm, v in zip(names, sums)}
 
     # -- evaluation ------------------------------------------------------------------
@@ -353,6 +433,9 @@ class Trainer:
         tid = tf.fill([n], tf.constant(t, tf.int32))
         active = tf.gather(tf.constant(self.protocol.active_table(t)), tid)
         variables = self.protected_variables()
+        fast = dense_fisher(self.model, variables, x, tid, active)
+        if fast is not None:
+            return fast
         return fisher_diagonal(lambda xb, tb: self.logits(self.model, xb, tb), variables,
                                x, tid, active)
 

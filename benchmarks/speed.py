@@ -1,0 +1,469 @@
+"""Speed and memory of every method's training step (a benchmark, not a test).
+
+    python -m benchmarks.speed --quick                       # tiny sizes: does it run?
+    python -m benchmarks.speed                               # everything, paper sizes
+    python -m benchmarks.speed --methods=bir,none --experiments=split_mnist --xla=off
+
+Per method and experiment, the step of a replay task (task index 1: after
+``trainer.before_task(1)``, with ``ctx = trainer.step_context(1)``) on random data of the
+right shape (a fake MNIST of random uint8 28x28x1 images, so it runs anywhere), after
+warm-up, as the median over ``--repeats`` timings of ``--steps`` iterations, two ways:
+
+* ``step``: ``trainer._step_fn(data, ctx)`` once per iteration, losses fetched each time
+  (``.numpy()``);
+* ``loop``: ``trainer._steps_fn(data, ctx, k)``, up to ``Trainer.steps_per_call``
+  iterations per call, fetched once per call: what ``Trainer.train_task`` runs.
+
+Both with and without XLA (``Config.jit_compile``); a method whose step fails to compile
+under XLA is reported with the error and measured without it. Also the wall time and peak
+memory of a whole protocol run (split MNIST Class-IL BI-R, 5 tasks x ``--protocol_iters``
+iterations, through ``experiment.run`` with its evaluation, exports and TensorBoard logs) in
+a fresh process, and this machine's dense matmul rate (2048 x 2048 float32).
+
+Experiments (the paper's sizes): split MNIST, batch 128 (+128 replayed), 2 x 400 units,
+Class-IL (Task-IL for XdG, which needs task identity); permuted MNIST, batch 256 (+256),
+2 x 2000 units, Domain-IL (Task-IL for XdG).
+
+Writes a Markdown table to stdout and JSON to ``--out`` (atomically).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+METHOD_NAMES = ["none", "joint", "ewc", "online_ewc", "si", "lwf", "xdg", "generative",
+                "generative_distill", "bir", "bir_si"]
+EXPERIMENTS = {
+    "split_mnist": dict(scenario="class", batch=128, fc_units=400),
+    "permuted_mnist": dict(scenario="domain", batch=256, fc_units=2000),
+}
+QUICK = dict(batch=16, fc_units=32, z_dim=8, n_train=600, n_test=100, steps=5, repeats=2,
+             warmup=2, matmul=256, protocol_iters=10)
+
+flags.DEFINE_list("methods", METHOD_NAMES, "methods to time (names of --method; default all)")
+flags.DEFINE_list("experiments", list(EXPERIMENTS), "split_mnist and/or permuted_mnist")
+flags.DEFINE_integer("steps", 50, "iterations per timing (default 50)")
+flags.DEFINE_integer("repeats", 5, "timings per method; the median is reported (default 5)")
+flags.DEFINE_integer("warmup", 5, "untimed iterations after tracing (default 5)")
+flags.DEFINE_enum("xla", "both", ["both", "on", "off"], "time the step with XLA, without, "
+                  "or both (default both)")
+flags.DEFINE_bool("quick", False, "tiny sizes and few steps: a smoke check, not a measurement")
+flags.DEFINE_integer("protocol_iters", None, "iterations per task of the whole-protocol run "
+                     "(split MNIST Class-IL BI-R, 5 tasks; default 2000 = the paper's, 10 with "
+                     "--quick; 0 skips it)")
+flags.DEFINE_string("data_dir", None, "real MNIST IDX files for the protocol run (default: "
+                    "random images of MNIST's size)")
+flags.DEFINE_integer("matmul_n", 2048, "side of the square matmul that measures the machine "
+                     "(default 2048)")
+flags.DEFINE_string("out", "benchmarks/results/speed.json", "JSON results (written atomically)")
+flags.DEFINE_bool("protocol_child", False, "internal: run the protocol in this process and "
+                  "print its JSON")
+flags.DEFINE_bool("protocol_xla", False, "internal: the protocol run's jit_compile")
+FLAGS = flags.FLAGS
+
+
+# -- data and trainers ---------------------------------------------------------------
+def fake_mnist(n_train: int, n_test: int, seed: int = 0):
+    """A ``Dataset`` named mnist of random uint8 28x28x1 images and labels 0..9."""
+    from bir_keras.data.sources import Dataset
+
+    rs = np.random.RandomState(seed)
+    return Dataset("mnist", rs.randint(0, 256, (n_train, 28, 28, 1), dtype=np.uint8),
+                   rs.randint(0, 10, n_train).astype(np.int64),
+                   rs.randint(0, 256, (n_test, 28, 28, 1), dtype=np.uint8),
+                   rs.randint(0, 10, n_test).astype(np.int64), [str(i) for i in range(10)])
+
+
+def make_config(experiment: str, method: str, quick: bool, jit: bool):
+    """The resolved Config of a method at the paper's sizes (or tiny with ``quick``)."""
+    from bir_keras.config import Config, method_settings, resolve
+
+    e = EXPERIMENTS[experiment]
+    scenario = "task" if method == "xdg" else e["scenario"]
+    sizes = dict(batch=e["batch"], fc_units=e["fc_units"])
+    if quick:
+        sizes = dict(batch=QUICK["batch"], fc_units=QUICK["fc_units"], z_dim=QUICK["z_dim"])
+    cfg = Config(experiment=experiment, scenario=scenario, iters=10, jit_compile=jit,
+                 **sizes, **method_settings(method, experiment, scenario))
+    return resolve(cfg, False)
+
+
+def make_replay_step(experiment: str, method: str, quick: bool, jit: bool, dataset):
+    """(trainer, data, ctx) ready for the step of task index 1 (replay from task 0)."""
+    from bir_keras.data.protocols import make_protocol
+    from bir_keras.strategies import make_trainer
+
+    cfg = make_config(experiment, method, quick, jit)
+    protocol = make_protocol(experiment, cfg.scenario, dataset=dataset, seed=cfg.seed)
+    trainer = make_trainer(cfg, protocol, verbose=False)
+    data = trainer.task_data(1)
+    trainer.before_task(1)
+    return trainer, data, trainer.step_context(1)
+
+
+# -- FLOPs ---------------------------------------------------------------------------
+def dense_macs(*layers) -> int:
+    """Multiply-accumulates per sample of the dense kernels (2-D weights named kernel)."""
+    total = 0
+    for layer in layers:
+        if layer is None:
+            continue
+        for v in layer.weights:
+            if len(v.shape) == 2 and v.name.split("/")[-1].split(":")[0] == "kernel":
+                total += int(v.shape[0]) * int(v.shape[1])
+    return total
+
+
+def flops_per_iteration(trainer, replay: bool = True) -> dict[str, int]:
+    """FLOPs of one iteration counted from the dense layers' sizes.
+
+    A dense layer with ``in`` inputs and ``out`` units costs ``2 * in * out`` FLOPs per
+    sample forward; a trained layer costs 3x that (forward, gradient with respect to its
+    input, gradient with respect to its weights); the frozen previous model and generator
+    that make and label the replay run forward only::
+
+        FLOPs = sum_trained 6 * in * out * n_samples + sum_frozen 2 * in * out * n_samples
+
+    with, for B current and R replayed samples (``replay``: a task after the first):
+
+    * None, EWC, online EWC, SI, XdG, Joint: the classifier on B;
+    * LwF: the classifier on B + R (the current inputs again, with the frozen model's soft
+      targets), the frozen classifier on R;
+    * GR (with or without distillation): classifier and VAE on B + R; frozen decoder (to
+      generate) and frozen classifier (to label) on R;
+    * BI-R (+ SI): the whole RtF model (encoder, latent heads, softmax layer, decoder) on
+      B + R; frozen decoder and frozen encoder + softmax layer on R.
+
+    Biases, activations, losses, the prior's log-densities, penalties and the optimiser's
+    element-wise updates are not counted (they are O(parameters + activations), not
+    O(parameters x batch)).
+    """
+    from bir_keras.models.vae import VAE
+
+    c = trainer.config
+    b, r = c.batch, (c.batch_replay if replay and trainer.uses_replay else 0)
+    m = trainer.model
+    if isinstance(m, VAE):  # BI-R's RtF model
+        trained = dense_macs(m) * (b + r)
+        frozen = r * (dense_macs(m.decoder, m.out_layer) + dense_macs(m.encoder, m.head))
+    else:
+        trained = dense_macs(m) * (b + r)
+        frozen = dense_macs(m) * r
+        gen = getattr(trainer, "generator", None)
+        if gen is not None:
+            trained += dense_macs(gen) * (b + r)
+            frozen += r * dense_macs(gen.decoder, gen.out_layer)
+    return {"trained": 6 * trained, "frozen": 2 * frozen, "total": 6 * trained + 2 * frozen}
+
+
+# -- timing --------------------------------------------------------------------------
+def matmul_gflops(n: int, repeats: int) -> float:
+    """This machine's dense float32 matmul rate: n x n by n x n in a tf.function, median."""
+    import tensorflow as tf
+
+    a = tf.random.stateless_normal([n, n], seed=[1, 2])
+    b = tf.random.stateless_normal([n, n], seed=[3, 4])
+
+    @tf.function(jit_compile=False)
+    def mm(a, b):
+        return tf.matmul(a, b)[0, 0]  # fetching one element still needs the whole product
+
+    mm(a, b).numpy()
+    times = []
+    for _ in range(max(repeats, 3)):
+        t0 = time.perf_counter()
+        mm(a, b).numpy()
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n ** 3 / statistics.median(times) / 1e9
+
+
+def _timed(fn, steps: int, repeats: int) -> dict[str, float]:
+    """Median seconds (wall and process CPU) per iteration over ``repeats`` runs of ``fn``."""
+    wall, cpu = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn(steps)
+        wall.append((time.perf_counter() - t0) / steps)
+        cpu.append((time.process_time() - c0) / steps)
+    return {"s_per_it": statistics.median(wall), "s_per_it_min": min(wall),
+            "cpu_s_per_it": statistics.median(cpu)}
+
+
+def time_trainer(trainer, data, ctx, steps: int, repeats: int, warmup: int) -> dict:
+    """Time the per-iteration call and the multi-iteration loop, after tracing and warm-up."""
+    import tensorflow as tf
+
+    def per_call(n):
+        for _ in range(n):
+            trainer._step_fn(data, ctx).numpy()
+
+    def loop(n):
+        done = 0
+        while done < n:
+            k = min(trainer.steps_per_call, n - done)
+            rows, count = trainer._steps_fn(data, ctx, tf.constant(k, tf.int32))
+            rows.numpy()
+            if int(count) < k:
+                raise FloatingPointError("non-finite loss in the benchmark step")
+            done += k
+
+    out = {}
+    t0 = time.perf_counter()
+    per_call(1)
+    out["trace_s_step"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    loop(1)
+    out["trace_s_loop"] = time.perf_counter() - t0
+    per_call(warmup)
+    loop(warmup)
+    # alternate the two ways so that a change of machine load hits both alike
+    step, lp = [], []
+    for _ in range(repeats):
+        step.append(_timed(per_call, steps, 1))
+        lp.append(_timed(loop, steps, 1))
+    for name, runs in (("step", step), ("loop", lp)):
+        out[name] = {k: statistics.median([r[k] for r in runs]) for k in runs[0]}
+        out[name]["s_per_it_min"] = min(r["s_per_it"] for r in runs)
+        out[name]["it_per_s"] = 1.0 / out[name]["s_per_it"]
+    return out
+
+
+def bench_method(experiment: str, method: str, xla: bool, dataset, steps: int, repeats: int,
+                 warmup: int, quick: bool) -> dict:
+    """One row: its/s, GFLOP/s, or the error that stopped it."""
+    rec: dict = {"experiment": experiment, "method": method, "xla": xla}
+    try:
+        trainer, data, ctx = make_replay_step(experiment, method, quick, xla, dataset)
+        rec["scenario"] = trainer.config.scenario
+        rec["batch"], rec["batch_replay"] = trainer.config.batch, trainer.config.batch_replay
+        rec["flops"] = flops_per_iteration(trainer)
+        rec.update(time_trainer(trainer, data, ctx, steps, repeats, warmup))
+        for way in ("step", "loop"):
+            rec[way]["gflops"] = rec["flops"]["total"] * rec[way]["it_per_s"] / 1e9
+    except Exception as e:  # report the op that failed (e.g. under XLA) and go on
+        rec["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+    finally:  # drop this method's graphs before the next one
+        import keras
+
+        trainer = data = ctx = None
+        keras.backend.clear_session()
+        gc.collect()
+    return rec
+
+
+# -- the whole protocol in a fresh process ---------------------------------------------
+def protocol_child(iters: int, data_dir: str | None, quick: bool, xla: bool) -> dict:
+    """Split MNIST Class-IL BI-R, 5 tasks x ``iters``, through ``experiment.run``."""
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()  # as apps.train does by default
+    from bir_keras import experiment
+    from bir_keras.config import Config, method_settings, resolve
+    from bir_keras.data.protocols import make_protocol
+
+    t_start = time.perf_counter()
+    dataset = None
+    if data_dir is None:
+        dataset = fake_mnist(QUICK["n_train"] if quick else 60000,
+                             QUICK["n_test"] if quick else 10000)
+    sizes = dict(batch=QUICK["batch"], fc_units=QUICK["fc_units"], z_dim=QUICK["z_dim"]) \
+        if quick else {}
+    cfg = resolve(Config(experiment="split_mnist", scenario="class", iters=iters,
+                         data_dir=data_dir, jit_compile=xla, **sizes,
+                         **method_settings("bir", "split_mnist", "class")), False)
+    protocol = make_protocol("split_mnist", "class", data_dir=data_dir, dataset=dataset,
+                             seed=cfg.seed)
+    setup = experiment.Setup(cfg, protocol, protocol, None)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        rec = experiment.run(cfg, str(Path(tmp) / "out"), export_dir=str(Path(tmp) / "export"),
+                             setup=setup, verbose=False)
+        wall = time.perf_counter() - t0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak, where = peak_rss_mib()
+    return {"iters": iters, "tasks": protocol.num_tasks, "batch": cfg.batch,
+            "fc_units": cfg.fc_units, "xla": xla, "real_data": data_dir is not None,
+            "wall_s": wall, "wall_s_with_startup": time.perf_counter() - t_start,
+            "task_times_s": rec.get("task_times_s"), "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_mib": peak, "peak_rss_from": where,
+            "final_average_accuracy": rec.get("final_average_accuracy")}
+
+
+def peak_rss_mib() -> tuple[float, str]:
+    """Peak resident memory of this process in MiB, and where it was read.
+
+    ``VmHWM`` of /proc/self/status first: ``ru_maxrss`` of a process started by a big
+    parent can report the parent's peak (Linux carries it over ``exec``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024.0, "VmHWM"
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "ru_maxrss"
+
+
+def protocol_run(iters: int, data_dir: str | None, quick: bool, xla: bool) -> dict:
+    """``protocol_child`` in a fresh Python process (clean peak memory and start-up)."""
+    cmd = [sys.executable, "-m", "benchmarks.speed", "--protocol_child",
+           f"--protocol_iters={iters}", f"--quick={quick}", f"--protocol_xla={xla}"]
+    if data_dir:
+        cmd.append(f"--data_dir={data_dir}")
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parent.parent)
+    if r.returncode != 0:
+        return {"iters": iters, "xla": xla, "error": r.stderr.strip()[-1000:]}
+    rec = json.loads(r.stdout.strip().splitlines()[-1])
+    rec["process_wall_s"] = time.perf_counter() - t0
+    return rec
+
+
+# -- report --------------------------------------------------------------------------
+def machine() -> dict:
+    """Where the numbers come from: CPU, cores, load, library versions."""
+    import keras
+    import tensorflow as tf
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_avg": list(os.getloadavg()),
+            "python": platform.python_version(), "tensorflow": tf.__version__,
+            "keras": keras.__version__}
+
+
+def markdown(results: dict) -> str:
+    """The table of step speeds and the protocol run."""
+    mm = results["matmul_gflops"]
+    lines = [f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
+             f"load {', '.join(f'{x:.1f}' for x in results['machine']['load_avg'])} "
+             f"(at start; {', '.join(f'{x:.1f}' for x in results['load_avg_end'])} at end); "
+             f"dense matmul {mm:.1f} GFLOP/s"
+             + (" (--quick: sizes are tiny, numbers mean nothing)" if results["quick"] else ""),
+             "",
+             "| experiment | method | XLA | MFLOP/it | step ms (it/s) | loop ms (it/s) | "
+             "per-call overhead ms | loop CPU ms | loop GFLOP/s | % of matmul |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results["methods"]:
+        head = f"| {r['experiment']} | {r['method']} | {'on' if r['xla'] else 'off'} |"
+        if "error" in r:
+            lines.append(f"{head} failed: {r['error'][:120]} | | | | | | |")
+            continue
+        s, lp = r["step"], r["loop"]
+        lines.append(f"{head} {r['flops']['total'] / 1e6:.1f} | "
+                     f"{1e3 * s['s_per_it']:.2f} ({s['it_per_s']:.1f}) | "
+                     f"{1e3 * lp['s_per_it']:.2f} ({lp['it_per_s']:.1f}) | "
+                     f"{1e3 * (s['s_per_it'] - lp['s_per_it']):.2f} "
+                     f"(CPU {1e3 * (s['cpu_s_per_it'] - lp['cpu_s_per_it']):.2f}) | "
+                     f"{1e3 * lp['cpu_s_per_it']:.2f} | {lp['gflops']:.1f} | "
+                     f"{100 * lp['gflops'] / mm:.0f}% |")
+    for p in results.get("protocol", []):
+        if "error" in p:
+            lines += ["", f"Protocol run (XLA {'on' if p['xla'] else 'off'}) failed: "
+                      f"{p['error'][-300:]}"]
+            continue
+        lines += ["", f"Whole protocol (split MNIST Class-IL BI-R, {p['tasks']} tasks x "
+                  f"{p['iters']} iterations, batch {p['batch']} + {p['batch']}, "
+                  f"{'real' if p['real_data'] else 'random'} data, XLA "
+                  f"{'on' if p['xla'] else 'off'}): {p['wall_s']:.1f} s in experiment.run "
+                  f"({p['wall_s_with_startup']:.1f} s with imports and data, "
+                  f"{p['process_wall_s']:.1f} s for the process), CPU {p['cpu_s']:.1f} s, "
+                  f"peak RSS {p['peak_rss_mib']:.0f} MiB; per task "
+                  f"{', '.join(f'{t:.1f}' for t in p['task_times_s'])} s; final average "
+                  f"accuracy {p['final_average_accuracy']:.4f}"]
+    return "\n".join(lines)
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """Write JSON through a temporary file in the same folder, then rename it."""
+    path_ = Path(path)
+    path_.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path_.name}.", dir=path_.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+        os.replace(tmp, path_)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str]) -> None:
+    """Time the steps, run the protocol, print the table, write the JSON."""
+    del argv
+    quick = FLAGS.quick
+    iters = FLAGS.protocol_iters
+    if iters is None:
+        iters = QUICK["protocol_iters"] if quick else 2000
+    if FLAGS.protocol_child:
+        print(json.dumps(protocol_child(iters, FLAGS.data_dir, quick, FLAGS.protocol_xla)))
+        return
+    unknown = [m for m in FLAGS.methods if m not in METHOD_NAMES]
+    bad_exp = [e for e in FLAGS.experiments if e not in EXPERIMENTS]
+    if unknown or bad_exp:
+        raise app.UsageError(f"unknown methods {unknown} or experiments {bad_exp}; choose "
+                             f"from {METHOD_NAMES} and {list(EXPERIMENTS)}")
+    steps, repeats, warmup = FLAGS.steps, FLAGS.repeats, FLAGS.warmup
+    if quick:
+        steps, repeats, warmup = QUICK["steps"], QUICK["repeats"], QUICK["warmup"]
+    xla_modes = {"both": [False, True], "on": [True], "off": [False]}[FLAGS.xla]
+    results: dict = {"machine": machine(), "quick": quick, "steps": steps, "repeats": repeats,
+                     "warmup": warmup}
+    results["matmul_n"] = QUICK["matmul"] if quick else FLAGS.matmul_n
+    results["matmul_gflops"] = matmul_gflops(results["matmul_n"], repeats)
+    rows = []
+    for experiment in FLAGS.experiments:
+        dataset = fake_mnist(QUICK["n_train"] if quick else 12000,
+                             QUICK["n_test"] if quick else 1000, seed=1)
+        for method in FLAGS.methods:
+            for xla in xla_modes:
+                rec = bench_method(experiment, method, xla, dataset, steps, repeats, warmup,
+                                   quick)
+                rows.append(rec)
+                if xla and "error" in rec:
+                    rec["fallback"] = "measured without XLA"
+                    if False not in xla_modes:
+                        rows.append(bench_method(experiment, method, False, dataset, steps,
+                                                 repeats, warmup, quick))
+                print(f"{experiment} {method} xla={xla}: "
+                      + (rec["error"] if "error" in rec else
+                         f"{1e3 * rec['loop']['s_per_it']:.2f} ms/it (loop), "
+                         f"{1e3 * rec['step']['s_per_it']:.2f} ms/it (step)"),
+                      file=sys.stderr, flush=True)
+    results["methods"] = rows
+    results["protocol"] = []
+    if iters > 0:
+        for xla in xla_modes[:1]:
+            results["protocol"].append(protocol_run(iters, FLAGS.data_dir, quick, xla))
+    results["matmul_gflops_end"] = matmul_gflops(results["matmul_n"], repeats)
+    results["load_avg_end"] = list(os.getloadavg())
+    results["peak_rss_mib_benchmark"] = peak_rss_mib()[0]
+    table = markdown(results)
+    print(table)
+    results["markdown"] = table
+    write_json_atomic(FLAGS.out, results)
+
+
+if __name__ == "__main__":
+    app.run(main)
