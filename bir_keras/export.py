@@ -84,6 +84,15 @@ class _Bag(tf.Module):
         self.variables_ = list(variables)
 
 
+class _Ref:
+    """Holds a Keras model out of the SavedModel's object graph (so Keras adds no default
+    serving function, which an XdG classifier without task ids could not trace); the
+    variables it uses are tracked explicitly instead."""
+
+    def __init__(self, obj):
+        self.obj = obj
+
+
 class RunModule(tf.Module):
     """What the SavedModel serves: ``classify`` and, for generative replay, ``sample``.
 
@@ -96,8 +105,10 @@ class RunModule(tf.Module):
         p = trainer.protocol
         self._trainer = trainer
         self._pixels = pixels
-        self.model = trainer.model
-        self.trunk = trunk
+        self._model = _Ref(trainer.model)
+        self.model_variables = list(trainer.model.variables)
+        self._trunk = _Ref(trunk)
+        self.trunk_variables = list(trunk.variables) if trunk is not None else []
         spec = tf.TensorSpec([None, *pixels.input_shape], tf.float32, name="x")
         self.classify = tf.function(self._classify, input_signature=[spec])
         self.classify_task = tf.function(self._classify_task, input_signature=[
@@ -105,7 +116,9 @@ class RunModule(tf.Module):
         self.mode_labels = tf.constant(p.mode_to_label(np.arange(p.num_modes)), tf.int32)
         self.sample = None
         if isinstance(trainer, GenerativeReplay):
-            self.generator_model = trainer.model if trainer.config.feedback else trainer.generator
+            gen = trainer.model if trainer.config.feedback else trainer.generator
+            self._generator = _Ref(gen)
+            self.generator_variables = list(gen.variables)
             self.sample = tf.function(self._sample, input_signature=[
                 tf.TensorSpec([None], tf.int32, name="class_ids")])
         self.classify_features = None
@@ -116,8 +129,8 @@ class RunModule(tf.Module):
     def _inputs(self, x):
         if self._pixels.mean is not None:
             x = (x - tf.constant(self._pixels.mean)) / tf.constant(self._pixels.std)
-        if self.trunk is not None:
-            x = self.trunk(x, training=False)
+        if self._trunk.obj is not None:
+            x = self._trunk.obj(x, training=False)
         return x
 
     def _classify(self, x):
@@ -126,16 +139,17 @@ class RunModule(tf.Module):
 
     def _classify_task(self, x, task_ids):
         """Logits with the task identity of each input (needed by XdG's masks)."""
-        return {"logits": self._trainer.logits(self.model, self._inputs(x), task_ids)}
+        return {"logits": self._trainer.logits(self._model.obj, self._inputs(x), task_ids)}
 
     def _classify_features(self, h):
         """Logits for hidden features (what internal replay generates)."""
-        return {"logits": self._trainer.logits(self.model, h, tf.zeros(tf.shape(h)[:1], tf.int32))}
+        return {"logits": self._trainer.logits(self._model.obj, h,
+                                               tf.zeros(tf.shape(h)[:1], tf.int32))}
 
     def _sample(self, class_ids):
         """One sample per requested class id: the output label in Task-IL and Class-IL, the
         (task, class) mode ``task * classes_per_task + class`` in Domain-IL."""
-        gen = self.generator_model
+        gen = self._generator.obj
         x = gen.generate(class_ids, tf.random.normal([tf.shape(class_ids)[0], gen.z_dim]))
         if not self._trainer.protocol.features:
             if self._pixels.mean is not None:

@@ -134,6 +134,31 @@ def test_refused_input_exits_2_and_keeps_previous_run(bir_run, tmp_path, bad):
     assert (tree_digest(out), tree_digest(exp)) == before
 
 
+XDG_LOADER = """
+import sys
+import numpy as np
+import tensorflow as tf
+m = tf.saved_model.load(sys.argv[1])
+x = tf.constant(np.full((3, 64), 0.5, np.float32))
+a = m.signatures["classify_task"](x=x, task_ids=tf.constant([0, 0, 0]))["logits"].numpy()
+b = m.signatures["classify_task"](x=x, task_ids=tf.constant([1, 1, 1]))["logits"].numpy()
+assert a.shape == (3, 10) and not np.allclose(a, b), "XdG masks must depend on the task"
+print("ok")
+"""
+
+
+def test_xdg_run_exports_task_signature(tmp_path):
+    exp = tmp_path / "export"
+    r = train(*[f for f in FAST if f != "--scenario=class"], "--scenario=task", "--method=xdg",
+              "--tasks=2", "--iters=10", f"--output_dir={tmp_path / 'o'}", f"--export_dir={exp}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    script = tmp_path / "load.py"
+    script.write_text(XDG_LOADER)
+    r = subprocess.run([sys.executable, str(script), str(exp / "saved_model")], env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
+
+
 def test_existing_output_dir_needs_overwrite(bir_run):
     out, exp = bir_run
     before = tree_digest(out)
