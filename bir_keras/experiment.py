@@ -104,7 +104,8 @@ def run_record(setup: Setup, trainer: Trainer, wall: float) -> dict:
            "tasks_learned": int(trainer.tasks_done.numpy()),
            "classes_seen": [int(c) for c in setup.protocol.class_order[
                :int(trainer.tasks_done.numpy()) * setup.protocol.classes_per_task]]
-           if setup.protocol.experiment != "permuted_mnist" else list(range(10)),
+           if setup.protocol.experiment != "permuted_mnist"
+           else list(range(setup.protocol.classes_per_task)),
            "accuracy_matrix": matrix, "wall_time_s": wall,
            "task_times_s": trainer.history.task_times, "losses": trainer.history.losses,
            "global_step": trainer.global_step}

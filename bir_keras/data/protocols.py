@@ -124,18 +124,6 @@ class Protocol:
         modes = np.asarray(modes)
         return modes % self.classes_per_task if self.scenario == "domain" else modes
 
-    def mode_names(self) -> list[str]:
-        """A readable name for each mode (the raw class name, with the task in Domain-IL)."""
-        names = []
-        for t in range(self.capacity):
-            for k in range(self.classes_per_task):
-                if self.experiment == "permuted_mnist":
-                    names.append(f"task{t + 1}:{self.class_names[k]}")
-                else:
-                    names.append(self.class_names[self.class_order[t * self.classes_per_task + k]]
-                                 if t * self.classes_per_task + k < len(self.class_order) else "?")
-        return names
-
     def preprocess_np(self, x: np.ndarray) -> np.ndarray:
         """Turn stored inputs into model inputs (the numpy twin of the in-graph version)."""
         if self.features:

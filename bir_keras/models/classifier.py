@@ -62,10 +62,6 @@ class Classifier(keras.Model):
         """Logits over all output units."""
         return self.head(self.hidden(x, task_ids, training=training))
 
-    def classifier_variables(self) -> list:
-        """Variables that a regulariser such as SI or EWC protects."""
-        return list(self.trainable_variables)
-
     @property
     def metrics(self):
         """Trackers reset by ``fit`` at each epoch."""

@@ -239,7 +239,3 @@ class RtFClassifier(VAE):
         if num_outputs < 1:
             raise ValueError("RtFClassifier needs at least one output unit")
         super().__init__(input_shape, fc_units, num_outputs=num_outputs, **kwargs)
-
-    def call_logits(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """Logits over all output units (the classifier view of the model)."""
-        return self.classify(x, training)
