@@ -225,6 +225,17 @@ class Trainer:
     def replay_class_loss(self, logits: tf.Tensor, replay: dict, ctx: dict) -> tf.Tensor:
         """Hard-target cross-entropy or distillation on replayed samples (method.md 4.1-4.2)."""
         c = self.config
+        if "task_w" in replay:
+            # every previous task's head on every replayed sample, averaged over the tasks
+            cpt = self.protocol.classes_per_task
+            flat = tf.reshape(logits, [-1, cpt])
+            ones = tf.ones_like(flat)
+            if c.distill:
+                per = distillation_loss(flat, tf.reshape(replay["soft"], [-1, cpt]), ones, c.temp)
+            else:
+                per = masked_cross_entropy(flat, tf.reshape(replay["hard"], [-1]), ones)
+            per = tf.reduce_sum(tf.reshape(per, [tf.shape(logits)[0], -1]) * replay["task_w"], -1)
+            return tf.nn.compute_average_loss(per, global_batch_size=c.batch_replay)
         active = tf.gather(ctx["active"], replay["tid"])
         if c.distill:
             per = distillation_loss(logits, replay["soft"], active, c.temp)
@@ -232,8 +243,28 @@ class Trainer:
             per = masked_cross_entropy(logits, replay["hard"], active)
         return tf.nn.compute_average_loss(per, global_batch_size=c.batch_replay)
 
+    def replay_all_previous_tasks(self) -> bool:
+        """Task-IL replay that was not generated for a chosen task (LwF; GR without a
+        mixture prior or gates) is labelled by every previous task's head and its loss
+        averaged over those tasks (method.md 4.1: "labelled per previous task with that
+        task's active units", as the paper's code does). Conditional replay is generated
+        for one class, so it is labelled over that class's task only. With XdG the logits
+        depend on the task's mask, so each sample keeps the one task it was drawn for."""
+        c = self.config
+        conditional = c.replay == "generative" and (c.prior == "gmm" or bool(c.dg_gates))
+        return self.protocol.scenario == "task" and not conditional and not c.xdg
+
     def label_replay(self, prev_model, x: tf.Tensor, tid: tf.Tensor, ctx: dict) -> dict:
         """Targets for replayed inputs from the frozen previous model, over the units it knew."""
+        if self.replay_all_previous_tasks():
+            cpt = self.protocol.classes_per_task
+            z = tf.reshape(self.logits(prev_model, x, tid), [tf.shape(x)[0], -1, cpt])
+            n_tasks = tf.shape(z)[1]
+            prev = tf.cast(tf.range(n_tasks) < ctx["task"], tf.float32)
+            return {"hard": tf.argmax(z, -1, output_type=tf.int32),
+                    "soft": tf.nn.softmax(z / self.config.temp),
+                    "probs": tf.reshape(tf.nn.softmax(z), [tf.shape(x)[0], -1]),
+                    "task_w": prev / tf.maximum(tf.reduce_sum(prev), 1.0)}
         prev_active = tf.gather(ctx["active_prev"], tid)
         z = masked_logits(self.logits(prev_model, x, tid), prev_active)
         return {"hard": tf.argmax(z, -1, output_type=tf.int32),

@@ -63,6 +63,42 @@ def test_lwf_targets_come_from_frozen_previous_model(tiny_setup):
     assert np.all(after[:, 2:] == 0) and np.allclose(after.sum(1), 1, atol=1e-5)
 
 
+@pytest.mark.parametrize("distill", [False, True])
+def test_task_il_replay_is_labelled_by_every_previous_task(tiny_setup, distill):
+    """Task-IL LwF: each replayed input is labelled by each previous task's head and the
+    loss is the mean over those tasks of the per-task loss (method.md 4.1)."""
+    cfg, proto = tiny_setup("task", tasks=3, iters=20, replay="current", distill=distill)
+    tr = make_trainer(cfg, proto, verbose=False)
+    assert tr.replay_all_previous_tasks()
+    tr.fit(until=2)
+    tr.before_task(2)
+    ctx = tr.step_context(2)
+    x = tf.constant(proto.preprocess_np(proto.task(2).x_train[:8]))
+    tid = tf.zeros([8], tf.int32)
+    rep = {"x": x, "tid": tid, **tr.label_replay(tr.prev_model, x, tid, ctx)}
+    np.testing.assert_allclose(rep["task_w"].numpy()[:3], [0.5, 0.5, 0.0])
+    old = tr.prev_model(x, tid).numpy()
+    new = tr.model(x, tid).numpy() + np.random.RandomState(0).randn(8, old.shape[1])
+    loss = float(tr.replay_class_loss(tf.constant(new, tf.float32), rep, ctx))
+    T, hand = cfg.temp, []
+    for k in range(2):   # tasks 1 and 2 are the previous ones
+        zo, zn = old[:, 2 * k:2 * k + 2], new[:, 2 * k:2 * k + 2]
+        if distill:
+            p_old = np.exp(zo / T) / np.exp(zo / T).sum(1, keepdims=True)
+            log_new = zn / T - np.log(np.exp(zn / T).sum(1, keepdims=True))
+            hand.append(-(T ** 2) * (p_old * log_new).sum(1))
+        else:
+            y = zo.argmax(1)
+            log_new = zn - np.log(np.exp(zn).sum(1, keepdims=True))
+            hand.append(-log_new[np.arange(8), y])
+    np.testing.assert_allclose(loss, np.mean(hand) * 8 / cfg.batch_replay, rtol=1e-4)
+
+
+def test_conditional_task_il_replay_keeps_its_task(tiny_setup):
+    cfg, proto = tiny_setup("task", tasks=2, replay="generative", brain_inspired=True)
+    assert not make_trainer(cfg, proto, verbose=False).replay_all_previous_tasks()
+
+
 def test_generative_replay_targets_come_from_frozen_copy(tiny_setup):
     cfg, proto = tiny_setup("class", tasks=2, iters=30, replay="generative")
     tr = make_trainer(cfg, proto, verbose=False)
@@ -100,3 +136,15 @@ def test_incompatible_flags_refused(tiny_setup, kw, msg):
     scenario = kw.pop("scenario")
     with pytest.raises(ConfigError, match=msg):
         tiny_setup(scenario, tasks=2, **kw)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(replay="generative", brain_inspired=True, si=True)])
+def test_xla_step_trains_like_the_plain_step(tiny_setup, kw):
+    """--jit_compile runs the same step: same random draws, so the same accuracy matrix up
+    to floating-point reassociation (a tenth of the tiny test set, which has 40 samples
+    per task, is far above what XLA's rounding differences could move)."""
+    plain = _fit(tiny_setup, iters=60, **kw).history.accuracy_matrix
+    xla = _fit(tiny_setup, iters=60, jit_compile=True, **kw).history.accuracy_matrix
+    for row_p, row_x in zip(plain, xla):
+        for a, b in zip(row_p, row_x):
+            assert (a is None and b is None) or abs(a - b) <= 0.1
