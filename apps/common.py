@@ -79,7 +79,8 @@ def define_train_flags() -> None:
                   "tf.distribute strategy (multi_worker reads TF_CONFIG)")
     d.DEFINE_integer("num_logical_cpus", 0, "split the CPU into N logical devices (testing "
                      "--strategy=mirrored without GPUs; default 0 = off)")
-    d.DEFINE_bool("jit_compile", False, "compile the training step with XLA (default false)")
+    d.DEFINE_bool("jit_compile", None, "compile the training step with XLA (default: on with "
+                  "one replica, off over several; --nojit_compile switches it off)")
     d.DEFINE_bool("deterministic", True, "deterministic ops (same seed, same numbers)")
     d.DEFINE_integer("log_every", 50, "TensorBoard loss logging interval in steps (default 50)")
 

@@ -454,7 +454,7 @@ def main(argv: list[str]) -> None:
     results["methods"] = rows
     results["protocol"] = []
     if iters > 0:
-        for xla in xla_modes[:1]:
+        for xla in xla_modes[-1:]:   # with --xla=both: XLA on, the default of apps.train
             results["protocol"].append(protocol_run(iters, FLAGS.data_dir, quick, xla))
     results["matmul_gflops_end"] = matmul_gflops(results["matmul_n"], repeats)
     results["load_avg_end"] = list(os.getloadavg())

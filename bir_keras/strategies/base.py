@@ -122,8 +122,11 @@ class Trainer:
             self.tasks_done = tf.Variable(0, trainable=False, name="tasks_done")
         # XLA compiles the step for one device; with several replicas (MirroredStrategy over
         # devices, MultiWorkerMirroredStrategy) the step reads variables on other devices and
-        # all-reduces, which the compiled cluster cannot: there it runs without XLA.
-        self.jit_compile = bool(config.jit_compile) and self.replicas == 1
+        # all-reduces, which the compiled cluster cannot: there it runs without XLA. On one
+        # device it is on unless switched off (None = auto): benchmarks.speed measured it
+        # 25-50% faster per iteration for every method on split MNIST and within 3% either
+        # way on permuted MNIST (README, Speed).
+        self.jit_compile = config.jit_compile is not False and self.replicas == 1
         if config.jit_compile and not self.jit_compile:
             tf.get_logger().warning(f"--jit_compile ignored: XLA does not compile the step "
                                     f"across {self.replicas} replicas")

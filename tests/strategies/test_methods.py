@@ -143,8 +143,10 @@ def test_xla_step_trains_like_the_plain_step(tiny_setup, kw):
     """--jit_compile runs the same step: same random draws, so the same accuracy matrix up
     to floating-point reassociation (a tenth of the tiny test set, which has 40 samples
     per task, is far above what XLA's rounding differences could move)."""
-    plain = _fit(tiny_setup, iters=60, **kw).history.accuracy_matrix
-    xla = _fit(tiny_setup, iters=60, jit_compile=True, **kw).history.accuracy_matrix
+    plain_tr = _fit(tiny_setup, iters=60, jit_compile=False, **kw)
+    xla_tr = _fit(tiny_setup, iters=60, **kw)    # the default: XLA on one device
+    assert xla_tr.jit_compile and not plain_tr.jit_compile
+    plain, xla = plain_tr.history.accuracy_matrix, xla_tr.history.accuracy_matrix
     for row_p, row_x in zip(plain, xla):
         for a, b in zip(row_p, row_x):
             assert (a is None and b is None) or abs(a - b) <= 0.1
