@@ -80,7 +80,7 @@ def define_train_flags() -> None:
     d.DEFINE_integer("num_logical_cpus", 0, "split the CPU into N logical devices (testing "
                      "--strategy=mirrored without GPUs; default 0 = off)")
     d.DEFINE_bool("jit_compile", None, "compile the training step with XLA (default: on with "
-                  "one replica, off over several; --nojit_compile switches it off)")
+                  "one replica, except for convolutions on a CPU; off over several replicas)")
     d.DEFINE_bool("deterministic", True, "deterministic ops (same seed, same numbers)")
     d.DEFINE_integer("log_every", 50, "TensorBoard loss logging interval in steps (default 50)")
 

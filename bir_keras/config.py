@@ -59,7 +59,7 @@ class Config:
     conv_weights: str | None = None
     # execution
     strategy: str = "default"
-    jit_compile: bool | None = None   # None: XLA on one replica, off over several
+    jit_compile: bool | None = None   # None: auto (Trainer._use_xla)
     eval_batch: int = 1000
     log_every: int = 50
 

@@ -120,16 +120,7 @@ class Trainer:
             for reg in self.regularizers:
                 reg.build(self.protected_variables())
             self.tasks_done = tf.Variable(0, trainable=False, name="tasks_done")
-        # XLA compiles the step for one device; with several replicas (MirroredStrategy over
-        # devices, MultiWorkerMirroredStrategy) the step reads variables on other devices and
-        # all-reduces, which the compiled cluster cannot: there it runs without XLA. On one
-        # device it is on unless switched off (None = auto): benchmarks.speed measured it
-        # 25-50% faster per iteration for every method on split MNIST and within 3% either
-        # way on permuted MNIST (README, Speed).
-        self.jit_compile = config.jit_compile is not False and self.replicas == 1
-        if config.jit_compile and not self.jit_compile:
-            tf.get_logger().warning(f"--jit_compile ignored: XLA does not compile the step "
-                                    f"across {self.replicas} replicas")
+        self.jit_compile = self._use_xla(config.jit_compile)
         self._step_fn = tf.function(self._step, reduce_retracing=True,
                                     jit_compile=self.jit_compile or None)
         self._steps_fn = tf.function(self._steps, reduce_retracing=True,
@@ -151,6 +142,26 @@ class Trainer:
                    for i, u in enumerate(units)]
         return Classifier(p.input_shape, p.num_outputs, units, conv=p.conv and not p.features,
                           xdg_masks=xdg)
+
+    def _use_xla(self, asked: bool | None) -> bool:
+        """Whether the step is compiled with XLA (``asked`` None = auto).
+
+        XLA compiles the step for one device; with several replicas (MirroredStrategy over
+        devices, MultiWorkerMirroredStrategy) the step reads variables on other devices and
+        all-reduces, which the compiled cluster cannot: there it runs without XLA. Auto is on
+        for one device (benchmarks.speed: 25-60% less time per iteration for every method on
+        split MNIST, within 5% on permuted MNIST) except for steps with convolutions on a
+        CPU, where XLA's CPU convolutions were 25x slower than TensorFlow's (README, Speed).
+        """
+        if self.replicas > 1:
+            if asked:
+                tf.get_logger().warning(f"--jit_compile ignored: XLA does not compile the "
+                                        f"step across {self.replicas} replicas")
+            return False
+        if asked is not None:
+            return bool(asked)
+        convs = self.protocol.conv and not self.protocol.features
+        return not (convs and not tf.config.list_logical_devices("GPU"))
 
     def make_regularizers(self) -> list[Regularizer]:
         """EWC / online EWC / SI as asked for by the config."""

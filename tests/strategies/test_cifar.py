@@ -6,6 +6,7 @@ import functools
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from bir_keras import experiment
 from bir_keras.config import Config, ConfigError, method_settings
@@ -80,6 +81,7 @@ def test_bir_internal_replay_10_tasks(with_data, cifar100, method, scenario):
                                rtol=1e-4, atol=1e-4)
 
     trainer = experiment.build(setup, verbose=False)
+    assert trainer.jit_compile        # no convolution in the step: XLA by default
     m = trainer.model
     assert isinstance(m, RtFClassifier) and m.trunk is None and not m.conv
     trainer.fit()
@@ -124,6 +126,8 @@ def test_pixel_level_gr_with_conv_vae(with_data, trunk_file):
     assert not setup.config.hidden and not setup.protocol.features
     assert setup.protocol.input_shape == (32, 32, 3)
     trainer = experiment.build(setup, verbose=False)
+    # convolutions in the step: no XLA on a CPU by default (its CPU convolutions are slow)
+    assert trainer.jit_compile == bool(tf.config.list_logical_devices("GPU"))
     gen = trainer.generator
     assert isinstance(gen, VAE) and gen.conv and gen.trunk is not None and gen.out_layer is None
     assert [type(layer).__name__ for layer in gen.deconv.layers].count("Conv2DTranspose") == 5
