@@ -199,8 +199,10 @@ def main(argv: list[str]) -> int:
             if all(keyed):
                 curves[m] = ([k["mean"] / 100 for k in keyed], [k["sem"] / 100 for k in keyed])
         xs = [float(v) for v in values]
-        plot_sweep(xs, curves, root / "sweep.png", xlabel=name, title=title,
-                   log_x=name == "batch_replay")
+        # sizes and counts (replayed samples, hidden units) spread over a factor of 8 or
+        # more are shown on a log axis, as in the paper's Fig. 4
+        log_x = min(xs) > 0 and max(xs) / min(xs) >= 8
+        plot_sweep(xs, curves, root / "sweep.png", xlabel=name, title=title, log_x=log_x)
     return 1 if failed else 0
 
 

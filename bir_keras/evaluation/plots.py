@@ -83,11 +83,13 @@ def plot_accuracy_matrix(
 
 def _draw_curves(ax: plt.Axes, xs: np.ndarray, curves: Curves) -> None:
     """Draw mean lines (in %) with shaded mean +/- SEM bands where SEMs are given."""
-    for name, (means, sems) in curves.items():
+    for i, (name, (means, sems)) in enumerate(curves.items()):
         mean = np.asarray(means, dtype=np.float64) * 100.0
         if mean.shape != xs.shape:
             raise ValueError(f"curve {name!r} has {mean.size} points, expected {xs.size}")
-        (line,) = ax.plot(xs, mean, marker="o" if xs.size <= 30 else None, markersize=3, label=name)
+        # the colour cycle has 10 colours: the 11th curve on gets a dashed line
+        (line,) = ax.plot(xs, mean, marker="o" if xs.size <= 30 else None, markersize=3,
+                          label=name, linestyle="-" if i < 10 else "--")
         if sems is not None:
             sem = np.asarray(sems, dtype=np.float64) * 100.0
             if sem.shape != xs.shape:
