@@ -26,6 +26,7 @@ import numpy as np
 from absl import app, flags
 
 from bir_keras.config import METHODS
+from bir_keras.fileio import atomic_write_text
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("experiment", "split_mnist", "protocol (see apps.train)")
@@ -148,8 +149,8 @@ def write_tables(stats: dict, experiment: str, scenario: str, root: Path) -> str
         w.writerow([m, len(e["final"]), f"{e['mean']:.4f}", f"{e['sem']:.4f}",
                     "" if p is None else p, f"{np.mean(e['wall']):.1f}"])
     md = "\n".join(lines) + "\n"
-    (root / "table.md").write_text(md)
-    (root / "table.csv").write_text(buf.getvalue())
+    atomic_write_text(root / "table.md", md)
+    atomic_write_text(root / "table.csv", buf.getvalue())
     return md
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 
+from bir_keras.fileio import atomic_write_text
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("export_dir", None, "a run's export dir (saved_model/ and run.json)")
 flags.DEFINE_string("data_dir", None, "local data files of the run's dataset (default: TFDS)")
@@ -121,9 +123,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(FLAGS.out or Path(FLAGS.export_dir) / "quality.json")
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(res, indent=2))
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
     return 0
 

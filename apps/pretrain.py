@@ -15,14 +15,14 @@ epochs, test accuracy, seconds, command). ``bir_keras.experiment.load_trunk(path
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from absl import app, flags
+
+from bir_keras.fileio import atomic_write, atomic_write_text
 
 FLAGS = flags.FLAGS
 DEFAULT_OUT = str(Path(__file__).resolve().parent.parent / "saved_models" / "cifar10_conv"
@@ -50,25 +50,6 @@ SIZE = 32
 
 class UsageError(ValueError):
     """Bad flags, refused before any training."""
-
-
-def atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)`` into a temporary file in ``path``'s folder, then rename it over
-    ``path``. The temporary name keeps ``path``'s suffixes (Keras needs ``.weights.h5``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a plain file's mode is wanted
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def record_path(weights: Path) -> Path:
@@ -241,7 +222,7 @@ def train(data, out: Path, command: str) -> None:
                "head": [FLAGS.head_units] * FLAGS.head_layers + [data.num_classes],
                "weights": out.name, "finished": epoch == FLAGS.epochs, "history": history}
         text = json.dumps(rec, indent=1) + "\n"
-        atomic_write(rec_path, lambda p, text=text: Path(p).write_text(text))
+        atomic_write_text(rec_path, text)
     print(json.dumps({"test_accuracy": history[-1]["test_accuracy"], "epochs": FLAGS.epochs,
                       "seconds": round(time.time() - start, 1), "weights": str(out),
                       "record": str(rec_path)}), flush=True)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from absl import app, flags, logging
+
+from bir_keras.fileio import atomic_write
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("saved_model", None, "an export dir of apps.train, or its saved_model/ "
@@ -91,22 +91,8 @@ def write_png(image: np.ndarray, path: str) -> Path:
     """Write ``image`` (H, W, 1|3 uint8) as a PNG atomically: temp file, then rename."""
     from PIL import Image
 
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-            pil.save(f, format="PNG")
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return dest
+    pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    return atomic_write(path, lambda tmp: pil.save(tmp, format="PNG"))
 
 
 def parse_classes(values: list[str] | None) -> list[int] | None:

@@ -46,6 +46,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from bir_keras.fileio import atomic_write_text  # noqa: E402
+
 METHOD_NAMES = ["none", "joint", "ewc", "online_ewc", "si", "lwf", "xdg", "generative",
                 "generative_distill", "bir", "bir_si"]
 EXPERIMENTS = {
@@ -395,20 +397,6 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json_atomic(path: str, obj) -> None:
-    """Write JSON through a temporary file in the same folder, then rename it."""
-    path_ = Path(path)
-    path_.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path_.name}.", dir=path_.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path_)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str]) -> None:
     """Time the steps, run the protocol, print the table, write the JSON."""
     del argv
@@ -462,7 +450,7 @@ def main(argv: list[str]) -> None:
     table = markdown(results)
     print(table)
     results["markdown"] = table
-    write_json_atomic(FLAGS.out, results)
+    atomic_write_text(FLAGS.out, json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

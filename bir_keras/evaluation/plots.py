@@ -8,7 +8,6 @@ Every PNG is written atomically (temporary file in the target folder, then
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import matplotlib
@@ -21,6 +20,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 from bir_keras.evaluation.metrics import Matrix, to_array  # noqa: E402
+from bir_keras.fileio import atomic_write  # noqa: E402
 
 Curves = Mapping[str, tuple[Sequence[float], Sequence[float] | None]]
 
@@ -29,22 +29,12 @@ _DPI = 120
 
 def _save_atomic(fig: Figure, path: str | os.PathLike) -> str:
     """Save ``fig`` as a PNG at ``path`` via a temp file in the same folder, then close it."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=_DPI, bbox_inches="tight")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=_DPI,
+                                                   bbox_inches="tight"))
     finally:
         plt.close(fig)
-    return path
+    return os.fspath(path)
 
 
 def plot_accuracy_matrix(
