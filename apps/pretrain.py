@@ -103,7 +103,11 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         train(data, out, command)
-    except KeyboardInterrupt:
+    except BaseException as e:
+        from bir_keras.experiment import caused_by_interrupt
+
+        if not caused_by_interrupt(e):
+            raise
         rec = record_path(out)
         old = json.loads(rec.read_text()) if rec.exists() else {}
         done = old.get("epochs") if old.get("command") == command else None

@@ -30,9 +30,15 @@ def main(argv: list[str]) -> int:
     logging.set_verbosity(logging.WARNING)
     try:
         return _main()
-    except KeyboardInterrupt as e:
-        # experiment.RunInterrupted says what was saved where; a bare one came before training
-        print(str(e) or "interrupted before training started, nothing saved", file=sys.stderr,
+    except BaseException as e:
+        from bir_keras.experiment import caused_by_interrupt
+
+        if not caused_by_interrupt(e):
+            raise
+        # experiment.RunInterrupted says what was saved where; any other Ctrl-C came before
+        # training started
+        msg = str(e) if isinstance(e, KeyboardInterrupt) else ""
+        print(msg or "interrupted before training started, nothing saved", file=sys.stderr,
               flush=True)
         return 130
 

@@ -30,6 +30,21 @@ DEFAULT_CONV_WEIGHTS = PACKAGE_ROOT / "saved_models" / "cifar10_conv" / "conv_tr
 INTERRUPTED_SUFFIX = "-interrupted"
 
 
+def caused_by_interrupt(e: BaseException) -> bool:
+    """Whether ``e`` is a Ctrl-C or was raised because of one.
+
+    A SIGINT that lands while C code is calling back into Python (numpy's ``__array__`` in
+    a tensor conversion, for example) surfaces as a ``SystemError`` ("returned a result with
+    an exception set") whose context is the ``KeyboardInterrupt``; it is the same Ctrl-C."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during a run, after saving what could be saved; ``str()`` says where."""
 
@@ -190,15 +205,14 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
             trainer.summary_writer = tf.summary.create_file_writer(str(work / "tensorboard"))
             _log_hparams(trainer, setup)
         trainer.fit()
-    except KeyboardInterrupt:
-        _discard(trainer, work)
-        raise _save_interrupted(trainer, setup, export_dir, saved, start, is_chief) from None
     except NonFiniteLoss as e:
         # the weights may already hold NaN: export nothing, keep the last good export
         _discard(trainer, work)
         raise NonFiniteLoss(f"{e}; {_last_export_note(saved)}") from e
-    except BaseException:
+    except BaseException as e:
         _discard(trainer, work)
+        if caused_by_interrupt(e):
+            raise _save_interrupted(trainer, setup, export_dir, saved, start, is_chief) from None
         raise
     rec = run_record(setup, trainer, time.time() - start)
     rec["export_dir"] = str(export_dir)
@@ -214,7 +228,9 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
         plot_accuracy_matrix(rec["accuracy_matrix"], work / "accuracy_matrix.png",
                              title="accuracy after each task (rows) on each task (columns)")
         export.atomic_dir(out, lambda tmp: _move_contents(work, tmp), overwrite=True)
-    except KeyboardInterrupt:
+    except BaseException as e:
+        if not caused_by_interrupt(e):
+            raise
         raise RunInterrupted(f"interrupted while writing {out} (not written); "
                              f"{_last_export_note(saved)}", None, saved["export"]) from None
     finally:
@@ -262,7 +278,9 @@ def _save_interrupted(trainer: Trainer, setup: Setup, export_dir: str, saved: di
                               "global_step": trainer.global_step}
         dest = Path(export_dir).parent / (Path(export_dir).name + INTERRUPTED_SUFFIX)
         export.export_run(trainer, dest, rec, pixels=setup.pixels, trunk=trunk)
-    except KeyboardInterrupt:
+    except BaseException as e:
+        if not caused_by_interrupt(e):
+            raise
         return RunInterrupted(f"interrupted again while saving, nothing saved; {last}",
                               None, saved["export"])
     return RunInterrupted(f"interrupted in task {task} after {iters} iteration(s): saved the "

@@ -91,3 +91,30 @@ def test_non_finite_loss_stops_with_error_and_keeps_last_export(tmp_path_factory
     assert (exp / "saved_model" / "saved_model.pb").exists()
     # ... and nothing else was exported (no temporary or interrupted siblings)
     assert sorted(p.name for p in exp.parent.iterdir()) == ["export", "out", "result.json"]
+
+
+def test_ctrl_c_inside_a_c_callback_counts_as_an_interrupt():
+    # a SIGINT that lands while numpy's __array__ runs under a tensor conversion surfaces as
+    # SystemError("... returned a result with an exception set") with the KeyboardInterrupt
+    # as its context; the run must still save and exit 130, not crash with exit code 1
+    from bir_keras.experiment import caused_by_interrupt
+
+    def converted():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise SystemError("<built-in method __array__> returned a result with an "
+                              "exception set") from None
+
+    with pytest.raises(SystemError) as info:
+        converted()
+    assert info.value.__cause__ is None and isinstance(info.value.__context__, KeyboardInterrupt)
+    assert caused_by_interrupt(info.value)
+    assert caused_by_interrupt(KeyboardInterrupt())
+    try:
+        try:
+            raise ValueError("inner")
+        except ValueError as inner:
+            raise RuntimeError("outer") from inner
+    except RuntimeError as e:
+        assert not caused_by_interrupt(e)
