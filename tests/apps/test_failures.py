@@ -96,7 +96,7 @@ def test_non_finite_loss_stops_with_error_and_keeps_last_export(tmp_path_factory
 def test_ctrl_c_inside_a_c_callback_counts_as_an_interrupt():
     # a SIGINT that lands while numpy's __array__ runs under a tensor conversion surfaces as
     # SystemError("... returned a result with an exception set") with the KeyboardInterrupt
-    # as its context; the run must still save and exit 130, not crash with exit code 1
+    # as its context; it is recognised as the Ctrl-C, other chained errors are not
     from bir_keras.experiment import caused_by_interrupt
 
     def converted():
@@ -118,3 +118,33 @@ def test_ctrl_c_inside_a_c_callback_counts_as_an_interrupt():
             raise RuntimeError("outer") from inner
     except RuntimeError as e:
         assert not caused_by_interrupt(e)
+
+
+def test_run_saves_when_ctrl_c_surfaces_as_system_error(tmp_path, monkeypatch):
+    # the same SystemError raised inside task 2's training loop: experiment.run saves the
+    # export of task 1 and the partly trained task 2 exactly as for a plain Ctrl-C
+    from bir_keras import experiment
+    from bir_keras.config import Config
+    from bir_keras.strategies.base import Trainer
+
+    real = Trainer.log_scalars
+
+    def log_scalars(self, values, step):
+        if int(self.tasks_done.numpy()) == 1:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise SystemError("<built-in method __array__> returned a result with an "
+                                  "exception set") from None
+        real(self, values, step)
+
+    monkeypatch.setattr(Trainer, "log_scalars", log_scalars)
+    cfg = Config(experiment="split_digits", scenario="class", tasks=3, iters=25, batch=32,
+                 fc_units=40, keep_label_order=True, log_every=1)
+    out, exp = tmp_path / "out", tmp_path / "export"
+    with pytest.raises(experiment.RunInterrupted, match=r"interrupted in task 2 after \d+ iteration"):
+        experiment.run(cfg, str(out), export_dir=str(exp), verbose=False)
+    assert not out.exists()
+    assert json.loads((exp / "run.json").read_text())["tasks_learned"] == 1
+    prun = json.loads((tmp_path / "export-interrupted" / "run.json").read_text())
+    assert prun["interrupted"]["task"] == 2 and prun["interrupted"]["iterations_done"] >= 1
