@@ -17,6 +17,8 @@ class Config:
 
     experiment: str = "split_mnist"
     scenario: str = "class"
+    # the --method shorthand the flags came from (recorded only; the flags it set are below)
+    method: str | None = None
     tasks: int | None = None
     iters: int | None = None
     batch: int | None = None
