@@ -328,7 +328,31 @@ def _load_idx(name: str, paths: dict[str, str]) -> Dataset:
             raise _shape_error(name, x.shape[1:] + (1,), x_path)
         arrays[f"x_{split}"] = x[..., None].copy()
         arrays[f"y_{split}"] = y.astype(np.int64)
+    _check_mnist_family(name, arrays["x_train"], paths["x_train"])
     return Dataset(name=name, class_names=list(_STANDARD_CLASS_NAMES[name]), **arrays)
+
+
+# Mean pixel (0..255) of the training images: MNIST's digits cover about a fifth of the
+# frame, Fashion-MNIST's clothes more than half of it. The two share the IDX file names.
+MEAN_PIXEL = {"mnist": 33.3, "fashion_mnist": 72.9}
+_FAMILY_LABEL = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
+# below this many images a file is a sample or a test fixture, not the dataset: no check
+MIN_IMAGES_TO_CHECK = 1000
+
+
+def _check_mnist_family(name: str, x: np.ndarray, where: str) -> None:
+    """Refuse Fashion-MNIST files given as MNIST, and the reverse (same names, same shapes)."""
+    if len(x) < MIN_IMAGES_TO_CHECK:
+        return
+    mean = float(x[:10000].mean())
+    other = "fashion_mnist" if name == "mnist" else "mnist"
+    if abs(mean - MEAN_PIXEL[other]) < abs(mean - MEAN_PIXEL[name]):
+        raise DataError(
+            f"{where}: these images look like {_FAMILY_LABEL[other]}, not "
+            f"{_FAMILY_LABEL[name]} (mean pixel {mean:.1f}; {_FAMILY_LABEL[name]}'s is about "
+            f"{MEAN_PIXEL[name]:.0f}, {_FAMILY_LABEL[other]}'s about {MEAN_PIXEL[other]:.0f}); "
+            f"load them as {other} (e.g. --experiment=split_{other})"
+        )
 
 
 # ---- CIFAR pickles

@@ -311,3 +311,34 @@ def test_corrupt_image_is_named(image_folder_dir):
     (image_folder_dir / "train" / "cat" / "0003.png").write_bytes(b"garbage")
     with pytest.raises(DataError, match="0003.png"):
         load_dataset("cifar10", image_folder_dir)
+
+
+def _write_mnist_like(folder: Path, mean: float, n: int = 1200) -> Path:
+    """IDX files of ``n`` 28x28 images whose mean pixel is about ``mean`` (a blob of 255s
+    covering that share of the frame)."""
+    folder.mkdir(parents=True)
+    side = int(round(28 * np.sqrt(mean / 255.0)))
+    img = np.zeros((28, 28), np.uint8)
+    top = (28 - side) // 2
+    img[top:top + side, top:top + side] = 255
+    for prefix, count in (("train", n), ("t10k", 200)):
+        labels = (np.arange(count) % 10).astype(np.uint8)
+        for base, arr, magic in ((f"{prefix}-images-idx3-ubyte.gz", np.repeat(img[None], count, 0),
+                                  0x803),
+                                 (f"{prefix}-labels-idx1-ubyte.gz", labels, 0x801)):
+            header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+            with gzip.open(folder / base, "wb") as f:
+                f.write(header + arr.tobytes())
+    return folder
+
+
+def test_fashion_files_given_as_mnist_and_the_reverse_are_refused(tmp_path):
+    fashion = _write_mnist_like(tmp_path / "fashion", mean=73.0)
+    digits = _write_mnist_like(tmp_path / "digits", mean=33.0)
+    with pytest.raises(DataError, match=r"look like Fashion-MNIST, not MNIST.*fashion_mnist"):
+        load_dataset("mnist", fashion)
+    with pytest.raises(DataError, match=r"look like MNIST, not Fashion-MNIST.*split_mnist"):
+        load_dataset("fashion_mnist", digits)
+    assert load_dataset("fashion_mnist", fashion).name == "fashion_mnist"
+    assert load_dataset("mnist", digits).name == "mnist"
+
