@@ -62,7 +62,7 @@ def build_model(num_classes: int, head_units: int, head_layers: int):
     """(full model, its conv trunk): conv_trunk() -> [Dense(head_units, relu)] x layers -> 10."""
     import keras
 
-    from bir_keras.models.layers import conv_trunk
+    from bir_keras.models.layers import conv_trunk, torch_uniform_init
 
     trunk = conv_trunk()
     inputs = keras.layers.Input((SIZE, SIZE, 3))
@@ -70,7 +70,10 @@ def build_model(num_classes: int, head_units: int, head_layers: int):
     for i in range(head_layers):
         h = keras.layers.Dense(head_units, activation="relu", name=f"head_fc{i + 1}")(h)
     logits = keras.layers.Dense(num_classes, name="head_out")(h)
-    return keras.Model(inputs, logits, name="pretrain_classifier"), trunk
+    model = keras.Model(inputs, logits, name="pretrain_classifier")
+    # PyTorch's default initialisation, as the authors' main_pretrain.py (fidelity.md item 5)
+    torch_uniform_init(model, FLAGS.seed, salt=9)
+    return model, trunk
 
 
 def main(argv: list[str]) -> int:
@@ -139,7 +142,9 @@ def train(data, out: Path, command: str) -> None:
         x_test, y_test = x_test[keep], y_test[keep]
     n = len(x_train)
     model, trunk = build_model(data.num_classes, FLAGS.head_units, FLAGS.head_layers)
-    optimizer = keras.optimizers.Adam(FLAGS.lr, beta_1=0.9, beta_2=0.999)
+    from bir_keras.strategies.base import make_adam
+
+    optimizer = make_adam(FLAGS.lr)  # epsilon 1e-8, as PyTorch (fidelity.md item 7)
     optimizer.build(model.trainable_variables)
     mean = tf.constant(CIFAR_MEAN["cifar10"], tf.float32)
     std = tf.constant(CIFAR_STD["cifar10"], tf.float32)
