@@ -1,17 +1,155 @@
-"""Flags shared by the apps, and the mapping from flags to a ``Config``."""
+"""Flags shared by the apps, the mapping from flags to a ``Config``, and how every app
+starts: flags are parsed and checked before TensorFlow loads, a refusal is one ``error:``
+line with exit code 2, and TensorFlow's C++ log lines stay hidden unless asked for."""
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
+import math
 import os
+import re
+import sys
+import threading
+from collections.abc import Callable
 
-from absl import flags
+from absl import app, flags
 
 from bir_keras.config import METHODS, Config, ConfigError, method_settings
 from bir_keras.data.sources import DataError
 
 USER_ERRORS = (ConfigError, DataError, FileExistsError)
+EXIT_REFUSED = 2
+
+flags.DEFINE_bool("tf_log", False, "show TensorFlow's own (C++) log lines, hidden by default; "
+                  "setting TF_CPP_MIN_LOG_LEVEL in the environment does the same (default false)")
+
+HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?", "h")
+
+
+def refuse(message: str) -> None:
+    """Print one ``error:`` line and exit with code 2 (refused input)."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_REFUSED)
+
+
+def _flagfile_of(arg: str, argv: list[str]) -> str | None:
+    """The flagfile (named in ``argv``, recursively) that holds the line ``arg``, if any."""
+    seen: set[str] = set()
+    todo = [a.split("=", 1)[1] for a in argv if a.lstrip("-").startswith("flagfile=")]
+    while todo:
+        path = todo.pop(0)
+        if path in seen:
+            continue
+        seen.add(path)
+        try:
+            with open(path) as f:
+                lines = [ln.strip() for ln in f]
+        except OSError:
+            continue
+        if arg in lines:
+            return path
+        todo += [ln.split("=", 1)[1] for ln in lines if ln.lstrip("-").startswith("flagfile=")]
+    return None
+
+
+def parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
+    """absl's flag parsing, but a bad flag, a value out of range, a flagfile line without
+    its leading ``--`` or a stray argument exits 2 with one ``error:`` line, and ``--help``
+    exits 0."""
+    try:
+        rest = flags.FLAGS(argv, known_only=known_only)
+    except flags.Error as e:
+        refuse(str(e))
+    except SystemExit as e:
+        # absl's --help, --helpfull and --helpxml print the usage and exit 1
+        raise SystemExit(0 if e.code in (0, 1, None) else e.code) from None
+    if not known_only and len(rest) > 1:
+        arg = rest[1]
+        where = _flagfile_of(arg, argv)
+        if where:
+            refuse(f"{where}: line {arg!r} is not a flag (every line of a flagfile is "
+                   "--name=value)")
+        refuse(f"unexpected argument {arg!r}: every setting is a flag, --name=value")
+    return rest
+
+
+# a line of TensorFlow's C++ logging (absl format: severity, date, time, thread, file:line])
+# or absl's notice before its log is initialised, which TF_CPP_MIN_LOG_LEVEL cannot hide
+NATIVE_LOG = re.compile(rb"^(WARNING: All log messages before absl::InitializeLog\(\)"
+                        rb"|[IWE]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [^\s:]+:\d+\])")
+
+
+def quiet_tensorflow() -> bool:
+    """Hide TensorFlow's C++ log lines unless --tf_log or TF_CPP_MIN_LOG_LEVEL=0, 1 or 2 (in
+    the environment) asks for them; call before TensorFlow is imported. Returns whether they
+    are hidden.
+
+    Some lines (the CUDA stub's, printed at import before TensorFlow reads its log level)
+    ignore TF_CPP_MIN_LOG_LEVEL, so file descriptor 2 goes through a filter that drops
+    native log lines (fatal ones, ``F...``, pass) and passes everything else; Python's own
+    ``sys.stderr`` writes straight to the terminal."""
+    asked = bool(flags.FLAGS["tf_log"].value) if "tf_log" in flags.FLAGS else False
+    if asked or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") in ("0", "1", "2"):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
+        return False
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    _filter_native_stderr()
+    return True
+
+
+def _filter_native_stderr() -> None:
+    try:
+        sys.stderr.flush()
+        real = os.dup(2)
+        read, write = os.pipe()
+    except OSError:
+        return
+    os.dup2(write, 2)
+    os.close(write)
+    sys.stderr = os.fdopen(os.dup(real), "w", buffering=1, errors="backslashreplace")
+
+    def forward() -> None:
+        with os.fdopen(read, "rb") as pipe:
+            for line in pipe:
+                if not NATIVE_LOG.match(line):
+                    os.write(real, line)
+
+    thread = threading.Thread(target=forward, daemon=True, name="native-stderr-filter")
+    thread.start()
+
+    def drain() -> None:
+        # close the pipe's last writer, let the filter pass what is left, then stop
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        except OSError:
+            return
+        thread.join(timeout=2)
+
+    atexit.register(drain)
+
+
+def run_app(main: Callable[[list[str]], int], known_only: bool = False) -> None:
+    """``app.run`` with ``parse_flags`` and ``quiet_tensorflow``; ``main`` returns the exit
+    code."""
+
+    def wrapped(argv: list[str]) -> None:
+        hidden = quiet_tensorflow()
+        from absl import logging
+
+        logging.set_verbosity(logging.ERROR if hidden else logging.WARNING)
+        sys.exit(main(argv))
+
+    app.run(wrapped, flags_parser=lambda argv: parse_flags(argv, known_only=known_only))
+
+
+def validate(name: str, ok: Callable[[object], bool], what: str) -> None:
+    """Register an absl validator: ``--name`` must satisfy ``ok`` (None passes)."""
+    flags.register_validator(name, lambda v: v is None or bool(ok(v)),
+                             message=f"--{name} must be {what}")
 
 
 def define_train_flags() -> None:
@@ -83,6 +221,33 @@ def define_train_flags() -> None:
                   "one replica, except for convolutions on a CPU; off over several replicas)")
     d.DEFINE_bool("deterministic", True, "deterministic ops (same seed, same numbers)")
     d.DEFINE_integer("log_every", 50, "TensorBoard loss logging interval in steps (default 50)")
+    d.DEFINE_float("progress_every", 30.0, "seconds between progress lines inside a task when "
+                   "stdout is not a terminal (a terminal shows a progress bar; default 30)")
+    validate_train_flags()
+
+
+def validate_train_flags() -> None:
+    """Ranges that the flags' help texts promise, checked while parsing (before any data
+    or TensorFlow loads)."""
+    pos = "a finite number > 0"
+    validate("seed", lambda v: 0 <= v < 2 ** 32, "in [0, 2^32)")
+    validate("gamma", lambda v: 0 < v <= 1, "in (0, 1]")
+    for name in ("lr", "lr_gen", "temp", "epsilon"):
+        validate(name, lambda v: math.isfinite(v) and v > 0, pos)
+    for name in ("ewc_lambda", "si_c"):
+        validate(name, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+    for name in ("xdg_prop", "dg_prop"):
+        validate(name, lambda v: 0 <= v < 1, "in [0, 1)")
+    for name in ("tasks", "iters", "batch", "fc_units", "batch_replay", "z_dim", "g_fc_units",
+                 "fisher_n", "log_every"):
+        validate(name, lambda v: v >= 1, "at least 1")
+    for name in ("fc_layers", "g_iters", "num_logical_cpus"):
+        validate(name, lambda v: v >= 0, ">= 0")
+    from bir_keras.data.protocols import EXPERIMENTS
+
+    validate("experiment", lambda v: v in EXPERIMENTS, f"one of {', '.join(EXPERIMENTS)}")
+    validate("method", lambda v: v in METHODS, f"one of {', '.join(METHODS)}")
+    validate("progress_every", lambda v: math.isfinite(v) and v > 0, pos)
 
 
 def config_from_flags(f) -> Config:
@@ -103,6 +268,8 @@ def config_from_flags(f) -> Config:
 
 def run_name(c: Config) -> str:
     """A readable default name: experiment-scenario-method-seed."""
+    if c.method:
+        return f"{c.experiment}-{c.scenario}-{c.method}-s{c.seed}"
     parts = [c.experiment, c.scenario, c.replay]
     for k in ("ewc", "online", "si", "xdg", "distill", "brain_inspired"):
         if getattr(c, k):

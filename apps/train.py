@@ -8,17 +8,17 @@ checkpoint and run.json into --export_dir after every task.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags
 
 from apps import common
 
 FLAGS = flags.FLAGS
 common.define_train_flags()
+flags.adopt_module_key_flags(common)  # --help lists them (absl shows the main module's flags)
 
 
 def main(argv: list[str]) -> int:
@@ -27,13 +27,10 @@ def main(argv: list[str]) -> int:
     Exit codes: 0 done, 1 training diverged (non-finite loss), 2 refused input,
     130 interrupted (Ctrl-C; what could be saved is saved)."""
     del argv
-    logging.set_verbosity(logging.WARNING)
     try:
         return _main()
     except BaseException as e:
-        from bir_keras.experiment import caused_by_interrupt
-
-        if not caused_by_interrupt(e):
+        if not _interrupted(e):
             raise
         # experiment.RunInterrupted says what was saved where; any other Ctrl-C came before
         # training started
@@ -43,9 +40,36 @@ def main(argv: list[str]) -> int:
         return 130
 
 
+def _interrupted(e: BaseException) -> bool:
+    if "bir_keras.experiment" in sys.modules:
+        return sys.modules["bir_keras.experiment"].caused_by_interrupt(e)
+    return isinstance(e, KeyboardInterrupt)
+
+
+def check_flags():
+    """Everything the flags alone decide, before TensorFlow or any data loads:
+    (config, resolved config, output_dir, export_dir)."""
+    from bir_keras import rundirs
+    from bir_keras.config import resolve
+    from bir_keras.data.protocols import EXPERIMENTS
+
+    config = common.config_from_flags(FLAGS)
+    resolved = resolve(config, conv_protocol=not EXPERIMENTS[config.experiment][3])
+    out = FLAGS.output_dir or os.path.join("runs", common.run_name(resolved))
+    export_dir = FLAGS.export_dir or str(rundirs.default_export_dir(out))
+    if FLAGS.data_dir and not os.path.exists(FLAGS.data_dir):
+        from bir_keras.data.sources import DataError
+
+        raise DataError(f"--data_dir={FLAGS.data_dir} does not exist")
+    rundirs.check_run_paths(out, export_dir, FLAGS.resume_from, FLAGS.overwrite)
+    if FLAGS.resume_from:
+        rundirs.read_resume_record(FLAGS.resume_from, resolved.to_dict())
+    return config, resolved, out, export_dir
+
+
 def _main() -> int:
     try:
-        config = common.config_from_flags(FLAGS)
+        config, _, out, export_dir = check_flags()
         strategy, is_chief = common.make_strategy(FLAGS.strategy, FLAGS.num_logical_cpus)
         import tensorflow as tf
 
@@ -55,23 +79,25 @@ def _main() -> int:
         from bir_keras.strategies.base import NonFiniteLoss
 
         setup = experiment.prepare(config)
-        out = FLAGS.output_dir or os.path.join("runs", common.run_name(setup.config))
         try:
-            rec = experiment.run(setup.config, out, export_dir=FLAGS.export_dir,
+            rec = experiment.run(setup.config, out, export_dir=export_dir,
                                  resume_from=FLAGS.resume_from, overwrite=FLAGS.overwrite,
-                                 strategy=strategy, is_chief=is_chief, setup=setup)
+                                 strategy=strategy, is_chief=is_chief, setup=setup,
+                                 progress_every=FLAGS.progress_every)
         except NonFiniteLoss as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
     except common.USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    c = setup.config
     print(json.dumps({"final_average_accuracy": rec.get("final_average_accuracy"),
                       "output_dir": out, "export_dir": rec["export_dir"],
-                      "flags": {k: v for k, v in dataclasses.asdict(setup.config).items()
-                                if k in ("experiment", "scenario", "replay", "seed")}}))
+                      "method": rec["method"], "resume_from": rec["resume_from"],
+                      "flags": {"experiment": c.experiment, "scenario": c.scenario,
+                                "method": c.method, "replay": c.replay, "seed": c.seed}}))
     return 0
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    common.run_app(main)

@@ -7,14 +7,16 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from bir_keras import export
+from bir_keras import export, rundirs
 from bir_keras.config import Config, ConfigError, resolve
 from bir_keras.data.protocols import Protocol, make_protocol
 from bir_keras.evaluation.metrics import summarize
@@ -112,10 +114,23 @@ def build(setup: Setup, strategy: tf.distribute.Strategy | None = None,
     return trainer
 
 
+def method_label(c: Config) -> str:
+    """What a person calls the run's method: the ``--method`` shorthand when one was given
+    (``bir``, not the ``generative`` replay it shares with GR), else a name from the flags."""
+    if c.method:
+        return c.method
+    parts = [c.replay] if c.replay != "none" else []
+    for k in ("ewc", "online", "si", "xdg", "distill", "brain_inspired"):
+        if getattr(c, k):
+            parts.append(k)
+    return "+".join(parts) or "none"
+
+
 def run_record(setup: Setup, trainer: Trainer, wall: float) -> dict:
     """The JSON record of a run: flags, protocol, classes seen, accuracy matrix, metrics."""
     matrix = trainer.history.accuracy_matrix
-    rec = {"flags": setup.config.to_dict(), "protocol": setup.protocol.describe(),
+    rec = {"method": method_label(setup.config), "flags": setup.config.to_dict(),
+           "protocol": setup.protocol.describe(),
            "tasks_learned": int(trainer.tasks_done.numpy()),
            "classes_seen": [int(c) for c in setup.protocol.class_order[
                :int(trainer.tasks_done.numpy()) * setup.protocol.classes_per_task]]
@@ -133,18 +148,11 @@ def run_record(setup: Setup, trainer: Trainer, wall: float) -> dict:
 
 
 def resume(trainer: Trainer, setup: Setup, resume_from: str) -> None:
-    """Load a previous run's checkpoint and history into ``trainer`` (same protocol only)."""
+    """Load a previous run's checkpoint and history into ``trainer`` (same protocol and
+    settings only; refused with a ``ConfigError`` otherwise)."""
     path = Path(resume_from)
-    run_json = path / export.RUN_JSON
-    if not run_json.exists():
-        raise ConfigError(f"--resume_from={resume_from}: no {export.RUN_JSON} there")
-    old = json.loads(run_json.read_text())
-    if old.get("interrupted"):
-        # the weights are part-way through a task and the frozen copies, SI's running sums
-        # and the random state do not match them: continuing would not be the same run
-        raise ConfigError(f"--resume_from={resume_from} holds a run interrupted part-way "
-                          f"through task {old['interrupted']['task']}; resume from the export "
-                          "written after the last complete task instead")
+    old = rundirs.read_resume_record(resume_from)
+    rundirs.check_resume_flags(resume_from, old["flags"], setup.config.to_dict())
     mine = setup.protocol.describe()
     theirs = dict(old["protocol"])
     for key in ("experiment", "scenario", "classes_per_task", "dataset", "features"):
@@ -156,7 +164,12 @@ def resume(trainer: Trainer, setup: Setup, resume_from: str) -> None:
     if old["tasks_learned"] >= setup.protocol.num_tasks:
         raise ConfigError(f"--resume_from={resume_from} already learned {old['tasks_learned']} "
                           f"tasks; ask for more with --tasks")
-    export.restore_checkpoint(trainer, path)
+    try:
+        export.restore_checkpoint(trainer, path)
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ConfigError(f"--resume_from={resume_from}: its checkpoint does not fit the "
+                          f"networks of this run ({first})") from None
     width = setup.protocol.num_tasks
     trainer.history.accuracy_matrix = [list(r) + [None] * (width - len(r))
                                        for r in old["accuracy_matrix"]]
@@ -168,18 +181,22 @@ def resume(trainer: Trainer, setup: Setup, resume_from: str) -> None:
 def run(config: Config, output_dir: str, export_dir: str | None = None,
         resume_from: str | None = None, overwrite: bool = False,
         strategy: tf.distribute.Strategy | None = None, is_chief: bool = True,
-        verbose: bool = True, setup: Setup | None = None) -> dict:
-    """Train, evaluate after each task, export after each task, write results atomically."""
+        verbose: bool = True, setup: Setup | None = None,
+        progress_every: float | None = 30.0) -> dict:
+    """Train, evaluate after each task, export after each task, write results atomically.
+
+    When ``verbose`` and stdout is not a terminal (no progress bar), a progress line is
+    printed every ``progress_every`` seconds inside a task."""
     out = Path(output_dir)
-    if out.exists() and not overwrite:
-        raise ConfigError(f"--output_dir={output_dir} exists; pass --overwrite to replace it")
+    if export_dir is None:
+        export_dir = str(rundirs.default_export_dir(output_dir))
+    if is_chief:
+        rundirs.check_run_paths(output_dir, export_dir, resume_from, overwrite)
     setup = setup or prepare(config)
     trainer = build(setup, strategy=strategy, verbose=verbose)
     if resume_from:
         resume(trainer, setup, resume_from)
     start = time.time()
-    if export_dir is None:
-        export_dir = str(Path("saved_models") / out.name)
     # What is safely on disk: the tasks whose final state is exported, and where.
     saved = {"tasks": int(trainer.tasks_done.numpy()), "step": trainer.global_step,
              "export": Path(resume_from) if resume_from else None}
@@ -189,9 +206,14 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
 
+    def record(tr: Trainer) -> dict:
+        rec = run_record(setup, tr, time.time() - start)
+        rec["resume_from"] = str(resume_from) if resume_from else None
+        return rec
+
     def after_task(tr: Trainer, t: int) -> None:
         if is_chief:
-            rec = run_record(setup, tr, time.time() - start)
+            rec = record(tr)
             export.export_run(tr, export_dir, rec, pixels=setup.pixels,
                               trunk=setup.trunk if setup.protocol.features else None)
             saved["export"] = Path(export_dir)
@@ -200,6 +222,11 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
             _log_samples(tr, setup, t)
 
     trainer.callbacks.append(after_task)
+    progress = None
+    if verbose and progress_every and not _isatty(sys.stdout):
+        progress = Progress(trainer, progress_every)
+        trainer.callbacks.append(progress.task_done)
+        progress.start()
     try:
         if is_chief:
             trainer.summary_writer = tf.summary.create_file_writer(str(work / "tensorboard"))
@@ -212,9 +239,13 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
     except BaseException as e:
         _discard(trainer, work)
         if caused_by_interrupt(e):
-            raise _save_interrupted(trainer, setup, export_dir, saved, start, is_chief) from None
+            raise _save_interrupted(trainer, setup, export_dir, saved, record,
+                                    is_chief) from None
         raise
-    rec = run_record(setup, trainer, time.time() - start)
+    finally:
+        if progress is not None:
+            progress.stop()
+    rec = record(trainer)
     rec["export_dir"] = str(export_dir)
     if not is_chief:
         shutil.rmtree(work, ignore_errors=True)
@@ -222,8 +253,9 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
     try:
         trainer.summary_writer.close()
         export.write_json(work / "results.json", rec)
-        plot_average_accuracy({setup.config.replay if setup.config.replay != "none" else "run":
-                               (rec["average_accuracy"], None)}, work / "accuracy.png",
+        rundirs.write_marker(work, rundirs.OUTPUT)
+        plot_average_accuracy({method_label(setup.config): (rec["average_accuracy"], None)},
+                              work / "accuracy.png",
                               title=f"{setup.config.experiment} ({setup.config.scenario}-IL)")
         plot_accuracy_matrix(rec["accuracy_matrix"], work / "accuracy_matrix.png",
                              title="accuracy after each task (rows) on each task (columns)")
@@ -236,6 +268,55 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return rec
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class Progress(threading.Thread):
+    """Prints where training stands every ``every`` seconds (for logs and pipes, where the
+    progress bar of a terminal only prints at the end of each task)."""
+
+    def __init__(self, trainer: Trainer, every: float):
+        super().__init__(daemon=True, name="bir_keras-progress")
+        self.trainer, self.every = trainer, float(every)
+        self._stop_event = threading.Event()
+        self._begin(int(trainer.tasks_done.numpy()))
+
+    def _begin(self, task: int) -> None:
+        tr = self.trainer
+        self.task, self.first_step, self.since = task, tr.global_step, time.time()
+        self.iters = tr.iterations(task) if task < tr.protocol.num_tasks else 0
+
+    def task_done(self, trainer: Trainer, t: int) -> None:
+        """Trainer callback: the next task starts counting."""
+        self._begin(t + 1)
+
+    def line(self) -> str:
+        """The progress line for now."""
+        tr, n = self.trainer, self.trainer.protocol.num_tasks
+        done = tr.global_step - self.first_step
+        elapsed = time.time() - self.since
+        where = f"task {self.task + 1}/{n}"
+        if done >= self.iters:
+            return f"{where}: {self.iters}/{self.iters} iterations, evaluating and exporting"
+        if not done:
+            return f"{where}: starting ({elapsed:.0f} s; the step is compiled at the start of a task)"
+        eta = elapsed / done * (self.iters - done)
+        return f"{where}: iteration {done}/{self.iters} ({elapsed:.0f} s, about {eta:.0f} s left)"
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.every):
+            if self.task < self.trainer.protocol.num_tasks:
+                print(self.line(), flush=True)
+
+    def stop(self) -> None:
+        """End the thread (it prints nothing more)."""
+        self._stop_event.set()
 
 
 def _discard(trainer: Trainer, work: Path) -> None:
@@ -252,7 +333,7 @@ def _last_export_note(saved: dict) -> str:
 
 
 def _save_interrupted(trainer: Trainer, setup: Setup, export_dir: str, saved: dict,
-                      start: float, is_chief: bool) -> RunInterrupted:
+                      record, is_chief: bool) -> RunInterrupted:
     """Export what Ctrl-C left: a finished but not yet exported task goes to ``export_dir``
     as usual; a task part-way through goes to ``<export_dir>-interrupted`` (marked in its
     run.json, refused by ``--resume_from``), so ``export_dir`` keeps the last complete task."""
@@ -265,7 +346,7 @@ def _save_interrupted(trainer: Trainer, setup: Setup, export_dir: str, saved: di
         return RunInterrupted(f"interrupted (not the chief worker: nothing saved); {last}",
                               None, saved["export"])
     trunk = setup.trunk if setup.protocol.features else None
-    rec = run_record(setup, trainer, time.time() - start)
+    rec = record(trainer)
     try:
         if done > saved["tasks"] and len(trainer.history.accuracy_matrix) == done:
             # the task is learned and evaluated; only its export was cut short
@@ -276,7 +357,9 @@ def _save_interrupted(trainer: Trainer, setup: Setup, export_dir: str, saved: di
         task, iters = saved["tasks"] + 1, trainer.global_step - saved["step"]
         rec["interrupted"] = {"task": task, "iterations_done": iters,
                               "global_step": trainer.global_step}
-        dest = Path(export_dir).parent / (Path(export_dir).name + INTERRUPTED_SUFFIX)
+        # never over a directory this package did not write: take the next free name
+        dest = rundirs.free_sibling(Path(export_dir).parent /
+                                    (Path(export_dir).name + INTERRUPTED_SUFFIX), rundirs.EXPORT)
         export.export_run(trainer, dest, rec, pixels=setup.pixels, trunk=trunk)
     except BaseException as e:
         if not caused_by_interrupt(e):
@@ -299,11 +382,13 @@ def _log_hparams(trainer: Trainer, setup: Setup) -> None:
     c = setup.config
     values = {k: (v if isinstance(v, (bool, int, float, str)) else str(v))
               for k, v in c.to_dict().items()}
+    # the method column: the --method shorthand (BI-R and GR share --replay=generative)
+    values["method"] = method_label(c)
     # The trial id is TensorBoard's session group: runs sharing one are shown as one row, so
     # it must differ whenever any hyper-parameter does (GR and BI-R share --replay).
     digest = hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
     with trainer.summary_writer.as_default():
-        hp.hparams(values, trial_id=f"{c.experiment}-{c.scenario}-{c.replay}-seed{c.seed}-"
+        hp.hparams(values, trial_id=f"{c.experiment}-{c.scenario}-{method_label(c)}-seed{c.seed}-"
                                     f"{digest}")
 
 
@@ -314,7 +399,8 @@ def _log_samples(trainer: Trainer, setup: Setup, t: int) -> None:
     if gen is None or p.features:
         return
     live = trainer.model if trainer.config.feedback else trainer.generator
-    modes = np.arange((t + 1) * p.classes_per_task, dtype=np.int32)
+    # modes are output units: Domain-IL has one per within-task class for every task
+    modes = np.arange(min((t + 1) * p.classes_per_task, p.num_modes), dtype=np.int32)
     # a generator of its own: drawing from trainer.rng would change the resumed run's numbers
     noise = tf.random.Generator.from_seed(setup.config.seed + 104729 * (t + 1))
     x = live.generate(tf.constant(modes), noise.normal([len(modes), live.z_dim])).numpy()

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from bir_keras import rundirs
 from bir_keras.strategies.base import Trainer
 from bir_keras.strategies.generative import GenerativeReplay
 
@@ -172,6 +173,7 @@ def export_run(trainer: Trainer, export_dir: str | os.PathLike, record: dict,
         tf.saved_model.save(module, str(tmp / SAVED_MODEL), signatures=sigs)
         checkpoint_for(trainer).write(str(tmp / CHECKPOINT / "ckpt"))
         write_json(tmp / RUN_JSON, record)
+        rundirs.write_marker(tmp, rundirs.EXPORT)
 
     return atomic_dir(export_dir, write, overwrite=True)
 
@@ -179,4 +181,11 @@ def export_run(trainer: Trainer, export_dir: str | os.PathLike, record: dict,
 def restore_checkpoint(trainer: Trainer, export_dir: str | os.PathLike) -> None:
     """Load the training state saved by ``export_run`` into a freshly built trainer."""
     path = Path(export_dir) / CHECKPOINT / "ckpt"
-    checkpoint_for(trainer).read(str(path)).assert_existing_objects_matched()
+    status = checkpoint_for(trainer).read(str(path))
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError:
+        # a mismatch is reported by the caller in one line; without this, the pending
+        # restore logs a warning for every unmatched value when it is garbage-collected
+        status.expect_partial()
+        raise

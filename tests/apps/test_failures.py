@@ -83,7 +83,8 @@ def test_non_finite_loss_stops_with_error_and_keeps_last_export(tmp_path_factory
     assert "non-finite loss at task 2" in line and "global step" in line
     assert "penalty_ewc" in line and str(exp) in line
     # the earlier --output_dir is not replaced (despite --overwrite), nothing half-written
-    assert [p.name for p in out.iterdir()] == ["keep"]
+    assert sorted(p.name for p in out.iterdir()) == [".bir_keras", "results.json"]
+    assert (out / "results.json").read_text() == "an earlier run"
     assert not [p for p in out.parent.iterdir() if ".tmp-" in p.name]
     # the export written after task 1 is the last one
     run = json.loads((exp / "run.json").read_text())

@@ -43,8 +43,9 @@ def diverging_ewc_run(tmp_path_factory: pytest.TempPathFactory):
     out, exp = root / "out", root / "export"
     cached = root / "result.json"
     if not cached.exists():
-        out.mkdir(parents=True)
-        (out / "keep").write_text("an earlier run")
+        out.mkdir(parents=True)  # an earlier run's output (marked: --overwrite may replace it)
+        (out / "results.json").write_text("an earlier run")
+        (out / ".bir_keras").write_text('{"written_by": "bir_keras", "kind": "output"}')
         r = python_m("apps.train", *FAST, "--method=ewc", "--ewc_lambda=1e38", "--fisher_n=50",
                      "--tasks=3", f"--output_dir={out}", f"--export_dir={exp}", "--overwrite")
         cached.write_text(json.dumps([r.returncode, r.stdout, r.stderr]))

@@ -68,7 +68,8 @@ def test_event_files_hold_losses_accuracies_images_hparams(bir_logs):
     hp = data.session_start_info.hparams
     assert hp["experiment"].string_value == "split_digits"
     assert hp["brain_inspired"].bool_value and hp["iters"].number_value == 25
-    assert data.session_start_info.group_name.startswith("split_digits-class-generative-seed0-")
+    assert hp["method"].string_value == "bir"  # the --method shorthand, not "generative"
+    assert data.session_start_info.group_name.startswith("split_digits-class-bir-seed0-")
 
 
 def free_port() -> int:
@@ -138,6 +139,6 @@ def test_real_tensorboard_serves_the_run(tensorboard_server, bir_logs):
     body = json.dumps({"experimentName": ""}).encode()
     experiment = get_json(f"{base}/data/plugin/hparams/experiment", body)
     names = {h["name"] for h in experiment["hparamInfos"]}
-    assert {"experiment", "brain_inspired", "lr", "seed"} <= names
+    assert {"experiment", "method", "brain_inspired", "lr", "seed"} <= names
     metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
     assert "accuracy/average" in metrics

@@ -34,14 +34,30 @@ def tree_digest(path: Path) -> str:
 def bir_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("bir")
     out, exp = root / "out", root / "export"
-    r = train(*FAST, "--method=bir", "--tasks=3", f"--output_dir={out}", f"--export_dir={exp}")
+    r = train(*FAST, "--method=bir", "--tasks=3", f"--output_dir={out}", f"--export_dir={exp}",
+              "--progress_every=1")
     assert r.returncode == 0, r.stderr[-3000:]
+    (root / "stdout.txt").write_text(r.stdout)
     return out, exp
 
 
 def test_outputs_written(bir_run):
     out, exp = bir_run
     res = json.loads((out / "results.json").read_text())
+    # --method=bir is recorded as such (GR shares its --replay=generative)
+    run = json.loads((exp / "run.json").read_text())
+    assert res["method"] == run["method"] == "bir"
+    assert res["flags"]["method"] == run["flags"]["method"] == "bir"
+    assert res["resume_from"] is None
+    stdout = (out.parent / "stdout.txt").read_text().splitlines()
+    printed = json.loads(stdout[-1])
+    assert printed["method"] == printed["flags"]["method"] == "bir"
+    # both directories carry the marker that lets a later --overwrite replace them
+    assert json.loads((out / ".bir_keras").read_text())["kind"] == "output"
+    assert json.loads((exp / ".bir_keras").read_text())["kind"] == "export"
+    # stdout is not a terminal here: progress lines inside each task (every second)
+    first_result = next(i for i, ln in enumerate(stdout) if "average accuracy" in ln)
+    assert any(ln.startswith("task 1/3: ") for ln in stdout[:first_result]), stdout
     m = res["accuracy_matrix"]
     assert len(m) == 3 and m[0][1] is None and m[2][2] is not None
     assert 0 <= res["final_average_accuracy"] <= 1
@@ -108,7 +124,11 @@ def test_resume_gives_same_matrix_as_straight_run(tmp_path):
                     f"--output_dir={tmp_path / 'c'}", f"--export_dir={tmp_path / 'ec'}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = json.loads((tmp_path / "a" / "results.json").read_text())["accuracy_matrix"]
-    c = json.loads((tmp_path / "c" / "results.json").read_text())["accuracy_matrix"]
+    resumed_rec = json.loads((tmp_path / "c" / "results.json").read_text())
+    c = resumed_rec["accuracy_matrix"]
+    assert resumed_rec["resume_from"] == str(tmp_path / "eb")
+    assert json.loads((tmp_path / "ec" / "run.json").read_text())["resume_from"] == \
+        str(tmp_path / "eb")
     assert len(c) == 3
     np.testing.assert_allclose(np.array(a, dtype=float), np.array(c, dtype=float), atol=1e-6)
 
@@ -174,3 +194,30 @@ def test_truncated_data_file_refused(tmp_path, mnist_idx_dir):
               f"--output_dir={tmp_path / 'o'}", f"--export_dir={tmp_path / 'e'}")
     assert r.returncode == 2 and "train-images-idx3-ubyte.gz" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_same_output_basename_keeps_separate_exports(tmp_path):
+    # runs/s0/bir and runs/s1/bir: the default export is saved_models/runs/s0/bir and
+    # saved_models/runs/s1/bir, not one saved_models/bir replaced by the second run
+    args = [*FAST, "--method=none", "--tasks=1", "--iters=5"]
+    for seed in (0, 1):
+        r = train(*args, f"--seed={seed}", f"--output_dir=runs/s{seed}/bir", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+    for seed in (0, 1):
+        res = json.loads((tmp_path / f"runs/s{seed}/bir/results.json").read_text())
+        assert res["export_dir"] == f"saved_models/runs/s{seed}/bir"
+        run = json.loads((tmp_path / res["export_dir"] / "run.json").read_text())
+        assert run["flags"]["seed"] == seed
+
+
+def test_resume_with_other_settings_refused_in_one_line(bir_run, tmp_path):
+    out, exp = bir_run
+    for bad in (["--method=generative"], ["--method=bir", "--fc_units=64"]):
+        args = [*[a for a in FAST if not a.startswith("--fc_units") or "--fc_units=64" not in bad],
+                *bad, "--tasks=4", f"--resume_from={exp}", f"--output_dir={tmp_path / 'o'}",
+                f"--export_dir={tmp_path / 'e'}"]
+        r = train(*args)
+        assert r.returncode == 2, r.stderr[-3000:]
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: --resume_from="), r.stderr[-3000:]
+        assert "was trained with" in lines[0]

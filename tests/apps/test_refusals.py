@@ -1,0 +1,198 @@
+"""apps.train refuses bad input with one `error:` line and exit 2, before TensorFlow or any
+data loads where the flags alone are wrong; it never deletes or replaces a file or directory
+that it did not write (with or without --overwrite); --help exits 0."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bir_keras import rundirs
+from tests.apps.test_sample import ENV, FAST, ROOT
+
+# no TF_CPP_MIN_LOG_LEVEL: what a user without it set sees
+PLAIN_ENV = {k: v for k, v in ENV.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+
+
+@pytest.fixture
+def no_tensorflow(tmp_path):
+    """An environment in which importing TensorFlow fails loudly: a refusal that still
+    exits 2 with its `error:` line came before TensorFlow was imported."""
+    fake = tmp_path / "fake_site"
+    (fake / "tensorflow").mkdir(parents=True)
+    (fake / "tensorflow" / "__init__.py").write_text(
+        "raise RuntimeError('TensorFlow was imported before the flags were checked')\n")
+    return {**ENV, "PYTHONPATH": os.pathsep.join([str(fake), str(ROOT)])}
+
+
+def train(*args, env=None, cwd=ROOT, timeout=600):
+    return subprocess.run([sys.executable, "-m", "apps.train", *args], cwd=cwd,
+                          env=env or ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def one_error_line(r) -> str:
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0]
+
+
+def tree(path: Path) -> dict:
+    return {str(p.relative_to(path)): p.read_bytes() if p.is_file() else None
+            for p in sorted(path.rglob("*"))}
+
+
+def fake_export(path: Path, flags: dict | None = None) -> Path:
+    """A directory that looks to apps.train like one of its exports (marker, run.json)."""
+    path.mkdir(parents=True)
+    rundirs.write_marker(path, rundirs.EXPORT)
+    base = dict(experiment="split_digits", scenario="class", method=None, tasks=5, iters=25,
+                batch=32, lr=0.001, fc_units=40, seed=0, keep_label_order=True, z_dim=8,
+                replay="none")
+    (path / "run.json").write_text(json.dumps({
+        "flags": {**base, **(flags or {})}, "tasks_learned": 1,
+        "protocol": {"experiment": "split_digits"}, "accuracy_matrix": [[1.0]]}))
+    return path
+
+
+def thesis_dir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "thesis.txt").write_text("four years of work")
+    return path
+
+
+@pytest.mark.parametrize("case", [
+    "flagfile_line_without_dashes", "positional", "gamma", "lr_nan", "seed", "unknown_flag",
+    "unknown_method", "unknown_experiment", "foreign_export", "foreign_export_overwrite",
+    "foreign_output_overwrite", "marked_output_with_foreign_file", "existing_export",
+    "output_under_a_file", "export_under_a_file", "nested", "resume_other_method",
+    "resume_other_fc_units", "resume_not_an_export", "missing_data_dir", "xdg_class",
+])
+def test_refused_before_tensorflow_loads(case, tmp_path, no_tensorflow):
+    out, exp = tmp_path / "out", tmp_path / "exp"
+    args = [*FAST, f"--output_dir={out}", f"--export_dir={exp}"]
+    keep = None
+    expect = {
+        "flagfile_line_without_dashes": "line 'scenario=task' is not a flag",
+        "positional": "unexpected argument 'extra'",
+        "gamma": "--gamma must be in (0, 1]",
+        "lr_nan": "--lr must be a finite number > 0",
+        "seed": "--seed must be in [0, 2^32)",
+        "unknown_flag": "Unknown command line flag 'no_such_flag'",
+        "unknown_method": "--method must be one of",
+        "unknown_experiment": "--experiment must be one of",
+        "foreign_export": "never replaced",
+        "foreign_export_overwrite": "never replaced",
+        "foreign_output_overwrite": "never replaced",
+        "marked_output_with_foreign_file": "holds files a run does not write (thesis.txt)",
+        "existing_export": "pass --overwrite",
+        "output_under_a_file": "--output_dir=",
+        "export_under_a_file": "--export_dir=",
+        "nested": "must not be the same directory or inside one another",
+        "resume_other_method": "was trained with --replay=none, this run has --replay=generative",
+        "resume_other_fc_units": "was trained with --fc_units=40, this run has --fc_units=64",
+        "resume_not_an_export": "no run.json there",
+        "missing_data_dir": "does not exist",
+        "xdg_class": "XdG needs task identity",
+    }[case]
+    if case == "flagfile_line_without_dashes":
+        cfg = tmp_path / "run.cfg"
+        cfg.write_text("--experiment=split_digits\n# a comment\nscenario=task\n")
+        args.append(f"--flagfile={cfg}")
+    elif case == "positional":
+        args.append("extra")
+    elif case == "gamma":
+        args.append("--gamma=2")
+    elif case == "lr_nan":
+        args.append("--lr=nan")
+    elif case == "seed":
+        args.append("--seed=-1")
+    elif case == "unknown_flag":
+        args.append("--no_such_flag=1")
+    elif case == "unknown_method":
+        args.append("--method=bogus")
+    elif case == "unknown_experiment":
+        args.append("--experiment=split_imagenet")
+    elif case in ("foreign_export", "foreign_export_overwrite"):
+        keep = thesis_dir(exp)
+        if case.endswith("overwrite"):
+            args.append("--overwrite")
+    elif case == "foreign_output_overwrite":
+        keep = thesis_dir(out)
+        args.append("--overwrite")
+    elif case == "marked_output_with_foreign_file":
+        keep = thesis_dir(out)
+        rundirs.write_marker(out, rundirs.OUTPUT)
+        args.append("--overwrite")
+    elif case == "existing_export":
+        keep = fake_export(exp)
+    elif case == "output_under_a_file":
+        (tmp_path / "file").write_text("x")
+        args.append(f"--output_dir={tmp_path / 'file' / 'out'}")
+    elif case == "export_under_a_file":
+        (tmp_path / "file").write_text("x")
+        args.append(f"--export_dir={tmp_path / 'file' / 'exp'}")
+    elif case == "nested":
+        args.append(f"--export_dir={out / 'export'}")
+    elif case == "resume_other_method":
+        fake_export(tmp_path / "old")
+        args += ["--method=bir", f"--resume_from={tmp_path / 'old'}"]
+    elif case == "resume_other_fc_units":
+        fake_export(tmp_path / "old")
+        args = [a.replace("--fc_units=40", "--fc_units=64") for a in args]
+        args.append(f"--resume_from={tmp_path / 'old'}")
+    elif case == "resume_not_an_export":
+        thesis_dir(tmp_path / "old")
+        args.append(f"--resume_from={tmp_path / 'old'}")
+    elif case == "missing_data_dir":
+        args.append(f"--data_dir={tmp_path / 'nothing'}")
+    elif case == "xdg_class":
+        args.append("--xdg")
+    before = tree(keep) if keep else None
+    line = one_error_line(train(*args, env=no_tensorflow))
+    assert expect in line, line
+    if keep is not None:
+        assert tree(keep) == before
+    if case not in ("foreign_output_overwrite", "marked_output_with_foreign_file"):
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("flag", ["--help", "--helpfull"])
+def test_help_exits_0(flag, no_tensorflow):
+    r = train(flag, env=no_tensorflow)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "--output_dir" in r.stdout and "--overwrite" in r.stdout
+
+
+def test_unwritable_output_dir_refused(tmp_path, no_tensorflow):
+    if os.geteuid() == 0:
+        pytest.skip("root can write into a read-only directory")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        for flag in ("--output_dir", "--export_dir"):
+            args = [*FAST, f"--output_dir={tmp_path / 'o'}", f"--export_dir={tmp_path / 'e'}",
+                    f"{flag}={ro / 'x'}"]
+            line = one_error_line(train(*args, env=no_tensorflow))
+            assert f"{flag}={ro / 'x'}: cannot write in {ro}" in line
+    finally:
+        ro.chmod(0o700)
+
+
+def test_no_tensorflow_log_lines_by_default(tmp_path):
+    # a refusal after TensorFlow has loaded (the data is read after the flags are checked)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = ["--experiment=split_mnist", f"--data_dir={empty}", f"--output_dir={tmp_path / 'o'}"]
+    r = train(*args, env=PLAIN_ENV)
+    line = one_error_line(r)  # nothing but the error line on stderr
+    assert "holds no mnist data" in line
+    assert r.stdout == ""
+    # --tf_log brings TensorFlow's own lines back (whatever this machine's TensorFlow says)
+    r = train(*args, "--tf_log", env=PLAIN_ENV)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == line

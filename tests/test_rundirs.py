@@ -1,0 +1,80 @@
+"""bir_keras.rundirs: what a run may replace, the default export path, resume checks."""
+
+import os
+
+import pytest
+
+from bir_keras import rundirs
+from bir_keras.rundirs import PathRefused
+
+
+def test_only_marked_directories_of_the_kind_holding_only_run_files_are_replaceable(tmp_path):
+    out = tmp_path / "out"
+    rundirs.replaceable(out, rundirs.OUTPUT, "--output_dir", overwrite=False)  # absent: fine
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    with pytest.raises(PathRefused, match="no .bir_keras marker"):
+        rundirs.replaceable(out, rundirs.OUTPUT, "--output_dir", overwrite=True)
+    rundirs.write_marker(out, rundirs.OUTPUT)
+    with pytest.raises(PathRefused, match="pass --overwrite"):
+        rundirs.replaceable(out, rundirs.OUTPUT, "--output_dir", overwrite=False)
+    rundirs.replaceable(out, rundirs.OUTPUT, "--output_dir", overwrite=True)
+    with pytest.raises(PathRefused, match="marked as a bir_keras output directory"):
+        rundirs.replaceable(out, rundirs.EXPORT, "--export_dir", overwrite=True)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(PathRefused, match=r"holds files a run does not write \(notes.txt\)"):
+        rundirs.replaceable(out, rundirs.OUTPUT, "--output_dir", overwrite=True)
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(PathRefused, match="not a directory"):
+        rundirs.replaceable(f, rundirs.OUTPUT, "--output_dir", overwrite=True)
+
+
+def test_free_sibling_skips_foreign_directories(tmp_path):
+    p = tmp_path / "e-interrupted"
+    assert rundirs.free_sibling(p, rundirs.EXPORT) == p
+    p.mkdir()
+    (p / "thesis.txt").write_text("x")
+    assert rundirs.free_sibling(p, rundirs.EXPORT) == tmp_path / "e-interrupted-2"
+    mine = tmp_path / "e-interrupted-2"
+    mine.mkdir()
+    rundirs.write_marker(mine, rundirs.EXPORT)
+    assert rundirs.free_sibling(p, rundirs.EXPORT) == mine
+
+
+def test_default_export_dir_keeps_the_whole_output_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = rundirs.default_export_dir("runs/s0/bir")
+    b = rundirs.default_export_dir("runs/s1/bir")
+    assert a == rundirs.Path("saved_models/runs/s0/bir") and a != b
+    outside = rundirs.default_export_dir("/elsewhere/x/bir")
+    assert outside == rundirs.Path("saved_models/elsewhere/x/bir")
+
+
+def test_nested_paths_and_writability(tmp_path):
+    assert rundirs.nested(tmp_path / "a", tmp_path / "a" / "b")
+    assert not rundirs.nested(tmp_path / "a", tmp_path / "ab")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PathRefused, match="cannot create"):
+        rundirs.check_writable(tmp_path / "file" / "sub" / "out", "--output_dir")
+    rundirs.check_writable(tmp_path / "new" / "out", "--output_dir")
+    assert not [p for p in (tmp_path / "new").iterdir()]  # the probe is gone
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        try:
+            with pytest.raises(PathRefused, match="cannot write in"):
+                rundirs.check_writable(ro / "out", "--output_dir")
+        finally:
+            ro.chmod(0o700)
+
+
+def test_resume_flags_must_match_except_what_may_change():
+    old = {"replay": "generative", "fc_units": 400, "tasks": 2, "lr": 0.001, "seed": 0}
+    rundirs.check_resume_flags("r", old, {**old, "tasks": 5, "lr": 1e-3, "method": "bir",
+                                          "new_field": 1})
+    with pytest.raises(PathRefused, match="--fc_units=400, this run has --fc_units=64"):
+        rundirs.check_resume_flags("r", old, {**old, "fc_units": 64})
+    with pytest.raises(PathRefused, match="--replay=generative, this run has --replay=none"):
+        rundirs.check_resume_flags("r", old, {**old, "replay": "none"})
