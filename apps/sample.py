@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
 from bir_keras.fileio import atomic_write
 
@@ -22,7 +22,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("saved_model", None, "an export dir of apps.train, or its saved_model/ "
                     "subfolder (required)")
 flags.DEFINE_list("classes", None, "comma-separated class ids to draw, one row each: output "
-                  "labels in Task-IL and Class-IL, task * classes_per_task + class in "
+                  "units in Task-IL and Class-IL, in the order the classes were learned (the "
+                  "printed dataset_classes and class_names, read from the SavedModel, say "
+                  "which dataset class each is); task * classes_per_task + class in "
                   "Domain-IL (default: every class the run has learned)")
 flags.DEFINE_integer("n", 8, "samples per class, i.e. per row (default 8)")
 flags.DEFINE_string("out", "samples.png", "the PNG file to write (default samples.png)")
@@ -112,6 +114,10 @@ def sample(saved_model: str, classes: list[int] | None, n: int, out: str, scale:
         raise SampleError(f"--n={n}: need at least 1 sample per class")
     if scale < 0:
         raise SampleError(f"--scale={scale}: must be 0 (auto) or positive")
+    if Path(out).is_dir():
+        raise SampleError(f"--out={out} is a directory; name the PNG file to write")
+    if any(p.is_file() for p in Path(out).parents):
+        raise SampleError(f"--out={out}: a folder on that path is a file")
     model_dir, run_json = locate(saved_model)
     run = json.loads(run_json.read_text()) if run_json else None
     protocol = (run or {}).get("protocol", {})
@@ -164,12 +170,21 @@ def sample(saved_model: str, classes: list[int] | None, n: int, out: str, scale:
                           f"input shape {list(input_shape)}")
     scale = scale or max(1, 64 // max(h, w))
     image = grid(x.reshape(len(ids), h, w, c), len(classes), n, scale)
-    path = write_png(image, out)
-    return {"out": str(path), "classes": classes, "n": n, "image_shape": [h, w, c],
+    try:
+        path = write_png(image, out)
+    except OSError as e:
+        raise SampleError(f"--out={out}: cannot write it ({e.strerror or e})") from None
+    per_row = {k: v.numpy().reshape(len(classes), n)[:, 0] for k, v in result.items()
+               if k != "x"}
+    info = {"out": str(path), "classes": classes, "n": n, "image_shape": [h, w, c],
             "scale": scale, "size": [image.shape[1], image.shape[0]],
-            "labels": result["labels"].numpy().reshape(len(classes), n)[:, 0].tolist(),
+            "labels": per_row["labels"].tolist(),
             "dataset_classes": dataset_classes(protocol, classes),
             "experiment": protocol.get("experiment")}
+    if "dataset_labels" in per_row:  # the SavedModel's own map (exports since it has one)
+        info["dataset_classes"] = per_row["dataset_labels"].tolist()
+        info["class_names"] = [b.decode() for b in per_row["class_names"]]
+    return info
 
 
 def dataset_classes(protocol: dict, classes: list[int]) -> list[int] | None:
@@ -185,7 +200,6 @@ def dataset_classes(protocol: dict, classes: list[int]) -> list[int] | None:
 def main(argv: list[str]) -> int:
     """Parse flags, draw, print where the grid went."""
     del argv
-    logging.set_verbosity(logging.WARNING)
     try:
         if not FLAGS.saved_model:
             raise SampleError("--saved_model is required")
@@ -202,4 +216,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    from apps.common import run_app
+
+    run_app(main)

@@ -115,6 +115,22 @@ class RunModule(tf.Module):
         self.classify_task = tf.function(self._classify_task, input_signature=[
             spec, tf.TensorSpec([None], tf.int32, name="task_ids")])
         self.mode_labels = tf.constant(p.mode_to_label(np.arange(p.num_modes)), tf.int32)
+        # The map to the dataset: mode m (task m // cpt, its class m % cpt) is the dataset's
+        # class mode_dataset_labels[m], named mode_class_names[m]; output unit u is mode u in
+        # Task-IL and Class-IL, mode task * cpt + u in Domain-IL.
+        labels = mode_dataset_labels(p)
+        self.mode_dataset_labels = tf.constant(labels, tf.int32)
+        self.mode_class_names = tf.constant([str(p.class_names[c]) for c in labels])
+        self.dataset_class_names = tf.constant([str(n) for n in p.class_names])
+        self.scenario = tf.constant(p.scenario)
+        self.classes_per_task = tf.constant(p.classes_per_task, tf.int32)
+        learned = max(1, int(trainer.tasks_done.numpy()))
+        self.tasks_learned = tf.constant(learned, tf.int32)
+        # units a prediction may take: per task (classify_task) and for any learned task
+        table = p.active_table(learned - 1)
+        self._active = tf.constant(table)
+        self._active_any = tf.constant(np.max(table[:learned], axis=0))
+        self.labels = tf.function(self._labels, input_signature=[])
         self.sample = None
         if isinstance(trainer, GenerativeReplay):
             gen = trainer.model if trainer.config.feedback else trainer.generator
@@ -134,18 +150,43 @@ class RunModule(tf.Module):
             x = self._trunk.obj(x, training=False)
         return x
 
+    def _labels(self):
+        """The map from the model's ids to the dataset's labels and class names."""
+        return {"mode_dataset_labels": self.mode_dataset_labels,
+                "mode_class_names": self.mode_class_names,
+                "dataset_class_names": self.dataset_class_names,
+                "scenario": self.scenario, "classes_per_task": self.classes_per_task,
+                "tasks_learned": self.tasks_learned}
+
+    def _predict(self, logits, task_ids, active):
+        """Logits plus the prediction among the units ``active`` [batch, units], as the
+        output unit, the dataset label and the class name."""
+        unit = tf.argmax(tf.where(active > 0, logits, tf.constant(-np.inf, logits.dtype)), -1,
+                         output_type=tf.int32)
+        mode = unit if self._trainer.protocol.scenario != "domain" \
+            else task_ids * self._trainer.protocol.classes_per_task + unit
+        return {"logits": logits, "unit": unit,
+                "label": tf.gather(self.mode_dataset_labels, mode),
+                "class_name": tf.gather(self.mode_class_names, mode)}
+
     def _classify(self, x):
-        """Logits over all classes."""
-        return self._classify_task(x, tf.zeros(tf.shape(x)[:1], tf.int32))
+        """Logits over all units, and the prediction among the classes of every task
+        learned, as a dataset label and class name (Domain-IL: read as task 1's classes)."""
+        task_ids = tf.zeros(tf.shape(x)[:1], tf.int32)
+        logits = self._trainer.logits(self._model.obj, self._inputs(x), task_ids)
+        return self._predict(logits, task_ids, tf.ones_like(logits) * self._active_any)
 
     def _classify_task(self, x, task_ids):
-        """Logits with the task identity of each input (needed by XdG's masks)."""
-        return {"logits": self._trainer.logits(self._model.obj, self._inputs(x), task_ids)}
+        """Logits with the task identity of each input (needed by XdG's masks), and the
+        prediction among the units of that task (Task-IL) or of every learned task."""
+        logits = self._trainer.logits(self._model.obj, self._inputs(x), task_ids)
+        return self._predict(logits, task_ids, tf.gather(self._active, task_ids))
 
     def _classify_features(self, h):
         """Logits for hidden features (what internal replay generates)."""
-        return {"logits": self._trainer.logits(self._model.obj, h,
-                                               tf.zeros(tf.shape(h)[:1], tf.int32))}
+        task_ids = tf.zeros(tf.shape(h)[:1], tf.int32)
+        logits = self._trainer.logits(self._model.obj, h, task_ids)
+        return self._predict(logits, task_ids, tf.ones_like(logits) * self._active_any)
 
     def _sample(self, class_ids):
         """One sample per requested class id: the output label in Task-IL and Class-IL, the
@@ -156,7 +197,20 @@ class RunModule(tf.Module):
             if self._pixels.mean is not None:
                 x = x * tf.constant(self._pixels.std) + tf.constant(self._pixels.mean)
             x = tf.clip_by_value(x, 0.0, 1.0)
-        return {"x": x, "labels": tf.gather(self.mode_labels, class_ids)}
+        return {"x": x, "labels": tf.gather(self.mode_labels, class_ids),
+                "dataset_labels": tf.gather(self.mode_dataset_labels, class_ids),
+                "class_names": tf.gather(self.mode_class_names, class_ids)}
+
+
+def mode_dataset_labels(protocol) -> list[int]:
+    """The dataset label of each (task, class) mode ``t * classes_per_task + k``:
+    ``class_order[mode]`` for split protocols (the order the classes are learned in), the
+    digit ``k`` for permuted MNIST (every task has all ten)."""
+    order = [int(c) for c in protocol.class_order]
+    n, cpt = protocol.num_modes, protocol.classes_per_task
+    if len(order) >= n:
+        return order[:n]
+    return [order[m % cpt] for m in range(n)]
 
 
 def export_run(trainer: Trainer, export_dir: str | os.PathLike, record: dict,
@@ -165,7 +219,8 @@ def export_run(trainer: Trainer, export_dir: str | os.PathLike, record: dict,
 
     def write(tmp: Path) -> None:
         module = RunModule(trainer, pixels or trainer.protocol, trunk)
-        sigs = {"classify": module.classify, "classify_task": module.classify_task}
+        sigs = {"classify": module.classify, "classify_task": module.classify_task,
+                "labels": module.labels}
         if module.sample is not None:
             sigs["sample"] = module.sample
         if module.classify_features is not None:

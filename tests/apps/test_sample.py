@@ -75,6 +75,7 @@ def test_writes_png_grid_one_row_per_class(bir_export, tmp_path):
     assert info["classes"] == [0, 1, 3] and info["labels"] == [0, 1, 3]
     assert info["image_shape"] == [8, 8, 1]  # split digits: 64 inputs -> 8x8
     assert info["dataset_classes"] == [0, 1, 3]  # --keep_label_order
+    assert info["class_names"] == ["0", "1", "3"]  # read from the SavedModel
     cell, pad = 8 * 2, 2
     with Image.open(out) as im:
         assert im.format == "PNG" and im.mode == "L"
@@ -146,3 +147,17 @@ def test_image_layouts():
     assert image_layout([32, 32, 3]) == (32, 32, 3)
     with pytest.raises(SampleError):
         image_layout([10])
+
+
+@pytest.mark.parametrize("case", ["directory", "parent_is_a_file", "n0"])
+def test_bad_out_or_n_exit_2_without_writing(bir_export, tmp_path, case):
+    (tmp_path / "file").write_text("x")
+    out = {"directory": tmp_path, "parent_is_a_file": tmp_path / "file" / "g.png",
+           "n0": tmp_path / "g.png"}[case]
+    extra = ["--n=0"] if case == "n0" else []
+    r = python_m("apps.sample", f"--saved_model={bir_export}", f"--out={out}", *extra)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "--out" in line or "--n" in line
+    assert (tmp_path / "file").read_text() == "x" and not (tmp_path / "g.png").exists()

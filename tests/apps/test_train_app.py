@@ -221,3 +221,68 @@ def test_resume_with_other_settings_refused_in_one_line(bir_run, tmp_path):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: --resume_from="), r.stderr[-3000:]
         assert "was trained with" in lines[0]
+
+
+LABEL_LOADER = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+m = tf.saved_model.load(sys.argv[1])
+x = np.load(sys.argv[2])
+out = m.signatures["classify"](x=tf.constant(x))
+task = m.signatures["classify_task"](x=tf.constant(x), task_ids=tf.zeros([len(x)], tf.int32))
+lab = m.signatures["labels"]()
+print(json.dumps({"label": out["label"].numpy().tolist(),
+                  "class_name": [s.decode() for s in out["class_name"].numpy()],
+                  "argmax": out["logits"].numpy().argmax(-1).tolist(),
+                  "task_label": task["label"].numpy().tolist(),
+                  "modes": lab["mode_dataset_labels"].numpy().tolist(),
+                  "names": [s.decode() for s in lab["mode_class_names"].numpy()],
+                  "learned": int(lab["tasks_learned"]), "scenario": lab["scenario"].numpy().decode(),
+                  "bir_keras_loaded": "bir_keras" in sys.modules}))
+"""
+
+
+def test_saved_model_maps_outputs_to_dataset_labels(tmp_path):
+    # a seed-drawn class order (seed 12: permuted in every version of the protocol): unit k is the dataset's class class_order[k]
+    exp = tmp_path / "export"
+    args = [a for a in FAST if a != "--keep_label_order"]
+    r = train(*args, "--method=joint", "--tasks=2", "--iters=60", "--seed=12",
+              f"--output_dir={tmp_path / 'o'}", f"--export_dir={exp}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = json.loads((exp / "run.json").read_text())
+    order = run["protocol"]["class_order"]
+    seen = run["classes_seen"]
+    assert seen == order[:4] and seen != [0, 1, 2, 3]
+
+    from bir_keras.data.sources import load_dataset
+
+    ds = load_dataset("digits")
+    keep = np.isin(ds.y_test, seen)
+    x = ds.x_test[keep].reshape(int(keep.sum()), -1).astype("float32") / 255.0
+    y = ds.y_test[keep]
+    np.save(tmp_path / "x.npy", x)
+    script = tmp_path / "load.py"
+    script.write_text(LABEL_LOADER)
+    r = subprocess.run([sys.executable, str(script), str(exp / "saved_model"),
+                        str(tmp_path / "x.npy")], cwd=tmp_path, env=ENV, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert not info["bir_keras_loaded"]
+    assert info["modes"][:len(order)] == order and info["learned"] == 2
+    assert info["scenario"] == "class"
+    names = [str(c) for c in range(10)]  # the digits' class names
+    assert info["names"][:4] == [names[c] for c in seen]
+    label = np.array(info["label"])
+    assert set(label) <= set(seen)
+    assert info["class_name"] == [names[c] for c in label]
+    # the labelled prediction scores what the run's evaluation scored (Class-IL: every
+    # learned class active), weighted by each task's test size
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    sizes = [int(np.isin(ds.y_test, seen[2 * t:2 * t + 2]).sum()) for t in range(2)]
+    expected = np.dot(res["accuracy_matrix"][-1][:2], sizes) / sum(sizes)
+    assert np.mean(label == y) == pytest.approx(expected, abs=1e-6)
+    assert np.mean(label == y) > 0.6
+    # the raw argmax is in learned order, not dataset labels
+    assert np.mean(np.array(info["argmax"]) == y) < 0.5
