@@ -1,7 +1,9 @@
 """Continual-learning protocols: how a dataset is cut into tasks, and the scenarios.
 
-Follows ``method.md`` section 1. Every protocol exposes the same label convention so
-that models and methods never special-case a scenario:
+Follows ``method.md`` section 1 and, where that was silent, the authors' code
+(``data/load.py`` of GMvandeVen/brain-inspired-replay; ``fidelity.md`` items 1-3). Every
+protocol exposes the same label convention so that models and methods never special-case a
+scenario:
 
 * ``capacity``: the most tasks the protocol can hold (split protocols: the dataset's
   classes / classes per task; permuted MNIST: 100, the paper's longest run). Output
@@ -10,9 +12,10 @@ that models and methods never special-case a scenario:
 * ``num_outputs``: output units of the classifier (``capacity * classes_per_task``
   in Task-IL and Class-IL, ``classes_per_task`` in Domain-IL).
 * A sample of task ``t`` with within-task class ``k`` has label ``t * cpt + k``
-  (Task-IL, Class-IL) or ``k`` (Domain-IL), and *mode* ``t * cpt + k`` in every
-  scenario: the mode indexes per-(task, class) things such as BI-R's mixture
-  components and class gates.
+  (Task-IL, Class-IL) or ``k`` (Domain-IL). The label is also the sample's *mode*: BI-R's
+  mixture components and class gates are per output unit (``num_modes == num_outputs``),
+  so in Domain-IL the prior has one mode per within-task class shared by all tasks (the
+  authors' ``config['classes']``; 10 modes on permuted MNIST, fidelity.md item 12).
 * ``active_table(current)`` is a ``[num_tasks, num_outputs]`` 0/1 matrix: row ``j``
   says which units take part in the softmax for a sample of task ``j`` once the
   network has been trained up to (0-based) task ``current``.
@@ -79,6 +82,9 @@ class Protocol:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     recon_loss: str = "bce"
+    # input elements of the protocol's images (3072 on CIFAR), also when the inputs are
+    # conv features: the VAE's latent term is divided by it (fidelity.md item 10)
+    input_pixels: int = 0
     capacity: int = 0
     conv: bool = False
     features: bool = False
@@ -94,8 +100,8 @@ class Protocol:
 
     @property
     def num_modes(self) -> int:
-        """Number of (task, class) pairs: BI-R's mixture modes and class gates."""
-        return self.capacity * self.classes_per_task
+        """BI-R's mixture modes and class gates: one per output unit (see the module doc)."""
+        return self.num_outputs
 
     def task(self, index: int) -> Task:
         """Return task ``index`` (0-based), building and caching it on first use."""
@@ -120,9 +126,8 @@ class Protocol:
         return table
 
     def mode_to_label(self, modes: np.ndarray) -> np.ndarray:
-        """Output label of each (task, class) mode in this scenario."""
-        modes = np.asarray(modes)
-        return modes % self.classes_per_task if self.scenario == "domain" else modes
+        """Output label of each mode (modes are output units)."""
+        return np.asarray(modes)
 
     def preprocess_np(self, x: np.ndarray) -> np.ndarray:
         """Turn stored inputs into model inputs (the numpy twin of the in-graph version)."""
@@ -159,10 +164,36 @@ class Protocol:
                                    recon_loss="mse", features=True, _task_fn=build, _tasks={})
 
 
-def _class_order(num_classes: int, seed: int, keep_label_order: bool) -> list[int]:
-    if keep_label_order:
+# The authors' code keeps the label order for seeds below 10 on its 10-class split
+# protocols and permutes from 10 up; split CIFAR-100 is always permuted (main_cl.py:
+# ``exception=args.seed < 10``; data/load.py). Split CIFAR-10, Fashion-MNIST and the digits
+# demo follow split MNIST's rule.
+ALWAYS_PERMUTED = ("split_cifar100",)
+
+
+def class_order(experiment: str, num_classes: int, seed: int,
+                keep_label_order: bool = False) -> list[int]:
+    """Dataset class of each learned position: task ``i`` holds ``order[i*cpt:(i+1)*cpt]``.
+
+    As the authors' code (data/load.py, after ``np.random.seed(seed)``): it draws
+    ``p = permutation(num_classes)`` and relabels every image ``y -> p[y]``; task ``i``
+    then holds new labels ``i*cpt .. i*cpt+cpt-1``, i.e. the dataset classes
+    ``argsort(p)[i*cpt:(i+1)*cpt]`` in that within-task order (fidelity.md item 1)."""
+    if keep_label_order or (seed < 10 and experiment not in ALWAYS_PERMUTED):
         return list(range(num_classes))
-    return [int(c) for c in np.random.RandomState(seed).permutation(num_classes)]
+    p = np.random.RandomState(seed).permutation(num_classes)
+    return [int(c) for c in np.argsort(p)]
+
+
+def permutations(seed: int, num_tasks: int, size: int = 1024) -> list[np.ndarray]:
+    """Permuted MNIST's pixel permutation per task: below seed 10 task 1 keeps the identity
+    and tasks 2.. draw ``permutation(size)``; from 10 up every task does (the authors'
+    data/load.py with ``np.random.seed(seed)``; fidelity.md item 2). The first tasks are the
+    same whatever ``num_tasks`` is, so a run can be continued with more tasks."""
+    rng = np.random.RandomState(seed)
+    if seed < 10:
+        return [np.arange(size)] + [rng.permutation(size) for _ in range(num_tasks - 1)]
+    return [rng.permutation(size) for _ in range(num_tasks)]
 
 
 def _flatten(x: np.ndarray) -> np.ndarray:
@@ -194,7 +225,8 @@ def make_protocol(experiment: str, scenario: str, *, tasks: int | None = None,
 
     if permuted:
         # method.md 1: zero-padded to 32x32, one fixed pixel permutation per task drawn
-        # from the seed; the first task keeps the identity (as the reference code does).
+        # from the seed (``permutations``); labels shifted by task x 10 in Task-IL and
+        # Class-IL (the authors' data/load.py: ``y + task_id * classes_per_task``).
         def pad(x: np.ndarray) -> np.ndarray:
             h, w = x.shape[1:3]
             ph, pw = (32 - h) // 2, (32 - w) // 2
@@ -203,20 +235,21 @@ def make_protocol(experiment: str, scenario: str, *, tasks: int | None = None,
             return out.reshape(len(x), -1)
 
         x_tr, x_te = pad(dataset.x_train), pad(dataset.x_test)
-        rng = np.random.RandomState(seed)
-        perms = [np.arange(1024)] + [rng.permutation(1024) for _ in range(num_tasks - 1)]
+        perms = permutations(seed, num_tasks)
+        shift = 0 if scenario == "domain" else cpt
 
         def build(i: int) -> Task:
             p = perms[i]
-            return Task(i, list(range(cpt)), x_tr[:, p], dataset.y_train.astype(np.int32),
-                        x_te[:, p], dataset.y_test.astype(np.int32))
+            return Task(i, list(range(cpt)), x_tr[:, p],
+                        (dataset.y_train + i * shift).astype(np.int32),
+                        x_te[:, p], (dataset.y_test + i * shift).astype(np.int32))
 
         proto = Protocol(input_shape=(1024,), class_order=list(range(cpt)), _task_fn=build,
-                         capacity=max(num_tasks, 100), **common)
+                         capacity=max(num_tasks, 100), input_pixels=1024, **common)
         proto.permutations = perms  # type: ignore[attr-defined]
         return proto
 
-    order = _class_order(dataset.num_classes, seed, keep_label_order)
+    order = class_order(experiment, dataset.num_classes, seed, keep_label_order)
     conv = not flat
     shape = (int(np.prod(dataset.x_train.shape[1:])),) if flat else tuple(dataset.x_train.shape[1:])
 
@@ -242,4 +275,5 @@ def make_protocol(experiment: str, scenario: str, *, tasks: int | None = None,
     if ds_name in CIFAR_MEAN:
         mean, std, recon = CIFAR_MEAN[ds_name], CIFAR_STD[ds_name], "mse"
     return Protocol(input_shape=shape, class_order=order, _task_fn=build, mean=mean, std=std,
-                    recon_loss=recon, conv=conv, capacity=dataset.num_classes // cpt, **common)
+                    recon_loss=recon, conv=conv, capacity=dataset.num_classes // cpt,
+                    input_pixels=int(np.prod(dataset.x_train.shape[1:])), **common)

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bir_keras.models.layers import FCStack, conv_trunk, masked_logits
+from bir_keras.models.layers import FCStack, conv_trunk, masked_logits, torch_uniform_init
 
 
 def masked_cross_entropy(logits: tf.Tensor, labels: tf.Tensor, active: tf.Tensor) -> tf.Tensor:
@@ -24,10 +24,13 @@ def distillation_loss(logits: tf.Tensor, target_probs: tf.Tensor, active: tf.Ten
 
 
 class Classifier(keras.Model):
-    """FC classifier (optional conv trunk) with active-unit masking and optional XdG masks."""
+    """FC classifier (optional conv trunk) with active-unit masking and optional XdG masks
+    (applied before each hidden layer's bias, as the authors' code). Weights start from
+    PyTorch's default initialisation drawn from ``seed`` (``torch_uniform_init``)."""
 
     def __init__(self, input_shape: tuple[int, ...], num_outputs: int, fc_units: list[int],
-                 conv: bool = False, xdg_masks: list[np.ndarray] | None = None, **kwargs):
+                 conv: bool = False, xdg_masks: list[np.ndarray] | None = None,
+                 seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.input_shape_ = tuple(input_shape)
         self.num_outputs = num_outputs
@@ -39,6 +42,7 @@ class Classifier(keras.Model):
                           else [tf.constant(m, tf.float32) for m in xdg_masks])
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.build((None, *self.input_shape_))
+        torch_uniform_init(self, seed, salt=1)
 
     def build(self, input_shape):
         """Create the weights by running a dummy batch through the network."""

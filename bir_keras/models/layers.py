@@ -18,41 +18,98 @@ def masked_logits(logits: tf.Tensor, active: tf.Tensor) -> tf.Tensor:
 
 
 def make_unit_masks(num_contexts: int, units: int, prop: float, seed: int) -> np.ndarray:
-    """Fixed random 0/1 masks, one per context, each silencing round(prop * units) units."""
+    """XdG's fixed random 0/1 masks, one per task, each silencing int(prop * units) units
+    chosen without replacement (the authors' ``define_XdGmask``)."""
     if not 0.0 <= prop < 1.0:
         raise ValueError(f"masking proportion must be in [0, 1), got {prop}")
     rng = np.random.RandomState(seed)
     masks = np.ones((num_contexts, units), np.float32)
-    n_off = int(round(prop * units))
+    n_off = int(prop * units)
     for c in range(num_contexts):
-        masks[c, rng.permutation(units)[:n_off]] = 0.0
+        masks[c, rng.choice(units, n_off, replace=False)] = 0.0
     return masks
 
 
+def make_gate_masks(num_contexts: int, units: int, prop: float, seed: int) -> np.ndarray:
+    """BI-R's decoder gates: per context, each unit is silenced with probability ``prop``
+    independently (the authors' ``fc_layer_fixed_gates``: ``np.random.choice([0, 1],
+    p=[prop, 1 - prop])``), so the number silenced varies around ``prop * units``."""
+    if not 0.0 <= prop < 1.0:
+        raise ValueError(f"gating proportion must be in [0, 1), got {prop}")
+    rng = np.random.RandomState(seed)
+    return (rng.uniform(size=(num_contexts, units)) >= prop).astype(np.float32)
+
+
+def torch_uniform_init(model: keras.layers.Layer, seed: int, salt: int = 0) -> None:
+    """Re-initialise every dense, conv and transposed-conv layer of ``model`` as PyTorch does
+    by default (the authors' code): kernel and bias uniform in +-1/sqrt(fan_in), fan_in the
+    product of the kernel's dimensions but the last (PyTorch's fan_in of a transposed conv
+    counts its *output* channels, which is Keras' kernel dimension -2, so the same rule holds;
+    fidelity.md item 5). Batch-norm and the GMM prior keep their own initialisation.
+    ``salt`` tells apart the models built from one seed (classifier, generator)."""
+    kinds = (keras.layers.Dense, keras.layers.Conv2D, keras.layers.Conv2DTranspose)
+    layers = [layer for layer in model._flatten_layers(include_self=True, recursive=True)
+              if isinstance(layer, kinds)]
+    for i, layer in enumerate(layers):
+        bound = 1.0 / np.sqrt(float(np.prod(layer.kernel.shape[:-1])))
+        for j, v in enumerate((layer.kernel, layer.bias)):
+            if v is None:
+                continue
+            v.assign(tf.random.stateless_uniform(v.shape, [seed, 100_000 * salt + 1000 * i + j], -bound, bound))
+
+
 class FCStack(keras.layers.Layer):
-    """A stack of ReLU dense layers; each layer's output may be multiplied by a unit mask."""
+    """A stack of ReLU dense layers.
+
+    ``masks`` (XdG) multiply each layer's pre-activation *before* the bias is added, so a
+    masked unit still outputs relu(bias) (the authors' excitability buffer, fidelity.md
+    item 8). ``gates`` (BI-R's decoder gates, possibly soft) multiply the pre-activation
+    *after* the bias, as the authors' ``fc_layer_fixed_gates``; since relu(g z) = g relu(z)
+    for g >= 0 they are applied to the layer's output."""
 
     def __init__(self, units: list[int], name: str = "fc", **kwargs):
         super().__init__(name=name, **kwargs)
         self.units = list(units)
-        self.layers_ = [keras.layers.Dense(u, activation="relu", name=f"{name}{i + 1}")
+        self.layers_ = [keras.layers.Dense(u, name=f"{name}{i + 1}")
                         for i, u in enumerate(self.units)]
 
-    def call(self, x: tf.Tensor, masks: list[tf.Tensor] | None = None) -> tf.Tensor:
+    def build(self, input_shape):
+        """Build each dense layer on its input width."""
+        width = input_shape[-1]
+        for layer, u in zip(self.layers_, self.units):
+            layer.build((None, width))
+            width = u
+        self.built = True
+
+    def call(self, x: tf.Tensor, masks: list[tf.Tensor] | None = None,
+             gates: list[tf.Tensor] | None = None) -> tf.Tensor:
         for i, layer in enumerate(self.layers_):
-            x = layer(x)
+            z = tf.matmul(x, layer.kernel)
             if masks is not None and masks[i] is not None:
-                x = x * masks[i]
+                z = z * masks[i]
+            x = tf.nn.relu(z + layer.bias)
+            if gates is not None and gates[i] is not None:
+                x = x * gates[i]
         return x
 
 
+def _batch_norm(name: str) -> keras.layers.BatchNormalization:
+    # PyTorch's BatchNorm defaults (the authors' code): momentum 0.1 of the new batch,
+    # i.e. Keras momentum 0.9, and epsilon 1e-5 (fidelity.md item 6)
+    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+
+
 def conv_trunk(name: str = "conv_trunk") -> keras.Sequential:
-    """The 5 conv layers of method.md 4.4: 3x3, pad 1, 16-32-64-128-256, BN + ReLU -> 1024."""
+    """The 5 conv layers of method.md 4.4: 3x3, pad 1, 16-32-64-128-256 -> 1024 features.
+
+    BN + ReLU after the first four; the fifth is linear (no BN, no ReLU), as the authors'
+    ``ConvLayers(output="none")`` with ``no_fnl=True`` (fidelity.md item 4): the features
+    that internal replay reconstructs can be negative."""
     layers: list[keras.layers.Layer] = [keras.layers.Input((32, 32, 3))]
     for i, (ch, stride) in enumerate(zip((16, 32, 64, 128, 256), (1, 2, 2, 2, 2))):
-        layers += [keras.layers.Conv2D(ch, 3, strides=stride, padding="same", name=f"conv{i + 1}"),
-                   keras.layers.BatchNormalization(name=f"bn{i + 1}"),
-                   keras.layers.ReLU(name=f"relu{i + 1}")]
+        layers.append(keras.layers.Conv2D(ch, 3, strides=stride, padding="same", name=f"conv{i + 1}"))
+        if i < 4:
+            layers += [_batch_norm(f"bn{i + 1}"), keras.layers.ReLU(name=f"relu{i + 1}")]
     layers.append(keras.layers.Flatten(name="flatten"))
     return keras.Sequential(layers, name=name)
 
@@ -66,7 +123,7 @@ def deconv_decoder(name: str = "deconv") -> keras.Sequential:
                                         keras.layers.Reshape((2, 2, 256))]
     for i, ch in enumerate((128, 64, 32, 16)):
         layers += [keras.layers.Conv2DTranspose(ch, 4, strides=2, padding="same", name=f"dconv{i + 1}"),
-                   keras.layers.BatchNormalization(name=f"dbn{i + 1}"),
+                   _batch_norm(f"dbn{i + 1}"),
                    keras.layers.ReLU(name=f"drelu{i + 1}")]
     layers.append(keras.layers.Conv2DTranspose(3, 3, strides=1, padding="same", name="dconv_out"))
     return keras.Sequential(layers, name=name)

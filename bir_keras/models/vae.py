@@ -1,9 +1,13 @@
 """The generator: a VAE with a standard-normal or Gaussian-mixture prior and decoder gates,
-and BI-R's RtF model, the same VAE with a softmax layer on the encoder (method.md 4)."""
+and BI-R's RtF model, the same VAE with a softmax layer on the encoder (method.md 4).
+
+Details follow the authors' code (``models/vae.py`` of GMvandeVen/brain-inspired-replay):
+PyTorch's default initialisation, no bias on the layer giving z's log-variance, squared
+error as 0.5 x the mean squared error (a unit-variance Gaussian), and the latent term
+divided by the number of input *pixels* (fidelity.md items 5, 9, 10).
+"""
 
 from __future__ import annotations
-
-import math
 
 import keras
 import numpy as np
@@ -11,11 +15,15 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from bir_keras.models.classifier import masked_cross_entropy
-from bir_keras.models.layers import CONV_FEATURES, FCStack, conv_trunk, deconv_decoder
+from bir_keras.models.layers import (
+    CONV_FEATURES,
+    FCStack,
+    conv_trunk,
+    deconv_decoder,
+    torch_uniform_init,
+)
 
 tfd = tfp.distributions
-
-LOG_2PI = math.log(2.0 * math.pi)
 
 
 class VAE(keras.Model):
@@ -23,14 +31,18 @@ class VAE(keras.Model):
 
     ``prior='standard'``: N(0, I). ``prior='gmm'``: one trainable diagonal Gaussian per
     mode (method.md 4.3.2). ``gate_masks``: per decoder hidden layer a ``[contexts, units]``
-    0/1 table; ``mode_to_context`` maps a mode to the gate context (its class or task).
+    0/1 table; a decoder's gate is a ``[batch, contexts]`` weighting of its rows (one-hot
+    for a chosen class or task, soft for replayed samples with distillation);
+    ``mode_to_gate`` is the context a mode's samples are generated with by default.
+    ``latent_divisor`` (default: the input size) divides the latent term.
     """
 
     def __init__(self, input_shape: tuple[int, ...], fc_units: list[int], z_dim: int = 100,
                  recon_loss: str = "bce", prior: str = "standard", num_modes: int = 1,
                  gate_masks: list[np.ndarray] | None = None,
-                 mode_to_context: np.ndarray | None = None, num_outputs: int = 0,
-                 conv: bool = False, **kwargs):
+                 mode_to_gate: np.ndarray | None = None, num_outputs: int = 0,
+                 conv: bool = False, latent_divisor: int | None = None, seed: int = 0,
+                 salt: int = 2, **kwargs):
         super().__init__(**kwargs)
         if recon_loss not in ("bce", "mse"):
             raise ValueError(f"recon_loss must be 'bce' or 'mse', got {recon_loss!r}")
@@ -38,6 +50,7 @@ class VAE(keras.Model):
             raise ValueError(f"prior must be 'standard' or 'gmm', got {prior!r}")
         self.input_shape_ = tuple(input_shape)
         self.input_dim = int(np.prod(input_shape))
+        self.latent_divisor = float(latent_divisor or self.input_dim)
         self.z_dim = z_dim
         self.recon = recon_loss
         self.prior_type = prior
@@ -47,7 +60,8 @@ class VAE(keras.Model):
         self.trunk = conv_trunk("vae_trunk") if conv else None
         self.encoder = FCStack(fc_units, name="enc")
         self.z_mean = keras.layers.Dense(z_dim, name="z_mean")
-        self.z_logvar = keras.layers.Dense(z_dim, name="z_logvar")
+        # the authors' fc_layer_split: the log-variance layer has no bias (fidelity.md 5)
+        self.z_logvar = keras.layers.Dense(z_dim, use_bias=False, name="z_logvar")
         self.head = keras.layers.Dense(num_outputs, name="classifier") if num_outputs else None
         self.decoder = FCStack(list(reversed(fc_units)), name="dec")
         if conv:
@@ -64,12 +78,14 @@ class VAE(keras.Model):
                                                  initializer=keras.initializers.RandomNormal(0.0, 1.0))
         self.gate_masks = (None if gate_masks is None
                            else [tf.constant(m, tf.float32) for m in gate_masks])
-        if mode_to_context is None:
-            mode_to_context = np.arange(num_modes)
-        self.mode_to_context = tf.constant(np.asarray(mode_to_context, np.int32))
+        self.num_gates = 0 if gate_masks is None else int(gate_masks[0].shape[0])
+        if mode_to_gate is None:
+            mode_to_gate = np.arange(num_modes)
+        self.mode_to_gate = tf.constant(np.asarray(mode_to_gate, np.int32))
         self.trackers = {k: keras.metrics.Mean(name=k) for k in ("loss", "recon", "latent", "class")}
         self.call(tf.zeros((1, *self.input_shape_)))
         self.built = True
+        torch_uniform_init(self, seed, salt=salt)
 
     # -- the parts -------------------------------------------------------------------
     def encode(self, x: tf.Tensor, training: bool = False):
@@ -84,16 +100,29 @@ class VAE(keras.Model):
             raise ValueError("this VAE has no classifier head (num_outputs=0)")
         return self.head(self.encode(x, training)[0])
 
-    def decode(self, z: tf.Tensor, modes: tf.Tensor | None = None,
+    def gate_for(self, ids: tf.Tensor) -> tf.Tensor | None:
+        """One-hot gate weights ``[batch, contexts]`` for context ids (None without gates)."""
+        if self.gate_masks is None:
+            return None
+        return tf.one_hot(tf.cast(ids, tf.int32), self.num_gates)
+
+    def mode_gate(self, modes: tf.Tensor) -> tf.Tensor | None:
+        """The gate a mode's samples are generated with by default."""
+        if self.gate_masks is None:
+            return None
+        return self.gate_for(tf.gather(self.mode_to_gate, modes))
+
+    def decode(self, z: tf.Tensor, gate: tf.Tensor | None = None,
                training: bool = False) -> tf.Tensor:
-        """Decoder output before the output non-linearity, gated by each sample's mode."""
-        masks = None
+        """Decoder output before the output non-linearity. ``gate`` [batch, contexts]
+        weights the gate tables: each hidden layer is multiplied by ``gate @ mask`` (the
+        authors' ``torch.mm(gate_input, gate_mask)``)."""
+        gates = None
         if self.gate_masks is not None:
-            if modes is None:
-                raise ValueError("a gated decoder needs the mode (class) of every sample")
-            ctx = tf.gather(self.mode_to_context, modes)
-            masks = [tf.gather(m, ctx) for m in self.gate_masks]
-        h = self.decoder(z, masks=masks)
+            if gate is None:
+                raise ValueError("a gated decoder needs the gate (class or task) of every sample")
+            gates = [tf.matmul(gate, m) for m in self.gate_masks]
+        h = self.decoder(z, gates=gates)
         if self.conv:
             return self.deconv(self.to_deconv(h), training=training)
         return tf.reshape(self.out_layer(h), (-1, *self.input_shape_))
@@ -103,24 +132,22 @@ class VAE(keras.Model):
         return tf.sigmoid(out) if self.recon == "bce" else out
 
     def call(self, x: tf.Tensor, training: bool = False):
-        """Deterministic reconstruction (z = mu) and, for RtF, the logits."""
+        """Deterministic reconstruction (z = mu, first gate) and, for RtF, the logits."""
         h, mu, _ = self.encode(x, training)
-        modes = tf.zeros(tf.shape(x)[:1], tf.int32) if self.gate_masks is not None else None
-        out = self.to_input_space(self.decode(mu, modes, training))
+        gate = self.gate_for(tf.zeros(tf.shape(x)[:1], tf.int32))
+        out = self.to_input_space(self.decode(mu, gate, training))
         return (out, self.head(h)) if self.head is not None else out
 
     # -- losses (per sample) ---------------------------------------------------------
     def recon_loss(self, x: tf.Tensor, out: tf.Tensor) -> tf.Tensor:
-        """BCE (pixels in [0, 1]) or squared error, averaged over input elements."""
+        """BCE (pixels in [0, 1]) or, for squared error, the negative log-likelihood of a
+        unit-variance Gaussian without its constant, 0.5 (x - out)^2, each averaged over
+        input elements (the authors' ``calculate_recon_loss``, fidelity.md item 9)."""
         x = tf.reshape(x, (-1, self.input_dim))
         out = tf.reshape(out, (-1, self.input_dim))
         if self.recon == "bce":
             return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=out), -1)
-        return tf.reduce_mean(tf.square(x - out), -1)
-
-    def _components(self) -> tfd.MultivariateNormalDiag:
-        return tfd.MultivariateNormalDiag(loc=self.prior_means,
-                                          scale_diag=tf.exp(0.5 * self.prior_logvars))
+        return 0.5 * tf.reduce_mean(tf.square(x - out), -1)
 
     def log_prior(self, z: tf.Tensor, modes: tf.Tensor | None = None,
                   mode_probs: tf.Tensor | None = None,
@@ -149,24 +176,26 @@ class VAE(keras.Model):
                     modes: tf.Tensor | None = None, mode_probs: tf.Tensor | None = None,
                     mode_ids: tf.Tensor | None = None) -> tf.Tensor:
         """KL (standard prior, analytic) or one-sample log q(z|x) - log p(z|y) (GMM),
-        divided by the number of input elements (method.md 4.1, 4.3.2)."""
+        divided by ``latent_divisor`` (method.md 4.1, 4.3.2; fidelity.md item 10)."""
         if self.prior_type == "standard":
             kl = 0.5 * tf.reduce_sum(tf.square(mu) + tf.exp(logvar) - logvar - 1.0, -1)
         else:
             log_q = tfd.MultivariateNormalDiag(loc=mu, scale_diag=tf.exp(0.5 * logvar)).log_prob(z)
             kl = log_q - self.log_prior(z, modes, mode_probs, mode_ids)
-        return kl / float(self.input_dim)
+        return kl / self.latent_divisor
 
     def losses_for(self, x: tf.Tensor, eps: tf.Tensor, modes: tf.Tensor | None = None,
-                   mode_probs: tf.Tensor | None = None, gate_modes: tf.Tensor | None = None,
+                   mode_probs: tf.Tensor | None = None, gate: tf.Tensor | None = None,
                    mode_ids: tf.Tensor | None = None, training: bool = True):
         """Per-sample reconstruction and latent losses, plus the encoder's hidden layer.
 
-        ``modes`` (or soft ``mode_probs``) select the prior component; ``gate_modes`` the
-        decoder gates (default: ``modes``)."""
+        ``modes`` (or soft ``mode_probs`` over ``mode_ids``) select the prior component;
+        ``gate`` [batch, contexts] the decoder gates (default: the modes' own gates)."""
         h, mu, logvar = self.encode(x, training)
         z = mu + tf.exp(0.5 * logvar) * eps
-        out = self.decode(z, modes if gate_modes is None else gate_modes, training)
+        if gate is None and self.gate_masks is not None and modes is not None:
+            gate = self.mode_gate(modes)
+        out = self.decode(z, gate, training)
         return (self.recon_loss(x, out),
                 self.latent_loss(z, mu, logvar, modes, mode_probs, mode_ids), h)
 
@@ -178,9 +207,12 @@ class VAE(keras.Model):
         return (tf.gather(self.prior_means, modes)
                 + tf.exp(0.5 * tf.gather(self.prior_logvars, modes)) * eps)
 
-    def generate(self, modes: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
-        """Decode prior samples for the given modes (their gates applied) into input space."""
-        return self.to_input_space(self.decode(self.prior_sample(modes, eps), modes))
+    def generate(self, modes: tf.Tensor, eps: tf.Tensor, gate: tf.Tensor | None = None) -> tf.Tensor:
+        """Decode prior samples for the given modes into input space, with the given gate
+        weights (default: each mode's own gate)."""
+        if gate is None:
+            gate = self.mode_gate(modes)
+        return self.to_input_space(self.decode(self.prior_sample(modes, eps), gate))
 
     def sample(self, n: int, modes=None, seed: int | None = None) -> tf.Tensor:
         """``n`` samples; ``modes`` (ints, one per sample or a pool to draw from) picks classes."""
@@ -214,6 +246,8 @@ class VAE(keras.Model):
             modes = tf.cast(data[1], tf.int32)
         if modes is None and (self.prior_type == "gmm" or self.gate_masks is not None):
             raise ValueError("a GMM prior or gated decoder needs the mode of every sample")
+        if modes is not None:
+            modes = tf.cast(modes, tf.int32)
         eps = keras.random.normal((tf.shape(x)[0], self.z_dim))
         with tf.GradientTape() as tape:
             recon, latent, h = self.losses_for(x, eps, modes)

@@ -20,6 +20,12 @@ from bir_keras.strategies.fisher import dense_fisher
 from bir_keras.strategies.regularizers import EWC, SI, Regularizer
 
 
+def make_adam(lr: float) -> keras.optimizers.Adam:
+    """Adam as the authors' code has it: PyTorch's defaults, betas (0.9, 0.999) and epsilon
+    1e-8 (Keras' default is 1e-7; fidelity.md item 7)."""
+    return keras.optimizers.Adam(lr, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+
+
 class NonFiniteLoss(RuntimeError):
     """A loss term became NaN or infinite; the message names the step and the term."""
 
@@ -102,6 +108,9 @@ class Trainer:
         self.strategy = strategy or tf.distribute.get_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
         self.verbose = verbose
+        if verbose:
+            for note in config.notes:
+                print(f"note: {note}", flush=True)
         self.history = History()
         self.summary_writer: tf.summary.SummaryWriter | None = None
         self.callbacks: list[Callable[[Trainer, int], None]] = []
@@ -114,12 +123,14 @@ class Trainer:
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():
             self.build_models()
-            self.optimizer = keras.optimizers.Adam(config.lr, beta_1=0.9, beta_2=0.999)
+            self.optimizer = make_adam(config.lr)
             self.optimizer.build(self.model.trainable_variables)
             self.regularizers = self.make_regularizers()
             for reg in self.regularizers:
                 reg.build(self.protected_variables())
             self.tasks_done = tf.Variable(0, trainable=False, name="tasks_done")
+            # iterations run in the current task: which epoch and batch ``draw`` is at
+            self.batch_counter = tf.Variable(0, trainable=False, name="batch_counter")
         self.jit_compile = self._use_xla(config.jit_compile)
         self._step_fn = tf.function(self._step, reduce_retracing=True,
                                     jit_compile=self.jit_compile or None)
@@ -141,7 +152,7 @@ class Trainer:
             xdg = [make_unit_masks(p.capacity, u, c.xdg_prop, seed=c.seed + 1000 + i)
                    for i, u in enumerate(units)]
         return Classifier(p.input_shape, p.num_outputs, units, conv=p.conv and not p.features,
-                          xdg_masks=xdg)
+                          xdg_masks=xdg, seed=c.seed)
 
     def _use_xla(self, asked: bool | None) -> bool:
         """Whether the step is compiled with XLA (``asked`` None = auto).
@@ -154,9 +165,9 @@ class Trainer:
         CPU, where XLA's CPU convolutions were 25x slower than TensorFlow's (README, Speed).
         """
         if self.replicas > 1:
-            if asked:
-                tf.get_logger().warning(f"--jit_compile ignored: XLA does not compile the "
-                                        f"step across {self.replicas} replicas")
+            if asked and self.verbose:
+                print(f"note: --jit_compile ignored: XLA does not compile the step across "
+                      f"{self.replicas} replicas", flush=True)
             return False
         if asked is not None:
             return bool(asked)
@@ -204,15 +215,43 @@ class Trainer:
 
     # -- the compiled step -----------------------------------------------------------
     def draw(self, data: dict, ctx: dict) -> dict[str, tf.Tensor]:
-        """All random numbers of one iteration, drawn globally (cross-replica)."""
+        """All random numbers of one iteration, drawn globally (cross-replica).
+
+        The batch: shuffled epochs without replacement, dropping each epoch's last incomplete
+        batch, as the authors' ``DataLoader(shuffle=True, drop_last=True)`` (fidelity.md
+        item 17). Epoch ``e`` of task ``t`` is a permutation drawn from (seed, t, part, e),
+        so a task's batches do not depend on what ran before it. With several parts (Joint
+        in Task-IL: one per task, as the authors' separate loaders) the batch's slots are
+        dealt to the parts in turn and each part runs its own epochs. A part smaller than
+        its share of the batch repeats its samples within the batch."""
         b = self.config.batch
-        n_parts = tf.shape(data["sizes"])[0]
-        # batches mix the tasks in the data evenly (Joint in Task-IL: method.md 3)
-        part = tf.math.floormod(tf.range(b, dtype=tf.int32), n_parts)
-        u = self.rng.uniform([b], 0.0, 1.0)
-        within = tf.cast(tf.floor(u * tf.cast(tf.gather(data["sizes"], part), tf.float32)), tf.int32)
-        within = tf.minimum(within, tf.gather(data["sizes"], part) - 1)
-        return {"idx": tf.gather(data["offsets"], part) + within}
+        n_parts = ctx.get("parts", 1)
+        n_pad = tf.shape(data["x"])[0]
+        it = self.batch_counter.read_value()
+        self.batch_counter.assign_add(1)
+        # Philox named explicitly: "auto_select" may pick another algorithm under XLA
+        fold = lambda key, v: tf.random.experimental.stateless_fold_in(  # noqa: E731
+            key, tf.cast(v, tf.int64), alg="philox")
+        key = fold(tf.constant([self.config.seed, 0x5EED], tf.int64), ctx["task"])
+        pos = tf.range(n_pad)
+        parts, slots = [], []
+        for p in range(n_parts):
+            k = len(range(p, b, n_parts))
+            if n_parts == 1:   # one set: the union of whatever the data holds
+                size, offset = tf.reduce_sum(data["sizes"]), data["offsets"][0]
+            else:
+                size, offset = data["sizes"][p], data["offsets"][p]
+            per_epoch = tf.maximum(size // k, 1)
+            epoch, j = it // per_epoch, it % per_epoch
+            u = tf.random.stateless_uniform([n_pad], fold(fold(key, p), epoch), alg="philox")
+            inside = tf.logical_and(pos >= offset, pos < offset + size)
+            order = tf.argsort(tf.where(inside, u, 2.0))
+            parts.append(tf.gather(order, tf.math.floormod(j * k + tf.range(k), size)))
+            slots += list(range(p, b, n_parts))
+        idx = tf.concat(parts, 0)
+        if n_parts > 1:
+            idx = tf.gather(idx, np.argsort(slots))
+        return {"idx": idx}
 
     def replay_batch(self, batch: dict, draws: dict, ctx: dict) -> dict | None:
         """In-graph replay for this replica: x, targets, task ids... (None: no replay)."""
@@ -249,23 +288,26 @@ class Trainer:
             else:
                 per = masked_cross_entropy(flat, tf.reshape(replay["hard"], [-1]), ones)
             per = tf.reduce_sum(tf.reshape(per, [tf.shape(logits)[0], -1]) * replay["task_w"], -1)
-            return tf.nn.compute_average_loss(per, global_batch_size=c.batch_replay)
+            return tf.nn.compute_average_loss(per, global_batch_size=ctx["n_replay"])
         active = tf.gather(ctx["active"], replay["tid"])
         if c.distill:
             per = distillation_loss(logits, replay["soft"], active, c.temp)
         else:
             per = masked_cross_entropy(logits, replay["hard"], active)
-        return tf.nn.compute_average_loss(per, global_batch_size=c.batch_replay)
+        return tf.nn.compute_average_loss(per, global_batch_size=ctx["n_replay"])
 
     def replay_all_previous_tasks(self) -> bool:
         """Task-IL replay that was not generated for a chosen task (LwF; GR without a
         mixture prior or gates) is labelled by every previous task's head and its loss
         averaged over those tasks (method.md 4.1: "labelled per previous task with that
         task's active units", as the paper's code does). Conditional replay is generated
-        for one class, so it is labelled over that class's task only. With XdG the logits
-        depend on the task's mask, so each sample keeps the one task it was drawn for."""
+        per previous task (``ReplayTrainer.per_task_replay``), so it is labelled over that
+        task only. With XdG the logits depend on the task's mask, so each sample keeps the
+        one task it was drawn for (XdG with replay is not in the paper; the authors' code
+        refuses it)."""
         c = self.config
-        conditional = c.replay == "generative" and (c.prior == "gmm" or bool(c.dg_gates))
+        conditional = c.replay == "generative" and (
+            c.prior == "gmm" or bool(c.dg_gates and c.dg_prop > 0))
         return self.protocol.scenario == "task" and not conditional and not c.xdg
 
     def label_replay(self, prev_model, x: tf.Tensor, tid: tf.Tensor, ctx: dict) -> dict:
@@ -277,13 +319,11 @@ class Trainer:
             prev = tf.cast(tf.range(n_tasks) < ctx["task"], tf.float32)
             return {"hard": tf.argmax(z, -1, output_type=tf.int32),
                     "soft": tf.nn.softmax(z / self.config.temp),
-                    "probs": tf.reshape(tf.nn.softmax(z), [tf.shape(x)[0], -1]),
                     "task_w": prev / tf.maximum(tf.reduce_sum(prev), 1.0)}
         prev_active = tf.gather(ctx["active_prev"], tid)
         z = masked_logits(self.logits(prev_model, x, tid), prev_active)
         return {"hard": tf.argmax(z, -1, output_type=tf.int32),
-                "soft": tf.where(prev_active > 0, tf.nn.softmax(z / self.config.temp), 0.0),
-                "probs": tf.where(prev_active > 0, tf.nn.softmax(z), 0.0)}
+                "soft": tf.where(prev_active > 0, tf.nn.softmax(z / self.config.temp), 0.0)}
 
     def _replica_step(self, data: dict, ctx: dict, draws: dict) -> tf.Tensor:
         idx = _local(draws["idx"])
@@ -362,7 +402,7 @@ class Trainer:
                 "task": tf.constant(t, tf.int32),
                 "w_current": tf.constant(1.0 / (t + 1), tf.float32),
                 "w_replay": tf.constant(1.0 - 1.0 / (t + 1), tf.float32),
-                "replay": replay}
+                "replay": replay, "n_replay": self.config.batch_replay}
 
     def before_task(self, t: int) -> None:
         """Hook before training on task ``t`` (0-based)."""
@@ -387,6 +427,7 @@ class Trainer:
         last = self.protocol.num_tasks if until is None else min(until, self.protocol.num_tasks)
         for t in range(int(self.tasks_done.numpy()), last):
             start = time.time()
+            self.batch_counter.assign(0)
             data = self.task_data(t)
             self.before_task(t)
             ctx = self.step_context(t)

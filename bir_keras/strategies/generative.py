@@ -8,13 +8,13 @@ internal replay (the protocol's inputs are frozen conv features) and ``distill``
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from bir_keras.models.classifier import masked_cross_entropy
-from bir_keras.models.layers import make_unit_masks
+from bir_keras.models.layers import make_gate_masks, torch_uniform_init
 from bir_keras.models.vae import VAE, RtFClassifier
+from bir_keras.strategies.base import make_adam
 from bir_keras.strategies.lwf import ReplayTrainer
 
 
@@ -26,20 +26,27 @@ class GenerativeReplay(ReplayTrainer):
         c, p = self.config, self.protocol
         gates = None
         n_ctx = p.num_modes if c.dg_type == "class" else p.capacity
-        mode_to_ctx = (np.arange(p.num_modes) if c.dg_type == "class"
-                       else np.arange(p.num_modes) // p.classes_per_task)
+        if c.dg_type == "class":
+            mode_to_gate = np.arange(p.num_modes)
+        elif p.scenario == "domain":
+            # a mode (digit) belongs to no task: unless told, generate with task 1's gate
+            mode_to_gate = np.zeros(p.num_modes, np.int32)
+        else:
+            mode_to_gate = np.arange(p.num_modes) // p.classes_per_task
         if c.dg_gates and c.dg_prop > 0:
-            # method.md 4.3.3: a fixed random mask per class (or task) on every decoder layer
-            gates = [make_unit_masks(n_ctx, u, c.dg_prop, seed=c.seed + 2000 + i)
+            # method.md 4.3.3: a fixed random mask per class (or task) on every decoder
+            # hidden layer; the authors' code has no gates when the proportion is 0
+            gates = [make_gate_masks(n_ctx, u, c.dg_prop, seed=c.seed + 2000 + i)
                      for i, u in enumerate(reversed(units))]
         return dict(z_dim=c.z_dim, recon_loss=p.recon_loss, prior=c.prior,
-                    num_modes=p.num_modes, gate_masks=gates, mode_to_context=mode_to_ctx,
-                    conv=p.conv and not p.features)
+                    num_modes=p.num_modes, gate_masks=gates, mode_to_gate=mode_to_gate,
+                    conv=p.conv and not p.features, latent_divisor=p.input_pixels or None,
+                    seed=c.seed)
 
     def make_generator(self) -> VAE:
         """The separate generator of standard GR (hidden sizes ``g_fc_units``)."""
         units = [self.config.g_fc_units] * self.config.fc_layers
-        return VAE(self.protocol.input_shape, units, **self._vae_kwargs(units))
+        return VAE(self.protocol.input_shape, units, salt=3, **self._vae_kwargs(units))
 
     def make_classifier(self):
         """The classifier, or with RtF the combined classifier-generator."""
@@ -47,7 +54,7 @@ class GenerativeReplay(ReplayTrainer):
         if not c.feedback:
             return super().make_classifier()
         units = [c.fc_units] * c.fc_layers
-        return RtFClassifier(p.input_shape, p.num_outputs, units, **self._vae_kwargs(units))
+        return RtFClassifier(p.input_shape, p.num_outputs, units, salt=2, **self._vae_kwargs(units))
 
     def build_models(self) -> None:
         """Live and frozen classifier; with separate GR also live and frozen generators."""
@@ -57,7 +64,7 @@ class GenerativeReplay(ReplayTrainer):
             self.generator = self.make_generator()
             self.prev_generator = self.make_generator()
             self.prev_generator.trainable = False
-            self.gen_optimizer = keras.optimizers.Adam(self.config.lr_gen, beta_1=0.9, beta_2=0.999)
+            self.gen_optimizer = make_adam(self.config.lr_gen)
             self.gen_optimizer.build(self.generator.trainable_variables)
 
     def protected_variables(self) -> list:
@@ -83,14 +90,17 @@ class GenerativeReplay(ReplayTrainer):
             self._reinitialise()
 
     def _reinitialise(self) -> None:
-        with self.strategy.scope():
-            self.model.set_weights(self.make_classifier().get_weights())
-            for v in self.optimizer.variables:
-                v.assign(tf.zeros_like(v))
-            if self.generator is not None:
-                self.generator.set_weights(self.make_generator().get_weights())
-                for v in self.gen_optimizer.variables:
-                    v.assign(tf.zeros_like(v))
+        """The authors' ``init_params`` before each task: every dense and (de)conv layer
+        re-drawn (PyTorch's default initialisation), the pre-trained conv layers kept, the
+        mixture prior kept (it is not a module with ``reset_parameters``) and the
+        optimisers' state kept (fidelity.md item 7)."""
+        t = int(self.tasks_done.numpy())
+        for salt, m in ((10, self.model), (20, self.generator)):
+            if m is None:
+                continue
+            for part in m._flatten_layers(include_self=False, recursive=False):
+                if part is not getattr(m, "trunk", None):
+                    torch_uniform_init(part, self.config.seed, salt=salt + t)
         for reg in self.regularizers:
             reg.before_task(-1)
 
@@ -98,56 +108,78 @@ class GenerativeReplay(ReplayTrainer):
     def draw(self, data: dict, ctx: dict) -> dict[str, tf.Tensor]:
         """Adds the noise of the encoders (current and replay) and of the prior."""
         draws = super().draw(data, ctx)
-        z = self.config.z_dim
+        z, n = self.config.z_dim, ctx["n_replay"]
         draws["eps"] = self.rng.normal([self.config.batch, z])
-        draws["r_eps"] = self.rng.normal([self.config.batch_replay, z])
-        draws["r_eps_enc"] = self.rng.normal([self.config.batch_replay, z])
+        draws["r_eps"] = self.rng.normal([n, z])
+        draws["r_eps_enc"] = self.rng.normal([n, z])
         return draws
+
+    def per_task_replay(self) -> bool:
+        """A conditional generator in Task-IL generates per previous task (the authors'
+        train.py: ``conditional_gen and scenario == "task"``; fidelity.md item 14)."""
+        c = self.config
+        conditional = c.prior == "gmm" or bool(c.dg_gates and c.dg_prop > 0)
+        return self.protocol.scenario == "task" and conditional
 
     def _mode_weights(self, probs: tf.Tensor, tid: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
         """Soft targets over output units -> (weights, candidate modes) for the mixture prior.
 
-        In Task-IL and Domain-IL only the sample's task's modes can carry weight, so the
-        mixture runs over those ``classes_per_task`` modes; in Class-IL over all modes."""
-        p = self.protocol
-        cpt = p.classes_per_task
-        if p.scenario == "class":
+        In Task-IL only the sample's task's modes can carry weight, so the mixture runs
+        over those ``classes_per_task`` modes; otherwise over all modes."""
+        if self.protocol.scenario != "task":
             return probs, None
+        cpt = self.protocol.classes_per_task
         ids = tid[:, None] * cpt + tf.range(cpt)[None, :]
-        weights = tf.gather(probs, ids, batch_dims=1) if p.scenario == "task" else probs
-        return weights, ids
+        return tf.gather(probs, ids, batch_dims=1), ids
+
+    def _gate(self, vae: VAE, modes: tf.Tensor, tasks: tf.Tensor) -> tf.Tensor | None:
+        """One-hot decoder gate of a chosen class (or task)."""
+        return vae.gate_for(tasks if self.config.dg_type == "task" else modes)
 
     def replay_batch(self, batch: dict, draws: dict, ctx: dict) -> dict:
-        """Generate for modes of the previous tasks, label with the frozen classifier."""
-        modes = draws["r_modes"]
-        x = tf.stop_gradient(self.replay_source.generate(modes, draws["r_eps"]))
-        tid = modes // self.protocol.classes_per_task
-        labels = self.label_replay(self.prev_model, x, tid, ctx)
-        weights, ids = self._mode_weights(labels["probs"], tid)
-        out = {"x": x, "tid": tid, "modes": modes, "mode_probs": weights, **labels}
-        if ids is not None:
-            out["mode_ids"] = ids
+        """Generate for the drawn modes (each with its own gate), label with the frozen
+        classifier, and say what the generator trains on for each replayed sample
+        (the authors' ``train_a_batch``):
+
+        * prior: with distillation the mixture of the previous classes' modes weighted by
+          softmax(old scores / T); with hard targets the predicted class's mode (item 11);
+        * gate: the predicted class's, soft (softmax(old scores / T) @ masks) with
+          distillation; task gates keep the task the sample was generated for (item 13)."""
+        modes, tasks = draws["r_modes"], draws["r_tasks"]
+        src = self.replay_source
+        x = tf.stop_gradient(src.generate(modes, draws["r_eps"], self._gate(src, modes, tasks)))
+        labels = self.label_replay(self.prev_model, x, tasks, ctx)
+        out = {"x": x, "tid": tasks, **labels}
+        if self.replay_all_previous_tasks():
+            return out  # unconditional: standard prior, no gates
+        if self.config.distill:
+            out["mode_probs"], out["mode_ids"] = self._mode_weights(labels["soft"], tasks)
+            class_gate = labels["soft"]
+        else:
+            out["prior_modes"] = labels["hard"]
+            class_gate = tf.one_hot(labels["hard"], self.protocol.num_modes)
+        out["gate"] = tf.one_hot(tasks, self.protocol.capacity) \
+            if self.config.dg_type == "task" else class_gate
         return out
 
     def _vae_terms(self, vae: VAE, batch: dict, replay: dict | None, draws: dict, ctx: dict,
                    prefix: str) -> tuple[dict, tf.Tensor | None, tf.Tensor | None]:
-        """Reconstruction and latent terms on current data (label's mode and gate) and on
-        replay (generated mode's gate, prior weighted by the soft targets)."""
+        """Reconstruction and latent terms on current data (the label's mode and gate) and
+        on replay (``replay_batch`` says which prior target and gate)."""
         c = self.config
-        cur_modes = batch["tid"] * self.protocol.classes_per_task + batch["y"] % \
-            self.protocol.classes_per_task
-        recon, latent, h = vae.losses_for(batch["x"], draws["eps"], modes=cur_modes)
+        recon, latent, h = vae.losses_for(batch["x"], draws["eps"], modes=batch["y"],
+                                          gate=self._gate(vae, batch["y"], batch["tid"]))
         out = {f"{prefix}recon_current": tf.nn.compute_average_loss(recon, global_batch_size=c.batch),
                f"{prefix}latent_current": tf.nn.compute_average_loss(latent, global_batch_size=c.batch)}
         h_r = None
         if replay is not None:
+            gate = replay.get("gate") if vae.gate_masks is not None else None
             recon_r, latent_r, h_r = vae.losses_for(
-                replay["x"], draws["r_eps_enc"], modes=None, mode_probs=replay["mode_probs"],
-                gate_modes=replay["modes"], mode_ids=replay.get("mode_ids"))
-            out[f"{prefix}recon_replay"] = tf.nn.compute_average_loss(
-                recon_r, global_batch_size=c.batch_replay)
-            out[f"{prefix}latent_replay"] = tf.nn.compute_average_loss(
-                latent_r, global_batch_size=c.batch_replay)
+                replay["x"], draws["r_eps_enc"], modes=replay.get("prior_modes"),
+                mode_probs=replay.get("mode_probs"), gate=gate, mode_ids=replay.get("mode_ids"))
+            n = ctx["n_replay"]
+            out[f"{prefix}recon_replay"] = tf.nn.compute_average_loss(recon_r, global_batch_size=n)
+            out[f"{prefix}latent_replay"] = tf.nn.compute_average_loss(latent_r, global_batch_size=n)
         return out, h, h_r
 
     def model_losses(self, batch, replay, draws, ctx):

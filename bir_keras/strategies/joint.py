@@ -9,10 +9,12 @@ from bir_keras.strategies.base import Trainer
 
 
 class Joint(Trainer):
-    """Trains on the union of the tasks so far; batches mix those tasks evenly (method.md 3)."""
+    """Trains on the union of the tasks so far (method.md 3): in Task-IL each batch deals its
+    slots to the tasks in turn, otherwise it is drawn from the union."""
 
     def task_data(self, t: int) -> dict[str, tf.Tensor]:
-        """Concatenated data of tasks 0..t with per-task offsets and sizes."""
+        """Concatenated data of tasks 0..t with per-task offsets and sizes (used as separate
+        parts in Task-IL, as one set otherwise)."""
         tasks = [self.protocol.task(j) for j in range(t + 1)]
         sizes = np.array([len(k.y_train) for k in tasks], np.int32)
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32)
@@ -20,3 +22,10 @@ class Joint(Trainer):
                 "y": tf.constant(np.concatenate([k.y_train for k in tasks]), tf.int32),
                 "tid": tf.constant(np.repeat(np.arange(t + 1, dtype=np.int32), sizes)),
                 "offsets": tf.constant(offsets), "sizes": tf.constant(sizes)}
+
+    def step_context(self, t: int) -> dict:
+        """In Task-IL each task keeps its own batches, as the authors' separate data loaders
+        per task (train.py, ``Offline_TaskIL``); otherwise one loader over the union."""
+        ctx = super().step_context(t)
+        ctx["parts"] = t + 1 if self.protocol.scenario == "task" else 1
+        return ctx

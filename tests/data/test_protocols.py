@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bir_keras.data.protocols import make_protocol
+from bir_keras.data.protocols import class_order, make_protocol
 from bir_keras.data.sources import DataError, Dataset
 from tests.conftest import make_blobs
 
@@ -37,35 +37,83 @@ def test_split_labels_and_active_units(scenario):
         np.testing.assert_array_equal(table[4], table[0])
 
 
-def test_class_order_permuted_by_seed():
-    ds = _mnist_like()
-    a = make_protocol("split_mnist", "class", dataset=ds, seed=1)
-    b = make_protocol("split_mnist", "class", dataset=ds, seed=1)
-    c = make_protocol("split_mnist", "class", dataset=ds, seed=2)
-    assert a.class_order == b.class_order and sorted(a.class_order) == list(range(10))
-    assert a.class_order != c.class_order
-    first = a.task(0)
-    assert set(np.unique(ds.y_train[np.isin(ds.y_train, first.classes)])) == set(a.class_order[:2])
-    # labels follow the permuted order: class_order[k] gets output unit k in Class-IL
-    k_class = a.class_order[1]
-    sel = ds.y_train[np.isin(ds.y_train, first.classes)]
-    np.testing.assert_array_equal(first.y_train[sel == k_class], 1)
+# The authors' tasks (main_cl.py + data/load.py of GMvandeVen/brain-inspired-replay: label
+# order below seed 10, else relabelling y -> p[y] with p = permutation(10) after
+# np.random.seed(seed)), as dataset classes in within-task order.
+AUTHORS_SPLIT_MNIST = {
+    0: [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]],
+    12: [[3, 8], [7, 6], [4, 0], [9, 2], [1, 5]],
+    13: [[8, 3], [9, 0], [4, 1], [2, 5], [6, 7]],
+}
 
 
-def test_permuted_mnist_pads_and_permutes():
+@pytest.mark.parametrize("seed", sorted(AUTHORS_SPLIT_MNIST))
+def test_split_mnist_tasks_are_the_authors(seed):
     ds = _mnist_like()
-    p = make_protocol("permuted_mnist", "domain", tasks=3, dataset=ds, seed=0)
-    assert p.input_shape == (1024,) and p.num_outputs == 10
-    t0, t1 = p.task(0), p.task(1)
+    p = make_protocol("split_mnist", "class", dataset=ds, seed=seed)
+    assert [p.task(t).classes for t in range(5)] == AUTHORS_SPLIT_MNIST[seed]
+    # within-task order: the first class of a task gets the task's first output unit
+    for t, (first, second) in enumerate(AUTHORS_SPLIT_MNIST[seed]):
+        task = p.task(t)
+        raw = ds.y_train[np.isin(ds.y_train, task.classes)]
+        np.testing.assert_array_equal(task.y_train[raw == first], 2 * t)
+        np.testing.assert_array_equal(task.y_train[raw == second], 2 * t + 1)
+
+
+def test_class_order_rules():
+    ds = _mnist_like()
+    # below 10 the label order, from 10 up a permutation that differs by seed
+    assert make_protocol("split_mnist", "class", dataset=ds, seed=7).class_order == list(range(10))
+    a = make_protocol("split_mnist", "class", dataset=ds, seed=20).class_order
+    b = make_protocol("split_mnist", "class", dataset=ds, seed=21).class_order
+    assert sorted(a) == list(range(10)) and a != b
+    # an explicit label order at any seed
+    kept = make_protocol("split_mnist", "class", dataset=ds, seed=12, keep_label_order=True)
+    assert kept.class_order == list(range(10))
+    # split CIFAR-100 is always permuted, seed 0 included (as the authors' code)
+    assert class_order("split_cifar100", 100, 0) == [
+        int(c) for c in np.argsort(np.random.RandomState(0).permutation(100))]
+
+
+def _padded(ds, i):
     img = np.zeros((32, 32), np.uint8)
-    img[2:30, 2:30] = ds.x_train[0, :, :, 0]
-    np.testing.assert_array_equal(t0.x_train[0], img.reshape(-1))  # task 1: identity
-    perm = p.permutations[1]
-    np.testing.assert_array_equal(t1.x_train[0], img.reshape(-1)[perm])
-    assert not np.array_equal(perm, np.arange(1024))
-    np.testing.assert_array_equal(t1.y_train, ds.y_train)
-    q = make_protocol("permuted_mnist", "domain", tasks=3, dataset=ds, seed=0)
+    img[2:30, 2:30] = ds.x_train[i, :, :, 0]
+    return img.reshape(-1)
+
+
+@pytest.mark.parametrize("seed", [5, 12])
+def test_permuted_mnist_first_task_as_the_authors(seed):
+    ds = _mnist_like()
+    p = make_protocol("permuted_mnist", "domain", tasks=3, dataset=ds, seed=seed)
+    assert p.input_shape == (1024,) and p.num_outputs == 10 and p.num_modes == 10
+    rng = np.random.RandomState(seed)
+    if seed < 10:  # task 1 unpermuted, the others draw from the seeded generator
+        expected = [np.arange(1024), rng.permutation(1024), rng.permutation(1024)]
+    else:  # every task permuted, the first included
+        expected = [rng.permutation(1024) for _ in range(3)]
+    for t in range(3):
+        np.testing.assert_array_equal(p.permutations[t], expected[t])
+        np.testing.assert_array_equal(p.task(t).x_train[0], _padded(ds, 0)[expected[t]])
+        np.testing.assert_array_equal(p.task(t).y_train, ds.y_train)
+    assert (seed < 10) == np.array_equal(p.permutations[0], np.arange(1024))
+    # more tasks, same first tasks (a run can be continued)
+    q = make_protocol("permuted_mnist", "domain", tasks=5, dataset=ds, seed=seed)
     np.testing.assert_array_equal(q.permutations[2], p.permutations[2])
+
+
+@pytest.mark.parametrize("scenario", ["task", "class"])
+def test_permuted_mnist_task_and_class_il_shift_labels(scenario):
+    ds = _mnist_like()
+    p = make_protocol("permuted_mnist", scenario, tasks=3, dataset=ds, seed=12)
+    assert p.num_outputs == 100 * 10 and p.num_modes == p.num_outputs
+    for t in range(3):
+        np.testing.assert_array_equal(p.task(t).y_train, ds.y_train + 10 * t)
+        np.testing.assert_array_equal(p.task(t).y_test, ds.y_test + 10 * t)
+    table = p.active_table(2)
+    if scenario == "task":
+        assert table[1].sum() == 10 and table[1, 10:20].min() == 1
+    else:
+        assert table[0].sum() == 30 and table[0, :30].min() == 1
 
 
 def test_cifar_protocols_keep_images_and_normalise():

@@ -160,4 +160,4 @@ def test_none_starts_from_given_conv_weights(with_data, trunk_file):
     # not frozen by default (only BI-R keeps them frozen): the optimiser updates them
     trained = {id(v) for v in trainer.model.trainable_variables}
     assert trunk.trainable and all(id(v) in trained for v in trunk.trainable_variables)
-    assert len(trunk.trainable_variables) == 20   # kernel, bias, gamma, beta per layer
+    assert len(trunk.trainable_variables) == 18   # kernel, bias; gamma, beta of BN 1-4

@@ -1,0 +1,196 @@
+"""What the trainers do as the authors' code does (fidelity.md items 11-17 and the
+settings of the paper's variants): replay labels, mixture weights and gates, Domain-IL's
+prior, Task-IL's per-task replay, epoch batches, the gate proportions, the Fisher cache."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bir_keras.config import Config, method_settings, resolve
+from bir_keras.data.protocols import make_protocol
+from bir_keras.data.sources import Dataset
+from bir_keras.models.classifier import Classifier
+from bir_keras.strategies import make_trainer
+from bir_keras.strategies.base import _pad_samples
+from bir_keras.strategies.fisher import dense_fisher
+from tests.conftest import make_blobs
+
+
+def _replay(tr, t):
+    """One iteration's batch, draws and replay at task ``t`` (eagerly)."""
+    tr.before_task(t)
+    ctx = tr.step_context(t)
+    data = _pad_samples(tr.task_data(t))
+    draws = tr.draw(data, ctx)
+    batch = {"x": tr.preprocess(tf.gather(data["x"], draws["idx"])),
+             "y": tf.gather(data["y"], draws["idx"]), "tid": tf.gather(data["tid"], draws["idx"])}
+    return ctx, draws, batch, tr.replay_batch(batch, draws, ctx)
+
+
+@pytest.mark.parametrize("distill", [True, False])
+def test_replay_prior_and_gate_follow_the_previous_model(tiny_setup, distill):
+    cfg, proto = tiny_setup("class", tasks=3, iters=20, replay="generative",
+                            brain_inspired=True, distill=distill)
+    tr = make_trainer(cfg, proto, verbose=False)
+    tr.fit(until=2)
+    ctx, draws, _, rep = _replay(tr, 2)
+    scores = tr.prev_model.classify(rep["x"]).numpy()[:, :4]   # the 4 classes it knew
+    if distill:
+        # item 11: mixture weights softmax(old scores / T) with T = 2; item 13: the same
+        # weights make the soft gate
+        w = np.exp(scores / 2.0 - (scores / 2.0).max(1, keepdims=True))
+        w /= w.sum(1, keepdims=True)
+        expected = np.concatenate([w, np.zeros((len(w), proto.num_modes - 4))], 1)
+        np.testing.assert_allclose(rep["mode_probs"].numpy(), expected, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(rep["gate"].numpy(), expected, rtol=1e-4, atol=1e-6)
+        assert not np.allclose(expected.max(1), 1.0)  # soft, not one-hot
+    else:
+        # hard targets: the predicted class's mode and its gate
+        np.testing.assert_array_equal(rep["prior_modes"].numpy(), scores.argmax(1))
+        np.testing.assert_array_equal(rep["gate"].numpy(), np.eye(proto.num_modes)[scores.argmax(1)])
+    # generation itself used the drawn class's gate: the gate of the predicted class can differ
+    assert set(draws["r_modes"].numpy()) <= set(range(4))
+
+
+def _mnist_like(n_train=200, n_test=100):
+    ds = make_blobs(10, n_train, n_test, shape=(28, 28, 1))
+    return Dataset("mnist", ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.class_names)
+
+
+def _permuted(scenario, tasks, **kw):
+    base = dict(experiment="permuted_mnist", scenario=scenario, tasks=tasks, iters=20, batch=32,
+                fc_units=40, z_dim=8, seed=12)
+    base.update(kw)
+    proto = make_protocol("permuted_mnist", scenario, tasks=tasks, dataset=_mnist_like(), seed=12)
+    return resolve(Config(**base), False), proto
+
+
+def test_permuted_mnist_prior_has_ten_modes_and_gates_draw_previous_tasks():
+    cfg, proto = _permuted("domain", 4, replay="generative", brain_inspired=True)
+    assert cfg.dg_type == "task" and cfg.dg_prop == 0.8 and cfg.dg_gates
+    tr = make_trainer(cfg, proto, verbose=False)
+    # item 12: one mode per digit, shared by every permutation; one gate per task
+    assert tr.model.prior_means.shape == (10, 8)
+    assert tr.model.gate_masks[0].shape[0] == proto.capacity
+    tr.fit(until=3)
+    _, draws, _, rep = _replay(tr, 3)
+    modes, tasks = draws["r_modes"].numpy(), draws["r_tasks"].numpy()
+    assert set(modes) <= set(range(10)) and len(set(modes)) > 5
+    assert set(tasks) == {0, 1, 2}   # the gate's task: previous tasks only, each of them
+    # training on replay keeps the task gate it was generated with (task gates, item 13)
+    np.testing.assert_array_equal(rep["gate"].numpy(), np.eye(proto.capacity)[tasks])
+
+
+def test_task_il_conditional_replay_is_drawn_per_previous_task(tiny_setup):
+    cfg, proto = tiny_setup("task", tasks=4, iters=10, batch_replay=10, replay="generative",
+                            brain_inspired=True)
+    tr = make_trainer(cfg, proto, verbose=False)
+    assert tr.per_task_replay() and not tr.replay_all_previous_tasks()
+    tr.fit(until=3)
+    ctx, draws, batch, rep = _replay(tr, 3)
+    m = math.ceil(10 / 3)   # item 14: ceil(batch_replay / (t - 1)) per previous task
+    assert ctx["n_replay"] == 3 * m == 12
+    tasks = draws["r_tasks"].numpy()
+    np.testing.assert_array_equal(tasks, np.repeat([0, 1, 2], m))
+    np.testing.assert_array_equal(draws["r_modes"].numpy() // 2, tasks)  # classes of that task
+    assert rep["x"].shape[0] == 12 and rep["mode_ids"].shape == (12, 2)
+    # the losses are averaged over all 12 (= over tasks of the per-task means)
+    losses = tr.model_losses(batch, rep, draws, ctx)
+    assert np.isfinite(float(losses["total"]))
+    # unconditional GR in Task-IL replays batch_replay samples labelled by every head
+    gr_cfg, _ = tiny_setup("task", tasks=4, iters=10, batch_replay=10, replay="generative")
+    gr = make_trainer(gr_cfg, proto, verbose=False)
+    assert not gr.per_task_replay() and gr.step_context(3)["n_replay"] == 10
+
+
+def test_batches_are_shuffled_epochs_without_replacement(tiny_setup):
+    cfg, proto = tiny_setup("class", tasks=2, batch=32)
+    tr = make_trainer(cfg, proto, verbose=False)
+    data = _pad_samples(tr.task_data(0))
+    n = int(data["sizes"][0])
+    per_epoch = n // 32
+    ctx = tr.step_context(0)
+    tr.batch_counter.assign(0)
+    epochs = [np.concatenate([tr.draw(data, ctx)["idx"].numpy() for _ in range(per_epoch)])
+              for _ in range(2)]
+    for e in epochs:   # no sample twice in an epoch; the last incomplete batch is dropped
+        assert len(e) == per_epoch * 32 == len(set(e)) and e.max() < n
+    assert not np.array_equal(epochs[0], epochs[1])
+    # a task's batches start afresh: the same first batch whatever ran before
+    tr.batch_counter.assign(0)
+    np.testing.assert_array_equal(tr.draw(data, ctx)["idx"].numpy(), epochs[0][:32])
+
+
+def test_joint_task_il_deals_the_batch_over_the_tasks(tiny_setup):
+    cfg, proto = tiny_setup("task", tasks=3, batch=32, replay="offline")
+    tr = make_trainer(cfg, proto, verbose=False)
+    data = _pad_samples(tr.task_data(2))
+    tr.batch_counter.assign(0)
+    idx = tr.draw(data, tr.step_context(2))["idx"].numpy()
+    tid = data["tid"].numpy()[idx]
+    np.testing.assert_array_equal(tid, np.arange(32) % 3)
+    assert len(set(idx)) == 32
+
+
+@pytest.mark.parametrize("scenario", ["task", "class"])
+def test_permuted_mnist_task_and_class_il_train(scenario):
+    cfg, proto = _permuted(scenario, 3, iters=60, replay="offline", lr=0.001)
+    tr = make_trainer(cfg, proto, verbose=False)
+    tr.fit()
+    final = tr.history.accuracy_matrix[-1]
+    assert min(final) > 0.6, final   # chance is 0.1 in both
+
+
+def test_dense_fisher_functions_live_on_their_model():
+    x = tf.constant(np.random.RandomState(0).rand(20, 6).astype("float32"))
+    tid = tf.zeros([20], tf.int32)
+    active = tf.ones([20, 3])
+    a = Classifier((6,), 3, [5], seed=0)
+    fa = dense_fisher(a, a.trainable_variables, x, tid, active)
+    b = Classifier((6,), 3, [5], seed=1)
+    assert "_bir_fisher_fns" not in b.__dict__   # nothing handed over from another model
+    fb = dense_fisher(b, b.trainable_variables, x, tid, active)
+    assert not np.allclose(fa[-1].numpy(), fb[-1].numpy())
+
+
+CIFAR_CLASS = dict(bir=0.7, bir_no_dis=0.8, bir_no_rtf=0.7, bir_no_con=0.6, bir_no_int=0.9,
+                   gr_gat=0.7, bir_si=0.6)
+CIFAR_TASK = dict(bir=0.0, bir_no_dis=0.0, bir_no_rtf=0.3, bir_no_con=0.0, bir_no_int=0.8,
+                  gr_gat=0.1)
+PERMUTED = dict(bir=0.8, bir_no_rtf=0.8, bir_no_con=0.0, bir_no_dis=0.6, gr_gat=0.2, bir_si=0.8)
+
+
+@pytest.mark.parametrize("experiment, scenario, table", [
+    ("split_cifar100", "class", CIFAR_CLASS), ("split_cifar100", "task", CIFAR_TASK),
+    ("permuted_mnist", "domain", PERMUTED),
+])
+def test_gate_proportion_of_each_variant(experiment, scenario, table):
+    conv = experiment != "permuted_mnist"
+    for method, prop in table.items():
+        c = resolve(Config(experiment=experiment, scenario=scenario,
+                           **method_settings(method, experiment, scenario)), conv)
+        if prop > 0:
+            assert c.dg_gates and c.dg_prop == prop, method
+            assert not c.notes
+        else:   # a variant whose gates are off says so
+            assert not c.dg_gates and any("gates are off" in n for n in c.notes), method
+
+
+def test_split_mnist_gates_08_in_every_scenario():
+    for scenario in ("task", "domain", "class"):
+        c = resolve(Config(experiment="split_mnist", scenario=scenario,
+                           **method_settings("bir", "split_mnist", scenario)), False)
+        assert c.dg_gates and c.dg_prop == 0.8
+
+
+@pytest.mark.parametrize("experiment, scenario, conv, c_si, prop", [
+    ("split_cifar100", "class", True, 1e8, 0.6), ("permuted_mnist", "domain", False, 1.0, 0.8),
+])
+def test_brain_inspired_si_gets_bir_si_settings_as_a_whole(experiment, scenario, conv, c_si, prop):
+    spelled = resolve(Config(experiment=experiment, scenario=scenario, replay="generative",
+                             brain_inspired=True, si=True), conv)
+    short = resolve(Config(experiment=experiment, scenario=scenario,
+                           **method_settings("bir_si", experiment, scenario)), conv)
+    assert spelled.si_c == short.si_c == c_si and spelled.dg_prop == short.dg_prop == prop
