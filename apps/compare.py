@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from bir_keras.config import METHODS
 from bir_keras.fileio import atomic_write_text
@@ -134,20 +134,48 @@ def summarize_runs(runs: list[dict]) -> dict[str, dict]:
     return out
 
 
-def write_tables(stats: dict, experiment: str, scenario: str, root: Path) -> str:
-    """table.md and table.csv: mean +/- SEM per method, with the published number."""
+# apps.train flags that change how a run executes, not what it computes: runs with only
+# these beside --method and --seed have the paper's settings
+EXECUTION_FLAGS = {"data_dir", "jit_compile", "strategy", "num_logical_cpus", "deterministic",
+                   "log_every", "progress_every", "tf_log", "eval_batch"}
+
+
+def changed_settings(passthrough: list[str], sweep: str | None = None) -> list[str]:
+    """The passed-through flags that make these runs differ from the paper's settings."""
+    out = []
+    for a in passthrough:
+        name = a.lstrip("-").split("=", 1)[0]
+        if name.startswith("no") and name[2:] in EXECUTION_FLAGS:
+            name = name[2:]
+        if name not in EXECUTION_FLAGS:
+            out.append(a)
+    return out + ([f"--sweep={sweep}"] if sweep else [])
+
+
+def write_tables(stats: dict, experiment: str, scenario: str, root: Path,
+                 changed: list[str] | None = None) -> str:
+    """table.md and table.csv: mean +/- SEM per method, with the published number (marked
+    when these runs' settings are not the paper's: ``changed`` names what differs)."""
     pub = PUBLISHED.get((experiment, scenario), {})
+    mark = "*" if changed else ""
     lines = ["| method | seeds | final average accuracy (%) | published (%) | wall time / run (s) |",
              "|---|---|---|---|---|"]
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["method", "seeds", "mean", "sem", "published", "wall_time_s"])
+    w.writerow(["method", "seeds", "mean", "sem", "published", "wall_time_s",
+                "settings_differ_from_published"])
+    shown = False
     for m, e in stats.items():
         p = pub.get(m) if e["value"] is None else None
+        shown = shown or p is not None
         lines.append(f"| {m} | {len(e['final'])} | {e['mean']:.2f} ± {e['sem']:.2f} | "
-                     f"{'' if p is None else f'{p:.2f}'} | {np.mean(e['wall']):.0f} |")
+                     f"{'' if p is None else f'{p:.2f}{mark}'} | {np.mean(e['wall']):.0f} |")
         w.writerow([m, len(e["final"]), f"{e['mean']:.4f}", f"{e['sem']:.4f}",
-                    "" if p is None else p, f"{np.mean(e['wall']):.1f}"])
+                    "" if p is None else p, f"{np.mean(e['wall']):.1f}",
+                    " ".join(changed or []) if p is not None else ""])
+    if changed and shown:
+        lines += ["", f"\\* published with the paper's settings (20 seeds); these runs differ: "
+                      f"{' '.join(changed)}"]
     md = "\n".join(lines) + "\n"
     atomic_write_text(root / "table.md", md)
     atomic_write_text(root / "table.csv", buf.getvalue())
@@ -186,7 +214,9 @@ def main(argv: list[str]) -> int:
         print("error: no run finished", file=sys.stderr)
         return 1
     stats = summarize_runs(done)
-    print(write_tables(stats, FLAGS.experiment, FLAGS.scenario, root))
+    print(write_tables(stats, FLAGS.experiment, FLAGS.scenario, root,
+                       changed_settings(passthrough, FLAGS.sweep)))
+    written = [root / "table.md", root / "table.csv", root / "accuracy.png"]
     from bir_keras.evaluation.plots import plot_average_accuracy, plot_sweep
 
     title = FLAGS.title or f"{FLAGS.experiment} ({FLAGS.scenario}-IL)"
@@ -204,10 +234,13 @@ def main(argv: list[str]) -> int:
         # more are shown on a log axis, as in the paper's Fig. 4
         log_x = min(xs) > 0 and max(xs) / min(xs) >= 8
         plot_sweep(xs, curves, root / "sweep.png", xlabel=name, title=title, log_x=log_x)
+        written.append(root / "sweep.png")
+    print(f"wrote {', '.join(str(p) for p in written)} (runs in {root / 'runs'})", flush=True)
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
+    from apps.common import run_app
+
     # flags this app does not define pass through to apps.train
-    app.run(lambda argv: sys.exit(main(argv)),
-            flags_parser=lambda argv: FLAGS(argv, known_only=True))
+    run_app(main, known_only=True)

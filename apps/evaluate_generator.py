@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from bir_keras.fileio import atomic_write_text
 
@@ -32,6 +32,37 @@ flags.DEFINE_integer("runs", 10, "k-means repetitions for precision/recall (defa
 flags.DEFINE_string("conv_weights", None, "pre-trained conv weights (CIFAR; default: shipped)")
 flags.DEFINE_string("out", None, "JSON file for the scores (default: EXPORT_DIR/quality.json)")
 flags.DEFINE_integer("seed", 0, "seed of sampling and clustering (default 0)")
+for _name in ("n", "embedding_epochs", "fc_units", "clusters", "runs"):
+    flags.register_validator(_name, lambda v: v >= 1, message=f"--{_name} must be at least 1")
+flags.register_validator("seed", lambda v: 0 <= v < 2 ** 32, message="--seed must be in [0, 2^32)")
+
+
+def check_paths(export_dir: str | None, out: str | None) -> Path:
+    """Refuse what the paths alone decide, before TensorFlow, data or training: returns the
+    scores file to write."""
+    from bir_keras.config import ConfigError
+
+    if not export_dir:
+        raise ConfigError("--export_dir is required")
+    export = Path(export_dir)
+    if not (export / "run.json").is_file():
+        raise ConfigError(f"{export_dir}: no run.json (not an exported run)")
+    if not (export / "saved_model" / "saved_model.pb").is_file():
+        raise ConfigError(f"{export_dir}: no saved_model/ (not an exported run)")
+    try:
+        run = json.loads((export / "run.json").read_text())
+        replay = run["flags"].get("replay")
+    except (OSError, ValueError, KeyError, AttributeError) as e:
+        raise ConfigError(f"{export_dir}: unreadable run.json ({e})") from None
+    if replay != "generative":
+        raise ConfigError(f"{export_dir}: this run has no generator (replay={replay}; only GR "
+                          "and BI-R runs have one)")
+    path = Path(out) if out else export / "quality.json"
+    if path.is_dir():
+        raise ConfigError(f"--out={path} is a directory; name the JSON file to write")
+    if any(p.is_file() for p in path.parents):
+        raise ConfigError(f"--out={path}: a folder on that path is a file")
+    return path
 
 
 def evaluate(export_dir: str, data_dir: str | None, n: int, epochs: int, fc_units: int,
@@ -113,20 +144,25 @@ def main(argv: list[str]) -> int:
     from bir_keras.config import ConfigError
     from bir_keras.data.sources import DataError
 
-    if not FLAGS.export_dir:
-        print("error: --export_dir is required", file=sys.stderr)
-        return 2
     try:
+        out = check_paths(FLAGS.export_dir, FLAGS.out)
         res = evaluate(FLAGS.export_dir, FLAGS.data_dir, FLAGS.n, FLAGS.embedding_epochs,
                        FLAGS.fc_units, FLAGS.clusters, FLAGS.runs, FLAGS.conv_weights, FLAGS.seed)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(FLAGS.out or Path(FLAGS.export_dir) / "quality.json")
-    atomic_write_text(out, json.dumps(res, indent=2))
+    try:
+        atomic_write_text(out, json.dumps(res, indent=2))
+    except OSError as e:
+        print(json.dumps(res, indent=2))
+        print(f"error: --out={out}: cannot write it ({e.strerror or e}); the scores are "
+              "printed above", file=sys.stderr)
+        return 2
     print(json.dumps(res, indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    from apps.common import run_app
+
+    run_app(main)

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
 from bir_keras.fileio import atomic_write, atomic_write_text
 
@@ -87,8 +87,13 @@ def main(argv: list[str]) -> int:
         for name in ("epochs", "batch"):
             if getattr(FLAGS, name) < 1:
                 raise UsageError(f"--{name} must be at least 1, got {getattr(FLAGS, name)}")
-        if FLAGS.lr <= 0:
-            raise UsageError(f"--lr must be positive, got {FLAGS.lr}")
+        if not FLAGS.lr > 0 or FLAGS.lr == float("inf"):  # also NaN
+            raise UsageError(f"--lr must be a finite number > 0, got {FLAGS.lr}")
+        if not 0 <= FLAGS.seed < 2 ** 32:
+            raise UsageError(f"--seed must be in [0, 2^32), got {FLAGS.seed}")
+        if out.is_dir() or any(p.is_file() for p in out.parents):
+            raise UsageError(f"--out={FLAGS.out} is a directory, or a folder on its path is a "
+                             "file")
         if FLAGS.head_layers < 0 or FLAGS.head_units < 1:
             raise UsageError("--head_layers must be >= 0 and --head_units >= 1")
         for name in ("limit", "test_limit"):
@@ -238,4 +243,6 @@ def train(data, out: Path, command: str) -> None:
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    from apps.common import run_app
+
+    run_app(main)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from apps.compare import plan, stamp
+from apps.compare import changed_settings, plan, stamp, write_tables
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
@@ -38,6 +38,8 @@ def test_cache_skips_finished_and_reruns_changed(tmp_path):
     first = compare(*common, "--iters=8")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "0 cached, 2 to run" in first.stdout
+    assert f"wrote {tmp_path / 'table.md'}, {tmp_path / 'table.csv'}, " \
+           f"{tmp_path / 'accuracy.png'}" in first.stdout
     rows = list(csv.DictReader((tmp_path / "table.csv").open()))
     assert [r["method"] for r in rows] == ["none"] and rows[0]["seeds"] == "2"
     assert 0 <= float(rows[0]["mean"]) <= 100
@@ -47,3 +49,18 @@ def test_cache_skips_finished_and_reruns_changed(tmp_path):
     assert again.returncode == 0 and "2 cached, 0 to run" in again.stdout
     changed = compare(*common, "--iters=9", "--seeds=1")
     assert changed.returncode == 0 and "0 cached, 1 to run" in changed.stdout
+
+
+def test_published_number_marked_when_settings_differ(tmp_path):
+    stats = {"none": {"final": [0.2, 0.21], "wall": [1.0], "value": None, "mean": 20.5,
+                      "sem": 0.5}}
+    changed = changed_settings(["--iters=8", "--data_dir=D", "--nojit_compile"])
+    assert changed == ["--iters=8"]
+    md = write_tables(stats, "split_mnist", "class", tmp_path, changed)
+    assert "| 19.90* |" in md and "these runs differ: --iters=8" in md
+    rows = list(csv.DictReader((tmp_path / "table.csv").open()))
+    assert rows[0]["settings_differ_from_published"] == "--iters=8"
+    # the paper's settings (only how the runs execute differs): no mark
+    md = write_tables(stats, "split_mnist", "class", tmp_path,
+                      changed_settings(["--data_dir=D", "--jit_compile"]))
+    assert "| 19.90 |" in md and "differ" not in md

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.apps.test_refusals import fake_export, no_tensorflow_env
+
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 
@@ -37,3 +41,24 @@ def test_run_without_generator_refused(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     r = run("apps.evaluate_generator", f"--export_dir={exp}", "--n=50")
     assert r.returncode == 2 and "no generator" in r.stderr
+
+
+@pytest.mark.parametrize("case", ["n0", "out_is_a_directory", "no_export", "not_generative",
+                                  "runs0"])
+def test_refused_before_anything_loads(tmp_path, case):
+    # before TensorFlow, the data or the embedding network's training
+    exp = fake_export(tmp_path / "export", {"replay": "generative"})
+    (exp / "saved_model").mkdir()
+    (exp / "saved_model" / "saved_model.pb").write_bytes(b"")
+    args = {"n0": [f"--export_dir={exp}", "--n=0"],
+            "out_is_a_directory": [f"--export_dir={exp}", f"--out={tmp_path}"],
+            "no_export": [f"--export_dir={tmp_path / 'nothing'}"],
+            "not_generative": [f"--export_dir={fake_export(tmp_path / 'e2')}"],
+            "runs0": [f"--export_dir={exp}", "--runs=0"]}[case]
+    r = subprocess.run([sys.executable, "-m", "apps.evaluate_generator", *args], cwd=ROOT,
+                       env=no_tensorflow_env(tmp_path), capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "Traceback" not in r.stderr
+    assert not (exp / "quality.json").exists()

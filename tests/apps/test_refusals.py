@@ -21,6 +21,11 @@ PLAIN_ENV = {k: v for k, v in ENV.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
 def no_tensorflow(tmp_path):
     """An environment in which importing TensorFlow fails loudly: a refusal that still
     exits 2 with its `error:` line came before TensorFlow was imported."""
+    return no_tensorflow_env(tmp_path)
+
+
+def no_tensorflow_env(tmp_path: Path) -> dict:
+    """The environment of the ``no_tensorflow`` fixture."""
     fake = tmp_path / "fake_site"
     (fake / "tensorflow").mkdir(parents=True)
     (fake / "tensorflow" / "__init__.py").write_text(
