@@ -20,7 +20,11 @@ from bir_keras import export, rundirs
 from bir_keras.config import Config, ConfigError, resolve
 from bir_keras.data.protocols import Protocol, make_protocol
 from bir_keras.evaluation.metrics import summarize
-from bir_keras.evaluation.plots import plot_accuracy_matrix, plot_average_accuracy
+from bir_keras.evaluation.plots import (
+    accuracy_curves_png,
+    plot_accuracy_matrix,
+    plot_average_accuracy,
+)
 from bir_keras.models.layers import CONV_FEATURES, conv_trunk
 from bir_keras.strategies import make_trainer
 from bir_keras.strategies.base import NonFiniteLoss, Trainer
@@ -220,6 +224,7 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
         saved.update(tasks=t + 1, step=tr.global_step)
         if is_chief:
             _log_samples(tr, setup, t)
+            _log_accuracy_curves(tr, setup, t)
 
     trainer.callbacks.append(after_task)
     progress = None
@@ -231,6 +236,7 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
         if is_chief:
             trainer.summary_writer = tf.summary.create_file_writer(str(work / "tensorboard"))
             _log_hparams(trainer, setup)
+            _log_about(trainer, setup)
         trainer.fit()
     except NonFiniteLoss as e:
         # the weights may already hold NaN: export nothing, keep the last good export
@@ -392,22 +398,97 @@ def _log_hparams(trainer: Trainer, setup: Setup) -> None:
                                     f"{digest}")
 
 
+SAMPLES_PER_CLASS = 8
+ABOUT = """\
+**How to read this run** ({method}, {experiment}, {scenario}-IL, seed {seed})
+
+* `loss/*`: every loss term, x axis = training iteration (global step over all tasks),
+  each point the mean over the last `--log_every` iterations.
+* `accuracy/task<k>`, `accuracy/average`: test accuracy after each task, x axis = **number
+  of tasks learned** (one point per task). With few points TensorBoard's default smoothing
+  (0.6) bends these lines; set *Smoothing* to 0 in the settings, or look at the image
+  `accuracy_curves` (every point marked, no smoothing).
+* Images `replay/<dataset class>`: one grid per class after each task (x axis = tasks
+  learned): {n} samples the generator can replay for that class, one row per task in
+  Domain-IL.
+* HParams: every setting of the run; the `method` column is the `--method` shorthand.
+"""
+
+
+def _log_about(trainer: Trainer, setup: Setup) -> None:
+    """A text card that says what each chart's x axis is."""
+    c = setup.config
+    text = ABOUT.format(method=method_label(c), experiment=c.experiment, scenario=c.scenario,
+                        seed=c.seed, n=SAMPLES_PER_CLASS)
+    with trainer.summary_writer.as_default(step=0):
+        tf.summary.text("about_this_run", text)
+
+
+def _log_accuracy_curves(trainer: Trainer, setup: Setup, t: int) -> None:
+    """The accuracy matrix so far as a chart (per task and average against tasks learned)."""
+    c = setup.config
+    png = accuracy_curves_png(trainer.history.accuracy_matrix,
+                              title=f"{method_label(c)}: {c.experiment} ({c.scenario}-IL)")
+    image = tf.io.decode_png(png, channels=3)[None]
+    with trainer.summary_writer.as_default(step=t + 1):
+        tf.summary.image("accuracy_curves", image, description=(
+            "test accuracy of each task and their average (bold) against the number of "
+            "tasks learned, unsmoothed"))
+
+
+def _sample_grid(x: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """``rows * cols`` images ``[N, H, W, C]`` in [0, 1] as one padded grid, scaled up to
+    about 28 pixels per sample (grey padding)."""
+    n, h, w, ch = x.shape
+    k = max(1, 28 // max(h, w))
+    x = np.repeat(np.repeat(x, k, axis=1), k, axis=2)
+    h, w, pad = h * k, w * k, 2
+    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, ch), 0.5, np.float32)
+    for i in range(rows):
+        for j in range(cols):
+            top, left = pad + i * (h + pad), pad + j * (w + pad)
+            out[top:top + h, left:left + w] = x[i * cols + j]
+    return out
+
+
 def _log_samples(trainer: Trainer, setup: Setup, t: int) -> None:
-    """An image grid of replayable samples (classes seen so far) after each task."""
+    """After each task: one labelled grid of replayable samples per dataset class seen so
+    far (its tag and description name the class; Domain-IL: one row per task)."""
     gen = getattr(trainer, "replay_source", None)
     p = setup.protocol
     if gen is None or p.features:
         return
     live = trainer.model if trainer.config.feedback else trainer.generator
-    # modes are output units: Domain-IL has one per within-task class for every task
-    modes = np.arange(min((t + 1) * p.classes_per_task, p.num_modes), dtype=np.int32)
+    n = SAMPLES_PER_CLASS
+    cpt = p.classes_per_task
+    # Domain-IL (e.g. 100 permuted tasks): the last ten tasks' rows
+    first = max(0, t + 1 - 10) if p.scenario == "domain" else 0
+    modes = np.arange(first * cpt, (t + 1) * cpt, dtype=np.int32)
+    labels = np.asarray(export.mode_dataset_labels(p))[modes]
     # a generator of its own: drawing from trainer.rng would change the resumed run's numbers
     noise = tf.random.Generator.from_seed(setup.config.seed + 104729 * (t + 1))
-    x = live.generate(tf.constant(modes), noise.normal([len(modes), live.z_dim])).numpy()
-    x = x.reshape(len(modes), -1)
+    ids = np.repeat(modes, n)
+    x = live.generate(tf.constant(ids), noise.normal([len(ids), live.z_dim])).numpy()
+    x = x.reshape(len(ids), -1)
+    perms = getattr(p, "permutations", None)
+    if perms is not None:  # permuted MNIST: show each task's samples in pixel order
+        plain = np.empty_like(x)
+        for i, m in enumerate(ids):
+            plain[i, perms[m // cpt]] = x[i]
+        x = plain
     side = int(round(np.sqrt(x.shape[1] / (3 if p.conv else 1))))
-    imgs = x.reshape(len(modes), side, side, -1)
+    imgs = x.reshape(len(ids), side, side, -1)
     if p.mean is not None:
         imgs = imgs * np.asarray(p.std) + np.asarray(p.mean)
+    imgs = np.clip(imgs, 0, 1).reshape(len(modes), n, side, side, -1)
     with trainer.summary_writer.as_default(step=t + 1):
-        tf.summary.image("replay_samples", np.clip(imgs, 0, 1), max_outputs=len(modes))
+        for label in sorted(set(labels.tolist())):
+            rows = np.flatnonzero(labels == label)
+            name = str(p.class_names[label])
+            where = ", ".join(f"task {m // cpt + 1}" for m in modes[rows])
+            grid = _sample_grid(imgs[rows].reshape(-1, *imgs.shape[2:]), len(rows), n)
+            tag = f"replay/{label:03d}_{''.join(ch if ch.isalnum() else '_' for ch in name)}"
+            tf.summary.image(tag, grid[None], description=(
+                f"{n} replayable samples of dataset class {label} ({name}), learned in "
+                f"{where}; one row per task" if len(rows) > 1 else
+                f"{n} replayable samples of dataset class {label} ({name}), learned in {where}"))

@@ -140,3 +140,41 @@ def plot_sweep(
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save_atomic(fig, path)
+
+
+def accuracy_curves_png(matrix: Matrix, title: str = "") -> bytes:
+    """PNG of each task's accuracy and the average (bold) against the number of tasks
+    learned, every point marked and labelled: readable with a handful of points, where
+    TensorBoard's smoothed scalar cards are not."""
+    import io
+
+    m = to_array(matrix) * 100
+    rows = m.shape[0]
+    xs = np.arange(1, rows + 1)
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for j in range(m.shape[1]):
+        col = m[:, j]
+        keep = ~np.isnan(col)
+        if keep.any():
+            ax.plot(xs[keep], col[keep], marker="o", ms=3, lw=1, alpha=0.6, label=f"task {j + 1}")
+    avg = np.array([np.nanmean(r) for r in m])
+    ax.plot(xs, avg, marker="o", color="black", lw=2.5, label="average")
+    for x, y in zip(xs, avg):
+        ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 6),
+                    ha="center", fontsize=8)
+    ax.set_xticks(xs)
+    ax.set_xlim(0.5, rows + 0.5)
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("number of tasks learned")
+    ax.set_ylabel("test accuracy (%)")
+    if title:
+        ax.set_title(title)
+    if m.shape[1] <= 10:
+        ax.legend(fontsize=7, loc="lower left", ncol=2)
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()

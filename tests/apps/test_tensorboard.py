@@ -38,8 +38,8 @@ def test_event_files_hold_losses_accuracies_images_hparams(bir_logs):
     acc = accumulator(bir_logs / "tensorboard")
     tags = set(acc.Tags()["tensors"])
     assert {"loss/total", "loss/class_current", "loss/class_replay", "loss/recon_current",
-            "accuracy/task1", "accuracy/task2", "accuracy/average",
-            "replay_samples"} <= tags, tags
+            "accuracy/task1", "accuracy/task2", "accuracy/average", "accuracy_curves",
+            "about_this_run", "replay/000_0", "replay/003_3"} <= tags, tags
 
     res = json.loads((bir_logs / "results.json").read_text())
     # a loss point every --log_every=10 steps and at the end of each 25-step task
@@ -52,14 +52,29 @@ def test_event_files_hold_losses_accuracies_images_hparams(bir_logs):
     task1 = [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("accuracy/task1")]
     assert task1 == pytest.approx([row[0] for row in res["accuracy_matrix"]], abs=1e-6)
 
-    # the image summary: [width, height, PNG...] per task, one image per class seen
-    assert acc.SummaryMetadata("replay_samples").plugin_data.plugin_name == "images"
-    images = acc.Tensors("replay_samples")
-    assert [e.step for e in images] == [1, 2]
-    for t, e in enumerate(images):
-        arr = tf.make_ndarray(e.tensor_proto)
-        assert arr.shape == (2 + 2 * (t + 1),)
-        assert [int(arr[0]), int(arr[1])] == [8, 8] and arr[2][:8] == b"\x89PNG\r\n\x1a\n"
+    # one labelled grid per dataset class ([width, height, PNG]) after each task from the
+    # one that learned it: 8 samples of 8x8 pixels, shown 3x larger with 2-pixel padding
+    replay = sorted(t for t in tags if t.startswith("replay/"))
+    assert replay == ["replay/000_0", "replay/001_1", "replay/002_2", "replay/003_3"]
+    for k, tag in enumerate(replay):
+        meta = acc.SummaryMetadata(tag)
+        assert meta.plugin_data.plugin_name == "images"
+        assert f"samples of dataset class {k} ({k}), learned in task {k // 2 + 1}" in \
+            meta.summary_description
+        events = acc.Tensors(tag)
+        assert [e.step for e in events] == ([1, 2] if k < 2 else [2])
+        for e in events:
+            arr = tf.make_ndarray(e.tensor_proto)
+            assert arr.shape == (3,) and arr[2][:8] == b"\x89PNG\r\n\x1a\n"
+            assert [int(arr[0]), int(arr[1])] == [8 * (24 + 2) + 2, 24 + 4]
+
+    # the accuracy chart (unsmoothed) after each task, and the card saying what the axes are
+    assert [e.step for e in acc.Tensors("accuracy_curves")] == [1, 2]
+    assert "number of tasks learned" in acc.SummaryMetadata("accuracy_curves").summary_description
+    [about] = acc.Tensors("about_this_run")
+    text = tf.make_ndarray(about.tensor_proto).item().decode()
+    assert "x axis = training iteration" in text and "number\n  of tasks learned" in text
+    assert "bir, split_digits, class-IL, seed 0" in text
 
     content = acc.PluginTagToContent("hparams")
     [tag] = content
@@ -134,7 +149,13 @@ def test_real_tensorboard_serves_the_run(tensorboard_server, bir_logs):
     assert [v for _, _, v in series] == pytest.approx(res["average_accuracy"], abs=1e-6)
 
     images = get_json(f"{base}/data/plugin/images/tags")["tensorboard"]
-    assert "replay_samples" in images
+    assert {"replay/000_0", "replay/003_3", "accuracy_curves"} <= set(images)
+    assert "dataset class 3 (3)" in images["replay/003_3"]["description"]
+    q = urllib.parse.urlencode({"run": "tensorboard", "tag": "replay/000_0", "sample": 0})
+    grids = get_json(f"{base}/data/plugin/images/images?{q}")
+    assert [g["step"] for g in grids] == [1, 2]
+    texts = get_json(f"{base}/data/plugin/text/tags")["tensorboard"]
+    assert "about_this_run" in texts
 
     body = json.dumps({"experimentName": ""}).encode()
     experiment = get_json(f"{base}/data/plugin/hparams/experiment", body)
