@@ -201,3 +201,38 @@ def test_no_tensorflow_log_lines_by_default(tmp_path):
     # --tf_log brings TensorFlow's own lines back (whatever this machine's TensorFlow says)
     r = train(*args, "--tf_log", env=PLAIN_ENV)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == line
+
+
+@pytest.mark.parametrize("module", ["apps.sample", "apps.evaluate_generator", "apps.compare",
+                                    "apps.pretrain"])
+def test_every_app_help_exits_0_and_bad_flag_exits_2(module, tmp_path):
+    env = no_tensorflow_env(tmp_path)
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    r = run("--help")
+    assert r.returncode == 0 and "--" in r.stdout, (r.returncode, r.stderr[-2000:])
+    bad = "--seed=x" if module != "apps.sample" else "--n=x"
+    if module == "apps.compare":
+        bad = "--seeds=x"
+    line = one_error_line(run(bad))
+    assert "error: flag --" in line
+
+
+def test_library_resume_with_other_networks_is_one_config_error(tmp_path, monkeypatch):
+    # experiment.run called from Python, past the settings check: the checkpoint that does
+    # not fit is still one ConfigError, not a traceback with a warning per variable
+    from bir_keras import experiment
+    from bir_keras.config import Config, ConfigError
+
+    base = dict(experiment="split_digits", scenario="class", tasks=2, iters=5, batch=32,
+                fc_units=40, keep_label_order=True)
+    experiment.run(Config(**{**base, "tasks": 1}), str(tmp_path / "o1"), export_dir=str(tmp_path / "e1"), verbose=False)
+    monkeypatch.setattr(rundirs, "check_resume_flags", lambda *a: None)
+    with pytest.raises(ConfigError, match="its checkpoint does not fit the networks of this run"):
+        experiment.run(Config(**{**base, "fc_units": 24}), str(tmp_path / "o2"),
+                       export_dir=str(tmp_path / "e2"), resume_from=str(tmp_path / "e1"),
+                       verbose=False)
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "e2").exists()
