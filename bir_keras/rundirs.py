@@ -81,20 +81,19 @@ def replaceable(path: str | os.PathLike, kind: str, flag: str, overwrite: bool,
 
 
 def check_writable(path: str | os.PathLike, flag: str) -> None:
-    """Refuse a path whose directory cannot be created or written (probing with a real
-    file, so that read-only file systems are caught even for root)."""
-    p = Path(path)
-    parent = p.parent
+    """Refuse a path that could not be created or written, without creating anything:
+    probes the nearest existing folder on the path with a real file (so that read-only
+    file systems are caught even for root) and removes it again."""
+    p = Path(os.path.abspath(path))
+    existing = p.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PathRefused(f"{flag}={path}: cannot create it, {existing} is not a directory")
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".bir_keras.probe-", dir=existing)
     except OSError as e:
-        raise PathRefused(f"{flag}={path}: cannot create {parent} ({e.strerror or e})") from None
-    if not parent.is_dir():
-        raise PathRefused(f"{flag}={path}: {parent} is not a directory")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.probe-", dir=parent)
-    except OSError as e:
-        raise PathRefused(f"{flag}={path}: cannot write in {parent} "
+        raise PathRefused(f"{flag}={path}: cannot write in {existing} "
                           f"({e.strerror or e})") from None
     os.close(fd)
     os.remove(probe)

@@ -57,8 +57,9 @@ def test_nested_paths_and_writability(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(PathRefused, match="cannot create"):
         rundirs.check_writable(tmp_path / "file" / "sub" / "out", "--output_dir")
-    rundirs.check_writable(tmp_path / "new" / "out", "--output_dir")
-    assert not [p for p in (tmp_path / "new").iterdir()]  # the probe is gone
+    before = sorted(tmp_path.iterdir())
+    rundirs.check_writable(tmp_path / "new" / "deeper" / "out", "--output_dir")
+    assert sorted(tmp_path.iterdir()) == before  # nothing created, the probe is gone
     if os.geteuid() != 0:
         ro = tmp_path / "ro"
         ro.mkdir()

@@ -193,13 +193,16 @@ def test_no_tensorflow_log_lines_by_default(tmp_path):
     # a refusal after TensorFlow has loaded (the data is read after the flags are checked)
     empty = tmp_path / "empty"
     empty.mkdir()
-    args = ["--experiment=split_mnist", f"--data_dir={empty}", f"--output_dir={tmp_path / 'o'}"]
-    r = train(*args, env=PLAIN_ENV)
+    args = ["--experiment=split_mnist", f"--data_dir={empty}", "--output_dir=runs/o"]
+    env = {**PLAIN_ENV, "PYTHONPATH": str(ROOT)}
+    r = train(*args, env=env, cwd=tmp_path)
     line = one_error_line(r)  # nothing but the error line on stderr
     assert "holds no mnist data" in line
     assert r.stdout == ""
+    # a refusal creates nothing: no runs/, no saved_models/runs/ for the default export
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
     # --tf_log brings TensorFlow's own lines back (whatever this machine's TensorFlow says)
-    r = train(*args, "--tf_log", env=PLAIN_ENV)
+    r = train(*args, "--tf_log", env=env, cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == line
 
 
