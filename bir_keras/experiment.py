@@ -217,14 +217,16 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
 
     def after_task(tr: Trainer, t: int) -> None:
         if is_chief:
+            # logged (and flushed) before the export: once the export is there, the next
+            # write to the event file is the next task's
+            _log_samples(tr, setup, t)
+            _log_accuracy_curves(tr, setup, t)
+            tr.summary_writer.flush()
             rec = record(tr)
             export.export_run(tr, export_dir, rec, pixels=setup.pixels,
                               trunk=setup.trunk if setup.protocol.features else None)
             saved["export"] = Path(export_dir)
         saved.update(tasks=t + 1, step=tr.global_step)
-        if is_chief:
-            _log_samples(tr, setup, t)
-            _log_accuracy_curves(tr, setup, t)
 
     trainer.callbacks.append(after_task)
     progress = None
