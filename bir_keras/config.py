@@ -4,6 +4,7 @@ methods of the paper as flag sets (method.md sections 2 and 3)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 
@@ -301,7 +302,13 @@ def check(c: Config, conv_protocol: bool) -> None:
             raise ConfigError(f"--{name} must be at least 1, got {v}")
     if c.g_iters is not None and c.g_iters < 0:
         raise ConfigError(f"--g_iters must be >= 0, got {c.g_iters}")
-    if c.lr is not None and c.lr <= 0:
-        raise ConfigError(f"--lr must be positive, got {c.lr}")
+    for name in ("lr", "lr_gen", "temp", "epsilon"):
+        v = getattr(c, name)
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ConfigError(f"--{name} must be a positive finite number, got {v}")
+    if not 0.0 < c.gamma <= 1.0:
+        raise ConfigError(f"--gamma must be in (0, 1], got {c.gamma}")
+    if not 0 <= c.seed < 2 ** 32:
+        raise ConfigError(f"--seed must be in [0, 2^32), got {c.seed}")
     if c.strategy not in ("default", "mirrored", "multi_worker"):
         raise ConfigError(f"--strategy must be default, mirrored or multi_worker, got {c.strategy!r}")

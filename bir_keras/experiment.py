@@ -463,20 +463,28 @@ def _log_samples(trainer: Trainer, setup: Setup, t: int) -> None:
     live = trainer.model if trainer.config.feedback else trainer.generator
     n = SAMPLES_PER_CLASS
     cpt = p.classes_per_task
-    # Domain-IL (e.g. 100 permuted tasks): the last ten tasks' rows
-    first = max(0, t + 1 - 10) if p.scenario == "domain" else 0
-    modes = np.arange(first * cpt, (t + 1) * cpt, dtype=np.int32)
-    labels = np.asarray(export.mode_dataset_labels(p))[modes]
+    # Modes are output units. Domain-IL (e.g. 100 permuted tasks) has one per within-task
+    # class, shared by the tasks: a row per task (the last ten), generated with that task's
+    # gate when the gates are per task.
+    if p.scenario == "domain":
+        row_tasks = np.repeat(np.arange(max(0, t + 1 - 10), t + 1), cpt)
+        modes = np.tile(np.arange(cpt, dtype=np.int32), len(row_tasks) // cpt)
+    else:
+        modes = np.arange((t + 1) * cpt, dtype=np.int32)
+        row_tasks = modes // cpt
+    labels = np.asarray(export.mode_dataset_labels(p))[row_tasks * cpt + modes % cpt]
     # a generator of its own: drawing from trainer.rng would change the resumed run's numbers
     noise = tf.random.Generator.from_seed(setup.config.seed + 104729 * (t + 1))
-    ids = np.repeat(modes, n)
-    x = live.generate(tf.constant(ids), noise.normal([len(ids), live.z_dim])).numpy()
+    ids, id_tasks = np.repeat(modes, n), np.repeat(row_tasks, n)
+    gate = (live.gate_for(tf.constant(id_tasks)) if trainer.config.dg_type == "task"
+            else None)
+    x = live.generate(tf.constant(ids), noise.normal([len(ids), live.z_dim]), gate).numpy()
     x = x.reshape(len(ids), -1)
     perms = getattr(p, "permutations", None)
     if perms is not None:  # permuted MNIST: show each task's samples in pixel order
         plain = np.empty_like(x)
-        for i, m in enumerate(ids):
-            plain[i, perms[m // cpt]] = x[i]
+        for i, task in enumerate(id_tasks):
+            plain[i, perms[task]] = x[i]
         x = plain
     side = int(round(np.sqrt(x.shape[1] / (3 if p.conv else 1))))
     imgs = x.reshape(len(ids), side, side, -1)
@@ -487,7 +495,7 @@ def _log_samples(trainer: Trainer, setup: Setup, t: int) -> None:
         for label in sorted(set(labels.tolist())):
             rows = np.flatnonzero(labels == label)
             name = str(p.class_names[label])
-            where = ", ".join(f"task {m // cpt + 1}" for m in modes[rows])
+            where = ", ".join(f"task {task + 1}" for task in row_tasks[rows])
             grid = _sample_grid(imgs[rows].reshape(-1, *imgs.shape[2:]), len(rows), n)
             tag = f"replay/{label:03d}_{''.join(ch if ch.isalnum() else '_' for ch in name)}"
             tf.summary.image(tag, grid[None], description=(

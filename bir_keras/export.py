@@ -114,7 +114,7 @@ class RunModule(tf.Module):
         self.classify = tf.function(self._classify, input_signature=[spec])
         self.classify_task = tf.function(self._classify_task, input_signature=[
             spec, tf.TensorSpec([None], tf.int32, name="task_ids")])
-        self.mode_labels = tf.constant(p.mode_to_label(np.arange(p.num_modes)), tf.int32)
+        self.mode_labels = tf.constant(p.mode_to_label(np.arange(p.num_pairs)), tf.int32)
         # The map to the dataset: mode m (task m // cpt, its class m % cpt) is the dataset's
         # class mode_dataset_labels[m], named mode_class_names[m]; output unit u is mode u in
         # Task-IL and Class-IL, mode task * cpt + u in Domain-IL.
@@ -190,9 +190,14 @@ class RunModule(tf.Module):
 
     def _sample(self, class_ids):
         """One sample per requested class id: the output label in Task-IL and Class-IL, the
-        (task, class) mode ``task * classes_per_task + class`` in Domain-IL."""
+        (task, class) pair ``task * classes_per_task + class`` in Domain-IL, where the
+        generator's mode is the class (shared by the tasks) and a per-task gate, if any,
+        the task's."""
         gen = self._generator.obj
-        x = gen.generate(class_ids, tf.random.normal([tf.shape(class_ids)[0], gen.z_dim]))
+        cpt = self._trainer.protocol.classes_per_task
+        modes = class_ids % cpt if self._trainer.protocol.scenario == "domain" else class_ids
+        gate = gen.gate_for(class_ids // cpt) if self._trainer.config.dg_type == "task" else None
+        x = gen.generate(modes, tf.random.normal([tf.shape(class_ids)[0], gen.z_dim]), gate)
         if not self._trainer.protocol.features:
             if self._pixels.mean is not None:
                 x = x * tf.constant(self._pixels.std) + tf.constant(self._pixels.mean)
@@ -203,11 +208,11 @@ class RunModule(tf.Module):
 
 
 def mode_dataset_labels(protocol) -> list[int]:
-    """The dataset label of each (task, class) mode ``t * classes_per_task + k``:
-    ``class_order[mode]`` for split protocols (the order the classes are learned in), the
+    """The dataset label of each (task, class) pair ``t * classes_per_task + k``:
+    ``class_order[pair]`` for split protocols (the order the classes are learned in), the
     digit ``k`` for permuted MNIST (every task has all ten)."""
     order = [int(c) for c in protocol.class_order]
-    n, cpt = protocol.num_modes, protocol.classes_per_task
+    n, cpt = protocol.num_pairs, protocol.classes_per_task
     if len(order) >= n:
         return order[:n]
     return [order[m % cpt] for m in range(n)]

@@ -125,9 +125,16 @@ class Protocol:
                 table[j, :(current + 1) * cpt] = 1.0
         return table
 
-    def mode_to_label(self, modes: np.ndarray) -> np.ndarray:
-        """Output label of each mode (modes are output units)."""
-        return np.asarray(modes)
+    @property
+    def num_pairs(self) -> int:
+        """Number of (task, within-task class) pairs ``task * cpt + k`` the protocol can hold."""
+        return self.capacity * self.classes_per_task
+
+    def mode_to_label(self, pairs: np.ndarray) -> np.ndarray:
+        """Output label of each (task, class) pair ``task * cpt + k``: ``k`` in Domain-IL,
+        the pair itself otherwise (where pairs, labels and modes coincide)."""
+        pairs = np.asarray(pairs)
+        return pairs % self.classes_per_task if self.scenario == "domain" else pairs
 
     def preprocess_np(self, x: np.ndarray) -> np.ndarray:
         """Turn stored inputs into model inputs (the numpy twin of the in-graph version)."""

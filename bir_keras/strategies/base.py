@@ -532,7 +532,8 @@ class Trainer:
             return
         with self.summary_writer.as_default(step=step):
             for k, v in values.items():
-                tf.summary.scalar(k, v)
+                tf.summary.scalar(k, v, description="x axis: training iteration (global step); "
+                                  f"mean over the last {self.config.log_every} iterations")
 
     def log_task(self, t: int) -> None:
         """Accuracy per task and the average after task ``t``, to TensorBoard and stdout."""
@@ -543,7 +544,8 @@ class Trainer:
         if self.summary_writer is not None:
             with self.summary_writer.as_default(step=t + 1):
                 for k, v in vals.items():
-                    tf.summary.scalar(k, v)
+                    tf.summary.scalar(k, v, description="x axis: number of tasks learned; test "
+                                      "accuracy (set smoothing to 0: few points)")
             self.summary_writer.flush()
         if self.verbose:
             accs = " ".join(f"{a:.4f}" for a in row if a is not None)

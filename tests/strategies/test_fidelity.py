@@ -194,3 +194,29 @@ def test_brain_inspired_si_gets_bir_si_settings_as_a_whole(experiment, scenario,
     short = resolve(Config(experiment=experiment, scenario=scenario,
                            **method_settings("bir_si", experiment, scenario)), conv)
     assert spelled.si_c == short.si_c == c_si and spelled.dg_prop == short.dg_prop == prop
+
+
+@pytest.mark.parametrize("experiment_name, kw", [
+    ("split_digits", dict(dg_type="class")), ("permuted_mnist", dict()),
+])
+def test_domain_il_run_logs_and_samples_with_shared_modes(tmp_path, experiment_name, kw):
+    """Domain-IL BI-R end to end: the prior has a mode per within-task class, TensorBoard's
+    sample grids and the SavedModel's ``sample`` take (task, class) pairs and generate with
+    the pair's class mode and, with task gates, the task's gate."""
+    from bir_keras import experiment
+
+    cfg = Config(experiment=experiment_name, scenario="domain", tasks=2, iters=10, batch=16,
+                 fc_units=20, z_dim=4, replay="generative", brain_inspired=True, seed=12, **kw)
+    setup = None
+    if experiment_name == "permuted_mnist":
+        pixels = make_protocol("permuted_mnist", "domain", tasks=2, dataset=_mnist_like(60, 30),
+                               seed=12)
+        setup = experiment.Setup(resolve(cfg, False), pixels, pixels, None)
+    exp = tmp_path / "export"
+    experiment.run(cfg, str(tmp_path / "out"), export_dir=str(exp), verbose=False, setup=setup)
+    m = tf.saved_model.load(str(exp / "saved_model"))
+    cpt = 2 if experiment_name == "split_digits" else 10
+    ids = tf.constant([0, 1, cpt, cpt + 1], tf.int32)   # class 0 and 1 of tasks 1 and 2
+    out = m.signatures["sample"](class_ids=ids)
+    assert out["x"].shape[0] == 4
+    np.testing.assert_array_equal(out["labels"].numpy(), [0, 1, 0, 1])

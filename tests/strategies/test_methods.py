@@ -137,6 +137,9 @@ def test_reinit_reinitialises_after_freezing(tiny_setup):
     (dict(scenario="class", xdg=True), "XdG needs task identity"),
     (dict(scenario="task", hidden=True), "needs conv layers"),
     (dict(scenario="class", feedback=True), "needs --replay=generative"),
+    (dict(scenario="class", gamma=2.0), "gamma must be in"),
+    (dict(scenario="class", lr=float("nan")), "lr must be a positive finite"),
+    (dict(scenario="class", seed=-1), "seed must be in"),
 ])
 def test_incompatible_flags_refused(tiny_setup, kw, msg):
     scenario = kw.pop("scenario")
