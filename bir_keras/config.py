@@ -200,10 +200,8 @@ def bir_variant(c: Config, conv_protocol: bool) -> str:
 def gate_proportion(c: Config, conv_protocol: bool) -> float:
     """The paper's gate proportion for the variant ``c`` is (``DG_PROPS``, else BI-R's)."""
     hp = paper_hparams(c.experiment, c.scenario)
-    key = (c.experiment, c.scenario)
-    if key not in DG_PROPS:
-        key = next((k for k in ((_family(c.experiment), c.scenario),) if k in DG_PROPS), key)
-    props = DG_PROPS.get(key, {})
+    props = (DG_PROPS.get((c.experiment, c.scenario))
+             or DG_PROPS.get((_family(c.experiment), c.scenario), {}))
     return float(props.get(bir_variant(c, conv_protocol), hp.get("dg_prop", 0.0)))
 
 

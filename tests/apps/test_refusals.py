@@ -70,6 +70,12 @@ def thesis_dir(path: Path) -> Path:
     return path
 
 
+# cases refused for one extra argument
+EXTRA_ARGS = {"positional": "extra", "gamma": "--gamma=2", "lr_nan": "--lr=nan",
+              "seed": "--seed=-1", "unknown_flag": "--no_such_flag=1",
+              "unknown_method": "--method=bogus", "unknown_experiment": "--experiment=split_imagenet"}
+
+
 @pytest.mark.parametrize("case", [
     "flagfile_line_without_dashes", "positional", "gamma", "lr_nan", "seed", "unknown_flag",
     "unknown_method", "unknown_experiment", "foreign_export", "foreign_export_overwrite",
@@ -108,20 +114,8 @@ def test_refused_before_tensorflow_loads(case, tmp_path, no_tensorflow):
         cfg = tmp_path / "run.cfg"
         cfg.write_text("--experiment=split_digits\n# a comment\nscenario=task\n")
         args.append(f"--flagfile={cfg}")
-    elif case == "positional":
-        args.append("extra")
-    elif case == "gamma":
-        args.append("--gamma=2")
-    elif case == "lr_nan":
-        args.append("--lr=nan")
-    elif case == "seed":
-        args.append("--seed=-1")
-    elif case == "unknown_flag":
-        args.append("--no_such_flag=1")
-    elif case == "unknown_method":
-        args.append("--method=bogus")
-    elif case == "unknown_experiment":
-        args.append("--experiment=split_imagenet")
+    elif case in EXTRA_ARGS:
+        args.append(EXTRA_ARGS[case])
     elif case in ("foreign_export", "foreign_export_overwrite"):
         keep = thesis_dir(exp)
         if case.endswith("overwrite"):
