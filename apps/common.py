@@ -16,7 +16,14 @@ from collections.abc import Callable
 
 from absl import app, flags
 
-from bir_keras.config import METHODS, Config, ConfigError, method_settings
+from bir_keras.config import (
+    BUFFER_BUDGET,
+    EXPERIMENT_DEFAULTS,
+    METHODS,
+    Config,
+    ConfigError,
+    method_settings,
+)
 from bir_keras.data.sources import DataError
 
 USER_ERRORS = (ConfigError, DataError, FileExistsError)
@@ -152,75 +159,111 @@ def validate(name: str, ok: Callable[[object], bool], what: str) -> None:
                              message=f"--{name} must be {what}")
 
 
+def _on(value: bool) -> str:
+    """A bool default as the help texts spell it."""
+    return "true" if value else "false"
+
+
 def define_train_flags() -> None:
-    """Every flag of apps.train (names follow the paper's code)."""
+    """Every flag of apps.train (names follow the paper's code). A flag that sets a
+    ``Config`` field takes its default from ``Config`` (the one home of the defaults)."""
     d = flags
-    d.DEFINE_string("experiment", "split_mnist", "protocol: split_mnist, permuted_mnist, "
-                    "split_cifar100, split_cifar10, split_fashion_mnist, split_digits")
-    d.DEFINE_enum("scenario", "class", ["task", "domain", "class"], "Task-IL, Domain-IL or Class-IL")
-    d.DEFINE_string("method", None, f"shorthand for a method of the paper with its "
+    _D = Config()
+    d.DEFINE_string("experiment", _D.experiment, "protocol: split_mnist, permuted_mnist, "
+                    "split_cifar100, split_cifar10, split_fashion_mnist, split_digits "
+                    f"(default {_D.experiment})")
+    d.DEFINE_enum("scenario", _D.scenario, ["task", "domain", "class"],
+                  f"Task-IL, Domain-IL or Class-IL (default {_D.scenario})")
+    d.DEFINE_string("method", _D.method, f"shorthand for a method of the paper with its "
                     f"grid-searched hyper-parameters: {', '.join(METHODS)} (explicit flags win)")
-    d.DEFINE_integer("tasks", None, "number of tasks (default: the protocol's; permuted MNIST 10)")
-    d.DEFINE_integer("iters", None, "iterations per task (default per experiment, e.g. 2000)")
-    d.DEFINE_integer("batch", None, "current-task batch size (default per experiment, e.g. 128)")
-    d.DEFINE_float("lr", None, "Adam learning rate (default per experiment, e.g. 0.001)")
-    d.DEFINE_integer("fc_units", None, "units per hidden FC layer (default 400 split MNIST, else 2000)")
-    d.DEFINE_integer("fc_layers", 2, "number of hidden FC layers (default 2)")
-    d.DEFINE_integer("seed", 0, "random seed: class order, permutations, init, batches (default 0)")
-    d.DEFINE_bool("keep_label_order", False, "take classes in label order instead of a "
-                  "seed-dependent permutation (default false)")
-    d.DEFINE_string("data_dir", None, "local data files (IDX .gz, CIFAR pickles, image folder or "
-                    "its .zip); default: TFDS (downloads where the internet is reachable)")
+    per = EXPERIMENT_DEFAULTS[_D.experiment]  # an example of the per-experiment defaults
+    eg = f"default per experiment, e.g. {{}} on {_D.experiment}"
+    d.DEFINE_integer("tasks", _D.tasks, "number of tasks (default: the protocol's; permuted "
+                     f"MNIST {EXPERIMENT_DEFAULTS['permuted_mnist']['tasks']})")
+    d.DEFINE_integer("iters", _D.iters, f"iterations per task ({eg.format(per['iters'])})")
+    d.DEFINE_integer("batch", _D.batch, f"current-task batch size ({eg.format(per['batch'])})")
+    d.DEFINE_float("lr", _D.lr, f"Adam learning rate ({eg.format(per['lr'])})")
+    d.DEFINE_integer("fc_units", _D.fc_units,
+                     f"units per hidden FC layer ({eg.format(per['fc_units'])})")
+    d.DEFINE_integer("fc_layers", _D.fc_layers,
+                     f"number of hidden FC layers (default {_D.fc_layers})")
+    d.DEFINE_integer("seed", _D.seed, "random seed: class order, permutations, init, batches "
+                     f"(default {_D.seed})")
+    d.DEFINE_bool("keep_label_order", _D.keep_label_order, "take classes in label order instead "
+                  f"of a seed-dependent permutation (default {_on(_D.keep_label_order)})")
+    d.DEFINE_string("data_dir", _D.data_dir, "local data files (IDX .gz, CIFAR pickles, image "
+                    "folder or its .zip); default: TFDS (downloads where the internet is "
+                    "reachable)")
     d.DEFINE_string("output_dir", None, "where results.json, accuracy.png and tensorboard/ go "
                     "(default runs/<run name>); never overwritten without --overwrite")
     d.DEFINE_string("export_dir", None, "SavedModel + checkpoint + run.json, after every task "
                     "(default saved_models/<output_dir name>)")
     d.DEFINE_string("resume_from", None, "an export dir to continue from with the next tasks")
     d.DEFINE_bool("overwrite", False, "replace an existing --output_dir (default false)")
-    d.DEFINE_enum("replay", "none", ["none", "offline", "current", "generative"],
-                  "none (fine-tune), offline (Joint), current (LwF), generative (GR / BI-R)")
-    d.DEFINE_integer("batch_replay", None, "replayed samples per iteration (default = --batch)")
-    d.DEFINE_bool("distill", None, "soft targets (distillation) for replay (default: on with "
-                  "--brain_inspired, else off)")
-    d.DEFINE_float("temp", 2.0, "distillation temperature (default 2)")
-    d.DEFINE_bool("ewc", False, "EWC penalty (default false)")
-    d.DEFINE_float("ewc_lambda", None, "EWC strength lambda (default: the paper's grid value)")
-    d.DEFINE_integer("fisher_n", 1000, "samples for EWC's Fisher (default 1000)")
-    d.DEFINE_bool("online", False, "online EWC: one running Fisher (default false)")
-    d.DEFINE_float("gamma", 1.0, "online EWC decay of the running Fisher, in (0, 1] (default 1)")
-    d.DEFINE_bool("si", False, "synaptic intelligence penalty (default false)")
-    d.DEFINE_float("si_c", None, "SI strength c (default: the paper's grid value)")
-    d.DEFINE_float("epsilon", 0.1, "SI damping xi (default 0.1)")
-    d.DEFINE_bool("xdg", False, "context-dependent gating, Task-IL only (default false)")
-    d.DEFINE_float("xdg_prop", None, "XdG: proportion of hidden units silenced per task, [0, 1)")
-    d.DEFINE_integer("z_dim", 100, "VAE latent units (default 100)")
-    d.DEFINE_integer("g_fc_units", None, "separate generator's hidden units (default = --fc_units)")
-    d.DEFINE_integer("g_iters", None, "separate generator's iterations per task (default = --iters)")
-    d.DEFINE_float("lr_gen", None, "separate generator's learning rate (default = --lr)")
-    d.DEFINE_bool("reinit", False, "re-initialise the networks before each task, after freezing "
-                  "what is replayed (Fig. 4, default false)")
-    d.DEFINE_bool("brain_inspired", False, "BI-R: --feedback --prior=gmm --dg_gates --distill "
-                  "(+ --hidden on CIFAR); switch parts off with --nofeedback etc.")
-    d.DEFINE_bool("feedback", None, "replay through feedback: the VAE on top of the classifier")
-    d.DEFINE_enum("prior", None, ["standard", "gmm"], "VAE prior; gmm = a mode per class "
+    d.DEFINE_enum("replay", _D.replay, ["none", "offline", "current", "generative", "buffer"],
+                  "none (fine-tune), offline (Joint), current (LwF), generative (GR / BI-R), "
+                  "buffer = experience replay of stored samples, --budget per class "
+                  f"(default {_D.replay})")
+    d.DEFINE_integer("budget", _D.budget, "buffer replay: stored training samples per class, "
+                     "class-balanced, kept from the end of each task (default "
+                     f"{BUFFER_BUDGET} with --replay=buffer)")
+    d.DEFINE_integer("batch_replay", _D.batch_replay, "replayed samples per iteration (default "
+                     "= --batch)")
+    d.DEFINE_bool("distill", _D.distill, "soft targets (distillation) for replay (default: on "
+                  "with --brain_inspired, else off)")
+    d.DEFINE_float("temp", _D.temp, f"distillation temperature (default {_D.temp:g})")
+    d.DEFINE_bool("ewc", _D.ewc, f"EWC penalty (default {_on(_D.ewc)})")
+    d.DEFINE_float("ewc_lambda", _D.ewc_lambda, "EWC strength lambda (default: the paper's grid "
+                   "value)")
+    d.DEFINE_integer("fisher_n", _D.fisher_n, f"samples for EWC's Fisher (default {_D.fisher_n})")
+    d.DEFINE_bool("online", _D.online, f"online EWC: one running Fisher (default "
+                  f"{_on(_D.online)})")
+    d.DEFINE_float("gamma", _D.gamma, "online EWC decay of the running Fisher, in (0, 1] "
+                   f"(default {_D.gamma:g})")
+    d.DEFINE_bool("si", _D.si, f"synaptic intelligence penalty (default {_on(_D.si)})")
+    d.DEFINE_float("si_c", _D.si_c, "SI strength c (default: the paper's grid value)")
+    d.DEFINE_float("epsilon", _D.epsilon, f"SI damping xi (default {_D.epsilon:g})")
+    d.DEFINE_bool("xdg", _D.xdg, f"context-dependent gating, Task-IL only (default "
+                  f"{_on(_D.xdg)})")
+    d.DEFINE_float("xdg_prop", _D.xdg_prop, "XdG: proportion of hidden units silenced per task, "
+                   "[0, 1)")
+    d.DEFINE_integer("z_dim", _D.z_dim, f"VAE latent units (default {_D.z_dim})")
+    d.DEFINE_integer("g_fc_units", _D.g_fc_units, "separate generator's hidden units (default "
+                     "= --fc_units)")
+    d.DEFINE_integer("g_iters", _D.g_iters, "separate generator's iterations per task (default "
+                     "= --iters)")
+    d.DEFINE_float("lr_gen", _D.lr_gen, "separate generator's learning rate (default = --lr)")
+    d.DEFINE_bool("reinit", _D.reinit, "re-initialise the networks before each task, after "
+                  f"freezing what is replayed (Fig. 4, default {_on(_D.reinit)})")
+    d.DEFINE_bool("brain_inspired", _D.brain_inspired, "BI-R: --feedback --prior=gmm "
+                  "--dg_gates --distill (+ --hidden on CIFAR); switch parts off with "
+                  f"--nofeedback etc. (default {_on(_D.brain_inspired)})")
+    d.DEFINE_bool("feedback", _D.feedback, "replay through feedback: the VAE on top of the "
+                  "classifier")
+    d.DEFINE_enum("prior", _D.prior, ["standard", "gmm"], "VAE prior; gmm = a mode per class "
                   "(conditional replay; default gmm with --brain_inspired)")
-    d.DEFINE_bool("dg_gates", None, "decoder gates chosen by class/task (internal context)")
-    d.DEFINE_enum("dg_type", None, ["class", "task"], "what selects a decoder gate (default: "
-                  "task on permuted MNIST, else class)")
-    d.DEFINE_float("dg_prop", None, "proportion of decoder units each gate silences, [0, 1) "
-                   "(default: the paper's grid value)")
-    d.DEFINE_bool("hidden", None, "internal replay: replay after the frozen conv layers (CIFAR)")
-    d.DEFINE_bool("freeze_convE", None, "freeze the pre-trained conv layers (default: with --hidden)")
-    d.DEFINE_string("conv_weights", None, "pre-trained conv weights (default: shipped "
-                    "saved_models/cifar10_conv; 'random' for an untrained trunk)")
-    d.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
-                  "tf.distribute strategy (multi_worker reads TF_CONFIG)")
+    d.DEFINE_bool("dg_gates", _D.dg_gates, "decoder gates chosen by class/task (internal "
+                  "context)")
+    d.DEFINE_enum("dg_type", _D.dg_type, ["class", "task"], "what selects a decoder gate "
+                  "(default: task on permuted MNIST, else class)")
+    d.DEFINE_float("dg_prop", _D.dg_prop, "proportion of decoder units each gate silences, "
+                   "[0, 1) (default: the paper's grid value)")
+    d.DEFINE_bool("hidden", _D.hidden, "internal replay: replay after the frozen conv layers "
+                  "(CIFAR)")
+    d.DEFINE_bool("freeze_convE", _D.freeze_convE, "freeze the pre-trained conv layers "
+                  "(default: with --hidden)")
+    d.DEFINE_string("conv_weights", _D.conv_weights, "pre-trained conv weights (default: "
+                    "shipped saved_models/cifar10_conv; 'random' for an untrained trunk)")
+    d.DEFINE_enum("strategy", _D.strategy, ["default", "mirrored", "multi_worker"],
+                  f"tf.distribute strategy (multi_worker reads TF_CONFIG; default {_D.strategy!r})")
     d.DEFINE_integer("num_logical_cpus", 0, "split the CPU into N logical devices (testing "
                      "--strategy=mirrored without GPUs; default 0 = off)")
-    d.DEFINE_bool("jit_compile", None, "compile the training step with XLA (default: on with "
-                  "one replica, except for convolutions on a CPU; off over several replicas)")
+    d.DEFINE_bool("jit_compile", _D.jit_compile, "compile the training step with XLA (default: "
+                  "on with one replica, except for convolutions on a CPU; off over several "
+                  "replicas)")
     d.DEFINE_bool("deterministic", True, "deterministic ops (same seed, same numbers)")
-    d.DEFINE_integer("log_every", 50, "TensorBoard loss logging interval in steps (default 50)")
+    d.DEFINE_integer("log_every", _D.log_every, "TensorBoard loss logging interval in steps "
+                     f"(default {_D.log_every})")
     d.DEFINE_float("progress_every", 30.0, "seconds between progress lines inside a task when "
                    "stdout is not a terminal (a terminal shows a progress bar; default 30)")
     validate_train_flags()
@@ -239,7 +282,7 @@ def validate_train_flags() -> None:
     for name in ("xdg_prop", "dg_prop"):
         validate(name, lambda v: 0 <= v < 1, "in [0, 1)")
     for name in ("tasks", "iters", "batch", "fc_units", "batch_replay", "z_dim", "g_fc_units",
-                 "fisher_n", "log_every"):
+                 "fisher_n", "log_every", "budget"):
         validate(name, lambda v: v >= 1, "at least 1")
     for name in ("fc_layers", "g_iters", "num_logical_cpus"):
         validate(name, lambda v: v >= 0, ">= 0")

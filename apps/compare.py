@@ -25,12 +25,13 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from bir_keras.config import METHODS
+from bir_keras.config import METHODS, Config
 from bir_keras.fileio import atomic_write_text
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("experiment", "split_mnist", "protocol (see apps.train)")
-flags.DEFINE_string("scenario", "class", "task, domain or class")
+_D = Config()  # the one home of the defaults
+flags.DEFINE_string("experiment", _D.experiment, "protocol (see apps.train)")
+flags.DEFINE_string("scenario", _D.scenario, "task, domain or class")
 flags.DEFINE_list("methods", ["none", "joint"], f"methods to compare: {', '.join(METHODS)}")
 flags.DEFINE_integer("seeds", 3, "number of seeds (0..seeds-1) per method (default 3)")
 flags.DEFINE_integer("first_seed", 0, "first seed (default 0)")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from bir_keras.fileio import atomic_write_text
+from bir_keras.fileio import atomic_write_json
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("export_dir", None, "a run's export dir (saved_model/ and run.json)")
@@ -128,6 +128,8 @@ def evaluate(export_dir: str, data_dir: str | None, n: int, epochs: int, fc_unit
         fake.append(out["x"].numpy())
     fake = np.concatenate(fake).reshape(n, -1)
     if not features:
+        # samples are in [0, 1]: back to the 0..255 scale of stored pixels, so that they
+        # take the real data's normalisation (Protocol.preprocess_np)
         fake = proto.preprocess_np((fake * 255.0).reshape(n, *proto.input_shape))
         fake = to_space(fake)
     real = to_space(x_te[rng.permutation(len(x_te))[:n]])
@@ -152,7 +154,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        atomic_write_text(out, json.dumps(res, indent=2))
+        atomic_write_json(out, res)
     except OSError as e:
         print(json.dumps(res, indent=2))
         print(f"error: --out={out}: cannot write it ({e.strerror or e}); the scores are "

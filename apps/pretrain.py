@@ -6,8 +6,8 @@ The 5 conv layers of ``bir_keras.models.layers.conv_trunk()`` (1024 features) ar
 with a classifier head (the paper's code: FC 2000-2000 + 10 softmax units; ``--head_units``
 and ``--head_layers`` change it), Adam (lr 1e-4, betas 0.9/0.999), batch 256, random crop
 (zero padding of 4 pixels, crop 32x32) and horizontal flips done in-graph, inputs
-normalised per channel with the CIFAR-10 mean and std (x / 255, then (x - mean) / std, the
-preprocessing of the protocols). Only the conv trunk is saved (``trunk.save_weights``), to
+normalised per channel with the CIFAR-10 mean and std (x / 255, then (x - mean) / std: the
+protocols' ``normalise_pixels``). Only the conv trunk is saved (``trunk.save_weights``), to
 ``--out``, after every epoch (atomically), next to a JSON record (``conv_trunk.json``:
 epochs, test accuracy, seconds, command). ``bir_keras.experiment.load_trunk(path)`` loads it.
 """
@@ -131,7 +131,7 @@ def train(data, out: Path, command: str) -> None:
     import numpy as np
     import tensorflow as tf
 
-    from bir_keras.data.protocols import CIFAR_MEAN, CIFAR_STD
+    from bir_keras.data.protocols import CIFAR_MEAN, CIFAR_STD, normalise_pixels
 
     if FLAGS.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -151,13 +151,9 @@ def train(data, out: Path, command: str) -> None:
 
     optimizer = make_adam(FLAGS.lr)  # epsilon 1e-8, as PyTorch (fidelity.md item 7)
     optimizer.build(model.trainable_variables)
-    mean = tf.constant(CIFAR_MEAN["cifar10"], tf.float32)
-    std = tf.constant(CIFAR_STD["cifar10"], tf.float32)
+    mean, std = CIFAR_MEAN["cifar10"], CIFAR_STD["cifar10"]
     aug_rng = tf.random.Generator.from_seed(FLAGS.seed + 1)
     order_rng = np.random.RandomState(FLAGS.seed)
-
-    def normalise(x_uint8):
-        return (tf.cast(x_uint8, tf.float32) / 255.0 - mean) / std
 
     def augment(x):
         """Per sample: zero-pad by 4 pixels (in pixel space, before normalising, as
@@ -179,7 +175,7 @@ def train(data, out: Path, command: str) -> None:
         x = tf.cast(xb, tf.float32)
         if FLAGS.augment:
             x = augment(x)
-        x = (x / 255.0 - mean) / std
+        x = normalise_pixels(x, mean, std)  # after augmenting: the padding stays 0 pixels
         with tf.GradientTape() as tape:
             logits = model(x, training=True)
             loss = tf.reduce_mean(
@@ -192,7 +188,7 @@ def train(data, out: Path, command: str) -> None:
 
     @tf.function(input_signature=sig)
     def eval_step(xb, yb):
-        logits = model(normalise(xb), training=False)
+        logits = model(normalise_pixels(tf.cast(xb, tf.float32), mean, std), training=False)
         return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), yb),
                                      tf.int32))
 

@@ -25,12 +25,28 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 from bir_keras.data.sources import DataError, Dataset, load_dataset
 
 SCENARIOS = ("task", "domain", "class")
+
+
+def normalise_pixels(x, mean: tuple[float, ...] | None, std: tuple[float, ...] | None):
+    """The one input normalisation: float32 pixel values 0..255 (a numpy array or a
+    TensorFlow tensor) divided by 255, then per channel ``(x - mean) / std`` when ``mean``
+    is given (CIFAR). The constants are float32 numpy arrays, which TensorFlow takes as
+    float32 constants, so both give the same float32 operations in the same order."""
+    x = x / 255.0
+    if mean is not None:
+        x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return x
+
 
 # experiment -> (dataset, tasks, classes per task, flattened input?)
 EXPERIMENTS: dict[str, tuple[str, int, int, bool]] = {
@@ -78,7 +94,8 @@ class Protocol:
     class_names: list[str]
     dataset_name: str
     # Inputs are stored compactly (uint8 pixels) and turned into model inputs in-graph:
-    # x / 255 then (x - mean) / std. Cached conv features are float32 and pass unchanged.
+    # x / 255 then (x - mean) / std (normalise_pixels). Cached conv features are float32
+    # and pass unchanged.
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     recon_loss: str = "bce"
@@ -136,14 +153,20 @@ class Protocol:
         pairs = np.asarray(pairs)
         return pairs % self.classes_per_task if self.scenario == "domain" else pairs
 
+    def preprocess(self, x: tf.Tensor) -> tf.Tensor:
+        """Stored inputs to model inputs, in-graph: uint8 pixels / 255, then per channel
+        (x - mean) / std when the protocol has them; features (float) pass unchanged."""
+        import tensorflow as tf  # here: the apps check flags before TensorFlow loads
+
+        if x.dtype != tf.uint8:
+            return tf.cast(x, tf.float32)
+        return normalise_pixels(tf.cast(x, tf.float32), self.mean, self.std)
+
     def preprocess_np(self, x: np.ndarray) -> np.ndarray:
         """Turn stored inputs into model inputs (the numpy twin of the in-graph version)."""
         if self.features:
             return x.astype(np.float32)
-        out = x.astype(np.float32) / 255.0
-        if self.mean is not None:
-            out = (out - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return out
+        return normalise_pixels(x.astype(np.float32), self.mean, self.std)
 
     def describe(self) -> dict:
         """A JSON-able summary used in run records and to check resumed runs."""

@@ -25,12 +25,13 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable
 
 import numpy as np
+
+from bir_keras.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -670,11 +671,9 @@ def _read_cache(name: str, path: str) -> Dataset | None:
 
 def _write_cache(dataset: Dataset, folder: str, path: str, prefix: str) -> None:
     """Write the cache atomically and drop stale caches of the same source."""
-    tmp = None
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as f:
-            tmp = f.name
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
             np.savez(
                 f,
                 x_train=dataset.x_train,
@@ -683,16 +682,14 @@ def _write_cache(dataset: Dataset, folder: str, path: str, prefix: str) -> None:
                 y_test=dataset.y_test,
                 class_names=np.array(dataset.class_names, dtype=str),
             )
-        os.replace(tmp, path)
-        tmp = None
+
+    try:
+        atomic_write(path, write)
         for entry in os.scandir(folder):
             if entry.name.startswith(prefix) and entry.path != path:
                 os.remove(entry.path)
     except OSError as err:
         logger.warning("could not write cache %s (%s); continuing without it", path, err)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # --------------------------------------------------------------------------- TFDS

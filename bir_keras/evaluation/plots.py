@@ -1,8 +1,8 @@
 """Figures in the style of the paper: accuracy matrices, average-accuracy curves, sweeps.
 
 All functions take accuracies as fractions in [0, 1] and plot them as percentages.
-Every PNG is written atomically (temporary file in the target folder, then
-``os.replace``), so a reader never sees a half-written image.
+Every PNG is written atomically (``bir_keras.fileio.atomic_write``: a temporary file in
+the target folder, then renamed), so a reader never sees a half-written image.
 """
 
 from __future__ import annotations
