@@ -5,13 +5,13 @@
     python -m benchmarks.speed --methods=bir,none --experiments=split_mnist --xla=off
 
 Per method and experiment, the step of a replay task (task index 1: after
-``trainer.before_task(1)``, with ``ctx = trainer.step_context(1)``) on random data of the
+``trainer.start_task(1)``) on random data of the
 right shape (a fake MNIST of random uint8 28x28x1 images, so it runs anywhere), after
 warm-up, as the median over ``--repeats`` timings of ``--steps`` iterations, two ways:
 
-* ``step``: ``trainer._step_fn(data, ctx)`` once per iteration, losses fetched each time
+* ``step``: ``trainer.run_steps(run, 1)`` once per iteration, losses fetched each time
   (``.numpy()``);
-* ``loop``: ``trainer._steps_fn(data, ctx, k)``, up to ``Trainer.steps_per_call``
+* ``loop``: ``trainer.run_steps(run, k)``, up to ``Trainer.steps_per_call``
   iterations per call, fetched once per call: what ``Trainer.train_task`` runs.
 
 Both with and without XLA (``Config.jit_compile``); a method whose step fails to compile
@@ -106,16 +106,14 @@ def make_config(experiment: str, method: str, quick: bool, jit: bool):
 
 
 def make_replay_step(experiment: str, method: str, quick: bool, jit: bool, dataset):
-    """(trainer, data, ctx) ready for the step of task index 1 (replay from task 0)."""
+    """(trainer, run) ready for the step of task index 1 (replay from task 0)."""
     from bir_keras.data.protocols import make_protocol
     from bir_keras.strategies import make_trainer
 
     cfg = make_config(experiment, method, quick, jit)
     protocol = make_protocol(experiment, cfg.scenario, dataset=dataset, seed=cfg.seed)
     trainer = make_trainer(cfg, protocol, verbose=False)
-    data = trainer.task_data(1)
-    trainer.before_task(1)
-    return trainer, data, trainer.step_context(1)
+    return trainer, trainer.start_task(1)
 
 
 # -- FLOPs ---------------------------------------------------------------------------
@@ -206,21 +204,19 @@ def _timed(fn, steps: int, repeats: int) -> dict[str, float]:
             "cpu_s_per_it": statistics.median(cpu)}
 
 
-def time_trainer(trainer, data, ctx, steps: int, repeats: int, warmup: int) -> dict:
+def time_trainer(trainer, run, steps: int, repeats: int, warmup: int) -> dict:
     """Time the per-iteration call and the multi-iteration loop, after tracing and warm-up."""
-    import tensorflow as tf
 
     def per_call(n):
         for _ in range(n):
-            trainer._step_fn(data, ctx).numpy()
+            trainer.run_steps(run, 1)
 
     def loop(n):
         done = 0
         while done < n:
             k = min(trainer.steps_per_call, n - done)
-            rows, count = trainer._steps_fn(data, ctx, tf.constant(k, tf.int32))
-            rows.numpy()
-            if int(count) < k:
+            _, count = trainer.run_steps(run, k)
+            if count < k:
                 raise FloatingPointError("non-finite loss in the benchmark step")
             done += k
 
@@ -250,11 +246,11 @@ def bench_method(experiment: str, method: str, xla: bool, dataset, steps: int, r
     """One row: its/s, GFLOP/s, or the error that stopped it."""
     rec: dict = {"experiment": experiment, "method": method, "xla": xla}
     try:
-        trainer, data, ctx = make_replay_step(experiment, method, quick, xla, dataset)
+        trainer, run = make_replay_step(experiment, method, quick, xla, dataset)
         rec["scenario"] = trainer.config.scenario
         rec["batch"], rec["batch_replay"] = trainer.config.batch, trainer.config.batch_replay
         rec["flops"] = flops_per_iteration(trainer)
-        rec.update(time_trainer(trainer, data, ctx, steps, repeats, warmup))
+        rec.update(time_trainer(trainer, run, steps, repeats, warmup))
         for way in ("step", "loop"):
             rec[way]["gflops"] = rec["flops"]["total"] * rec[way]["it_per_s"] / 1e9
     except Exception as e:  # report the op that failed (e.g. under XLA) and go on
@@ -262,7 +258,7 @@ def bench_method(experiment: str, method: str, xla: bool, dataset, steps: int, r
     finally:  # drop this method's graphs before the next one
         import keras
 
-        trainer = data = ctx = None
+        trainer = run = None
         keras.backend.clear_session()
         gc.collect()
     return rec

@@ -29,9 +29,11 @@ class Config:
     seed: int = 0
     keep_label_order: bool = False
     data_dir: str | None = None
-    # replay: none | offline (Joint) | current (LwF) | generative (GR, BI-R)
+    # replay: none | offline (Joint) | current (LwF) | generative (GR, BI-R) | buffer
     replay: str = "none"
     batch_replay: int | None = None
+    # buffer replay: stored training samples per class (default BUFFER_BUDGET)
+    budget: int | None = None
     distill: bool | None = None
     temp: float = 2.0
     # regularisers
@@ -84,6 +86,9 @@ EXPERIMENT_DEFAULTS: dict[str, dict[str, Any]] = {
     # the offline demo: sklearn's 8x8 digits, small and quick
     "split_digits": dict(iters=300, lr=0.001, batch=64, fc_units=100),
 }
+
+# buffer replay's samples per class when --budget is not given
+BUFFER_BUDGET = 100
 
 # method.md 3: grid-searched values (SI c, EWC lambda, online-EWC lambda, XdG / BI-R gating).
 # ``dg_prop`` is BI-R's gate proportion; the Fig. 8 variants have their own (``DG_PROPS``).
@@ -144,6 +149,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "online_ewc": dict(ewc=True, online=True),
     "si": dict(si=True),
     "lwf": dict(replay="current", distill=True),
+    # experience replay of stored samples (not in the paper: the baseline BI-R does without)
+    "buffer": dict(replay="buffer"),
     "xdg": dict(xdg=True),
     "generative": dict(replay="generative"),
     "generative_distill": dict(replay="generative", distill=True),
@@ -254,6 +261,8 @@ def resolve(config: Config, conv_protocol: bool) -> Config:
         c.freeze_convE = bool(c.hidden or bi)
     if c.batch_replay is None:
         c.batch_replay = c.batch
+    if c.budget is None and c.replay == "buffer":
+        c.budget = BUFFER_BUDGET
     if c.g_fc_units is None:
         c.g_fc_units = c.fc_units
     if c.g_iters is None:
@@ -266,8 +275,11 @@ def resolve(config: Config, conv_protocol: bool) -> Config:
 
 def check(c: Config, conv_protocol: bool) -> None:
     """Refuse incompatible settings with one clear message (before any training)."""
-    if c.replay not in ("none", "offline", "current", "generative"):
-        raise ConfigError(f"--replay must be none, offline, current or generative, got {c.replay!r}")
+    if c.replay not in ("none", "offline", "current", "generative", "buffer"):
+        raise ConfigError("--replay must be none, offline, current, generative or buffer, "
+                          f"got {c.replay!r}")
+    if c.budget is not None and c.replay != "buffer":
+        raise ConfigError("--budget is the memory of buffer replay: it needs --replay=buffer")
     if c.xdg and c.scenario != "task":
         raise ConfigError("XdG needs task identity: --xdg is only allowed with --scenario=task "
                           f"(got --scenario={c.scenario})")
@@ -292,9 +304,11 @@ def check(c: Config, conv_protocol: bool) -> None:
             raise ConfigError(f"--{name} is a part of generative replay: it needs --replay=generative")
     if c.xdg and c.feedback:
         raise ConfigError("--xdg cannot be combined with --feedback (RtF has no XdG masks)")
-    if c.distill and c.replay not in ("current", "generative"):
-        raise ConfigError("--distill labels replayed samples: it needs --replay=current or generative")
-    for name in ("iters", "batch", "fc_units", "batch_replay", "z_dim", "g_fc_units", "fisher_n"):
+    if c.distill and c.replay not in ("current", "generative", "buffer"):
+        raise ConfigError("--distill labels replayed samples: it needs --replay=current, "
+                          "generative or buffer")
+    for name in ("iters", "batch", "fc_units", "batch_replay", "z_dim", "g_fc_units", "fisher_n",
+                 "budget"):
         v = getattr(c, name)
         if v is not None and v < 1:
             raise ConfigError(f"--{name} must be at least 1, got {v}")

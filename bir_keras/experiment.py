@@ -25,6 +25,7 @@ from bir_keras.evaluation.plots import (
     plot_accuracy_matrix,
     plot_average_accuracy,
 )
+from bir_keras.fileio import atomic_dir, atomic_write_json
 from bir_keras.models.layers import CONV_FEATURES, conv_trunk
 from bir_keras.strategies import make_trainer
 from bir_keras.strategies.base import NonFiniteLoss, Trainer
@@ -135,9 +136,9 @@ def run_record(setup: Setup, trainer: Trainer, wall: float) -> dict:
     matrix = trainer.history.accuracy_matrix
     rec = {"method": method_label(setup.config), "flags": setup.config.to_dict(),
            "protocol": setup.protocol.describe(),
-           "tasks_learned": int(trainer.tasks_done.numpy()),
+           "tasks_learned": trainer.tasks_learned,
            "classes_seen": [int(c) for c in setup.protocol.class_order[
-               :int(trainer.tasks_done.numpy()) * setup.protocol.classes_per_task]]
+               :trainer.tasks_learned * setup.protocol.classes_per_task]]
            if setup.protocol.experiment != "permuted_mnist"
            else list(range(setup.protocol.classes_per_task)),
            "accuracy_matrix": matrix, "wall_time_s": wall,
@@ -202,7 +203,7 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
         resume(trainer, setup, resume_from)
     start = time.time()
     # What is safely on disk: the tasks whose final state is exported, and where.
-    saved = {"tasks": int(trainer.tasks_done.numpy()), "step": trainer.global_step,
+    saved = {"tasks": trainer.tasks_learned, "step": trainer.global_step,
              "export": Path(resume_from) if resume_from else None}
     # Everything goes to a temporary sibling first and is renamed into place at the end, so
     # an earlier run in ``output_dir`` is never half-overwritten (workers other than the
@@ -260,14 +261,14 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
         return rec
     try:
         trainer.summary_writer.close()
-        export.write_json(work / "results.json", rec)
+        atomic_write_json(work / "results.json", rec)
         rundirs.write_marker(work, rundirs.OUTPUT)
         plot_average_accuracy({method_label(setup.config): (rec["average_accuracy"], None)},
                               work / "accuracy.png",
                               title=f"{setup.config.experiment} ({setup.config.scenario}-IL)")
         plot_accuracy_matrix(rec["accuracy_matrix"], work / "accuracy_matrix.png",
                              title="accuracy after each task (rows) on each task (columns)")
-        export.atomic_dir(out, lambda tmp: _move_contents(work, tmp), overwrite=True)
+        atomic_dir(out, lambda tmp: _move_contents(work, tmp), overwrite=True)
     except BaseException as e:
         if not caused_by_interrupt(e):
             raise
@@ -293,7 +294,7 @@ class Progress(threading.Thread):
         super().__init__(daemon=True, name="bir_keras-progress")
         self.trainer, self.every = trainer, float(every)
         self._stop_event = threading.Event()
-        self._begin(int(trainer.tasks_done.numpy()))
+        self._begin(trainer.tasks_learned)
 
     def _begin(self, task: int) -> None:
         tr = self.trainer
@@ -345,7 +346,7 @@ def _save_interrupted(trainer: Trainer, setup: Setup, export_dir: str, saved: di
     """Export what Ctrl-C left: a finished but not yet exported task goes to ``export_dir``
     as usual; a task part-way through goes to ``<export_dir>-interrupted`` (marked in its
     run.json, refused by ``--resume_from``), so ``export_dir`` keeps the last complete task."""
-    done = int(trainer.tasks_done.numpy())
+    done = trainer.tasks_learned
     last = _last_export_note(saved)
     if done == saved["tasks"] and trainer.global_step == saved["step"]:
         return RunInterrupted(f"interrupted between tasks, nothing new to save: {last}",
@@ -456,11 +457,9 @@ def _sample_grid(x: np.ndarray, rows: int, cols: int) -> np.ndarray:
 def _log_samples(trainer: Trainer, setup: Setup, t: int) -> None:
     """After each task: one labelled grid of replayable samples per dataset class seen so
     far (its tag and description name the class; Domain-IL: one row per task)."""
-    gen = getattr(trainer, "replay_source", None)
     p = setup.protocol
-    if gen is None or p.features:
+    if not trainer.can_sample or p.features:
         return
-    live = trainer.model if trainer.config.feedback else trainer.generator
     n = SAMPLES_PER_CLASS
     cpt = p.classes_per_task
     # Modes are output units. Domain-IL (e.g. 100 permuted tasks) has one per within-task
@@ -476,9 +475,8 @@ def _log_samples(trainer: Trainer, setup: Setup, t: int) -> None:
     # a generator of its own: drawing from trainer.rng would change the resumed run's numbers
     noise = tf.random.Generator.from_seed(setup.config.seed + 104729 * (t + 1))
     ids, id_tasks = np.repeat(modes, n), np.repeat(row_tasks, n)
-    gate = (live.gate_for(tf.constant(id_tasks)) if trainer.config.dg_type == "task"
-            else None)
-    x = live.generate(tf.constant(ids), noise.normal([len(ids), live.z_dim]), gate).numpy()
+    x = trainer.sample(tf.constant(ids), tf.constant(id_tasks),
+                       noise.normal([len(ids), setup.config.z_dim])).numpy()
     x = x.reshape(len(ids), -1)
     perms = getattr(p, "permutations", None)
     if perms is not None:  # permuted MNIST: show each task's samples in pixel order

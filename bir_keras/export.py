@@ -5,84 +5,26 @@ Everything is written atomically: into a temporary sibling directory, then renam
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from bir_keras import rundirs
+from bir_keras.fileio import atomic_dir, atomic_write_json
 from bir_keras.strategies.base import Trainer
-from bir_keras.strategies.generative import GenerativeReplay
 
 SAVED_MODEL = "saved_model"
 CHECKPOINT = "checkpoint"
 RUN_JSON = "run.json"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_dir(path: str | os.PathLike, write: Callable[[Path], None],
-               overwrite: bool = True) -> Path:
-    """Fill a temporary sibling of ``path`` with ``write(tmp)``, then rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists (pass --overwrite to replace it)")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a run is for sharing
-    try:
-        write(tmp)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / "x")
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
-
-
-def write_json(path: str | os.PathLike, obj) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
-
-
 def checkpoint_for(trainer: Trainer) -> tf.train.Checkpoint:
-    """Every piece of training state: weights, optimiser slots, frozen copies, regulariser
-    state (Fisher, Omega, anchors), the random generator and the number of tasks learned."""
-    parts = {"model": trainer.model, "optimizer": trainer.optimizer, "rng": trainer.rng,
-             "tasks_done": trainer.tasks_done}
-    for name in ("prev_model", "generator", "prev_generator", "gen_optimizer"):
-        obj = getattr(trainer, name, None)
-        if obj is not None:
-            parts[name] = obj
-    for i, reg in enumerate(trainer.regularizers):
-        for k, v in reg.state().items():
-            parts[f"reg{i}_{reg.name}_{k}"] = v if not isinstance(v, list) else _Bag(v)
-    return tf.train.Checkpoint(**parts)
-
-
-class _Bag(tf.Module):
-    def __init__(self, variables):
-        super().__init__()
-        self.variables_ = list(variables)
+    """Every piece of training state (``Trainer.checkpoint_parts``): weights, optimiser
+    slots, frozen copies, regulariser state (Fisher, Omega, anchors), a buffer's memory,
+    the random generator and the number of tasks learned."""
+    return tf.train.Checkpoint(**trainer.checkpoint_parts())
 
 
 class _Ref:
@@ -124,7 +66,7 @@ class RunModule(tf.Module):
         self.dataset_class_names = tf.constant([str(n) for n in p.class_names])
         self.scenario = tf.constant(p.scenario)
         self.classes_per_task = tf.constant(p.classes_per_task, tf.int32)
-        learned = max(1, int(trainer.tasks_done.numpy()))
+        learned = max(1, trainer.tasks_learned)
         self.tasks_learned = tf.constant(learned, tf.int32)
         # units a prediction may take: per task (classify_task) and for any learned task
         table = p.active_table(learned - 1)
@@ -132,10 +74,10 @@ class RunModule(tf.Module):
         self._active_any = tf.constant(np.max(table[:learned], axis=0))
         self.labels = tf.function(self._labels, input_signature=[])
         self.sample = None
-        if isinstance(trainer, GenerativeReplay):
-            gen = trainer.model if trainer.config.feedback else trainer.generator
-            self._generator = _Ref(gen)
-            self.generator_variables = list(gen.variables)
+        if trainer.can_sample:
+            nets = trainer.networks()
+            if "generator" in nets:
+                self.generator_variables = list(nets["generator"].variables)
             self.sample = tf.function(self._sample, input_signature=[
                 tf.TensorSpec([None], tf.int32, name="class_ids")])
         self.classify_features = None
@@ -173,19 +115,19 @@ class RunModule(tf.Module):
         """Logits over all units, and the prediction among the classes of every task
         learned, as a dataset label and class name (Domain-IL: read as task 1's classes)."""
         task_ids = tf.zeros(tf.shape(x)[:1], tf.int32)
-        logits = self._trainer.logits(self._model.obj, self._inputs(x), task_ids)
+        logits = self._model.obj.classify(self._inputs(x), task_ids)
         return self._predict(logits, task_ids, tf.ones_like(logits) * self._active_any)
 
     def _classify_task(self, x, task_ids):
         """Logits with the task identity of each input (needed by XdG's masks), and the
         prediction among the units of that task (Task-IL) or of every learned task."""
-        logits = self._trainer.logits(self._model.obj, self._inputs(x), task_ids)
+        logits = self._model.obj.classify(self._inputs(x), task_ids)
         return self._predict(logits, task_ids, tf.gather(self._active, task_ids))
 
     def _classify_features(self, h):
         """Logits for hidden features (what internal replay generates)."""
         task_ids = tf.zeros(tf.shape(h)[:1], tf.int32)
-        logits = self._trainer.logits(self._model.obj, h, task_ids)
+        logits = self._model.obj.classify(h, task_ids)
         return self._predict(logits, task_ids, tf.ones_like(logits) * self._active_any)
 
     def _sample(self, class_ids):
@@ -193,11 +135,11 @@ class RunModule(tf.Module):
         (task, class) pair ``task * classes_per_task + class`` in Domain-IL, where the
         generator's mode is the class (shared by the tasks) and a per-task gate, if any,
         the task's."""
-        gen = self._generator.obj
-        cpt = self._trainer.protocol.classes_per_task
-        modes = class_ids % cpt if self._trainer.protocol.scenario == "domain" else class_ids
-        gate = gen.gate_for(class_ids // cpt) if self._trainer.config.dg_type == "task" else None
-        x = gen.generate(modes, tf.random.normal([tf.shape(class_ids)[0], gen.z_dim]), gate)
+        p, tr = self._trainer.protocol, self._trainer
+        cpt = p.classes_per_task
+        modes = class_ids % cpt if p.scenario == "domain" else class_ids
+        eps = tf.random.normal([tf.shape(class_ids)[0], tr.config.z_dim])
+        x = tr.sample(modes, class_ids // cpt, eps)
         if not self._trainer.protocol.features:
             if self._pixels.mean is not None:
                 x = x * tf.constant(self._pixels.std) + tf.constant(self._pixels.mean)
@@ -232,7 +174,7 @@ def export_run(trainer: Trainer, export_dir: str | os.PathLike, record: dict,
             sigs["classify_features"] = module.classify_features
         tf.saved_model.save(module, str(tmp / SAVED_MODEL), signatures=sigs)
         checkpoint_for(trainer).write(str(tmp / CHECKPOINT / "ckpt"))
-        write_json(tmp / RUN_JSON, record)
+        atomic_write_json(tmp / RUN_JSON, record)
         rundirs.write_marker(tmp, rundirs.EXPORT)
 
     return atomic_dir(export_dir, write, overwrite=True)

@@ -1,6 +1,11 @@
-"""The classifier: optional conv trunk, FC hidden layers, one output unit per class."""
+"""The classifier: optional conv trunk, FC hidden layers, one output unit per class; and its
+loss, written once: ``Classifier.loss_terms`` against ``HardTargets`` (labels),
+``SoftTargets`` (distillation) or ``TaskHeadsTargets`` (every Task-IL head at once), used by
+its ``train_step`` (``model.fit``) and by every continual-learning method."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -21,6 +26,55 @@ def distillation_loss(logits: tf.Tensor, target_probs: tf.Tensor, active: tf.Ten
     log_p = tf.nn.log_softmax(masked_logits(logits, active) / temperature)
     log_p = tf.where(active > 0, log_p, 0.0)
     return -(temperature ** 2) * tf.reduce_sum(target_probs * log_p, axis=-1)
+
+
+class HardTargets(NamedTuple):
+    """Labels, with the softmax over each sample's active units (method.md 1)."""
+
+    labels: tf.Tensor   # [batch]
+    active: tf.Tensor   # [batch, units], 1 for units the softmax runs over
+
+    def loss(self, logits: tf.Tensor) -> tf.Tensor:
+        """Per-sample cross-entropy."""
+        return masked_cross_entropy(logits, self.labels, self.active)
+
+
+class SoftTargets(NamedTuple):
+    """The previous model's probabilities at temperature T (distillation, method.md 4.2)."""
+
+    probs: tf.Tensor    # [batch, units], zero outside ``active``
+    active: tf.Tensor   # [batch, units]
+    temperature: float
+
+    def loss(self, logits: tf.Tensor) -> tf.Tensor:
+        """Per-sample -T^2 sum_c p_old,c log softmax(z/T)_c."""
+        return distillation_loss(logits, self.probs, self.active, self.temperature)
+
+
+class TaskHeadsTargets(NamedTuple):
+    """Task-IL targets for every task's head at once: ``labels`` [batch, tasks] (hard) or
+    ``probs`` [batch, tasks, classes_per_task] (soft, ``temperature``), each head's loss
+    weighted by ``task_weights`` [tasks] (replay not generated for one task, method.md 4.1)."""
+
+    labels: tf.Tensor | None
+    probs: tf.Tensor | None
+    task_weights: tf.Tensor
+    classes_per_task: int
+    temperature: float
+
+    def loss(self, logits: tf.Tensor) -> tf.Tensor:
+        """Per-sample weighted sum over the heads of each head's loss."""
+        cpt = self.classes_per_task
+        flat = tf.reshape(logits, [-1, cpt])
+        ones = tf.ones_like(flat)
+        if self.probs is not None:
+            per = distillation_loss(flat, tf.reshape(self.probs, [-1, cpt]), ones, self.temperature)
+        else:
+            per = masked_cross_entropy(flat, tf.reshape(self.labels, [-1]), ones)
+        return tf.reduce_sum(tf.reshape(per, [tf.shape(logits)[0], -1]) * self.task_weights, -1)
+
+
+Targets = HardTargets | SoftTargets | TaskHeadsTargets
 
 
 class Classifier(keras.Model):
@@ -66,16 +120,30 @@ class Classifier(keras.Model):
         """Logits over all output units."""
         return self.head(self.hidden(x, task_ids, training=training))
 
+    def classify(self, x: tf.Tensor, task_ids: tf.Tensor | None = None,
+                 training: bool = False) -> tf.Tensor:
+        """Logits over all output units (the same call for every model that classifies)."""
+        return self(x, task_ids, training=training)
+
+    def loss_terms(self, x: tf.Tensor, targets: Targets, task_ids: tf.Tensor | None = None,
+                   training: bool = True) -> dict[str, tf.Tensor]:
+        """The model's loss, per sample: ``class`` (cross-entropy or distillation, as the
+        targets say). ``train_step`` and every continual-learning method use it."""
+        return {"class": targets.loss(self(x, task_ids, training=training))}
+
     @property
     def metrics(self):
         """Trackers reset by ``fit`` at each epoch."""
         return [self.loss_tracker]
 
     def train_step(self, data):
-        """One step of ``fit`` on a single task: data = (x, y, active [B, outputs])."""
-        x, y, active = data
+        """One step of ``fit`` on a single task: data = (x, y, active [B, outputs]) or, with
+        XdG masks, (x, y, active, task_ids)."""
+        x, y, active = data[:3]
+        task_ids = data[3] if len(data) > 3 else None
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(masked_cross_entropy(self(x, training=True), y, active))
+            terms = self.loss_terms(x, HardTargets(y, active), task_ids, training=True)
+            loss = tf.reduce_mean(terms["class"])
         grads = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
         self.loss_tracker.update_state(loss)

@@ -1,5 +1,8 @@
-"""The generator: a VAE with a standard-normal or Gaussian-mixture prior and decoder gates,
-and BI-R's RtF model, the same VAE with a softmax layer on the encoder (method.md 4).
+"""The generator: a VAE with a standard-normal or Gaussian-mixture prior (a TFP
+distribution, ``VAE.prior``) and decoder gates, and BI-R's RtF model, the same VAE with a
+softmax layer on the encoder (method.md 4). Their loss is written once, ``loss_terms``
+(reconstruction, latent and, for RtF, classification), used by ``train_step`` and by the
+continual-learning methods.
 
 Details follow the authors' code (``models/vae.py`` of GMvandeVen/brain-inspired-replay):
 PyTorch's default initialisation, no bias on the layer giving z's log-variance, squared
@@ -14,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from bir_keras.models.classifier import masked_cross_entropy
+from bir_keras.models.classifier import HardTargets, Targets
 from bir_keras.models.layers import (
     CONV_FEATURES,
     FCStack,
@@ -94,8 +97,10 @@ class VAE(keras.Model):
         h = self.encoder(h)
         return h, self.z_mean(h), self.z_logvar(h)
 
-    def classify(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """Logits of the RtF softmax layer, which reads the encoder's last hidden layer."""
+    def classify(self, x: tf.Tensor, task_ids: tf.Tensor | None = None,
+                 training: bool = False) -> tf.Tensor:
+        """Logits of the RtF softmax layer, which reads the encoder's last hidden layer
+        (``task_ids`` is unused: the same call as ``Classifier.classify``)."""
         if self.head is None:
             raise ValueError("this VAE has no classifier head (num_outputs=0)")
         return self.head(self.encode(x, training)[0])
@@ -149,6 +154,23 @@ class VAE(keras.Model):
             return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=out), -1)
         return 0.5 * tf.reduce_mean(tf.square(x - out), -1)
 
+    @property
+    def prior(self) -> tfd.MultivariateNormalDiag:
+        """The prior over z as a TFP distribution: N(0, I), or for the GMM prior one
+        diagonal Gaussian per mode (batch shape ``[num_modes]``) from the trainable means
+        and log-variances (method.md 4.3.2); ``components`` gives chosen ones."""
+        if self.prior_type == "standard":
+            return tfd.MultivariateNormalDiag(loc=tf.zeros([self.z_dim]))
+        return self.components(tf.range(self.num_modes))
+
+    def components(self, modes: tf.Tensor) -> tfd.MultivariateNormalDiag:
+        """The GMM prior's components for ``modes`` (any shape; batch shape that shape).
+        The parameters are gathered before the exponential, as the record this code is
+        checked against (benchmarks.equivalence) was computed."""
+        return tfd.MultivariateNormalDiag(
+            loc=tf.gather(self.prior_means, modes),
+            scale_diag=tf.exp(0.5 * tf.gather(self.prior_logvars, modes)))
+
     def log_prior(self, z: tf.Tensor, modes: tf.Tensor | None = None,
                   mode_probs: tf.Tensor | None = None,
                   mode_ids: tf.Tensor | None = None) -> tf.Tensor:
@@ -157,20 +179,16 @@ class VAE(keras.Model):
         if self.prior_type == "standard":
             return tfd.MultivariateNormalDiag(loc=tf.zeros_like(z)).log_prob(z)
         if mode_probs is None:
-            return tfd.MultivariateNormalDiag(
-                loc=tf.gather(self.prior_means, modes),
-                scale_diag=tf.exp(0.5 * tf.gather(self.prior_logvars, modes))).log_prob(z)
+            return self.components(modes).log_prob(z)
         if mode_ids is None:
-            batch = tf.shape(z)[0]
-            shape = (batch, self.num_modes, self.z_dim)
-            loc = tf.broadcast_to(self.prior_means, shape)
-            scale = tf.broadcast_to(tf.exp(0.5 * self.prior_logvars), shape)
+            # every mode for every sample: [B, K, z] parameters, as the record's code
+            shape = (tf.shape(z)[0], self.num_modes, self.z_dim)
+            components = tfd.MultivariateNormalDiag(
+                loc=tf.broadcast_to(self.prior_means, shape),
+                scale_diag=tf.broadcast_to(tf.exp(0.5 * self.prior_logvars), shape))
         else:
-            loc = tf.gather(self.prior_means, mode_ids)
-            scale = tf.exp(0.5 * tf.gather(self.prior_logvars, mode_ids))
-        mix = tfd.MixtureSameFamily(tfd.Categorical(probs=mode_probs),
-                                    tfd.MultivariateNormalDiag(loc=loc, scale_diag=scale))
-        return mix.log_prob(z)
+            components = self.components(mode_ids)
+        return tfd.MixtureSameFamily(tfd.Categorical(probs=mode_probs), components).log_prob(z)
 
     def latent_loss(self, z: tf.Tensor, mu: tf.Tensor, logvar: tf.Tensor,
                     modes: tf.Tensor | None = None, mode_probs: tf.Tensor | None = None,
@@ -184,28 +202,37 @@ class VAE(keras.Model):
             kl = log_q - self.log_prior(z, modes, mode_probs, mode_ids)
         return kl / self.latent_divisor
 
-    def losses_for(self, x: tf.Tensor, eps: tf.Tensor, modes: tf.Tensor | None = None,
-                   mode_probs: tf.Tensor | None = None, gate: tf.Tensor | None = None,
-                   mode_ids: tf.Tensor | None = None, training: bool = True):
-        """Per-sample reconstruction and latent losses, plus the encoder's hidden layer.
+    def loss_terms(self, x: tf.Tensor, eps: tf.Tensor, targets: Targets | None = None,
+                   modes: tf.Tensor | None = None, mode_probs: tf.Tensor | None = None,
+                   mode_ids: tf.Tensor | None = None, gate: tf.Tensor | None = None,
+                   training: bool = True) -> dict[str, tf.Tensor]:
+        """The model's loss, per sample: ``recon`` and ``latent`` and, for RtF with
+        ``targets``, ``class`` (on the encoder's last hidden layer). ``train_step`` and
+        every continual-learning method use it.
 
-        ``modes`` (or soft ``mode_probs`` over ``mode_ids``) select the prior component;
-        ``gate`` [batch, contexts] the decoder gates (default: the modes' own gates)."""
+        ``eps`` is the encoder's noise; ``modes`` (or soft ``mode_probs`` over
+        ``mode_ids``) select the prior component; ``gate`` [batch, contexts] the decoder
+        gates (default: the modes' own gates)."""
         h, mu, logvar = self.encode(x, training)
         z = mu + tf.exp(0.5 * logvar) * eps
         if gate is None and self.gate_masks is not None and modes is not None:
             gate = self.mode_gate(modes)
         out = self.decode(z, gate, training)
-        return (self.recon_loss(x, out),
-                self.latent_loss(z, mu, logvar, modes, mode_probs, mode_ids), h)
+        terms = {"recon": self.recon_loss(x, out),
+                 "latent": self.latent_loss(z, mu, logvar, modes, mode_probs, mode_ids)}
+        if targets is not None:
+            if self.head is None:
+                raise ValueError("this VAE has no classifier head: it takes no targets")
+            terms["class"] = targets.loss(self.head(h))
+        return terms
 
     # -- sampling --------------------------------------------------------------------
     def prior_sample(self, modes: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
         """z from the prior (the given modes' components for a GMM prior)."""
         if self.prior_type == "standard":
             return eps
-        return (tf.gather(self.prior_means, modes)
-                + tf.exp(0.5 * tf.gather(self.prior_logvars, modes)) * eps)
+        prior = self.components(modes)
+        return prior.loc + prior.scale.diag * eps
 
     def generate(self, modes: tf.Tensor, eps: tf.Tensor, gate: tf.Tensor | None = None) -> tf.Tensor:
         """Decode prior samples for the given modes into input space, with the given gate
@@ -232,36 +259,39 @@ class VAE(keras.Model):
         return list(self.trackers.values())
 
     def train_step(self, data):
-        """One ``fit`` step: data = x, (x, modes) or, for RtF, (x, y, active[, modes])."""
-        if not isinstance(data, tuple):
-            data = (data,)
-        x = data[0]
-        y = active = modes = None
-        if self.head is not None:
-            y, active = data[1], data[2]
-            modes = data[3] if len(data) > 3 else None
-            if modes is None and self.prior_type == "gmm":
-                modes = tf.cast(y, tf.int32)
-        elif len(data) > 1:
-            modes = tf.cast(data[1], tf.int32)
+        """One ``fit`` step: data = x, (x, modes) or, for RtF, (x, y, active[, modes]); or a
+        dict with those keys and, optionally, the encoder's noise ``eps``. The loss is the
+        sum of the batch means of ``loss_terms``."""
+        if isinstance(data, dict):
+            x, y, active = data["x"], data.get("y"), data.get("active")
+            modes, eps = data.get("modes"), data.get("eps")
+        else:
+            data = data if isinstance(data, tuple) else (data,)
+            x, y, active, modes, eps = data[0], None, None, None, None
+            if self.head is not None:
+                y, active = data[1], data[2]
+                modes = data[3] if len(data) > 3 else None
+            elif len(data) > 1:
+                modes = data[1]
+        if modes is None and self.head is not None and self.prior_type == "gmm":
+            modes = y   # RtF: a class's mode is its output unit
         if modes is None and (self.prior_type == "gmm" or self.gate_masks is not None):
             raise ValueError("a GMM prior or gated decoder needs the mode of every sample")
         if modes is not None:
             modes = tf.cast(modes, tf.int32)
-        eps = keras.random.normal((tf.shape(x)[0], self.z_dim))
+        if eps is None:
+            eps = keras.random.normal((tf.shape(x)[0], self.z_dim))
+        targets = HardTargets(y, active) if self.head is not None else None
         with tf.GradientTape() as tape:
-            recon, latent, h = self.losses_for(x, eps, modes)
-            loss = tf.reduce_mean(recon + latent)
-            cls = tf.constant(0.0)
-            if self.head is not None:
-                cls = tf.reduce_mean(masked_cross_entropy(self.head(h), y, active))
-                loss = loss + cls
+            terms = self.loss_terms(x, eps, targets, modes=modes, training=True)
+            means = {k: tf.reduce_mean(v) for k, v in terms.items()}
+            loss = tf.add_n(list(means.values()))
         grads = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
-        for k, v in (("loss", loss), ("recon", tf.reduce_mean(recon)),
-                     ("latent", tf.reduce_mean(latent)), ("class", cls)):
+        self.trackers["loss"].update_state(loss)
+        for k, v in means.items():
             self.trackers[k].update_state(v)
-        return {k: t.result() for k, t in self.trackers.items()}
+        return {k: t.result() for k, t in self.trackers.items() if k in means or k == "loss"}
 
 
 class RtFClassifier(VAE):

@@ -1,12 +1,26 @@
-"""The Trainer: task loop, distribution strategy, one compiled step per iteration, and
-evaluation after every task. Methods subclass it and override a few hooks."""
+"""The Trainer: the task loop, the distribution strategy, one compiled step run in chunks of
+iterations, evaluation after every task, and logging. It knows no method: each method is a
+small subclass in a module of its own (``finetune``, ``joint``, ``lwf``, ``generative``,
+``bir``, ``buffer``), and the regularisers (``ewc``, ``si``) compose with any of them.
+
+A subclass says what its models are (``build_models``), what one iteration draws
+(``draw``), what it replays (``replay_batch``) and its loss (``losses``, written with the
+models' own ``loss_terms``). The step's data are typed: ``TaskData`` (a task's tensors),
+``StepContext`` (tensors fixed for a task), ``Plan`` (the Python values that shape the
+compiled step: a change retraces it), ``Draws`` (one iteration's random numbers) and
+``Batch``. Export, the experiment runner and the benchmarks use the public methods
+``start_task`` / ``run_steps``, ``checkpoint_parts``, ``networks``, ``can_sample`` /
+``sample`` and ``tasks_learned``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -14,10 +28,9 @@ import tensorflow as tf
 
 from bir_keras.config import Config
 from bir_keras.data.protocols import Protocol
-from bir_keras.models.classifier import Classifier, distillation_loss, masked_cross_entropy
+from bir_keras.models.classifier import Classifier
 from bir_keras.models.layers import make_unit_masks, masked_logits
-from bir_keras.strategies.fisher import dense_fisher
-from bir_keras.strategies.regularizers import EWC, SI, Regularizer
+from bir_keras.strategies.regularizers import Regularizer, make_regularizers
 
 
 def make_adam(lr: float) -> keras.optimizers.Adam:
@@ -44,9 +57,81 @@ class History:
         return [float(np.mean([a for a in row if a is not None])) for row in self.accuracy_matrix]
 
 
-def _local(x: tf.Tensor) -> tf.Tensor:
+class TaskData(NamedTuple):
+    """A task's training data as tensors: inputs, labels, task ids, and the offset and size
+    of each part (Joint in Task-IL draws from each task's part separately)."""
+
+    x: tf.Tensor
+    y: tf.Tensor
+    tid: tf.Tensor
+    offsets: tf.Tensor
+    sizes: tf.Tensor
+
+
+class StepContext(NamedTuple):
+    """Tensors fixed for a task."""
+
+    task: tf.Tensor          # the task's index (0-based)
+    active: tf.Tensor        # [tasks, units]: active output units per task row, now
+    active_prev: tf.Tensor   # the same after the previous task (what replay is labelled over)
+    w_current: tf.Tensor     # 1 / t: the current data's share of the loss (method.md 2)
+    w_replay: tf.Tensor      # 1 - 1 / t: replay's share
+    replay_tasks: tf.Tensor | None = None  # fixed task of each replayed sample, if any
+
+
+class Plan(NamedTuple):
+    """The Python values that shape the compiled step (a change traces it again)."""
+
+    replay: bool = False            # whether this task replays
+    n_replay: int = 0               # replayed samples per iteration
+    parts: int = 1                  # data parts the batch's slots are dealt to
+    train_classifier: bool = True   # GR: iterations past --iters train the generator only
+    train_generator: bool = True    # GR: iterations past --g_iters train the classifier only
+
+
+class Draws(NamedTuple):
+    """All random numbers of one iteration (drawn once, globally; each replica takes its
+    slice). Methods fill the fields they use."""
+
+    idx: tf.Tensor                      # the batch's sample indices
+    r_modes: tf.Tensor | None = None    # replay: each sample's mode (output unit)
+    r_tasks: tf.Tensor | None = None    # replay: each sample's task
+    r_idx: tf.Tensor | None = None      # buffer replay: stored samples' indices
+    eps: tf.Tensor | None = None        # VAE noise on the current batch
+    r_eps: tf.Tensor | None = None      # prior noise of the generated samples
+    r_eps_enc: tf.Tensor | None = None  # VAE noise on the replayed samples
+
+
+class Batch(NamedTuple):
+    """The current data one replica trains on: model inputs, labels, task ids."""
+
+    x: tf.Tensor
+    y: tf.Tensor
+    tid: tf.Tensor
+
+
+class TaskRun(NamedTuple):
+    """What ``start_task`` prepares and ``run_steps`` runs."""
+
+    task: int
+    data: TaskData
+    ctx: StepContext
+    plan: Plan
+
+
+class VariableList(tf.Module):
+    """A list of variables as one checkpointable object."""
+
+    def __init__(self, variables):
+        super().__init__()
+        self.variables_ = list(variables)
+
+
+def _local(x: tf.Tensor | None) -> tf.Tensor | None:
     """This replica's slice of a globally drawn tensor (all randomness is drawn once, in
     cross-replica context, so that any number of replicas sees the same numbers)."""
+    if x is None:
+        return None
     ctx = tf.distribute.get_replica_context()
     n = ctx.num_replicas_in_sync
     if n == 1:
@@ -56,44 +141,29 @@ def _local(x: tf.Tensor) -> tf.Tensor:
     return x[rid * b:(rid + 1) * b]
 
 
-def _pad_samples(data: dict) -> dict:
-    """The step's data with x, y and tid zero-padded to the next power of two of samples.
+def _pad_samples(data: TaskData) -> TaskData:
+    """The data with x, y and tid zero-padded to the next power of two of samples.
 
     The step draws indices from ``offsets`` and ``sizes`` only, so padding changes no number;
     it gives tasks of slightly different sizes the same shapes, so the compiled step is
     neither traced again nor (with XLA) recompiled for each task."""
-    n = int(data["x"].shape[0])
+    n = int(data.x.shape[0])
     size = 1 << max(n - 1, 0).bit_length()
     if size == n:
         return data
-    out = dict(data)
-    for k in ("x", "y", "tid"):
-        v = data[k]
-        out[k] = tf.concat([v, tf.zeros([size - n, *v.shape[1:]], v.dtype)], 0)
-    return out
 
+    def pad(v):
+        return tf.concat([v, tf.zeros([size - n, *v.shape[1:]], v.dtype)], 0)
 
-def _same_context(a: dict, b: dict) -> bool:
-    """Whether two step contexts trace to the same graph (same tensors, same Python values)."""
-    if a is b:
-        return True
-    if a.keys() != b.keys():
-        return False
-    for k, x in a.items():
-        y = b[k]
-        if x is y:
-            continue
-        if isinstance(x, (tf.Tensor, tf.Variable)) or isinstance(y, (tf.Tensor, tf.Variable)) \
-                or x != y:
-            return False
-    return True
+    return data._replace(x=pad(data.x), y=pad(data.y), tid=pad(data.tid))
 
 
 class Trainer:
-    """Fine-tuning ("None"): the base every method builds on.
+    """The method-free engine every method subclasses (``FineTuning`` is the plainest).
 
-    Hooks for subclasses: ``build_models``, ``task_data``, ``before_task``,
-    ``replay_batch`` (in-graph), ``extra_losses`` (in-graph), ``after_task``.
+    Hooks: ``build_models``, ``task_data``, ``step_context`` / ``plan``, ``before_task``,
+    ``draw`` and ``replay_batch`` (in-graph), ``losses`` (in-graph), ``loss_names``,
+    ``optim_groups``, ``after_task``.
     """
 
     uses_replay = False
@@ -125,7 +195,7 @@ class Trainer:
             self.build_models()
             self.optimizer = make_adam(config.lr)
             self.optimizer.build(self.model.trainable_variables)
-            self.regularizers = self.make_regularizers()
+            self.regularizers: list[Regularizer] = make_regularizers(config)
             for reg in self.regularizers:
                 reg.build(self.protected_variables())
             self.tasks_done = tf.Variable(0, trainable=False, name="tasks_done")
@@ -174,47 +244,60 @@ class Trainer:
         convs = self.protocol.conv and not self.protocol.features
         return not (convs and not tf.config.list_logical_devices("GPU"))
 
-    def make_regularizers(self) -> list[Regularizer]:
-        """EWC / online EWC / SI as asked for by the config."""
-        c = self.config
-        regs: list[Regularizer] = []
-        if c.ewc:
-            regs.append(EWC(c.ewc_lambda, online=c.online, gamma=c.gamma))
-        if c.si:
-            regs.append(SI(c.si_c, c.epsilon))
-        return regs
-
     def protected_variables(self) -> list:
         """The parameters regularisers protect (for BI-R: encoder and classifier only)."""
         return list(self.model.trainable_variables)
 
+    # -- the public API (export, the experiment runner, the benchmarks) ------------------
+    @property
+    def tasks_learned(self) -> int:
+        """How many tasks the networks have been trained on."""
+        return int(self.tasks_done.numpy())
+
+    def networks(self) -> dict[str, keras.Model]:
+        """The live networks whose weights make the trained model."""
+        return {"model": self.model}
+
+    def checkpoint_parts(self) -> dict[str, object]:
+        """Every piece of training state by name (a ``tf.train.Checkpoint``'s children):
+        networks, optimisers, frozen copies, regulariser state, the random generator and
+        the number of tasks learned. Subclasses add theirs."""
+        parts: dict[str, object] = {"model": self.model, "optimizer": self.optimizer,
+                                    "rng": self.rng, "tasks_done": self.tasks_done}
+        for i, reg in enumerate(self.regularizers):
+            for k, v in reg.state().items():
+                parts[f"reg{i}_{reg.name}_{k}"] = VariableList(v) if isinstance(v, list) else v
+        return parts
+
+    @property
+    def can_sample(self) -> bool:
+        """Whether the method has a generator (``sample`` works)."""
+        return False
+
+    def sample(self, modes: tf.Tensor, tasks: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
+        """Inputs generated for the given modes (output units; Domain-IL: within-task
+        classes) and tasks, from prior noise ``eps`` [n, z_dim]."""
+        raise ValueError(f"{type(self).__name__} has no generator to sample from")
+
     def logits(self, model, x: tf.Tensor, task_ids: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Logits over all units of ``model`` (a Classifier or an RtF model)."""
-        if isinstance(model, Classifier):
-            return model(x, task_ids, training=training)
-        return model.classify(x, training=training)
-
-    # -- data ------------------------------------------------------------------------
-    def task_data(self, t: int) -> dict[str, tf.Tensor]:
-        """Training data of task ``t`` as tensors: x, y, task id, per-task offsets and sizes."""
-        task = self.protocol.task(t)
-        n = len(task.y_train)
-        return {"x": tf.constant(task.x_train), "y": tf.constant(task.y_train, tf.int32),
-                "tid": tf.fill([n], tf.constant(t, tf.int32)),
-                "offsets": tf.constant([0], tf.int32), "sizes": tf.constant([n], tf.int32)}
+        return model.classify(x, task_ids, training=training)
 
     def preprocess(self, x: tf.Tensor) -> tf.Tensor:
-        """Stored inputs to model inputs, in-graph (pixels / 255, per-channel normalised)."""
-        p = self.protocol
-        if x.dtype != tf.uint8:
-            return tf.cast(x, tf.float32)
-        x = tf.cast(x, tf.float32) / 255.0
-        if p.mean is not None:
-            x = (x - tf.constant(p.mean, tf.float32)) / tf.constant(p.std, tf.float32)
-        return x
+        """Stored inputs to model inputs, in-graph (``Protocol.preprocess``)."""
+        return self.protocol.preprocess(x)
+
+    # -- data ------------------------------------------------------------------------
+    def task_data(self, t: int) -> TaskData:
+        """Training data of task ``t`` as tensors, one part."""
+        task = self.protocol.task(t)
+        n = len(task.y_train)
+        return TaskData(x=tf.constant(task.x_train), y=tf.constant(task.y_train, tf.int32),
+                        tid=tf.fill([n], tf.constant(t, tf.int32)),
+                        offsets=tf.constant([0], tf.int32), sizes=tf.constant([n], tf.int32))
 
     # -- the compiled step -----------------------------------------------------------
-    def draw(self, data: dict, ctx: dict) -> dict[str, tf.Tensor]:
+    def draw(self, data: TaskData, ctx: StepContext, plan: Plan) -> Draws:
         """All random numbers of one iteration, drawn globally (cross-replica).
 
         The batch: shuffled epochs without replacement, dropping each epoch's last incomplete
@@ -225,22 +308,22 @@ class Trainer:
         dealt to the parts in turn and each part runs its own epochs. A part smaller than
         its share of the batch repeats its samples within the batch."""
         b = self.config.batch
-        n_parts = ctx.get("parts", 1)
-        n_pad = tf.shape(data["x"])[0]
+        n_parts = plan.parts
+        n_pad = tf.shape(data.x)[0]
         it = self.batch_counter.read_value()
         self.batch_counter.assign_add(1)
         # Philox named explicitly: "auto_select" may pick another algorithm under XLA
         fold = lambda key, v: tf.random.experimental.stateless_fold_in(  # noqa: E731
             key, tf.cast(v, tf.int64), alg="philox")
-        key = fold(tf.constant([self.config.seed, 0x5EED], tf.int64), ctx["task"])
+        key = fold(tf.constant([self.config.seed, 0x5EED], tf.int64), ctx.task)
         pos = tf.range(n_pad)
         parts, slots = [], []
         for p in range(n_parts):
             k = len(range(p, b, n_parts))
             if n_parts == 1:   # one set: the union of whatever the data holds
-                size, offset = tf.reduce_sum(data["sizes"]), data["offsets"][0]
+                size, offset = tf.reduce_sum(data.sizes), data.offsets[0]
             else:
-                size, offset = data["sizes"][p], data["offsets"][p]
+                size, offset = data.sizes[p], data.offsets[p]
             per_epoch = tf.maximum(size // k, 1)
             epoch, j = it // per_epoch, it % per_epoch
             u = tf.random.stateless_uniform([n_pad], fold(fold(key, p), epoch), alg="philox")
@@ -251,89 +334,37 @@ class Trainer:
         idx = tf.concat(parts, 0)
         if n_parts > 1:
             idx = tf.gather(idx, np.argsort(slots))
-        return {"idx": idx}
+        return Draws(idx=idx)
 
-    def replay_batch(self, batch: dict, draws: dict, ctx: dict) -> dict | None:
-        """In-graph replay for this replica: x, targets, task ids... (None: no replay)."""
+    def replay_batch(self, batch: Batch, draws: Draws, ctx: StepContext, plan: Plan):
+        """In-graph replay for this replica (methods that replay override it)."""
         return None
 
-    def model_losses(self, batch: dict, replay: dict | None, draws: dict,
-                     ctx: dict) -> dict[str, tf.Tensor]:
-        """Per-term losses of the main model, each already divided by its global batch."""
-        c = self.config
-        out = {}
-        logits = self.logits(self.model, batch["x"], batch["tid"], training=True)
-        ce = masked_cross_entropy(logits, batch["y"], tf.gather(ctx["active"], batch["tid"]))
-        out["class_current"] = tf.nn.compute_average_loss(ce, global_batch_size=c.batch)
-        cur = out["class_current"]
-        if replay is not None:
-            rep = self.replay_class_loss(self.logits(self.model, replay["x"], replay["tid"],
-                                                     training=True), replay, ctx)
-            out["class_replay"] = rep
-            out["total"] = ctx["w_current"] * cur + ctx["w_replay"] * rep
-        else:
-            out["total"] = cur
-        return out
+    def losses(self, batch: Batch, replay, draws: Draws, ctx: StepContext,
+               plan: Plan) -> dict[str, tf.Tensor]:
+        """Per-term losses of the step (``total`` is what the main optimiser minimises),
+        each already divided by its global batch."""
+        raise NotImplementedError
 
-    def replay_class_loss(self, logits: tf.Tensor, replay: dict, ctx: dict) -> tf.Tensor:
-        """Hard-target cross-entropy or distillation on replayed samples (method.md 4.1-4.2)."""
-        c = self.config
-        if "task_w" in replay:
-            # every previous task's head on every replayed sample, averaged over the tasks
-            cpt = self.protocol.classes_per_task
-            flat = tf.reshape(logits, [-1, cpt])
-            ones = tf.ones_like(flat)
-            if c.distill:
-                per = distillation_loss(flat, tf.reshape(replay["soft"], [-1, cpt]), ones, c.temp)
-            else:
-                per = masked_cross_entropy(flat, tf.reshape(replay["hard"], [-1]), ones)
-            per = tf.reduce_sum(tf.reshape(per, [tf.shape(logits)[0], -1]) * replay["task_w"], -1)
-            return tf.nn.compute_average_loss(per, global_batch_size=ctx["n_replay"])
-        active = tf.gather(ctx["active"], replay["tid"])
-        if c.distill:
-            per = distillation_loss(logits, replay["soft"], active, c.temp)
-        else:
-            per = masked_cross_entropy(logits, replay["hard"], active)
-        return tf.nn.compute_average_loss(per, global_batch_size=ctx["n_replay"])
+    def loss_names(self, plan: Plan) -> list[str]:
+        """Names of the loss terms the step reports, in order (``losses`` plus penalties)."""
+        raise NotImplementedError
 
-    def replay_all_previous_tasks(self) -> bool:
-        """Task-IL replay that was not generated for a chosen task (LwF; GR without a
-        mixture prior or gates) is labelled by every previous task's head and its loss
-        averaged over those tasks (method.md 4.1: "labelled per previous task with that
-        task's active units", as the paper's code does). Conditional replay is generated
-        per previous task (``ReplayTrainer.per_task_replay``), so it is labelled over that
-        task only. With XdG the logits depend on the task's mask, so each sample keeps the
-        one task it was drawn for (XdG with replay is not in the paper; the authors' code
-        refuses it)."""
-        c = self.config
-        conditional = c.replay == "generative" and (
-            c.prior == "gmm" or bool(c.dg_gates and c.dg_prop > 0))
-        return self.protocol.scenario == "task" and not conditional and not c.xdg
+    def optim_groups(self, plan: Plan) -> list[tuple[str, keras.optimizers.Optimizer, list, bool]]:
+        """(loss key, optimiser, variables, has regularisers) for each optimiser of the step."""
+        return [("total", self.optimizer, list(self.model.trainable_variables),
+                 bool(self.regularizers))]
 
-    def label_replay(self, prev_model, x: tf.Tensor, tid: tf.Tensor, ctx: dict) -> dict:
-        """Targets for replayed inputs from the frozen previous model, over the units it knew."""
-        if self.replay_all_previous_tasks():
-            cpt = self.protocol.classes_per_task
-            z = tf.reshape(self.logits(prev_model, x, tid), [tf.shape(x)[0], -1, cpt])
-            n_tasks = tf.shape(z)[1]
-            prev = tf.cast(tf.range(n_tasks) < ctx["task"], tf.float32)
-            return {"hard": tf.argmax(z, -1, output_type=tf.int32),
-                    "soft": tf.nn.softmax(z / self.config.temp),
-                    "task_w": prev / tf.maximum(tf.reduce_sum(prev), 1.0)}
-        prev_active = tf.gather(ctx["active_prev"], tid)
-        z = masked_logits(self.logits(prev_model, x, tid), prev_active)
-        return {"hard": tf.argmax(z, -1, output_type=tf.int32),
-                "soft": tf.where(prev_active > 0, tf.nn.softmax(z / self.config.temp), 0.0)}
-
-    def _replica_step(self, data: dict, ctx: dict, draws: dict) -> tf.Tensor:
-        idx = _local(draws["idx"])
-        batch = {"x": self.preprocess(tf.gather(data["x"], idx)),
-                 "y": tf.gather(data["y"], idx), "tid": tf.gather(data["tid"], idx)}
-        local_draws = {k: _local(v) for k, v in draws.items()}
-        replay = self.replay_batch(batch, local_draws, ctx) if ctx["replay"] else None
-        groups = self.optim_groups(ctx)
+    def _replica_step(self, data: TaskData, ctx: StepContext, draws: Draws,
+                      plan: Plan) -> tf.Tensor:
+        idx = _local(draws.idx)
+        batch = Batch(x=self.preprocess(tf.gather(data.x, idx)), y=tf.gather(data.y, idx),
+                      tid=tf.gather(data.tid, idx))
+        local_draws = Draws(*[_local(v) for v in draws])
+        replay = self.replay_batch(batch, local_draws, ctx, plan) if plan.replay else None
+        groups = self.optim_groups(plan)
         with tf.GradientTape(persistent=len(groups) > 1) as tape:
-            losses = self.model_losses(batch, replay, local_draws, ctx)
+            losses = self.losses(batch, replay, local_draws, ctx, plan)
             for reg in self.regularizers:
                 # the penalty is counted once over all replicas (their gradients are summed)
                 pen = reg.penalty()
@@ -353,24 +384,20 @@ class Trainer:
                                     [tf.convert_to_tensor(variables[i]) - before[i] for i in sel])
         # penalties are not per-sample: report them once (divide by the replica sum below)
         return tf.stack([losses[k] if not k.startswith("penalty_") else losses[k] / self.replicas
-                         for k in self.loss_names(ctx)])
+                         for k in self.all_loss_names(plan)])
 
-    def optim_groups(self, ctx: dict) -> list[tuple[str, keras.optimizers.Optimizer, list, bool]]:
-        """(loss key, optimiser, variables, has regularisers) for each optimiser of the step."""
-        return [("total", self.optimizer, list(self.model.trainable_variables),
-                 bool(self.regularizers))]
+    def all_loss_names(self, plan: Plan) -> list[str]:
+        """The method's loss names and the regularisers' penalties."""
+        return self.loss_names(plan) + [f"penalty_{r.name}" for r in self.regularizers]
 
-    def loss_names(self, ctx: dict) -> list[str]:
-        """Names of the loss terms the step reports, in order."""
-        names = ["total", "class_current"] + (["class_replay"] if ctx["replay"] else [])
-        return names + [f"penalty_{r.name}" for r in self.regularizers]
-
-    def _step(self, data: dict, ctx: dict) -> tf.Tensor:
-        draws = self.draw(data, ctx)
-        per_replica = self.strategy.run(self._replica_step, args=(data, ctx, draws))
+    def _step(self, data: TaskData, ctx: StepContext, plan: Plan) -> tf.Tensor:
+        draws = self.draw(data, ctx, plan)
+        per_replica = self.strategy.run(functools.partial(self._replica_step, plan=plan),
+                                        args=(data, ctx, draws))
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-    def _steps(self, data: dict, ctx: dict, n: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _steps(self, data: TaskData, ctx: StepContext, plan: Plan,
+               n: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Up to ``n`` (<= ``steps_per_call``) iterations of ``_step`` in one graph, stopping
         after the first iteration with a non-finite loss: (losses [steps_per_call, terms],
         iterations run); rows past that count are zeros.
@@ -380,11 +407,11 @@ class Trainer:
         its element-wise terms differently inside the loop, which moves losses by float32
         rounding (~1e-8). The same seed still gives the same numbers on every run."""
         size = self.steps_per_call
-        terms = len(self.loss_names(ctx))
+        terms = len(self.all_loss_names(plan))
         rows = tf.TensorArray(tf.float32, size=size, element_shape=[terms])
 
         def body(i, rows, finite):
-            values = self._step(data, ctx)
+            values = self._step(data, ctx, plan)
             return i + 1, rows.write(i, values), tf.reduce_all(tf.math.is_finite(values))
 
         count, rows, _ = tf.while_loop(
@@ -393,46 +420,58 @@ class Trainer:
         return rows.stack(), count
 
     # -- the task loop ---------------------------------------------------------------
-    def step_context(self, t: int) -> dict:
+    def step_context(self, t: int) -> StepContext:
         """Tensors that change per task but not per iteration."""
         p = self.protocol
-        replay = self.uses_replay and t > 0
-        return {"active": tf.constant(p.active_table(t)),
-                "active_prev": tf.constant(p.active_table(max(t - 1, 0))),
-                "task": tf.constant(t, tf.int32),
-                "w_current": tf.constant(1.0 / (t + 1), tf.float32),
-                "w_replay": tf.constant(1.0 - 1.0 / (t + 1), tf.float32),
-                "replay": replay, "n_replay": self.config.batch_replay}
+        return StepContext(task=tf.constant(t, tf.int32),
+                           active=tf.constant(p.active_table(t)),
+                           active_prev=tf.constant(p.active_table(max(t - 1, 0))),
+                           w_current=tf.constant(1.0 / (t + 1), tf.float32),
+                           w_replay=tf.constant(1.0 - 1.0 / (t + 1), tf.float32))
+
+    def plan(self, t: int) -> Plan:
+        """The step's shape for task ``t``."""
+        return Plan(replay=self.uses_replay and t > 0, n_replay=self.config.batch_replay)
+
+    def plan_for_iteration(self, plan: Plan, i: int) -> Plan:
+        """The plan of iteration ``i`` (e.g. which optimisers run)."""
+        return plan
 
     def before_task(self, t: int) -> None:
         """Hook before training on task ``t`` (0-based)."""
         for reg in self.regularizers:
             reg.before_task(t)
 
-    def after_task(self, t: int, data: dict) -> None:
+    def after_task(self, t: int, data: TaskData) -> None:
         """Hook after training on task ``t``: regulariser updates (EWC's Fisher, SI's Omega)."""
         for reg in self.regularizers:
-            reg.after_task(t, lambda: self.fisher(t))
+            reg.after_task(t, self)
 
     def iterations(self, t: int) -> int:
         """Iterations of the step for task ``t``."""
         return self.config.iters
 
-    def ctx_for_iteration(self, ctx: dict, i: int) -> dict:
-        """The step context of iteration ``i`` (e.g. which optimisers run)."""
-        return ctx
+    def start_task(self, t: int) -> TaskRun:
+        """Prepare training on task ``t``: its data, the hooks before it, its context."""
+        self.batch_counter.assign(0)
+        data = self.task_data(t)
+        self.before_task(t)
+        return TaskRun(t, data, self.step_context(t), self.plan(t))
+
+    def run_steps(self, run: TaskRun, k: int, plan: Plan | None = None) -> tuple[np.ndarray, int]:
+        """Up to ``k`` (<= ``steps_per_call``) iterations in one call: (losses of the
+        iterations run [count, terms], count); it stops after a non-finite loss."""
+        rows, count = self._steps_fn(run.data, run.ctx, plan or run.plan, tf.constant(k, tf.int32))
+        return rows.numpy()[:int(count)], int(count)
 
     def fit(self, until: int | None = None) -> History:
         """Train on the tasks not yet learned (up to ``until``), evaluating after each."""
         last = self.protocol.num_tasks if until is None else min(until, self.protocol.num_tasks)
-        for t in range(int(self.tasks_done.numpy()), last):
+        for t in range(self.tasks_learned, last):
             start = time.time()
-            self.batch_counter.assign(0)
-            data = self.task_data(t)
-            self.before_task(t)
-            ctx = self.step_context(t)
-            means = self.train_task(t, data, ctx)
-            self.after_task(t, data)
+            run = self.start_task(t)
+            means = self.train_task(run)
+            self.after_task(t, run.data)
             self.tasks_done.assign(t + 1)
             self.history.task_times.append(time.time() - start)
             self.history.losses.append(means)
@@ -442,25 +481,25 @@ class Trainer:
                 cb(self, t)
         return self.history
 
-    def train_task(self, t: int, data: dict, ctx: dict) -> dict[str, float]:
+    def train_task(self, run: TaskRun) -> dict[str, float]:
         """Run the compiled step ``iterations(t)`` times with a progress bar, in chunks of up
-        to ``steps_per_call`` iterations per call (chunks never span a change of context)."""
+        to ``steps_per_call`` iterations per call (chunks never span a change of plan)."""
+        t = run.task
         n = self.iterations(t)
-        names = self.loss_names(ctx)
+        names = self.all_loss_names(run.plan)
         sums = np.zeros(len(names))
         window = np.zeros(len(names))
         bar = keras.utils.Progbar(n, verbose=1 if sys.stdout.isatty() else 2, stateful_metrics=names) \
             if self.verbose else None
-        data = _pad_samples(data)
+        run = run._replace(data=_pad_samples(run.data))
         i = 0
         while i < n:
-            step_ctx = self.ctx_for_iteration(ctx, i)
+            plan = self.plan_for_iteration(run.plan, i)
             k = 1
             while (i + k < n and k < self.steps_per_call
-                   and _same_context(step_ctx, self.ctx_for_iteration(ctx, i + k))):
+                   and self.plan_for_iteration(run.plan, i + k) == plan):
                 k += 1
-            rows, count = self._steps_fn(data, step_ctx, tf.constant(k, tf.int32))
-            rows = rows.numpy()[:int(count)]
+            rows, _ = self.run_steps(run, k, plan)
             # count what the model went through at once (an interrupted run reports it)
             first, self.global_step = self.global_step, self.global_step + len(rows)
             for j, values in enumerate(rows):
@@ -508,23 +547,6 @@ class Trainer:
                                          tf.fill([len(x)], tf.constant(j, tf.int32)), active))
         return correct / len(task.y_test)
 
-    # -- Fisher (EWC) ------------------------------------------------------------------
-    def fisher(self, t: int) -> list[tf.Tensor]:
-        """Diagonal Fisher of task ``t`` from ``fisher_n`` training samples, with the model's
-        own predicted distribution over the active classes (method.md 3), vectorised."""
-        task = self.protocol.task(t)
-        n = min(self.config.fisher_n, len(task.y_train))
-        sel = np.random.RandomState(self.config.seed + 7 * t).permutation(len(task.y_train))[:n]
-        x = self.preprocess(tf.constant(task.x_train[sel]))
-        tid = tf.fill([n], tf.constant(t, tf.int32))
-        active = tf.gather(tf.constant(self.protocol.active_table(t)), tid)
-        variables = self.protected_variables()
-        fast = dense_fisher(self.model, variables, x, tid, active)
-        if fast is not None:
-            return fast
-        return fisher_diagonal(lambda xb, tb: self.logits(self.model, xb, tb), variables,
-                               x, tid, active)
-
     # -- logging -----------------------------------------------------------------------
     def log_scalars(self, values: dict[str, float], step: int) -> None:
         """Write scalars to TensorBoard when a writer is attached."""
@@ -551,32 +573,3 @@ class Trainer:
             accs = " ".join(f"{a:.4f}" for a in row if a is not None)
             print(f"task {t + 1}/{self.protocol.num_tasks}: average accuracy {avg:.4f} "
                   f"[{accs}] ({self.history.task_times[-1]:.1f}s)", flush=True)
-
-
-def fisher_diagonal(logits_fn, variables: list, x: tf.Tensor, tid: tf.Tensor,
-                    active: tf.Tensor, chunk: int | None = None) -> list[tf.Tensor]:
-    """E_x sum_c p(c|x) (d log p(c|x) / d theta)^2 over active c, with per-sample,
-    per-class gradients from one vectorised Jacobian per chunk of samples."""
-    n = int(x.shape[0])
-    n_out = int(active.shape[-1])
-    params = sum(int(np.prod(v.shape)) for v in variables)
-    if chunk is None:  # keep the Jacobian near 256 MB
-        chunk = max(1, min(n, int(64e6 // max(1, params * n_out))))
-    totals = [tf.zeros(v.shape) for v in variables]
-
-    @tf.function(reduce_retracing=True, autograph=False)
-    def part(xb, tb, ab):
-        with tf.GradientTape() as tape:
-            log_p = tf.nn.log_softmax(masked_logits(logits_fn(xb, tb), ab))
-        jac = tape.jacobian(log_p, variables, experimental_use_pfor=True)
-        weight = tf.stop_gradient(tf.where(ab > 0, tf.exp(log_p), 0.0))
-        out = []
-        for j in jac:
-            w = tf.reshape(weight, tf.concat([tf.shape(weight), [1] * (len(j.shape) - 2)], 0))
-            out.append(tf.reduce_sum(w * tf.square(j), axis=[0, 1]))
-        return out
-
-    for s in range(0, n, chunk):
-        res = part(x[s:s + chunk], tid[s:s + chunk], active[s:s + chunk])
-        totals = [a + r for a, r in zip(totals, res)]
-    return [tf_total / float(n) for tf_total in totals]

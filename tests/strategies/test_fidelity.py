@@ -13,20 +13,19 @@ from bir_keras.data.protocols import make_protocol
 from bir_keras.data.sources import Dataset
 from bir_keras.models.classifier import Classifier
 from bir_keras.strategies import make_trainer
-from bir_keras.strategies.base import _pad_samples
-from bir_keras.strategies.fisher import dense_fisher
+from bir_keras.strategies.base import Batch, _pad_samples
+from bir_keras.strategies.ewc import dense_fisher
 from tests.conftest import make_blobs
 
 
 def _replay(tr, t):
-    """One iteration's batch, draws and replay at task ``t`` (eagerly)."""
-    tr.before_task(t)
-    ctx = tr.step_context(t)
-    data = _pad_samples(tr.task_data(t))
-    draws = tr.draw(data, ctx)
-    batch = {"x": tr.preprocess(tf.gather(data["x"], draws["idx"])),
-             "y": tf.gather(data["y"], draws["idx"]), "tid": tf.gather(data["tid"], draws["idx"])}
-    return ctx, draws, batch, tr.replay_batch(batch, draws, ctx)
+    """One iteration's task run, draws, batch and replay at task ``t`` (eagerly)."""
+    run = tr.start_task(t)
+    data = _pad_samples(run.data)
+    draws = tr.draw(data, run.ctx, run.plan)
+    batch = Batch(x=tr.preprocess(tf.gather(data.x, draws.idx)), y=tf.gather(data.y, draws.idx),
+                  tid=tf.gather(data.tid, draws.idx))
+    return run, draws, batch, tr.replay_batch(batch, draws, run.ctx, run.plan)
 
 
 @pytest.mark.parametrize("distill", [True, False])
@@ -35,23 +34,23 @@ def test_replay_prior_and_gate_follow_the_previous_model(tiny_setup, distill):
                             brain_inspired=True, distill=distill)
     tr = make_trainer(cfg, proto, verbose=False)
     tr.fit(until=2)
-    ctx, draws, _, rep = _replay(tr, 2)
-    scores = tr.prev_model.classify(rep["x"]).numpy()[:, :4]   # the 4 classes it knew
+    _, draws, _, rep = _replay(tr, 2)
+    scores = tr.prev_model.classify(rep.x).numpy()[:, :4]   # the 4 classes it knew
     if distill:
         # item 11: mixture weights softmax(old scores / T) with T = 2; item 13: the same
         # weights make the soft gate
         w = np.exp(scores / 2.0 - (scores / 2.0).max(1, keepdims=True))
         w /= w.sum(1, keepdims=True)
         expected = np.concatenate([w, np.zeros((len(w), proto.num_modes - 4))], 1)
-        np.testing.assert_allclose(rep["mode_probs"].numpy(), expected, rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(rep["gate"].numpy(), expected, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(rep.mode_probs.numpy(), expected, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(rep.gate.numpy(), expected, rtol=1e-4, atol=1e-6)
         assert not np.allclose(expected.max(1), 1.0)  # soft, not one-hot
     else:
         # hard targets: the predicted class's mode and its gate
-        np.testing.assert_array_equal(rep["prior_modes"].numpy(), scores.argmax(1))
-        np.testing.assert_array_equal(rep["gate"].numpy(), np.eye(proto.num_modes)[scores.argmax(1)])
+        np.testing.assert_array_equal(rep.prior_modes.numpy(), scores.argmax(1))
+        np.testing.assert_array_equal(rep.gate.numpy(), np.eye(proto.num_modes)[scores.argmax(1)])
     # generation itself used the drawn class's gate: the gate of the predicted class can differ
-    assert set(draws["r_modes"].numpy()) <= set(range(4))
+    assert set(draws.r_modes.numpy()) <= set(range(4))
 
 
 def _mnist_like(n_train=200, n_test=100):
@@ -76,11 +75,11 @@ def test_permuted_mnist_prior_has_ten_modes_and_gates_draw_previous_tasks():
     assert tr.model.gate_masks[0].shape[0] == proto.capacity
     tr.fit(until=3)
     _, draws, _, rep = _replay(tr, 3)
-    modes, tasks = draws["r_modes"].numpy(), draws["r_tasks"].numpy()
+    modes, tasks = draws.r_modes.numpy(), draws.r_tasks.numpy()
     assert set(modes) <= set(range(10)) and len(set(modes)) > 5
     assert set(tasks) == {0, 1, 2}   # the gate's task: previous tasks only, each of them
     # training on replay keeps the task gate it was generated with (task gates, item 13)
-    np.testing.assert_array_equal(rep["gate"].numpy(), np.eye(proto.capacity)[tasks])
+    np.testing.assert_array_equal(rep.gate.numpy(), np.eye(proto.capacity)[tasks])
 
 
 def test_task_il_conditional_replay_is_drawn_per_previous_task(tiny_setup):
@@ -89,38 +88,38 @@ def test_task_il_conditional_replay_is_drawn_per_previous_task(tiny_setup):
     tr = make_trainer(cfg, proto, verbose=False)
     assert tr.per_task_replay() and not tr.replay_all_previous_tasks()
     tr.fit(until=3)
-    ctx, draws, batch, rep = _replay(tr, 3)
+    run, draws, batch, rep = _replay(tr, 3)
     m = math.ceil(10 / 3)   # item 14: ceil(batch_replay / (t - 1)) per previous task
-    assert ctx["n_replay"] == 3 * m == 12
-    tasks = draws["r_tasks"].numpy()
+    assert run.plan.n_replay == 3 * m == 12
+    tasks = draws.r_tasks.numpy()
     np.testing.assert_array_equal(tasks, np.repeat([0, 1, 2], m))
-    np.testing.assert_array_equal(draws["r_modes"].numpy() // 2, tasks)  # classes of that task
-    assert rep["x"].shape[0] == 12 and rep["mode_ids"].shape == (12, 2)
+    np.testing.assert_array_equal(draws.r_modes.numpy() // 2, tasks)  # classes of that task
+    assert rep.x.shape[0] == 12 and rep.mode_ids.shape == (12, 2)
     # the losses are averaged over all 12 (= over tasks of the per-task means)
-    losses = tr.model_losses(batch, rep, draws, ctx)
+    losses = tr.losses(batch, rep, draws, run.ctx, run.plan)
     assert np.isfinite(float(losses["total"]))
     # unconditional GR in Task-IL replays batch_replay samples labelled by every head
     gr_cfg, _ = tiny_setup("task", tasks=4, iters=10, batch_replay=10, replay="generative")
     gr = make_trainer(gr_cfg, proto, verbose=False)
-    assert not gr.per_task_replay() and gr.step_context(3)["n_replay"] == 10
+    assert not gr.per_task_replay() and gr.plan(3).n_replay == 10
 
 
 def test_batches_are_shuffled_epochs_without_replacement(tiny_setup):
     cfg, proto = tiny_setup("class", tasks=2, batch=32)
     tr = make_trainer(cfg, proto, verbose=False)
     data = _pad_samples(tr.task_data(0))
-    n = int(data["sizes"][0])
+    n = int(data.sizes[0])
     per_epoch = n // 32
-    ctx = tr.step_context(0)
+    ctx, plan = tr.step_context(0), tr.plan(0)
     tr.batch_counter.assign(0)
-    epochs = [np.concatenate([tr.draw(data, ctx)["idx"].numpy() for _ in range(per_epoch)])
+    epochs = [np.concatenate([tr.draw(data, ctx, plan).idx.numpy() for _ in range(per_epoch)])
               for _ in range(2)]
     for e in epochs:   # no sample twice in an epoch; the last incomplete batch is dropped
         assert len(e) == per_epoch * 32 == len(set(e)) and e.max() < n
     assert not np.array_equal(epochs[0], epochs[1])
     # a task's batches start afresh: the same first batch whatever ran before
     tr.batch_counter.assign(0)
-    np.testing.assert_array_equal(tr.draw(data, ctx)["idx"].numpy(), epochs[0][:32])
+    np.testing.assert_array_equal(tr.draw(data, ctx, plan).idx.numpy(), epochs[0][:32])
 
 
 def test_joint_task_il_deals_the_batch_over_the_tasks(tiny_setup):
@@ -128,8 +127,8 @@ def test_joint_task_il_deals_the_batch_over_the_tasks(tiny_setup):
     tr = make_trainer(cfg, proto, verbose=False)
     data = _pad_samples(tr.task_data(2))
     tr.batch_counter.assign(0)
-    idx = tr.draw(data, tr.step_context(2))["idx"].numpy()
-    tid = data["tid"].numpy()[idx]
+    idx = tr.draw(data, tr.step_context(2), tr.plan(2)).idx.numpy()
+    tid = data.tid.numpy()[idx]
     np.testing.assert_array_equal(tid, np.arange(32) % 3)
     assert len(set(idx)) == 32
 

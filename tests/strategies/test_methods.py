@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 
 from bir_keras.config import ConfigError
-from bir_keras.strategies import GenerativeReplay, Joint, LwF, Trainer, make_trainer
+from bir_keras.strategies import FineTuning, GenerativeReplay, Joint, LwF, make_trainer
+from bir_keras.strategies.base import Draws
 
 
 def _fit(tiny_setup, scenario="class", tasks=2, **kw):
@@ -18,7 +19,7 @@ def _fit(tiny_setup, scenario="class", tasks=2, **kw):
 def test_none_forgets_and_joint_does_not(tiny_setup):
     none = _fit(tiny_setup, iters=80)
     joint = _fit(tiny_setup, iters=80, replay="offline")
-    assert isinstance(none, Trainer) and isinstance(joint, Joint)
+    assert type(none) is FineTuning and isinstance(joint, Joint)
     m_none, m_joint = none.history.accuracy_matrix, joint.history.accuracy_matrix
     assert m_none[0][0] > 0.95 and m_none[1][1] > 0.95
     assert m_none[1][0] < 0.2          # task 1 forgotten in Class-IL
@@ -54,10 +55,10 @@ def test_lwf_targets_come_from_frozen_previous_model(tiny_setup):
     ctx = tr.step_context(1)
     x = tf.constant(proto.preprocess_np(proto.task(1).x_train[:16]))
     tid = tf.zeros([16], tf.int32)
-    before = tr.label_replay(tr.prev_model, x, tid, ctx)["soft"].numpy()
+    before = tr.label_replay(x, tid, ctx).soft.numpy()
     for v in tr.model.trainable_variables:   # change the live model
         v.assign(v + 1.0)
-    after = tr.label_replay(tr.prev_model, x, tid, ctx)["soft"].numpy()
+    after = tr.label_replay(x, tid, ctx).soft.numpy()
     np.testing.assert_allclose(before, after)
     # soft targets only on the previously active units (task 1's two classes)
     assert np.all(after[:, 2:] == 0) and np.allclose(after.sum(1), 1, atol=1e-5)
@@ -75,11 +76,12 @@ def test_task_il_replay_is_labelled_by_every_previous_task(tiny_setup, distill):
     ctx = tr.step_context(2)
     x = tf.constant(proto.preprocess_np(proto.task(2).x_train[:8]))
     tid = tf.zeros([8], tf.int32)
-    rep = {"x": x, "tid": tid, **tr.label_replay(tr.prev_model, x, tid, ctx)}
-    np.testing.assert_allclose(rep["task_w"].numpy()[:3], [0.5, 0.5, 0.0])
+    rep = tr.label_replay(x, tid, ctx)
+    np.testing.assert_allclose(rep.targets.task_weights.numpy()[:3], [0.5, 0.5, 0.0])
     old = tr.prev_model(x, tid).numpy()
     new = tr.model(x, tid).numpy() + np.random.RandomState(0).randn(8, old.shape[1])
-    loss = float(tr.replay_class_loss(tf.constant(new, tf.float32), rep, ctx))
+    per = rep.targets.loss(tf.constant(new, tf.float32))
+    loss = float(tf.nn.compute_average_loss(per, global_batch_size=cfg.batch_replay))
     T, hand = cfg.temp, []
     for k in range(2):   # tasks 1 and 2 are the previous ones
         zo, zn = old[:, 2 * k:2 * k + 2], new[:, 2 * k:2 * k + 2]
@@ -104,17 +106,17 @@ def test_generative_replay_targets_come_from_frozen_copy(tiny_setup):
     tr = make_trainer(cfg, proto, verbose=False)
     tr.fit(until=1)
     tr.before_task(1)
-    ctx = tr.step_context(1)
-    draws = {"r_modes": tf.constant([0, 1, 0, 1]), "r_tasks": tf.constant([0, 0, 0, 0]),
-             "r_eps": tf.random.normal((4, cfg.z_dim))}
-    first = tr.replay_batch({}, draws, ctx)
+    ctx, plan = tr.step_context(1), tr.plan(1)
+    draws = Draws(idx=None, r_modes=tf.constant([0, 1, 0, 1]), r_tasks=tf.constant([0, 0, 0, 0]),
+                  r_eps=tf.random.normal((4, cfg.z_dim)))
+    first = tr.replay_batch(None, draws, ctx, plan)
     for m in (tr.model, tr.generator):
         for v in m.trainable_variables:
             v.assign(v * 0.5 - 0.3)
-    second = tr.replay_batch({}, draws, ctx)
-    np.testing.assert_allclose(first["x"].numpy(), second["x"].numpy(), atol=1e-6)
-    np.testing.assert_array_equal(first["hard"].numpy(), second["hard"].numpy())
-    assert set(first["hard"].numpy()) <= {0, 1}
+    second = tr.replay_batch(None, draws, ctx, plan)
+    np.testing.assert_allclose(first.x.numpy(), second.x.numpy(), atol=1e-6)
+    np.testing.assert_array_equal(first.hard.numpy(), second.hard.numpy())
+    assert set(first.hard.numpy()) <= {0, 1}
 
 
 def test_reinit_reinitialises_after_freezing(tiny_setup):

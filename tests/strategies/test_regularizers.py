@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 
 from bir_keras.strategies import make_trainer
-from bir_keras.strategies.base import fisher_diagonal
-from bir_keras.strategies.regularizers import EWC, SI
+from bir_keras.strategies.ewc import EWC, fisher_diagonal
+from bir_keras.strategies.si import SI
 
 
 def test_ewc_penalty_zero_at_anchor_and_quadratic():
@@ -14,14 +14,14 @@ def test_ewc_penalty_zero_at_anchor_and_quadratic():
     ewc = EWC(lam=4.0)
     ewc.build([v])
     fisher = [tf.constant([0.5, 2.0, 1.0])]
-    ewc.after_task(0, lambda: fisher)
+    ewc.fold(fisher)
     assert float(ewc.penalty()) == pytest.approx(0.0, abs=1e-7)
     for step in (0.1, 0.2, 0.4):
         v.assign([1.0 + step, -2.0, 0.5])
         assert float(ewc.penalty()) == pytest.approx(0.5 * 4.0 * 0.5 * step ** 2, rel=1e-4)
     # a second task adds its own term around its own anchor
     v.assign([3.0, 0.0, 0.0])
-    ewc.after_task(1, lambda: [tf.constant([1.0, 1.0, 1.0])])
+    ewc.fold([tf.constant([1.0, 1.0, 1.0])])
     v.assign([2.0, -1.0, 1.0])
     expected = 0.5 * 4.0 * (np.sum(np.array([0.5, 2, 1]) * (np.array([2, -1, 1]) - [1, -2, .5]) ** 2)
                             + np.sum((np.array([2, -1, 1]) - [3, 0, 0]) ** 2))
@@ -32,9 +32,9 @@ def test_online_ewc_running_fisher():
     v = tf.Variable([1.0, 1.0])
     ewc = EWC(lam=1.0, online=True, gamma=0.5)
     ewc.build([v])
-    ewc.after_task(0, lambda: [tf.constant([2.0, 4.0])])
+    ewc.fold([tf.constant([2.0, 4.0])])
     v.assign([0.0, 3.0])
-    ewc.after_task(1, lambda: [tf.constant([1.0, 1.0])])
+    ewc.fold([tf.constant([1.0, 1.0])])
     np.testing.assert_allclose(ewc.precision[0].numpy(), [0.5 * 2 + 1, 0.5 * 4 + 1])
     np.testing.assert_allclose(ewc.anchor[0].numpy(), [0.0, 3.0])
     assert float(ewc.penalty()) == pytest.approx(0.0, abs=1e-7)

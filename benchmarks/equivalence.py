@@ -1,0 +1,196 @@
+"""The yardstick of refactors: a fixed seed must give the same accuracy matrix and the same
+final weights as the recorded code, for every method shorthand and flag combination.
+
+Two sets of cases, each run with ``make_trainer(config, protocol).fit()``:
+
+* ``digits``: split digits (scikit-learn's 8x8 digits, always offline), small networks and
+  a few iterations per task, every shorthand in the scenarios it runs in, plus the flag
+  combinations that take other code paths (``--reinit``, ``--g_iters`` != ``--iters``,
+  decoder gates by task). The final weights themselves are recorded
+  (``tests/data/equivalence/digits.npz``) and ``tests/strategies/test_equivalence.py``
+  checks them on every test run.
+* ``mnist``: split MNIST with the paper's networks and 100 iterations per task (real
+  MNIST needed: ``--data_dir``). Its weights are recorded as fingerprints (per variable:
+  sum, sum of squares, maximum and a fixed random projection) in ``mnist.json``.
+
+Record (at the commit whose numbers are the reference) and check::
+
+    python -m benchmarks.equivalence --record [--data_dir=../shared/data/mnist]
+    python -m benchmarks.equivalence [--data_dir=../shared/data/mnist]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RECORD_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "equivalence"
+SEED = 12   # from 10 up the tasks are the authors' relabelled ones (protocols.class_order)
+
+# (case name, scenario, Config overrides): every shorthand where it runs, and flag sets
+# that take other paths through the code
+_SHORTHANDS_CLASS = ["none", "joint", "ewc", "online_ewc", "si", "lwf", "generative",
+                     "generative_distill", "bir", "bir_si", "gr_rtf", "gr_con", "gr_gat",
+                     "gr_dis", "bir_no_rtf", "bir_no_con", "bir_no_gat", "bir_no_dis"]
+CASES: list[tuple[str, str, dict]] = (
+    [(f"class_{m}", "class", {"method": m}) for m in _SHORTHANDS_CLASS]
+    + [(f"task_{m}", "task", {"method": m}) for m in
+       ("none", "joint", "ewc", "si", "lwf", "xdg", "generative", "gr_con", "bir", "bir_si")]
+    + [(f"domain_{m}", "domain", {"method": m}) for m in
+       ("none", "joint", "online_ewc", "lwf", "generative", "gr_gat", "bir")]
+    + [("class_bir_reinit", "class", {"method": "bir", "reinit": True}),
+       ("class_generative_g_iters", "class", {"method": "generative", "g_iters": 30}),
+       ("class_generative_reinit", "class", {"method": "generative", "reinit": True,
+                                              "g_iters": 10}),
+       ("domain_bir_class_gates", "domain", {"method": "bir", "dg_type": "class"}),
+       ("task_xdg_si", "task", {"method": "xdg", "si": True}),
+       ("class_lwf_ewc", "class", {"method": "lwf", "ewc": True})]
+)
+
+DIGITS = dict(experiment="split_digits", iters=20, batch=16, fc_units=20, z_dim=4,
+              fisher_n=40, seed=SEED)
+MNIST = dict(experiment="split_mnist", iters=100, seed=SEED)
+MNIST_CASES = [c for c in CASES if c[0].startswith("class_")] + \
+    [c for c in CASES if c[0] in ("task_bir", "task_generative", "task_xdg", "domain_bir")]
+
+
+def run_case(scenario: str, overrides: dict, base: dict, dataset=None, data_dir=None):
+    """Train one case: (accuracy matrix, final weights as float arrays, in model order)."""
+    from bir_keras.config import Config, method_settings, resolve
+    from bir_keras.data.protocols import make_protocol
+    from bir_keras.strategies import make_trainer
+
+    method = overrides.get("method")
+    shorthand = method_settings(method, base["experiment"], scenario) if method else {}
+    kw = {**base, **shorthand, **overrides}
+    cfg = Config(scenario=scenario, data_dir=data_dir, **kw)
+    proto = make_protocol(cfg.experiment, scenario, data_dir=data_dir, seed=cfg.seed,
+                          dataset=dataset)
+    cfg = resolve(cfg, proto.conv)
+    trainer = make_trainer(cfg, proto, verbose=False)
+    history = trainer.fit()
+    return history.accuracy_matrix, [np.asarray(v) for v in trained_variables(trainer)]
+
+
+def trained_variables(trainer) -> list:
+    """Every variable of the networks a run trains (classifier or RtF model, generator)."""
+    out = list(trainer.model.weights)
+    gen = getattr(trainer, "generator", None)
+    if gen is not None:
+        out += list(gen.weights)
+    return out
+
+
+def fingerprint(w: np.ndarray) -> list[float]:
+    """sum, sum of squares, max and a fixed random projection of one variable."""
+    v = w.astype(np.float64).ravel()
+    proj = np.random.RandomState(v.size % 100_003).standard_normal(v.size)
+    return [float(v.sum()), float((v * v).sum()), float(v.max()), float(v @ proj)]
+
+
+def _digits():
+    from bir_keras.data.sources import load_dataset
+    return load_dataset("digits")
+
+
+def record_digits() -> None:
+    ds = _digits()
+    matrices, arrays = {}, {}
+    for name, scenario, over in CASES:
+        t0 = time.time()
+        matrix, weights = run_case(scenario, over, DIGITS, dataset=ds)
+        matrices[name] = matrix
+        for i, w in enumerate(weights):
+            arrays[f"{name}/{i}"] = w
+        print(f"{name}: {matrix[-1]} ({time.time() - t0:.1f}s)", flush=True)
+    RECORD_DIR.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(RECORD_DIR / "digits.npz", **arrays)
+    (RECORD_DIR / "digits.json").write_text(json.dumps(matrices, indent=1) + "\n")
+
+
+def record_mnist(data_dir: str) -> None:
+    out = {}
+    for name, scenario, over in MNIST_CASES:
+        t0 = time.time()
+        matrix, weights = run_case(scenario, over, MNIST, data_dir=data_dir)
+        out[name] = {"matrix": matrix, "weights": [fingerprint(w) for w in weights]}
+        print(f"{name}: {matrix[-1]} ({time.time() - t0:.1f}s)", flush=True)
+    RECORD_DIR.mkdir(parents=True, exist_ok=True)
+    (RECORD_DIR / "mnist.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
+def compare(name: str, matrix, weights, want_matrix, want_weights, atol: float = 1e-6) -> list[str]:
+    """What differs between a run and its record (empty: the same numbers)."""
+    problems = []
+    if matrix != want_matrix:
+        problems.append(f"{name}: accuracy matrix {matrix} != recorded {want_matrix}")
+    if len(weights) != len(want_weights):
+        problems.append(f"{name}: {len(weights)} variables, recorded {len(want_weights)}")
+        return problems
+    for i, (w, ref) in enumerate(zip(weights, want_weights)):
+        ref = np.asarray(ref)
+        if w.shape != ref.shape or not np.allclose(w, ref, rtol=0.0, atol=atol):
+            diff = np.max(np.abs(w - ref)) if w.shape == ref.shape else "shape"
+            problems.append(f"{name}: variable {i} differs from the record ({diff})")
+    return problems
+
+
+def check_mnist(data_dir: str) -> list[str]:
+    rec = json.loads((RECORD_DIR / "mnist.json").read_text())
+    problems = []
+    for name, scenario, over in MNIST_CASES:
+        matrix, weights = run_case(scenario, over, MNIST, data_dir=data_dir)
+        want = rec[name]
+        got = [fingerprint(w) for w in weights]
+        # a fingerprint sums n weights: 1e-6 per weight allows 1e-6 * n on a sum
+        sizes = [w.size for w in weights]
+        if matrix != want["matrix"]:
+            problems.append(f"{name}: accuracy matrix {matrix} != recorded {want['matrix']}")
+        for i, (g, r, n) in enumerate(zip(got, want["weights"], sizes)):
+            tol = [1e-6 * n, 1e-6 * n, 1e-6, 1e-6 * np.sqrt(n) * 4]
+            if any(abs(a - b) > t for a, b, t in zip(g, r, tol)):
+                problems.append(f"{name}: variable {i} fingerprint {g} != recorded {r}")
+        print(f"{name}: {'ok' if not problems else 'DIFFERS'}", flush=True)
+    return problems
+
+
+def check_digits() -> list[str]:
+    matrices = json.loads((RECORD_DIR / "digits.json").read_text())
+    arrays = np.load(RECORD_DIR / "digits.npz")
+    ds = _digits()
+    problems = []
+    for name, scenario, over in CASES:
+        matrix, weights = run_case(scenario, over, DIGITS, dataset=ds)
+        want = [arrays[f"{name}/{i}"] for i in range(sum(k.startswith(name + "/") for k in arrays))]
+        problems += compare(name, matrix, weights, matrices[name], want)
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--record", action="store_true", help="write the records")
+    parser.add_argument("--data_dir", help="MNIST files: also run the split MNIST cases")
+    parser.add_argument("--skip_digits", action="store_true")
+    args = parser.parse_args(argv)
+    if args.record:
+        if not args.skip_digits:
+            record_digits()
+        if args.data_dir:
+            record_mnist(args.data_dir)
+        return 0
+    problems = [] if args.skip_digits else check_digits()
+    if args.data_dir:
+        problems += check_mnist(args.data_dir)
+    for p in problems:
+        print(p)
+    print("same numbers as the record" if not problems else f"{len(problems)} differences")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Experience replay with a fixed memory budget (``--replay=buffer --budget=N``): the
+stored-data baseline that BI-R is meant to do without (not in the paper's comparisons).
+
+At the end of each task, ``budget`` training samples of each of its classes are kept
+(class-balanced, drawn at random from the seed; all of a class when it has fewer). While
+learning a later task, every iteration replays ``batch_replay`` samples drawn uniformly
+from the memory, with their stored labels (or, with ``--distill``, the previous model's
+soft targets), each over its own task's units, weighted 1 - 1/t against the current data
+as every replay method. The memory is part of the checkpoint, so a resumed run replays
+what the interrupted one stored. Regularisers compose with it as with any method.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from bir_keras.models.classifier import HardTargets
+from bir_keras.strategies.base import Batch, Draws, Plan, StepContext, TaskData
+from bir_keras.strategies.replay import Replay, ReplayTrainer
+
+
+class BufferReplay(ReplayTrainer):
+    """Replays stored training samples."""
+
+    def build_models(self) -> None:
+        """The classifier, its frozen copy (for ``--distill``) and the memory: the stored
+        inputs (as the protocol stores them: uint8 pixels or features), their labels and
+        tasks, in variables that grow by ``budget`` samples per class after each task."""
+        super().build_models()
+        x = self.protocol.task(0).x_train
+
+        def grows(shape, dtype, name):
+            return tf.Variable(tf.zeros([0, *shape], dtype), shape=tf.TensorShape([None, *shape]),
+                               trainable=False, name=name)
+
+        self.memory_x = grows(x.shape[1:], x.dtype, "memory_x")
+        self.memory_y = grows([], tf.int32, "memory_y")
+        self.memory_tid = grows([], tf.int32, "memory_tid")
+
+    def checkpoint_parts(self) -> dict[str, object]:
+        """Adds the memory."""
+        return {**super().checkpoint_parts(), "memory_x": self.memory_x,
+                "memory_y": self.memory_y, "memory_tid": self.memory_tid}
+
+    def conditional_replay(self) -> bool:
+        """A stored sample keeps the task it came from."""
+        return True
+
+    def after_task(self, t: int, data: TaskData) -> None:
+        """Store ``budget`` samples per class of task ``t``."""
+        super().after_task(t, data)
+        task = self.protocol.task(t)
+        rng = np.random.RandomState([self.config.seed, 7919, t])
+        keep = []
+        for label in np.unique(task.y_train):
+            where = np.flatnonzero(task.y_train == label)
+            keep.append(rng.choice(where, min(self.config.budget, len(where)), replace=False))
+        keep = np.sort(np.concatenate(keep))
+        for var, new in ((self.memory_x, task.x_train[keep]),
+                         (self.memory_y, task.y_train[keep].astype(np.int32)),
+                         (self.memory_tid, np.full(len(keep), t, np.int32))):
+            var.assign(tf.concat([var, new], 0))
+
+    def stored(self) -> dict[str, np.ndarray]:
+        """The memory's samples as stored: x, y (labels) and tid (tasks)."""
+        return {"x": self.memory_x.numpy(), "y": self.memory_y.numpy(),
+                "tid": self.memory_tid.numpy()}
+
+    def draw_replay(self, draws: Draws, ctx: StepContext, plan: Plan) -> Draws:
+        """Which stored samples to replay: uniform over the memory."""
+        size = tf.shape(self.memory_y)[0]
+        return draws._replace(r_idx=self.rng.uniform([plan.n_replay], 0, size, tf.int32))
+
+    def replay_batch(self, batch: Batch, draws: Draws, ctx: StepContext, plan: Plan) -> Replay:
+        """The drawn stored samples with their labels (or, with ``--distill``, the previous
+        model's soft targets) over their own task's units."""
+        x = self.preprocess(tf.gather(self.memory_x, draws.r_idx))
+        tid = tf.gather(self.memory_tid, draws.r_idx)
+        if self.config.distill:
+            return self.label_replay(x, tid, ctx)
+        y = tf.gather(self.memory_y, draws.r_idx)
+        return Replay(x=x, tid=tid, targets=HardTargets(y, tf.gather(ctx.active, tid)))

@@ -1,0 +1,41 @@
+"""Not one number moves: a fixed seed gives the accuracy matrix and the final weights
+(within 1e-6) that the code had before the refactor into one module per method.
+
+The record, tests/data/equivalence/digits.{json,npz}, was made by
+``python -m benchmarks.equivalence --record`` at commit edbffff (main before the refactor,
+issue 16's yardstick). This test runs a cross-section of its cases (every method family
+and scenario); ``python -m benchmarks.equivalence`` runs all 41 of them, and with
+``--data_dir`` the split MNIST cases (100 iterations per task, the paper's networks)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import equivalence
+
+CASES = {name: (scenario, over) for name, scenario, over in equivalence.CASES}
+CHECKED = ["class_none", "class_joint", "class_online_ewc", "class_si", "class_lwf_ewc",
+           "class_generative_g_iters", "class_bir_si", "class_bir_reinit", "task_bir",
+           "task_generative", "task_xdg_si", "domain_bir", "domain_joint"]
+
+
+@pytest.fixture(scope="module")
+def record():
+    matrices = json.loads((equivalence.RECORD_DIR / "digits.json").read_text())
+    arrays = np.load(equivalence.RECORD_DIR / "digits.npz")
+    return matrices, {k: arrays[k] for k in arrays.files}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return equivalence._digits()
+
+
+@pytest.mark.parametrize("name", CHECKED)
+def test_same_numbers_as_before_the_refactor(name, record, digits):
+    matrices, arrays = record
+    scenario, over = CASES[name]
+    matrix, weights = equivalence.run_case(scenario, over, equivalence.DIGITS, dataset=digits)
+    want = [arrays[f"{name}/{i}"] for i in range(sum(k.startswith(name + "/") for k in arrays))]
+    assert equivalence.compare(name, matrix, weights, matrices[name], want) == []
