@@ -259,29 +259,25 @@ class VAE(keras.Model):
         return list(self.trackers.values())
 
     def train_step(self, data):
-        """One ``fit`` step: data = x, (x, modes) or, for RtF, (x, y, active[, modes]); or a
-        dict with those keys and, optionally, the encoder's noise ``eps``. The loss is the
-        sum of the batch means of ``loss_terms``."""
+        """One ``fit`` step: data = x or (x, modes), or a dict with ``x`` and optionally
+        ``modes`` and the encoder's noise ``eps``. The loss is the sum of the batch means
+        of ``loss_terms`` (reconstruction + latent)."""
         if isinstance(data, dict):
-            x, y, active = data["x"], data.get("y"), data.get("active")
-            modes, eps = data.get("modes"), data.get("eps")
+            x, modes, eps = data["x"], data.get("modes"), data.get("eps")
         else:
             data = data if isinstance(data, tuple) else (data,)
-            x, y, active, modes, eps = data[0], None, None, None, None
-            if self.head is not None:
-                y, active = data[1], data[2]
-                modes = data[3] if len(data) > 3 else None
-            elif len(data) > 1:
-                modes = data[1]
-        if modes is None and self.head is not None and self.prior_type == "gmm":
-            modes = y   # RtF: a class's mode is its output unit
+            x, modes, eps = data[0], data[1] if len(data) > 1 else None, None
+        return self.fit_step(x, eps, None, modes)
+
+    def fit_step(self, x: tf.Tensor, eps: tf.Tensor | None, targets: Targets | None,
+                 modes: tf.Tensor | None) -> dict[str, tf.Tensor]:
+        """Minimise the sum of the batch means of ``loss_terms`` once; update the trackers."""
         if modes is None and (self.prior_type == "gmm" or self.gate_masks is not None):
             raise ValueError("a GMM prior or gated decoder needs the mode of every sample")
         if modes is not None:
             modes = tf.cast(modes, tf.int32)
         if eps is None:
             eps = keras.random.normal((tf.shape(x)[0], self.z_dim))
-        targets = HardTargets(y, active) if self.head is not None else None
         with tf.GradientTape() as tape:
             terms = self.loss_terms(x, eps, targets, modes=modes, training=True)
             means = {k: tf.reduce_mean(v) for k, v in terms.items()}
@@ -303,3 +299,19 @@ class RtFClassifier(VAE):
         if num_outputs < 1:
             raise ValueError("RtFClassifier needs at least one output unit")
         super().__init__(input_shape, fc_units, num_outputs=num_outputs, **kwargs)
+
+    def train_step(self, data):
+        """One ``fit`` step of the combined model: data = (x, y, active[, modes]) or a dict
+        with ``x``, ``y``, ``active`` and optionally ``modes`` and ``eps``. The loss is
+        classification + reconstruction + latent (``loss_terms``); a class's mode is its
+        output unit unless ``modes`` say otherwise."""
+        if isinstance(data, dict):
+            x, y, active = data["x"], data["y"], data["active"]
+            modes, eps = data.get("modes"), data.get("eps")
+        else:
+            x, y, active = data[:3]
+            modes, eps = data[3] if len(data) > 3 else None, None
+        if modes is None and self.prior_type == "gmm":
+            modes = y
+        return self.fit_step(x, eps, HardTargets(y, active), modes)
+
