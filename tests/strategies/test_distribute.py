@@ -41,6 +41,8 @@ METHODS = {
     # a large c, so that the penalty (and SI's path integral of its gradient) matters
     "si": ["--method=si", "--si_c=10"],
     "bir": ["--method=bir"],
+    # the memory's variables grow after each task (first dimension unknown)
+    "buffer": ["--method=buffer", "--budget=5"],
 }
 LOSS_RTOL = 1e-5
 VAR_RTOL = 1e-4
