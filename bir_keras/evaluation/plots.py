@@ -71,20 +71,23 @@ def plot_accuracy_matrix(
     return _save_atomic(fig, path)
 
 
-def _draw_curves(ax: plt.Axes, xs: np.ndarray, curves: Curves) -> None:
-    """Draw mean lines (in %) with shaded mean +/- SEM bands where SEMs are given."""
+def _draw_curves(ax: plt.Axes, xs: np.ndarray | None, curves: Curves) -> None:
+    """Draw mean lines (in %) with shaded mean +/- SEM bands where SEMs are given; with
+    ``xs=None`` each curve gets x = 1..len(curve), so runs of different lengths share a plot."""
     for i, (name, (means, sems)) in enumerate(curves.items()):
         mean = np.asarray(means, dtype=np.float64) * 100.0
-        if mean.shape != xs.shape:
-            raise ValueError(f"curve {name!r} has {mean.size} points, expected {xs.size}")
+        xs_i = np.arange(1, mean.size + 1, dtype=np.float64) if xs is None else xs
+        if mean.shape != xs_i.shape:
+            raise ValueError(f"curve {name!r} has {mean.size} points, expected {xs_i.size}")
         # the colour cycle has 10 colours: the 11th curve on gets a dashed line
-        (line,) = ax.plot(xs, mean, marker="o" if xs.size <= 30 else None, markersize=3,
+        (line,) = ax.plot(xs_i, mean, marker="o" if xs_i.size <= 30 else None, markersize=3,
                           label=name, linestyle="-" if i < 10 else "--")
         if sems is not None:
             sem = np.asarray(sems, dtype=np.float64) * 100.0
-            if sem.shape != xs.shape:
-                raise ValueError(f"curve {name!r} has {sem.size} SEMs, expected {xs.size}")
-            ax.fill_between(xs, mean - sem, mean + sem, color=line.get_color(), alpha=0.25, lw=0)
+            if sem.shape != xs_i.shape:
+                raise ValueError(f"curve {name!r} has {sem.size} SEMs, expected {xs_i.size}")
+            ax.fill_between(xs_i, mean - sem, mean + sem, color=line.get_color(), alpha=0.25,
+                            lw=0)
 
 
 def plot_average_accuracy(
@@ -95,9 +98,7 @@ def plot_average_accuracy(
 ) -> str:
     """Average accuracy over tasks learned so far against number of tasks, mean +/- SEM bands."""
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
-    # Each curve gets x = 1..len(curve), so runs of different lengths can share a plot.
-    for name, curve in curves.items():
-        _draw_curves(ax, np.arange(1, len(curve[0]) + 1, dtype=np.float64), {name: curve})
+    _draw_curves(ax, None, curves)
     num_tasks = max((len(means) for means, _ in curves.values()), default=0)
     if 0 < num_tasks <= 20:
         ax.set_xticks(np.arange(1, num_tasks + 1))

@@ -3,6 +3,7 @@
 import math
 import os
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -115,6 +116,23 @@ def test_plot_average_accuracy(tmp_path):
     # overwrite in place works too
     plots.plot_average_accuracy(curves, path)
     _check_png(path, tmp_path)
+
+
+def test_plot_average_accuracy_tells_eleven_curves_apart(tmp_path, monkeypatch):
+    # Fig. 3's Task-IL panel has 11 methods: the 11th must not look like the 1st
+    # (once each curve was drawn in its own call, so every curve was solid)
+    styles = []
+    real_plot = plt.Axes.plot
+
+    def spy(self, *args, **kwargs):
+        lines = real_plot(self, *args, **kwargs)
+        styles.extend((ln.get_color(), ln.get_linestyle()) for ln in lines)
+        return lines
+
+    monkeypatch.setattr(plt.Axes, "plot", spy)
+    curves = {f"m{i}": ([0.9, 0.8 - 0.01 * i], None) for i in range(11)}
+    plots.plot_average_accuracy(curves, tmp_path / "avg.png")
+    assert len(styles) == 11 and len(set(styles)) == 11
 
 
 def test_plot_sweep_log2(tmp_path):
