@@ -109,8 +109,11 @@ def main(argv: list[str]) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from bir_keras import interrupts
+
     try:
-        train(data, out, command)
+        with interrupts.deferred():
+            train(data, out, command)
     except BaseException as e:
         from bir_keras.experiment import caused_by_interrupt
 
@@ -131,6 +134,7 @@ def train(data, out: Path, command: str) -> None:
     import numpy as np
     import tensorflow as tf
 
+    from bir_keras import interrupts
     from bir_keras.data.protocols import CIFAR_MEAN, CIFAR_STD, normalise_pixels
 
     if FLAGS.deterministic:
@@ -215,6 +219,7 @@ def train(data, out: Path, command: str) -> None:
             loss_sum += float(loss) * len(idx)
             correct += int(c)
             seen += len(idx)
+            interrupts.raise_if_requested()  # Ctrl-C lands here, between steps
         acc = test_accuracy()
         epoch_s = time.time() - t0
         history.append({"epoch": epoch, "train_loss": loss_sum / seen,

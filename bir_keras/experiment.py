@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bir_keras import export, rundirs
+from bir_keras import export, interrupts, rundirs
 from bir_keras.config import Config, ConfigError, resolve
 from bir_keras.data.protocols import Protocol, make_protocol
 from bir_keras.evaluation.metrics import summarize
@@ -240,7 +240,8 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
             trainer.summary_writer = tf.summary.create_file_writer(str(work / "tensorboard"))
             _log_hparams(trainer, setup)
             _log_about(trainer, setup)
-        trainer.fit()
+        with interrupts.deferred():
+            trainer.fit()
     except NonFiniteLoss as e:
         # the weights may already hold NaN: export nothing, keep the last good export
         _discard(trainer, work)

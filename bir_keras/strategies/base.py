@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from bir_keras import interrupts
 from bir_keras.config import Config
 from bir_keras.data.protocols import Protocol
 from bir_keras.models.classifier import Classifier
@@ -479,6 +480,7 @@ class Trainer:
             self.log_task(t)
             for cb in self.callbacks:
                 cb(self, t)
+            interrupts.raise_if_requested()
         return self.history
 
     def train_task(self, run: TaskRun) -> dict[str, float]:
@@ -517,6 +519,7 @@ class Trainer:
                     if bar is not None:
                         bar.update(i + 1, [(nm, float(v)) for nm, v in zip(names, values)])
                 i += 1
+            interrupts.raise_if_requested()  # Ctrl-C lands here, between compiled calls
         return {nm: float(v / max(n, 1)) for nm, v in zip(names, sums)}
 
     # -- evaluation ------------------------------------------------------------------

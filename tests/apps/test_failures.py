@@ -28,7 +28,9 @@ def test_ctrl_c_saves_export_and_exits_130(tmp_path):
     # summaries), which shows when task 2 is under way whatever the machine's speed
     args = [*FAST, "--method=none", "--iters=500", "--tasks=3", "--log_every=1",
             f"--output_dir={out}", f"--export_dir={exp}"]
-    proc = subprocess.Popen([sys.executable, "-m", "apps.train", *args], cwd=ROOT, env=ENV,
+    # PYTHONFAULTHANDLER: should the process die of a signal, stderr says where
+    proc = subprocess.Popen([sys.executable, "-m", "apps.train", *args], cwd=ROOT,
+                            env={**ENV, "PYTHONFAULTHANDLER": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             # a launcher may ignore SIGINT (e.g. `cmd &` in a script); the
                             # child must see it as a terminal's Ctrl-C would deliver it
@@ -149,3 +151,32 @@ def test_run_saves_when_ctrl_c_surfaces_as_system_error(tmp_path, monkeypatch):
     assert json.loads((exp / "run.json").read_text())["tasks_learned"] == 1
     prun = json.loads((tmp_path / "export-interrupted" / "run.json").read_text())
     assert prun["interrupted"]["task"] == 2 and prun["interrupted"]["iterations_done"] >= 1
+
+
+def test_ctrl_c_waits_for_the_end_of_the_compiled_call(tmp_path, monkeypatch):
+    # SIGINT arrives as task 2's compiled call is about to start: the call runs to its end
+    # (all 25 iterations, steps_per_call=50), then the loop stops and saves. Without the
+    # deferral the KeyboardInterrupt would be raised at once, with none of task 2 done.
+    import os
+
+    from bir_keras import experiment
+    from bir_keras.config import Config
+    from bir_keras.strategies.base import Trainer
+
+    real = Trainer.run_steps
+
+    def run_steps(self, run, k, plan=None):
+        if run.task == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, run, k, plan)
+
+    monkeypatch.setattr(Trainer, "run_steps", run_steps)
+    cfg = Config(experiment="split_digits", scenario="class", tasks=3, iters=25, batch=32,
+                 fc_units=40, keep_label_order=True)
+    out, exp = tmp_path / "out", tmp_path / "export"
+    with pytest.raises(experiment.RunInterrupted, match="interrupted in task 2 after 25 iter"):
+        experiment.run(cfg, str(out), export_dir=str(exp), verbose=False)
+    assert json.loads((exp / "run.json").read_text())["tasks_learned"] == 1
+    prun = json.loads((tmp_path / "export-interrupted" / "run.json").read_text())
+    assert prun["interrupted"] == {"task": 2, "iterations_done": 25, "global_step": 50}
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

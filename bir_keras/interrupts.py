@@ -1,0 +1,56 @@
+"""Ctrl-C that takes effect between training steps, not wherever the main thread happens to be.
+
+Python raises ``KeyboardInterrupt`` at the next bytecode the main thread runs, which may be
+inside TensorFlow's C++ code calling back into Python (a tensor conversion, a summary
+write): seen there as a ``SystemError`` and, once on CI, as a segmentation fault before
+anything was saved. Inside ``deferred()`` the first SIGINT only records the request; the
+training loop calls ``raise_if_requested()`` between compiled calls, where the interrupt is
+an ordinary Python exception. A second SIGINT raises at once, for a user who will not wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+
+_requested = False
+
+
+def _handler(signum, frame) -> None:
+    global _requested
+    if _requested:
+        raise KeyboardInterrupt
+    _requested = True
+    print("Ctrl-C: stopping after the current steps and saving (press again to stop at once)",
+          file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def deferred():
+    """Within the block, the first Ctrl-C is held until ``raise_if_requested()``; a Ctrl-C
+    still held when the block ends is raised there. Only Python's own SIGINT handler is
+    replaced: a process that ignores SIGINT, or whose caller installed its own handler, or
+    code off the main thread, keeps what it had."""
+    global _requested
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    _requested = False
+    signal.signal(signal.SIGINT, _handler)
+    try:
+        yield
+        raise_if_requested()
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _requested = False
+
+
+def raise_if_requested() -> None:
+    """Raise ``KeyboardInterrupt`` here if Ctrl-C was pressed since ``deferred()`` began."""
+    global _requested
+    if _requested:
+        _requested = False
+        raise KeyboardInterrupt
