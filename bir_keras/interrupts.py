@@ -2,17 +2,18 @@
 
 Python raises ``KeyboardInterrupt`` at the next bytecode the main thread runs, which may be
 inside TensorFlow's C++ code calling back into Python (a tensor conversion, a summary
-write): seen there as a ``SystemError`` and, once on CI, as a segmentation fault before
-anything was saved. Inside ``deferred()`` the first SIGINT only records the request; the
-training loop calls ``raise_if_requested()`` between compiled calls, where the interrupt is
-an ordinary Python exception. A second SIGINT raises at once, for a user who will not wait.
+write): seen there as a ``SystemError``, and the likeliest cause of the segmentation
+fault that CI once saw at a Ctrl-C (no traceback, nothing saved). Inside ``deferred()``
+the first SIGINT only records the request; the training loop calls
+``raise_if_requested()`` between compiled calls, where the interrupt is an ordinary Python
+exception. A second SIGINT raises at once, for a user who will not wait.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
-import sys
 import threading
 
 _requested = False
@@ -23,8 +24,10 @@ def _handler(signum, frame) -> None:
     if _requested:
         raise KeyboardInterrupt
     _requested = True
-    print("Ctrl-C: stopping after the current steps and saving (press again to stop at once)",
-          file=sys.stderr, flush=True)
+    # os.write, not print: the main thread may be inside a write to sys.stderr right now,
+    # and a buffered stream refuses a re-entrant write (RuntimeError)
+    os.write(2, b"Ctrl-C: stopping after the current steps and saving "
+                b"(press again to stop at once)\n")
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ def ctrl_c():
     os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_first_ctrl_c_is_held_until_asked_for(capsys):
+def test_first_ctrl_c_is_held_until_asked_for(capfd):
     with pytest.raises(KeyboardInterrupt):
         with interrupts.deferred():
             ctrl_c()  # nothing raised here
@@ -20,7 +20,7 @@ def test_first_ctrl_c_is_held_until_asked_for(capsys):
             interrupts.raise_if_requested()
             reached_after = True
     assert reached and "reached_after" not in locals()
-    assert "press again to stop at once" in capsys.readouterr().err
+    assert "press again to stop at once" in capfd.readouterr().err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
