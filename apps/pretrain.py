@@ -22,6 +22,7 @@ from pathlib import Path
 
 from absl import flags
 
+from bir_keras import interrupts
 from bir_keras.fileio import atomic_write, atomic_write_text
 
 FLAGS = flags.FLAGS
@@ -109,8 +110,6 @@ def main(argv: list[str]) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from bir_keras import interrupts
-
     try:
         with interrupts.deferred():
             train(data, out, command)
@@ -134,7 +133,6 @@ def train(data, out: Path, command: str) -> None:
     import numpy as np
     import tensorflow as tf
 
-    from bir_keras import interrupts
     from bir_keras.data.protocols import CIFAR_MEAN, CIFAR_STD, normalise_pixels
 
     if FLAGS.deterministic:

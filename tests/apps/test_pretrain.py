@@ -101,3 +101,36 @@ def test_shipped_weights_load_by_default():
     f = trunk(x, training=False).numpy()
     # (the last conv layer is linear: features may be negative)
     assert f.shape == (4, 1024) and np.all(np.isfinite(f))
+
+
+def test_ctrl_c_keeps_the_last_whole_epoch(trained, tmp_path):
+    # Ctrl-C part-way through a long run: exit 130, and the weights and their record hold
+    # the last finished epoch (the interrupt waits for the running step, then saves nothing
+    # half-written)
+    import signal
+
+    root, _, _ = trained
+    out = tmp_path / "conv_trunk.weights.h5"
+    proc = subprocess.Popen([sys.executable, "-m", "apps.pretrain", f"--data_dir={root / 'data'}",
+                             f"--out={out}", *FAST, "--epochs=100000"], cwd=ROOT,
+                            env={**ENV, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in proc.stdout:  # wait for two finished epochs
+            if line.startswith("epoch 2/"):
+                break
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, (proc.returncode, stderr[-3000:])
+    assert "Traceback" not in stderr
+    [line] = [ln for ln in stderr.splitlines() if ln.startswith("interrupted")]
+    rec = json.loads((tmp_path / "conv_trunk.json").read_text())
+    assert rec["epochs"] >= 2 and f"hold epoch {rec['epochs']}" in line
+    assert not rec["finished"] and out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conv_trunk.json",
+                                                         "conv_trunk.weights.h5"]
