@@ -8,7 +8,11 @@ One entry point, :func:`load_dataset`, returns a :class:`Dataset` of uint8 image
   MNIST IDX files (``mnist``, ``fashion_mnist``), the CIFAR python pickles
   (``cifar10``, ``cifar100``), or an image folder ``train/<class>/*.png`` and
   ``test/<class>/*.png`` (any dataset), either a directory or a ``.zip`` file.
-* no ``data_dir``: TensorFlow Datasets (downloads, or reads ``TFDS_DATA_DIR``).
+* no ``data_dir``: TensorFlow Datasets (downloads, or reads ``TFDS_DATA_DIR``); with no
+  prepared copy and no answer from the download host it refuses at once.
+
+Every problem (missing, unreadable, truncated or ill-shaped data) is a one-line
+:class:`DataError`; an OS refusal is never called corruption.
 
 Decoded image folders are cached as ``.npz`` under ``~/.cache/bir_keras/``
 (or ``$BIR_KERAS_CACHE_DIR``), never next to the user's data.
@@ -25,9 +29,15 @@ import json
 import logging
 import os
 import pickle
+import socket
+import stat
+import threading
+import time
+import urllib.parse
+import urllib.request
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -80,6 +90,11 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _IDX_IMAGES_MAGIC = 0x00000803
 _IDX_LABELS_MAGIC = 0x00000801
 _CACHE_VERSION = 1
+_ZIP_LOCAL_HEADER_MAGIC = b"PK\x03\x04"
+# Seconds to wait for a TCP connection to the TFDS download host before calling it unreachable.
+NETWORK_PROBE_TIMEOUT_S = 3.0
+# Where TFDS fetches from when a builder lists no download URLs of its own.
+_TFDS_FALLBACK_HOST = ("storage.googleapis.com", 443)
 _IMAGE_FOLDER_HELP = (
     "an image folder DIR/train/<class>/*.png|*.jpg and DIR/test/<class>/*.png|*.jpg, "
     "or a .zip file holding that layout (optionally under one top folder)"
@@ -215,17 +230,56 @@ def _load_digits() -> Dataset:
 # --------------------------------------------------------------------------- local files
 
 
+def _os_reason(err: OSError) -> str:
+    """The OS's words for ``err`` ("Permission denied"), without errno and path."""
+    return err.strerror or str(err) or type(err).__name__
+
+
+def _unreadable(path: str, err: OSError, data_dir: str | None = None) -> DataError:
+    """The error for a file or folder the OS refuses to read (never called corrupt)."""
+    same = data_dir is not None and os.path.normpath(path) == os.path.normpath(data_dir)
+    where = f"data_dir {path}" if same else path
+    if isinstance(err, PermissionError):
+        hint = "check its permissions (ls -l), or copy the data somewhere you may read"
+    else:
+        hint = "check the disk, or copy the data again"
+    return DataError(f"{where}: cannot read it ({_os_reason(err)}); {hint}")
+
+
+def _list_dir(path: str, data_dir: str | None = None) -> list[str]:
+    """List a folder, raising DataError when it cannot be listed or searched."""
+    try:
+        names = os.listdir(path)
+        if names:  # listing needs read permission, looking inside needs search (x) permission
+            os.stat(os.path.join(path, names[0]), follow_symlinks=False)
+    except OSError as err:
+        raise _unreadable(path, err, data_dir) from err
+    return names
+
+
 def _load_local(name: str, data_dir: str) -> Dataset:
+    """Detect the format of ``data_dir`` and load it; every OS error becomes a DataError."""
+    try:
+        return _detect_and_load(name, data_dir)
+    except OSError as err:  # a safety net: the readers below name the file themselves
+        raise _unreadable(os.fspath(err.filename or data_dir), err, data_dir) from err
+
+
+def _detect_and_load(name: str, data_dir: str) -> Dataset:
     """Detect the format of ``data_dir`` and load it."""
-    if not os.path.exists(data_dir):
-        raise DataError(f"data_dir {data_dir} does not exist; {_formats_help(name)}")
-    if os.path.isfile(data_dir):
-        if zipfile.is_zipfile(data_dir):
-            return _load_image_zip(name, data_dir)
+    try:
+        mode = os.stat(data_dir).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise DataError(f"data_dir {data_dir} does not exist; {_formats_help(name)}") from None
+    except OSError as err:
+        raise _unreadable(data_dir, err, data_dir) from err
+    if stat.S_ISREG(mode):
+        return _load_local_file(name, data_dir)
+    if not stat.S_ISDIR(mode):
         raise DataError(
-            f"data_dir {data_dir} is a file but not a .zip archive (extract other archives "
-            f"first); {_formats_help(name)}"
+            f"data_dir {data_dir} is neither a folder nor a regular file; {_formats_help(name)}"
         )
+    _list_dir(data_dir, data_dir)
 
     if name in ("mnist", "fashion_mnist"):
         found = {key: _find_idx_file(data_dir, base) for key, base in IDX_FILES.items()}
@@ -250,6 +304,26 @@ def _load_local(name: str, data_dir: str) -> Dataset:
     if root is not None:
         return _load_image_dir(name, root)
     raise DataError(f"data_dir {data_dir} holds no {name} data: {_missing_hint(name, data_dir)}")
+
+
+def _load_local_file(name: str, path: str) -> Dataset:
+    """Load a data_dir that is a file: only a .zip of an image folder is accepted."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_ZIP_LOCAL_HEADER_MAGIC))
+    except OSError as err:
+        raise _unreadable(path, err, path) from err
+    if zipfile.is_zipfile(path):
+        return _load_image_zip(name, path)
+    if head == _ZIP_LOCAL_HEADER_MAGIC:
+        raise DataError(
+            f"data_dir {path} is a truncated or corrupt .zip (it starts like a .zip but its "
+            f"end-of-archive directory is missing or damaged); download or copy it again"
+        )
+    raise DataError(
+        f"data_dir {path} is a file but not a .zip archive (extract other archives "
+        f"first); {_formats_help(name)}"
+    )
 
 
 def _missing_hint(name: str, data_dir: str) -> str:
@@ -281,17 +355,17 @@ def _find_idx_file(data_dir: str, base: str) -> str | None:
 def _read_idx(path: str, magic: int, ndim: int) -> np.ndarray:
     """Parse one IDX file (optionally gzipped) of unsigned bytes into an array."""
     fname = os.path.basename(path)
+    opener = gzip.open if path.endswith(".gz") else open
     try:
-        if path.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                raw = f.read()
-        else:
-            with open(path, "rb") as f:
-                raw = f.read()
-    except (OSError, EOFError, zlib.error) as err:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:  # before OSError: BadGzipFile is one
         raise DataError(
-            f"{path}: cannot read ({err}); the file is truncated or corrupt, download {fname} again"
+            f"{path}: cannot decompress it ({err}); the file is truncated or corrupt, "
+            f"download {fname} again"
         ) from err
+    except OSError as err:
+        raise _unreadable(path, err) from err
     header_len = 4 + 4 * ndim
     if len(raw) < header_len:
         raise DataError(
@@ -365,26 +439,34 @@ def _find_pickle_folder(data_dir: str, folder: str, files: list[str]) -> str | N
     Raises DataError when the folder is there but some of its files are missing.
     """
     for candidate in (os.path.join(data_dir, folder), data_dir):
-        present = [f for f in files if os.path.isfile(os.path.join(candidate, f))]
+        if not os.path.isdir(candidate):
+            continue
+        names = set(_list_dir(candidate))
+        present = [f for f in files if f in names and os.path.isfile(os.path.join(candidate, f))]
         if candidate == data_dir and not present:
             continue
-        if os.path.isdir(candidate):
-            missing = [f for f in files if f not in present]
-            if missing:
-                raise DataError(
-                    f"{candidate} lacks {', '.join(missing)}; the {folder} folder must "
-                    f"hold {', '.join(files)}"
-                )
-            return candidate
+        missing = [f for f in files if f not in present]
+        if missing:
+            raise DataError(
+                f"{candidate} lacks {', '.join(missing)}; the {folder} folder must "
+                f"hold {', '.join(files)}"
+            )
+        return candidate
     return None
 
 
 def _read_pickle(path: str) -> dict:
     """Unpickle one CIFAR file (bytes keys)."""
     try:
-        with open(path, "rb") as f:
+        f = open(path, "rb")  # closed by the with below; failing to open is not damage
+    except OSError as err:
+        raise _unreadable(path, err) from err
+    try:
+        with f:
             obj = pickle.load(f, encoding="bytes")
-    except Exception as err:  # any unpickling failure means a damaged file
+    except OSError as err:  # the OS failed to read it: not a damaged file
+        raise _unreadable(path, err) from err
+    except Exception as err:  # any other unpickling failure means a damaged file
         raise DataError(
             f"{path}: cannot unpickle ({type(err).__name__}: {err}); the file is truncated "
             f"or corrupt, download it again"
@@ -465,13 +547,15 @@ def _find_image_folder_root(data_dir: str) -> str | None:
         os.path.join(data_dir, "test")
     ):
         return data_dir
-    subdirs = [
-        e.path for e in os.scandir(data_dir) if e.is_dir() and not e.name.startswith((".", "__"))
-    ]
-    if len(subdirs) == 1 and any(
-        os.path.isdir(os.path.join(subdirs[0], split)) for split in ("train", "test")
-    ):
-        return subdirs[0]
+    with os.scandir(data_dir) as it:
+        subdirs = [e.path for e in it if e.is_dir() and not e.name.startswith((".", "__"))]
+    if len(subdirs) == 1:
+        names = _list_dir(subdirs[0])  # an unreadable single subfolder may hold the data
+        if any(
+            split in names and os.path.isdir(os.path.join(subdirs[0], split))
+            for split in ("train", "test")
+        ):
+            return subdirs[0]
     return None
 
 
@@ -517,17 +601,19 @@ def _decode_images(
     x = np.empty((len(items), height, width, channels), dtype=np.uint8)
     y = np.fromiter((label for _, label in items), dtype=np.int64, count=len(items))
     for i, (key, _) in enumerate(items):
+        data = read(key)  # raises DataError itself, saying whether the OS or the data failed
         try:
-            with Image.open(io.BytesIO(read(key))) as img:
+            with Image.open(io.BytesIO(data)) as img:
                 found = (img.height, img.width, len(img.getbands()))
                 if found[:2] != (height, width):
                     raise _shape_error(name, found, f"{where}: {key}")
                 pixels = np.asarray(img.convert(mode), dtype=np.uint8)
         except DataError:
             raise
-        except (OSError, UnidentifiedImageError, zipfile.BadZipFile, zlib.error) as err:
+        except (OSError, UnidentifiedImageError, ValueError, zlib.error) as err:  # decoding only
             raise DataError(
-                f"{where}: cannot read image {key} ({err}); remove or replace the file"
+                f"{where}: cannot decode image {key} ({err}); the file is truncated, corrupt "
+                f"or not an image, remove or replace it"
             ) from err
         x[i] = pixels.reshape(height, width, channels)
     return x, y
@@ -539,6 +625,15 @@ def _file_state(path: str) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def _scandir(path: str) -> list[os.DirEntry]:
+    """The entries of a folder, raising DataError when the OS refuses to list it."""
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except OSError as err:
+        raise _unreadable(path, err) from err
+
+
 def _load_image_dir(name: str, root: str) -> Dataset:
     """Load an image folder root/{train,test}/<class>/* (cached)."""
     entries = []
@@ -547,14 +642,17 @@ def _load_image_dir(name: str, root: str) -> Dataset:
         split_dir = os.path.join(root, split)
         if not os.path.isdir(split_dir):
             continue
-        for cls in os.scandir(split_dir):
+        for cls in _scandir(split_dir):
             if not cls.is_dir() or cls.name.startswith("."):
                 continue
-            for f in os.scandir(cls.path):
+            for f in _scandir(cls.path):
                 if f.is_file() and _is_image(f.name):
                     rel = f"{split}/{cls.name}/{f.name}"
                     entries.append((split, cls.name, rel))
-                    st = f.stat()
+                    try:
+                        st = f.stat()
+                    except OSError as err:
+                        raise _unreadable(f.path, err) from err
                     state.append((rel, st.st_size, st.st_mtime_ns))
     state.sort()
     fingerprint = hashlib.sha256(json.dumps(state).encode()).hexdigest()
@@ -563,8 +661,12 @@ def _load_image_dir(name: str, root: str) -> Dataset:
         class_names, grouped = _group_entries(entries, root)
 
         def read(rel: str) -> bytes:
-            with open(os.path.join(root, rel), "rb") as f:
-                return f.read()
+            path = os.path.join(root, rel)
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError as err:
+                raise _unreadable(path, err) from err
 
         x_train, y_train = _decode_images(name, grouped["train"], read, root)
         x_test, y_test = _decode_images(name, grouped["test"], read, root)
@@ -578,13 +680,35 @@ def _load_image_zip(name: str, zip_path: str) -> Dataset:
 
     def build() -> Dataset:
         try:
-            with zipfile.ZipFile(zip_path) as zf:
-                entries = _zip_entries(zf, zip_path)
-                class_names, grouped = _group_entries(entries, zip_path)
-                x_train, y_train = _decode_images(name, grouped["train"], zf.read, zip_path)
-                x_test, y_test = _decode_images(name, grouped["test"], zf.read, zip_path)
-        except (zipfile.BadZipFile, OSError) as err:
-            raise DataError(f"{zip_path}: cannot read zip ({err}); download it again") from err
+            zf = zipfile.ZipFile(zip_path)
+        except (zipfile.BadZipFile, EOFError) as err:
+            raise DataError(
+                f"{zip_path}: is a truncated or corrupt .zip ({err}); download or copy it again"
+            ) from err
+        except OSError as err:
+            raise _unreadable(zip_path, err, zip_path) from err
+
+        def read(member: str) -> bytes:
+            try:
+                return zf.read(member)
+            except (zipfile.BadZipFile, EOFError, zlib.error) as err:
+                raise DataError(
+                    f"{zip_path}: cannot extract {member} ({err}); the .zip is truncated or "
+                    f"corrupt, download or copy it again"
+                ) from err
+            except (NotImplementedError, RuntimeError) as err:  # compression, encryption
+                raise DataError(
+                    f"{zip_path}: cannot extract {member} ({err}); make the .zip again "
+                    f"without a password, stored or deflated"
+                ) from err
+            except OSError as err:
+                raise _unreadable(zip_path, err, zip_path) from err
+
+        with zf:
+            entries = _zip_entries(zf, zip_path)
+            class_names, grouped = _group_entries(entries, zip_path)
+            x_train, y_train = _decode_images(name, grouped["train"], read, zip_path)
+            x_test, y_test = _decode_images(name, grouped["test"], read, zip_path)
         return Dataset(name, x_train, y_train, x_test, y_test, class_names)
 
     return _cached(name, zip_path, {"kind": "zip", **_file_state(zip_path)}, build)
@@ -695,14 +819,96 @@ def _write_cache(dataset: Dataset, folder: str, path: str, prefix: str) -> None:
 # --------------------------------------------------------------------------- TFDS
 
 
+def _probe_network(
+    hosts: Iterable[tuple[str, int]], timeout: float = NETWORK_PROBE_TIMEOUT_S
+) -> str | None:
+    """Try a TCP connection to each ``(host, port)``; None if all answer, else why not.
+
+    Each connection runs in a daemon thread so that a hanging name lookup (which ignores
+    socket timeouts) cannot hold the caller longer than ``timeout`` seconds in all.
+    """
+    hosts = list(dict.fromkeys(hosts))
+    failures: dict[tuple[str, int], str | None] = {}
+
+    def connect(host: str, port: int) -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            failures[(host, port)] = None
+        except OSError as err:
+            failures[(host, port)] = _os_reason(err)
+
+    threads = [threading.Thread(target=connect, args=hp, daemon=True) for hp in hosts]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    for host, port in hosts:
+        if (host, port) not in failures:
+            return f"{host}:{port}: no answer within {timeout:g} s"
+        if failures[(host, port)] is not None:
+            return f"{host}:{port}: {failures[(host, port)]}"
+    return None
+
+
+def _download_hosts(urls: Iterable[str]) -> list[tuple[str, int]]:
+    """The ``(host, port)`` to connect to for each URL: its proxy's, if one is set for it."""
+    proxies = urllib.request.getproxies()
+    hosts = []
+    for url in urls:
+        parts = urllib.parse.urlsplit(url)
+        if not parts.hostname:
+            continue
+        proxy = proxies.get(parts.scheme)
+        if proxy and not urllib.request.proxy_bypass(parts.hostname):
+            parts = urllib.parse.urlsplit(proxy if "//" in proxy else f"http://{proxy}")
+        if parts.hostname:
+            default_port = 443 if parts.scheme == "https" else 80
+            hosts.append((parts.hostname, parts.port or default_port))
+    return list(dict.fromkeys(hosts)) or [_TFDS_FALLBACK_HOST]
+
+
+def _tfds_offline_error(name: str, data_dir_root: str, reason: str) -> DataError:
+    """The error for: no --data_dir, no prepared TFDS copy, and no way to download one."""
+    return DataError(
+        f"no --data_dir given, TFDS has no local copy of {name} (in {data_dir_root}), and "
+        f"the internet is unreachable ({reason}); pass --data_dir=DIR with local files "
+        f"({_formats_help(name)}), or set TFDS_DATA_DIR to a folder where TFDS already "
+        f"prepared {name}"
+    )
+
+
+def _tfds_is_prepared(builder) -> bool:
+    """``builder.is_prepared()``, without TFDS's warnings about half-made variant folders."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        return bool(builder.is_prepared())
+    finally:
+        absl_logger.setLevel(level)
+
+
 def _load_tfds(name: str) -> Dataset:
-    """Load ``name`` with TensorFlow Datasets, or explain how to get the data otherwise."""
+    """Load ``name`` with TensorFlow Datasets, or explain how to get the data otherwise.
+
+    When TFDS has no prepared copy and its download host does not answer within
+    ``NETWORK_PROBE_TIMEOUT_S``, refuse at once, before TFDS creates any folder.
+    """
     try:
         import tensorflow_datasets as tfds
 
+        # TFDS reads TFDS_DATA_DIR once, at import; read it here so a later setting counts.
+        tfds_data_dir = os.environ.get("TFDS_DATA_DIR") or None
+        builder = tfds.builder(name, data_dir=tfds_data_dir)
+        if not _tfds_is_prepared(builder):
+            reason = _probe_network(_download_hosts(builder.url_infos or {}))
+            if reason is not None:
+                raise _tfds_offline_error(name, os.fspath(builder.data_dir_root), reason)
         (train, test), info = tfds.load(
             name,
             split=["train", "test"],
+            data_dir=tfds_data_dir,
             batch_size=-1,
             as_supervised=True,
             with_info=True,
@@ -710,6 +916,8 @@ def _load_tfds(name: str) -> Dataset:
         x_train, y_train = tfds.as_numpy(train)
         x_test, y_test = tfds.as_numpy(test)
         names = list(info.features["label"].names)
+    except DataError:
+        raise
     except Exception as err:  # no internet, no TFDS, broken TFDS data dir, ...
         raise DataError(
             f"could not load {name!r} with TensorFlow Datasets ({type(err).__name__}: "

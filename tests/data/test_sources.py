@@ -4,6 +4,7 @@ import gzip
 import os
 import shutil
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -23,6 +24,17 @@ CIFAR10_NAMES = [
     "airplane", "automobile", "bird", "cat", "deer",
     "dog", "frog", "horse", "ship", "truck",
 ]  # fmt: skip
+
+
+_REAL_PROBE = sources._probe_network  # tested on loopback only; replaced everywhere else
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """No test here touches the network: the TFDS reachability probe reports offline."""
+    monkeypatch.setattr(
+        sources, "_probe_network", lambda *a, **k: "offline (tests never touch the network)"
+    )
 
 
 def _expected(tiny_image, n: int, shape, offset: int = 0, order=None) -> np.ndarray:
@@ -213,6 +225,7 @@ def test_tfds_mock(name, n, monkeypatch):
     # make TFDS call padded_batch(sys.maxsize), which aborts the process in TF 2.21. A real
     # prepared dataset always knows its sizes; give the mock the size it will generate.
     monkeypatch.setattr(splits.SplitDict, "total_num_examples", property(lambda self: n))
+    monkeypatch.setattr(sources, "_probe_network", lambda *a, **k: None)  # mocked download
     with tfds.testing.mock_data(num_examples=n):
         ds = load_dataset(name)
     _check_types(ds, name)
@@ -229,6 +242,7 @@ def test_tfds_failure_names_both_fixes(monkeypatch):
         raise ConnectionError("Failed to resolve storage.googleapis.com")
 
     monkeypatch.setattr(tfds, "load", offline)
+    monkeypatch.setattr(sources, "_probe_network", lambda *a, **k: None)  # the host answered
     with pytest.raises(DataError) as info:
         load_dataset("cifar10")
     message = str(info.value)
@@ -320,12 +334,13 @@ def _write_mnist_like(folder: Path, mean: float, n: int = 1200) -> Path:
     side = int(round(28 * np.sqrt(mean / 255.0)))
     img = np.zeros((28, 28), np.uint8)
     top = (28 - side) // 2
-    img[top:top + side, top:top + side] = 255
+    img[top : top + side, top : top + side] = 255
     for prefix, count in (("train", n), ("t10k", 200)):
         labels = (np.arange(count) % 10).astype(np.uint8)
-        for base, arr, magic in ((f"{prefix}-images-idx3-ubyte.gz", np.repeat(img[None], count, 0),
-                                  0x803),
-                                 (f"{prefix}-labels-idx1-ubyte.gz", labels, 0x801)):
+        for base, arr, magic in (
+            (f"{prefix}-images-idx3-ubyte.gz", np.repeat(img[None], count, 0), 0x803),
+            (f"{prefix}-labels-idx1-ubyte.gz", labels, 0x801),
+        ):
             header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in arr.shape)
             with gzip.open(folder / base, "wb") as f:
                 f.write(header + arr.tobytes())
@@ -342,3 +357,282 @@ def test_fashion_files_given_as_mnist_and_the_reverse_are_refused(tmp_path):
     assert load_dataset("fashion_mnist", fashion).name == "fashion_mnist"
     assert load_dataset("mnist", digits).name == "mnist"
 
+
+# ----------------------------------------------------------------------------- unreadable data
+
+_DENIED = "Permission denied"
+_AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _deny(monkeypatch, module, attr: str, path) -> None:
+    """Make ``module.attr(path, ...)`` raise PermissionError for ``path``, as the OS would."""
+    real = getattr(module, attr)
+    denied = os.path.normpath(os.fspath(path))
+
+    def fake(target, *args, **kwargs):
+        if isinstance(target, (str, os.PathLike)) and os.path.normpath(target) == denied:
+            raise PermissionError(13, _DENIED, os.fspath(target))
+        return real(target, *args, **kwargs)
+
+    monkeypatch.setattr(module, attr, fake)
+
+
+def _assert_unreadable(err: DataError, path) -> None:
+    """One line, naming ``path`` and the OS reason, and not blaming the file's contents."""
+    message = str(err)
+    assert "\n" not in message
+    assert os.fspath(path) in message and f"cannot read it ({_DENIED})" in message
+    assert "corrupt" not in message and "truncated" not in message
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_unreadable_data_dir_is_a_data_error(name, tmp_path, monkeypatch):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "something").write_bytes(b"x")
+    _deny(monkeypatch, os, "listdir", data_dir)
+    _deny(monkeypatch, os, "scandir", data_dir)
+    with pytest.raises(DataError) as info:
+        load_dataset(name, data_dir)
+    _assert_unreadable(info.value, data_dir)
+    assert str(info.value).startswith(f"data_dir {data_dir}: cannot read it")
+
+
+def test_unsearchable_data_dir_is_a_data_error(tmp_path, monkeypatch):
+    # A folder with read but no search (x) permission lists, but nothing in it can be opened.
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "train-images-idx3-ubyte.gz").write_bytes(b"x")
+    _deny(monkeypatch, os, "stat", data_dir / "train-images-idx3-ubyte.gz")
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", data_dir)
+    _assert_unreadable(info.value, data_dir)
+
+
+def test_unreadable_parent_of_data_dir_is_not_called_missing(tmp_path, monkeypatch):
+    data_dir = tmp_path / "data"
+    _deny(monkeypatch, os, "stat", data_dir)
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", data_dir)
+    _assert_unreadable(info.value, data_dir)
+    assert "does not exist" not in str(info.value)
+
+
+@pytest.mark.skipif(_AS_ROOT, reason="root reads folders whatever their mode")
+def test_unreadable_data_dir_by_chmod(mnist_idx_dir):
+    mnist_idx_dir.chmod(0)
+    try:
+        with pytest.raises(DataError) as info:
+            load_dataset("mnist", mnist_idx_dir)
+    finally:
+        mnist_idx_dir.chmod(0o755)
+    _assert_unreadable(info.value, mnist_idx_dir)
+
+
+def test_unreadable_class_folder_is_named(image_folder_dir, monkeypatch):
+    cat = image_folder_dir / "train" / "cat"
+    _deny(monkeypatch, os, "scandir", cat)
+    with pytest.raises(DataError) as info:
+        load_dataset("cifar10", image_folder_dir)
+    _assert_unreadable(info.value, cat)
+
+
+def test_unreadable_single_subfolder_is_named(image_folder_dir, tmp_path, monkeypatch):
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    inner = image_folder_dir.rename(outer / "tiny-cifar")
+    _deny(monkeypatch, os, "listdir", inner)
+    with pytest.raises(DataError) as info:
+        load_dataset("cifar10", outer)
+    _assert_unreadable(info.value, inner)
+
+
+def test_unreadable_pickle_folder_is_named(cifar10_pickle_dir, monkeypatch):
+    folder = cifar10_pickle_dir / "cifar-10-batches-py"
+    _deny(monkeypatch, os, "listdir", folder)
+    with pytest.raises(DataError) as info:
+        load_dataset("cifar10", cifar10_pickle_dir)
+    _assert_unreadable(info.value, folder)
+    assert "lacks" not in str(info.value)
+
+
+def test_unreadable_idx_gz_is_not_called_corrupt(mnist_idx_dir, monkeypatch):
+    import builtins
+
+    path = mnist_idx_dir / "train-labels-idx1-ubyte.gz"
+    _deny(monkeypatch, builtins, "open", path)
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", mnist_idx_dir)
+    _assert_unreadable(info.value, path)
+
+
+def test_unreadable_cifar_pickle_is_not_called_corrupt(cifar10_pickle_dir, monkeypatch):
+    import builtins
+
+    path = cifar10_pickle_dir / "cifar-10-batches-py" / "data_batch_3"
+    _deny(monkeypatch, builtins, "open", path)
+    with pytest.raises(DataError) as info:
+        load_dataset("cifar10", cifar10_pickle_dir)
+    _assert_unreadable(info.value, path)
+
+
+def test_unreadable_image_is_not_called_corrupt(image_folder_dir, monkeypatch):
+    import builtins
+
+    path = image_folder_dir / "test" / "dog" / "0005.png"
+    _deny(monkeypatch, builtins, "open", path)
+    with pytest.raises(DataError) as info:
+        load_dataset("cifar10", image_folder_dir)
+    _assert_unreadable(info.value, path)
+
+
+@pytest.mark.skipif(_AS_ROOT, reason="root reads files whatever their mode")
+def test_unreadable_image_by_chmod(image_folder_dir):
+    path = image_folder_dir / "test" / "dog" / "0005.png"
+    path.chmod(0)
+    with pytest.raises(DataError) as info:
+        load_dataset("cifar10", image_folder_dir)
+    _assert_unreadable(info.value, path)
+
+
+def test_corrupt_pickle_is_called_corrupt(cifar10_pickle_dir):
+    path = cifar10_pickle_dir / "cifar-10-batches-py" / "test_batch"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(DataError, match=r"test_batch: cannot unpickle .*truncated or corrupt"):
+        load_dataset("cifar10", cifar10_pickle_dir)
+
+
+def test_corrupt_image_says_decode_not_read(image_folder_dir):
+    (image_folder_dir / "train" / "cat" / "0003.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"cannot decode image train/cat/0003.png .*corrupt"):
+        load_dataset("cifar10", image_folder_dir)
+
+
+# ----------------------------------------------------------------------------- zip files
+
+
+def test_unreadable_zip_is_not_called_not_a_zip(image_folder_dir, tmp_path, monkeypatch):
+    import builtins
+
+    zip_path = _zip_folder(image_folder_dir, tmp_path / "tiny.zip", "")
+    _deny(monkeypatch, builtins, "open", zip_path)
+    with pytest.raises(DataError) as info:
+        load_dataset("cifar10", zip_path)
+    _assert_unreadable(info.value, zip_path)
+    assert "not a .zip" not in str(info.value)
+
+
+@pytest.mark.skipif(_AS_ROOT, reason="root reads files whatever their mode")
+def test_unreadable_zip_by_chmod(image_folder_dir, tmp_path):
+    zip_path = _zip_folder(image_folder_dir, tmp_path / "tiny.zip", "")
+    zip_path.chmod(0)
+    with pytest.raises(DataError) as info:
+        load_dataset("cifar10", zip_path)
+    _assert_unreadable(info.value, zip_path)
+
+
+def test_truncated_zip_says_truncated(image_folder_dir, tmp_path):
+    zip_path = _zip_folder(image_folder_dir, tmp_path / "tiny.zip", "tiny-cifar")
+    data = zip_path.read_bytes()
+    zip_path.write_bytes(data[: len(data) // 2])  # the central directory at the end is gone
+    with pytest.raises(DataError) as info:
+        load_dataset("cifar10", zip_path)
+    message = str(info.value)
+    assert f"{zip_path} is a truncated or corrupt .zip" in message
+    assert "download or copy it again" in message and "not a .zip" not in message
+
+
+def test_zip_with_damaged_member_says_corrupt(image_folder_dir, tmp_path):
+    zip_path = _zip_folder(image_folder_dir, tmp_path / "tiny.zip", "")
+    data = bytearray(zip_path.read_bytes())
+    with zipfile.ZipFile(zip_path) as zf:
+        info = zf.getinfo("train/cat/0003.png")
+    # Flip bytes inside the member's data (after its 30-byte local header and name): CRC fails.
+    start = info.header_offset + 30 + len(info.filename) + 8
+    data[start : start + 4] = bytes(b ^ 0xFF for b in data[start : start + 4])
+    zip_path.write_bytes(bytes(data))
+    with pytest.raises(
+        DataError, match=r"cannot extract train/cat/0003.png .*truncated or corrupt"
+    ):
+        load_dataset("cifar10", zip_path)
+
+
+def test_other_file_is_not_a_zip(tmp_path):
+    path = tmp_path / "images.tar.gz"
+    path.write_bytes(gzip.compress(b"not a zip at all"))
+    with pytest.raises(DataError) as info:
+        load_dataset("cifar10", path)
+    message = str(info.value)
+    assert f"{path} is a file but not a .zip archive" in message
+    assert "truncated" not in message and "cannot read" not in message
+
+
+# ----------------------------------------------------------------------------- TFDS offline
+
+
+def test_tfds_offline_without_local_copy_refuses_at_once(tmp_path, monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    tfds_dir = tmp_path / "tfds"  # does not exist: TFDS must not create it
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tfds_dir))
+    probed = []
+
+    def offline(hosts, *args, **kwargs):
+        probed.append(list(hosts))
+        return "storage.googleapis.com:443: Name or service not known"
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("tfds.load must not be called when offline")
+
+    monkeypatch.setattr(sources, "_probe_network", offline)
+    monkeypatch.setattr(tfds, "load", no_download)
+    start = time.monotonic()
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist")
+    assert time.monotonic() - start < 10
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("no --data_dir given, TFDS has no local copy of mnist")
+    assert str(tfds_dir) in message and "the internet is unreachable" in message
+    assert "Name or service not known" in message and "--data_dir=DIR" in message
+    assert "train-images-idx3-ubyte.gz" in message and "image folder" in message
+    assert probed == [[("storage.googleapis.com", 443)]]  # where TFDS downloads MNIST from
+    assert not tfds_dir.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_tfds_prepared_copy_skips_the_network_probe(tmp_path, monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("a prepared dataset needs no network")
+
+    def load(name, **kwargs):
+        assert kwargs["data_dir"] == str(tmp_path)
+        raise RuntimeError("reached tfds.load")
+
+    monkeypatch.setattr(sources, "_probe_network", no_probe)
+    monkeypatch.setattr(tfds, "load", load)
+    with pytest.raises(DataError, match="RuntimeError: reached tfds.load"):
+        load_dataset("cifar10")
+
+
+def test_download_hosts_and_probe_on_loopback(monkeypatch):
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    assert sources._download_hosts(
+        ["https://a.example/x.gz", "https://a.example/y.gz", "http://b.example:8080/z"]
+    ) == [("a.example", 443), ("b.example", 8080)]
+    assert sources._download_hosts([]) == [("storage.googleapis.com", 443)]
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+    assert sources._download_hosts(["https://a.example/x"]) == [("proxy.example", 3128)]
+
+    import socket
+
+    with socket.socket() as server:  # loopback only: tests never touch the network
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        assert _REAL_PROBE([("127.0.0.1", port)], timeout=2) is None
+    reason = _REAL_PROBE([("127.0.0.1", port)], timeout=2)  # now closed
+    assert reason is not None and reason.startswith(f"127.0.0.1:{port}: ")
