@@ -5,6 +5,7 @@ line with exit code 2, and TensorFlow's C++ log lines stay hidden unless asked f
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import json
 import math
@@ -28,11 +29,78 @@ from bir_keras.data.sources import DataError
 
 USER_ERRORS = (ConfigError, DataError, FileExistsError)
 EXIT_REFUSED = 2
+EXIT_FAILED = 1
 
-flags.DEFINE_bool("tf_log", False, "show TensorFlow's own (C++) log lines, hidden by default; "
-                  "setting TF_CPP_MIN_LOG_LEVEL in the environment does the same (default false)")
 
-HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?", "h")
+class TrainingFailed(RuntimeError):
+    """Work that started and could not finish (a diverged loss, out of memory): exit 1 with
+    one ``error:`` line."""
+
+
+@contextlib.contextmanager
+def out_of_memory_names(hint: str):
+    """Turn running out of memory (TensorFlow's ``ResourceExhaustedError``, numpy's or
+    Python's ``MemoryError``) into ``TrainingFailed`` whose line names what to lower."""
+    try:
+        yield
+    except MemoryError:
+        raise TrainingFailed(f"out of memory: lower {hint}") from None
+    except Exception as e:  # noqa: BLE001 - only TensorFlow's out-of-memory error is mapped
+        tf = sys.modules.get("tensorflow")
+        if tf is None or not isinstance(e, tf.errors.ResourceExhaustedError):
+            raise
+        raise TrainingFailed(f"out of memory: lower {hint}") from None
+
+
+def memory_estimate(c: Config) -> tuple[int, str]:
+    """(bytes, what to lower): a rough upper estimate of what a resolved config asks of
+    memory, from the networks' weights (``--fc_units``) or one iteration's activations
+    (``--batch``, ``--batch_replay``), whichever is larger."""
+    from bir_keras.data.protocols import EXPERIMENTS
+
+    units = c.fc_units or EXPERIMENT_DEFAULTS.get(c.experiment, {}).get("fc_units", 400)
+    batch = (c.batch or EXPERIMENT_DEFAULTS.get(c.experiment, {}).get("batch", 128)) \
+        + (c.batch_replay or 0)
+    inputs = {"split_digits": 64}.get(c.experiment, 784 if EXPERIMENTS[c.experiment][3] else 3072)
+    layers = max(c.fc_layers, 1)
+    # weights of classifier and generator, Adam's two slots, frozen copies: ~ x8, float32
+    weights = 8 * 4 * (inputs * units + (layers - 1) * units * units)
+    # activations kept for the backward pass of classifier and VAE: ~ x16, float32
+    activations = 16 * 4 * batch * (inputs + layers * units)
+    if weights >= activations:
+        return weights, f"--fc_units (--fc_units={units} needs about {_gib(weights)})"
+    return activations, (f"--batch or --batch_replay ({batch} samples per iteration need "
+                         f"about {_gib(activations)})")
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2 ** 30:,.0f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:,.0f} MiB"
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), if known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(c: Config) -> str:
+    """Refuse (``TrainingFailed``: exit 1, before any work) a config whose estimate is more
+    than the memory available; else the hint that an out-of-memory error later names."""
+    need, hint = memory_estimate(c)
+    free = available_memory()
+    if free is not None and need > free:
+        raise TrainingFailed(f"out of memory: this run needs more than the {_gib(free)} "
+                             f"available; lower {hint}")
+    return hint
 
 
 def refuse(message: str) -> None:
@@ -264,6 +332,9 @@ def define_train_flags() -> None:
     d.DEFINE_bool("deterministic", True, "deterministic ops (same seed, same numbers)")
     d.DEFINE_integer("log_every", _D.log_every, "TensorBoard loss logging interval in steps "
                      f"(default {_D.log_every})")
+    d.DEFINE_float("checkpoint_every", 5.0, "minutes between checkpoints inside a task, into "
+                   "<export_dir>/task_progress (--resume_from continues from it, mid-task); a "
+                   "kill loses at most this much; 0 = only after each task (default 5)")
     d.DEFINE_float("progress_every", 30.0, "seconds between progress lines inside a task when "
                    "stdout is not a terminal (a terminal shows a progress bar; default 30)")
     validate_train_flags()
@@ -291,6 +362,7 @@ def validate_train_flags() -> None:
     validate("experiment", lambda v: v in EXPERIMENTS, f"one of {', '.join(EXPERIMENTS)}")
     validate("method", lambda v: v in METHODS, f"one of {', '.join(METHODS)}")
     validate("progress_every", lambda v: math.isfinite(v) and v > 0, pos)
+    validate("checkpoint_every", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 
 
 def config_from_flags(f) -> Config:

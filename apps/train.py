@@ -8,6 +8,7 @@ checkpoint and run.json into --export_dir after every task.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -51,9 +52,10 @@ def check_flags():
     (config, resolved config, output_dir, export_dir)."""
     from bir_keras import rundirs
     from bir_keras.config import resolve
-    from bir_keras.data.protocols import EXPERIMENTS
+    from bir_keras.data.protocols import EXPERIMENTS, check_tasks
 
     config = common.config_from_flags(FLAGS)
+    check_tasks(config.experiment, config.tasks)
     resolved = resolve(config, conv_protocol=not EXPERIMENTS[config.experiment][3])
     out = FLAGS.output_dir or os.path.join("runs", common.run_name(resolved))
     export_dir = FLAGS.export_dir or str(rundirs.default_export_dir(out))
@@ -64,32 +66,30 @@ def check_flags():
     rundirs.check_run_paths(out, export_dir, FLAGS.resume_from, FLAGS.overwrite)
     if FLAGS.resume_from:
         rundirs.read_resume_record(FLAGS.resume_from, resolved.to_dict())
+    common.check_memory(resolved)
     return config, resolved, out, export_dir
 
 
 def _main() -> int:
     try:
-        config, _, out, export_dir = check_flags()
+        config, resolved, out, export_dir = check_flags()
         strategy, is_chief = common.make_strategy(FLAGS.strategy, FLAGS.num_logical_cpus)
-        import tensorflow as tf
+        with contextlib.ExitStack() as claims:
+            if is_chief:
+                # claimed before the data loads: a second run on these paths is refused now
+                from bir_keras import rundirs
 
-        if FLAGS.deterministic:
-            tf.config.experimental.enable_op_determinism()
-        from bir_keras import experiment
-        from bir_keras.strategies.base import NonFiniteLoss
-
-        setup = experiment.prepare(config)
-        try:
-            rec = experiment.run(setup.config, out, export_dir=export_dir,
-                                 resume_from=FLAGS.resume_from, overwrite=FLAGS.overwrite,
-                                 strategy=strategy, is_chief=is_chief, setup=setup,
-                                 progress_every=FLAGS.progress_every)
-        except NonFiniteLoss as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
+                claims.enter_context(rundirs.claim(out, "--output_dir"))
+                claims.enter_context(rundirs.claim(export_dir, "--export_dir"))
+                rundirs.check_run_paths(out, export_dir, FLAGS.resume_from, FLAGS.overwrite)
+            hint = common.memory_estimate(resolved)[1]
+            rec, setup = _train(config, out, export_dir, strategy, is_chief, hint)
     except common.USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except common.TrainingFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     c = setup.config
     print(json.dumps({"final_average_accuracy": rec.get("final_average_accuracy"),
                       "output_dir": out, "export_dir": rec["export_dir"],
@@ -97,6 +97,27 @@ def _main() -> int:
                       "flags": {"experiment": c.experiment, "scenario": c.scenario,
                                 "method": c.method, "replay": c.replay, "seed": c.seed}}))
     return 0
+
+
+def _train(config, out: str, export_dir: str, strategy, is_chief: bool, hint: str):
+    import tensorflow as tf
+
+    if FLAGS.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    from bir_keras import experiment
+    from bir_keras.strategies.base import NonFiniteLoss
+
+    with common.out_of_memory_names(hint):
+        setup = experiment.prepare(config)
+        try:
+            rec = experiment.run(setup.config, out, export_dir=export_dir,
+                                 resume_from=FLAGS.resume_from, overwrite=FLAGS.overwrite,
+                                 strategy=strategy, is_chief=is_chief, setup=setup,
+                                 progress_every=FLAGS.progress_every,
+                                 checkpoint_every=FLAGS.checkpoint_every)
+        except NonFiniteLoss as e:
+            raise common.TrainingFailed(str(e)) from None
+    return rec, setup
 
 
 if __name__ == "__main__":

@@ -296,6 +296,10 @@ def check(c: Config, conv_protocol: bool) -> None:
         raise ConfigError(f"--dg_prop must be in [0, 1), got {c.dg_prop}")
     if c.xdg and not 0.0 <= c.xdg_prop < 1.0:
         raise ConfigError(f"--xdg_prop must be in [0, 1), got {c.xdg_prop}")
+    if c.brain_inspired and c.replay != "generative":
+        # name the flag the user gave, not the first component it switched on
+        raise ConfigError("--brain_inspired is generative replay (BI-R): it needs "
+                          f"--replay=generative (got --replay={c.replay})")
     generative_only = dict(feedback=c.feedback, dg_gates=c.dg_gates, reinit=c.reinit)
     if c.prior == "gmm":
         generative_only["prior=gmm"] = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -18,7 +19,7 @@ import tensorflow as tf
 
 from bir_keras import export, interrupts, rundirs
 from bir_keras.config import Config, ConfigError, resolve
-from bir_keras.data.protocols import Protocol, make_protocol
+from bir_keras.data.protocols import Protocol, make_protocol, max_tasks
 from bir_keras.evaluation.metrics import summarize
 from bir_keras.evaluation.plots import (
     accuracy_curves_png,
@@ -28,7 +29,7 @@ from bir_keras.evaluation.plots import (
 from bir_keras.fileio import atomic_dir, atomic_write_json
 from bir_keras.models.layers import CONV_FEATURES, conv_trunk
 from bir_keras.strategies import make_trainer
-from bir_keras.strategies.base import NonFiniteLoss, Trainer
+from bir_keras.strategies.base import NonFiniteLoss, TaskProgress, Trainer
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONV_WEIGHTS = PACKAGE_ROOT / "saved_models" / "cifar10_conv" / "conv_trunk.weights.h5"
@@ -152,9 +153,11 @@ def run_record(setup: Setup, trainer: Trainer, wall: float) -> dict:
     return rec
 
 
-def resume(trainer: Trainer, setup: Setup, resume_from: str) -> None:
+def resume(trainer: Trainer, setup: Setup, resume_from: str):
     """Load a previous run's checkpoint and history into ``trainer`` (same protocol and
-    settings only; refused with a ``ConfigError`` otherwise)."""
+    settings only; refused with a ``ConfigError`` otherwise). Returns what ``Trainer.fit``
+    needs to continue a task part-way through (``fit(resume=...)``), or None when the
+    export's last task is complete."""
     path = Path(resume_from)
     old = rundirs.read_resume_record(resume_from)
     rundirs.check_resume_flags(resume_from, old["flags"], setup.config.to_dict())
@@ -166,41 +169,69 @@ def resume(trainer: Trainer, setup: Setup, resume_from: str) -> None:
                               f"({key}={theirs.get(key)!r}, this run has {mine.get(key)!r})")
     if theirs["class_order"][:len(mine["class_order"])] != mine["class_order"][:len(theirs["class_order"])]:
         raise ConfigError(f"--resume_from={resume_from} used a different class order (seed)")
-    if old["tasks_learned"] >= setup.protocol.num_tasks:
-        raise ConfigError(f"--resume_from={resume_from} already learned {old['tasks_learned']} "
-                          f"tasks; ask for more with --tasks")
+    learned, n = old["tasks_learned"], setup.protocol.num_tasks
+    if learned >= n:
+        most = max_tasks(setup.config.experiment)
+        if most is not None and learned >= most:
+            raise ConfigError(f"--resume_from={resume_from} already learned all {learned} "
+                              f"tasks of {setup.config.experiment}: there is nothing left to "
+                              "learn")
+        raise ConfigError(f"--resume_from={resume_from} already learned {learned} tasks and "
+                          f"this run asks for --tasks={n}; ask for more with --tasks="
+                          f"{learned + 1}{'' if most is None else f' (up to {most})'}")
+    progress = old.get("task_progress")
     try:
-        export.restore_checkpoint(trainer, path)
-    except (AssertionError, ValueError, tf.errors.OpError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise ConfigError(f"--resume_from={resume_from}: its checkpoint does not fit the "
-                          f"networks of this run ({first})") from None
-    width = setup.protocol.num_tasks
-    trainer.history.accuracy_matrix = [list(r) + [None] * (width - len(r))
+        if progress is None:
+            export.restore_checkpoint(trainer, path)
+        else:
+            # readable now; fit() restores it once the task has started (a restore before
+            # start_task would be undone there, and a second restore of Keras models does
+            # not reliably assign every variable again)
+            export.check_progress(path)
+            trainer.tasks_done.assign(learned)   # fit() starts with the task in progress
+    except (export.CheckpointUnreadable, export.CheckpointMismatch) as e:
+        raise ConfigError(str(e)) from None
+    trainer.history.accuracy_matrix = [list(r) + [None] * (n - len(r))
                                        for r in old["accuracy_matrix"]]
     trainer.history.task_times = list(old.get("task_times_s", []))
     trainer.history.losses = list(old.get("losses", []))
     trainer.global_step = int(old.get("global_step", 0))
+    if progress is None:
+        return None
+    at = TaskProgress(**progress)
+    return at, lambda tr: export.restore_progress(tr, path)
 
 
 def run(config: Config, output_dir: str, export_dir: str | None = None,
         resume_from: str | None = None, overwrite: bool = False,
         strategy: tf.distribute.Strategy | None = None, is_chief: bool = True,
         verbose: bool = True, setup: Setup | None = None,
-        progress_every: float | None = 30.0) -> dict:
+        progress_every: float | None = 30.0, checkpoint_every: float | None = 5.0) -> dict:
     """Train, evaluate after each task, export after each task, write results atomically.
 
-    When ``verbose`` and stdout is not a terminal (no progress bar), a progress line is
-    printed every ``progress_every`` seconds inside a task."""
-    out = Path(output_dir)
+    The chief claims ``output_dir`` and ``export_dir`` for the whole run
+    (``rundirs.claim``: a second run on either is refused). Every ``checkpoint_every``
+    minutes inside a task (None or 0: never) the task's progress is saved into
+    ``<export_dir>/task_progress``, from which ``resume_from`` continues mid-task. When
+    ``verbose`` and stdout is not a terminal (no progress bar), a progress line is printed
+    every ``progress_every`` seconds inside a task."""
     if export_dir is None:
         export_dir = str(rundirs.default_export_dir(output_dir))
-    if is_chief:
-        rundirs.check_run_paths(output_dir, export_dir, resume_from, overwrite)
+    with contextlib.ExitStack() as claims:
+        if is_chief:
+            claims.enter_context(rundirs.claim(output_dir, "--output_dir"))
+            claims.enter_context(rundirs.claim(export_dir, "--export_dir"))
+            rundirs.check_run_paths(output_dir, export_dir, resume_from, overwrite)
+        return _run(config, output_dir, export_dir, resume_from, strategy, is_chief, verbose,
+                    setup, progress_every, checkpoint_every)
+
+
+def _run(config, output_dir, export_dir, resume_from, strategy, is_chief, verbose, setup,
+         progress_every, checkpoint_every) -> dict:
+    out = Path(output_dir)
     setup = setup or prepare(config)
     trainer = build(setup, strategy=strategy, verbose=verbose)
-    if resume_from:
-        resume(trainer, setup, resume_from)
+    midtask = resume(trainer, setup, resume_from) if resume_from else None
     start = time.time()
     # What is safely on disk: the tasks whose final state is exported, and where.
     saved = {"tasks": trainer.tasks_learned, "step": trainer.global_step,
@@ -228,33 +259,62 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
                               trunk=setup.trunk if setup.protocol.features else None)
             saved["export"] = Path(export_dir)
         saved.update(tasks=t + 1, step=tr.global_step)
+        last_checkpoint[0] = time.time()
+
+    last_checkpoint = [time.time()]
+    latest: dict = {}   # the last boundary between compiled calls (a Ctrl-C lands there)
+
+    def save_progress(tr: Trainer, at: TaskProgress) -> None:
+        rec = record(tr)
+        rec["task_progress"] = dataclasses.asdict(at)
+        export.save_progress(tr, export_dir, rec)
+        last_checkpoint[0] = time.time()
+
+    def checkpoint_in_task(tr: Trainer, at: TaskProgress) -> None:
+        latest.update(at=at, step=tr.global_step)
+        # between compiled calls; none right before the task's own export
+        if checkpoint_every and time.time() - last_checkpoint[0] >= checkpoint_every * 60 \
+                and at.iterations < tr.iterations(at.task):
+            save_progress(tr, at)
 
     trainer.callbacks.append(after_task)
+    if is_chief:
+        trainer.chunk_callbacks.append(checkpoint_in_task)
     progress = None
     if verbose and progress_every and not _isatty(sys.stdout):
-        progress = Progress(trainer, progress_every)
+        progress = Progress(trainer, progress_every, midtask[0] if midtask else None)
         trainer.callbacks.append(progress.task_done)
         progress.start()
-    try:
-        if is_chief:
-            trainer.summary_writer = tf.summary.create_file_writer(str(work / "tensorboard"))
-            _log_hparams(trainer, setup)
-            _log_about(trainer, setup)
-        with interrupts.deferred():
-            trainer.fit()
-    except NonFiniteLoss as e:
-        # the weights may already hold NaN: export nothing, keep the last good export
-        _discard(trainer, work)
-        raise NonFiniteLoss(f"{e}; {_last_export_note(saved)}") from e
-    except BaseException as e:
-        _discard(trainer, work)
-        if caused_by_interrupt(e):
-            raise _save_interrupted(trainer, setup, export_dir, saved, record,
-                                    is_chief) from None
-        raise
-    finally:
-        if progress is not None:
-            progress.stop()
+    # a second Ctrl-C ends the process at once (interrupts.deferred): leave no temporary
+    forget_work = interrupts.on_hard_stop(lambda: shutil.rmtree(work, ignore_errors=True))
+    # the salvage after a first Ctrl-C runs inside the block too, so a second one stops it
+    with interrupts.deferred():
+        try:
+            if is_chief:
+                trainer.summary_writer = tf.summary.create_file_writer(str(work / "tensorboard"))
+                _log_hparams(trainer, setup)
+                _log_about(trainer, setup)
+            trainer.fit(resume=midtask)
+        except NonFiniteLoss as e:
+            # the weights may already hold NaN: export nothing, keep the last good export
+            _discard(trainer, work)
+            raise NonFiniteLoss(f"{e}; {_last_export_note(saved)}") from e
+        except BaseException as e:
+            _discard(trainer, work)
+            if caused_by_interrupt(e):
+                resumable = None
+                at = latest.get("at")
+                if at is not None and latest["step"] == trainer.global_step \
+                        and at.task == trainer.tasks_learned == saved["tasks"] \
+                        and at.iterations < trainer.iterations(at.task):
+                    resumable = (lambda: save_progress(trainer, at), at.iterations)  # noqa: E731
+                raise _save_interrupted(trainer, setup, export_dir, saved, record,
+                                        is_chief, resumable) from None
+            raise
+        finally:
+            forget_work()
+            if progress is not None:
+                progress.stop()
     rec = record(trainer)
     rec["export_dir"] = str(export_dir)
     if not is_chief:
@@ -263,13 +323,15 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
     try:
         trainer.summary_writer.close()
         atomic_write_json(work / "results.json", rec)
-        rundirs.write_marker(work, rundirs.OUTPUT)
         plot_average_accuracy({method_label(setup.config): (rec["average_accuracy"], None)},
                               work / "accuracy.png",
                               title=f"{setup.config.experiment} ({setup.config.scenario}-IL)")
         plot_accuracy_matrix(rec["accuracy_matrix"], work / "accuracy_matrix.png",
                              title="accuracy after each task (rows) on each task (columns)")
-        atomic_dir(out, lambda tmp: _move_contents(work, tmp), overwrite=True)
+        rundirs.write_marker(work, rundirs.OUTPUT)
+        atomic_dir(out, lambda tmp: _move_contents(work, tmp), overwrite=True,
+                   check=rundirs.replace_check(rundirs.OUTPUT, "--output_dir",
+                                               "run's output directory"))
     except BaseException as e:
         if not caused_by_interrupt(e):
             raise
@@ -291,15 +353,15 @@ class Progress(threading.Thread):
     """Prints where training stands every ``every`` seconds (for logs and pipes, where the
     progress bar of a terminal only prints at the end of each task)."""
 
-    def __init__(self, trainer: Trainer, every: float):
+    def __init__(self, trainer: Trainer, every: float, at: TaskProgress | None = None):
         super().__init__(daemon=True, name="bir_keras-progress")
         self.trainer, self.every = trainer, float(every)
         self._stop_event = threading.Event()
-        self._begin(trainer.tasks_learned)
+        self._begin(trainer.tasks_learned, at.iterations if at else 0)
 
-    def _begin(self, task: int) -> None:
+    def _begin(self, task: int, done: int = 0) -> None:
         tr = self.trainer
-        self.task, self.first_step, self.since = task, tr.global_step, time.time()
+        self.task, self.first_step, self.since = task, tr.global_step - done, time.time()
         self.iters = tr.iterations(task) if task < tr.protocol.num_tasks else 0
 
     def task_done(self, trainer: Trainer, t: int) -> None:
@@ -343,10 +405,12 @@ def _last_export_note(saved: dict) -> str:
 
 
 def _save_interrupted(trainer: Trainer, setup: Setup, export_dir: str, saved: dict,
-                      record, is_chief: bool) -> RunInterrupted:
+                      record, is_chief: bool, resumable=None) -> RunInterrupted:
     """Export what Ctrl-C left: a finished but not yet exported task goes to ``export_dir``
     as usual; a task part-way through goes to ``<export_dir>-interrupted`` (marked in its
-    run.json, refused by ``--resume_from``), so ``export_dir`` keeps the last complete task."""
+    run.json, refused by ``--resume_from``), so ``export_dir`` keeps the last complete task,
+    and, where Ctrl-C landed between compiled calls (``resumable``), into
+    ``<export_dir>/task_progress``, from which ``--resume_from`` continues the task."""
     done = trainer.tasks_learned
     last = _last_export_note(saved)
     if done == saved["tasks"] and trainer.global_step == saved["step"]:
@@ -365,6 +429,11 @@ def _save_interrupted(trainer: Trainer, setup: Setup, export_dir: str, saved: di
                                   f"{export_dir} (continue with --resume_from={export_dir})",
                                   Path(export_dir), Path(export_dir))
         task, iters = saved["tasks"] + 1, trainer.global_step - saved["step"]
+        if resumable is not None:
+            save, iters = resumable
+            save()
+            last = (f"its progress is saved in {Path(export_dir) / export.TASK_PROGRESS} "
+                    f"(continue the task with --resume_from={export_dir})")
         rec["interrupted"] = {"task": task, "iterations_done": iters,
                               "global_step": trainer.global_step}
         # never over a directory this package did not write: take the next free name

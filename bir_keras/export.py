@@ -8,16 +8,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from bir_keras import rundirs
 from bir_keras.fileio import atomic_dir, atomic_write_json
-from bir_keras.strategies.base import Trainer
+from bir_keras.strategies.base import Trainer, VariableList
 
 SAVED_MODEL = "saved_model"
 CHECKPOINT = "checkpoint"
 RUN_JSON = "run.json"
+TASK_PROGRESS = "task_progress"
+PROGRESS_JSON = "progress.json"
 
 
 def checkpoint_for(trainer: Trainer) -> tf.train.Checkpoint:
@@ -100,35 +103,42 @@ class RunModule(tf.Module):
                 "scenario": self.scenario, "classes_per_task": self.classes_per_task,
                 "tasks_learned": self.tasks_learned}
 
-    def _predict(self, logits, task_ids, active):
+    def _predict(self, logits, task_ids, active, x):
         """Logits plus the prediction among the units ``active`` [batch, units], as the
-        output unit, the dataset label and the class name."""
+        output unit, the dataset label and the class name. An input with a non-finite
+        value (NaN, inf) gets NaN logits, unit and label -1 and an empty class name: no
+        prediction, rather than a confident one made of NaN."""
         unit = tf.argmax(tf.where(active > 0, logits, tf.constant(-np.inf, logits.dtype)), -1,
                          output_type=tf.int32)
         mode = unit if self._trainer.protocol.scenario != "domain" \
             else task_ids * self._trainer.protocol.classes_per_task + unit
-        return {"logits": logits, "unit": unit,
-                "label": tf.gather(self.mode_dataset_labels, mode),
-                "class_name": tf.gather(self.mode_class_names, mode)}
+        flat = tf.reshape(x, [tf.shape(x)[0], -1])
+        ok = tf.reduce_all(tf.math.is_finite(flat), axis=-1) & tf.reduce_all(
+            tf.math.is_finite(logits), axis=-1)
+        none = tf.fill(tf.shape(unit), -1)
+        return {"logits": tf.where(ok[:, None], logits, tf.constant(np.nan, logits.dtype)),
+                "unit": tf.where(ok, unit, none),
+                "label": tf.where(ok, tf.gather(self.mode_dataset_labels, mode), none),
+                "class_name": tf.where(ok, tf.gather(self.mode_class_names, mode), "")}
 
     def _classify(self, x):
         """Logits over all units, and the prediction among the classes of every task
         learned, as a dataset label and class name (Domain-IL: read as task 1's classes)."""
         task_ids = tf.zeros(tf.shape(x)[:1], tf.int32)
         logits = self._model.obj.classify(self._inputs(x), task_ids)
-        return self._predict(logits, task_ids, tf.ones_like(logits) * self._active_any)
+        return self._predict(logits, task_ids, tf.ones_like(logits) * self._active_any, x)
 
     def _classify_task(self, x, task_ids):
         """Logits with the task identity of each input (needed by XdG's masks), and the
         prediction among the units of that task (Task-IL) or of every learned task."""
         logits = self._model.obj.classify(self._inputs(x), task_ids)
-        return self._predict(logits, task_ids, tf.gather(self._active, task_ids))
+        return self._predict(logits, task_ids, tf.gather(self._active, task_ids), x)
 
     def _classify_features(self, h):
         """Logits for hidden features (what internal replay generates)."""
         task_ids = tf.zeros(tf.shape(h)[:1], tf.int32)
         logits = self._model.obj.classify(h, task_ids)
-        return self._predict(logits, task_ids, tf.ones_like(logits) * self._active_any)
+        return self._predict(logits, task_ids, tf.ones_like(logits) * self._active_any, h)
 
     def _sample(self, class_ids):
         """One sample per requested class id: the output label in Task-IL and Class-IL, the
@@ -177,17 +187,109 @@ def export_run(trainer: Trainer, export_dir: str | os.PathLike, record: dict,
         atomic_write_json(tmp / RUN_JSON, record)
         rundirs.write_marker(tmp, rundirs.EXPORT)
 
-    return atomic_dir(export_dir, write, overwrite=True)
+    return atomic_dir(export_dir, write, overwrite=True,
+                      check=rundirs.replace_check(rundirs.EXPORT, "--export_dir", "run's export"))
+
+
+def save_progress(trainer: Trainer, export_dir: str | os.PathLike, record: dict) -> Path:
+    """The state of a task part-way through (``--checkpoint_every``): the whole training
+    checkpoint plus the batch counter, and ``progress.json`` (the run record with its
+    ``task_progress``), into ``<export_dir>/task_progress`` (atomically; the export of the
+    last complete task beside it is untouched). The next complete export replaces it."""
+    export_dir = Path(export_dir)
+    check = rundirs.replace_check(rundirs.EXPORT, "--export_dir", "run's export")
+    if not export_dir.exists():
+        # no task complete yet: an export directory that holds only the progress
+        atomic_dir(export_dir, lambda tmp: rundirs.write_marker(tmp, rundirs.EXPORT),
+                   overwrite=False, check=check)
+    else:
+        check(export_dir)
+
+    def write(tmp: Path) -> None:
+        progress_checkpoint(trainer).write(str(tmp / CHECKPOINT / "ckpt"))
+        atomic_write_json(tmp / PROGRESS_JSON, record)
+        rundirs.write_marker(tmp, rundirs.PROGRESS)
+
+    return atomic_dir(export_dir / TASK_PROGRESS, write, overwrite=True,
+                      check=rundirs.replace_check(rundirs.PROGRESS, "--export_dir",
+                                                  "task progress checkpoint"))
+
+
+def progress_checkpoint(trainer: Trainer) -> tf.train.Checkpoint:
+    """``checkpoint_for`` plus where the task's batches stand (its own checkpoint, so that
+    a complete export's checkpoint keeps the layout older exports have). Networks are saved
+    as flat lists of their weights, in order: restored through Keras' object graph, the
+    dense layers of a frozen copy (``prev_model``, built as a second instance of the same
+    class) were found to keep the values they had, which a complete export never shows
+    (the copy is taken afresh before each task) but a checkpoint inside a task would."""
+    parts = {k: VariableList(v.weights) if isinstance(v, keras.Model) else v
+             for k, v in trainer.checkpoint_parts().items()}
+    return tf.train.Checkpoint(**parts, batch_counter=trainer.batch_counter)
+
+
+def read_checkpoint(ckpt: tf.train.Checkpoint, path: Path, what: str) -> None:
+    """Restore ``ckpt`` from ``path`` (a ``.../ckpt`` prefix), every saved object matched;
+    a missing, truncated or unreadable checkpoint raises ``CheckpointUnreadable``, one that
+    does not fit these networks ``CheckpointMismatch`` (both say which in one line)."""
+    _require_files(path, what)
+    status = None
+    try:
+        status = ckpt.read(str(path))
+        status.assert_existing_objects_matched()
+    except (tf.errors.OpError, IndexError, OSError) as e:
+        # e.g. "Read less bytes than requested" (IndexError) from a cut-off data file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointUnreadable(f"{what}: the checkpoint in {path.parent} is truncated or "
+                                   f"corrupt ({first})") from None
+    except (AssertionError, ValueError) as e:
+        # a variable of another shape (ValueError) or one the checkpoint lacks
+        # without expect_partial, the pending restore logs a warning for every unmatched
+        # value when it is garbage-collected
+        if status is not None:
+            status.expect_partial()
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointMismatch(f"{what}: its checkpoint does not fit the networks of this "
+                                 f"run ({first})") from None
+
+
+def check_progress(export_dir: str | os.PathLike) -> None:
+    """Raise ``CheckpointUnreadable`` unless ``save_progress``'s checkpoint there is complete
+    and readable (without restoring anything)."""
+    path = Path(export_dir) / TASK_PROGRESS / CHECKPOINT / "ckpt"
+    what = f"--resume_from={export_dir}"
+    _require_files(path, what)
+    try:
+        reader = tf.train.load_checkpoint(str(path))
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except (tf.errors.OpError, ValueError, IndexError, OSError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointUnreadable(f"{what}: the checkpoint in {path.parent} is truncated or "
+                                   f"corrupt ({first})") from None
+
+
+def _require_files(path: Path, what: str) -> None:
+    if not Path(str(path) + ".index").is_file() or not list(path.parent.glob(path.name + ".data-*")):
+        raise CheckpointUnreadable(f"{what}: {path.parent} holds no checkpoint (its "
+                                   "ckpt.index or ckpt.data-* files are missing)")
+
+
+class CheckpointUnreadable(ValueError):
+    """A checkpoint that is missing, truncated or corrupt."""
+
+
+class CheckpointMismatch(ValueError):
+    """A readable checkpoint saved from other networks."""
 
 
 def restore_checkpoint(trainer: Trainer, export_dir: str | os.PathLike) -> None:
     """Load the training state saved by ``export_run`` into a freshly built trainer."""
-    path = Path(export_dir) / CHECKPOINT / "ckpt"
-    status = checkpoint_for(trainer).read(str(path))
-    try:
-        status.assert_existing_objects_matched()
-    except AssertionError:
-        # a mismatch is reported by the caller in one line; without this, the pending
-        # restore logs a warning for every unmatched value when it is garbage-collected
-        status.expect_partial()
-        raise
+    read_checkpoint(checkpoint_for(trainer), Path(export_dir) / CHECKPOINT / "ckpt",
+                    f"--resume_from={export_dir}")
+
+
+def restore_progress(trainer: Trainer, export_dir: str | os.PathLike) -> None:
+    """Load the state saved by ``save_progress`` (call after ``start_task`` of its task)."""
+    read_checkpoint(progress_checkpoint(trainer),
+                    Path(export_dir) / TASK_PROGRESS / CHECKPOINT / "ckpt",
+                    f"--resume_from={export_dir}")

@@ -6,8 +6,14 @@ write): seen there as a ``SystemError``, and as a segmentation fault (no traceba
 nothing saved) in about 1 of 12 Ctrl-Cs sent mid-run to ``apps.train`` before this module
 existed (CI saw it too; none in 24 with it). Inside ``deferred()`` the first SIGINT only
 records the request; the training loop calls ``raise_if_requested()`` between compiled
-calls, where the interrupt is an ordinary Python exception. A second SIGINT raises at
-once, for a user who will not wait.
+calls, where the interrupt is an ordinary Python exception.
+
+A second SIGINT stops the process at once, even while the main thread is inside a long
+compiled call (where no Python signal handler can run until the call returns): the signal's
+wake-up byte (``signal.set_wakeup_fd``) is read by a watcher thread, which runs the
+registered clean-ups (``on_hard_stop``: temporary folders), prints one line and ends the
+process with exit code 130. What was saved before (complete exports, checkpoints inside the
+task) stays: every write is atomic.
 """
 
 from __future__ import annotations
@@ -16,14 +22,20 @@ import contextlib
 import os
 import signal
 import threading
+from collections.abc import Callable
+
+EXIT_INTERRUPTED = 130
+HARD_STOP_MESSAGE = (b"Ctrl-C again: stopped at once; what was already saved stays (the "
+                     b"last complete export and any checkpoint inside the task)\n")
 
 _requested = False
+_cleanups: list[Callable[[], object]] = []
 
 
 def _handler(signum, frame) -> None:
     global _requested
     if _requested:
-        raise KeyboardInterrupt
+        _hard_stop()   # the watcher does the same when the main thread is busy in C
     _requested = True
     # os.write, not print: the main thread may be inside a write to sys.stderr right now,
     # and a buffered stream refuses a re-entrant write (RuntimeError)
@@ -31,24 +43,65 @@ def _handler(signum, frame) -> None:
                 b"(press again to stop at once)\n")
 
 
+def on_hard_stop(fn: Callable[[], object]) -> Callable[[], None]:
+    """Run ``fn`` (quickly, from another thread) if a second Ctrl-C stops the process at
+    once; returns a function that unregisters it."""
+    _cleanups.append(fn)
+    return lambda: _cleanups.remove(fn) if fn in _cleanups else None
+
+
+def _hard_stop() -> None:
+    for fn in list(_cleanups):
+        with contextlib.suppress(Exception):
+            fn()
+    os.write(2, HARD_STOP_MESSAGE)
+    os._exit(EXIT_INTERRUPTED)
+
+
+def _watch(read_fd: int) -> None:
+    """Count SIGINTs as their wake-up bytes arrive; the second stops the process."""
+    seen = 0
+    while True:
+        try:
+            data = os.read(read_fd, 64)
+        except OSError:
+            return
+        if not data:
+            return
+        seen += data.count(bytes([signal.SIGINT]))
+        if seen >= 2:
+            _hard_stop()
+
+
 @contextlib.contextmanager
 def deferred():
     """Within the block, the first Ctrl-C is held until ``raise_if_requested()``; a Ctrl-C
-    still held when the block ends is raised there. Only Python's own SIGINT handler is
-    replaced: a process that ignores SIGINT, or whose caller installed its own handler, or
-    code off the main thread, keeps what it had."""
+    still held when the block ends is raised there; a second one stops the process at once
+    (exit 130). Only Python's own SIGINT handler is replaced: a process that ignores SIGINT,
+    or whose caller installed its own handler, or code off the main thread, keeps what it
+    had."""
     global _requested
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         yield
         return
     _requested = False
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    watcher = threading.Thread(target=_watch, args=(read_fd,), daemon=True,
+                               name="bir_keras-ctrl-c")
+    watcher.start()
     signal.signal(signal.SIGINT, _handler)
     try:
         yield
         raise_if_requested()
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.set_wakeup_fd(old_wakeup)
+        os.close(write_fd)   # the watcher reads end-of-file and ends
+        watcher.join(timeout=1)
+        os.close(read_fd)
         _requested = False
 
 

@@ -1,17 +1,31 @@
 """Where a run writes, and what it may replace (pure Python: usable before TensorFlow loads).
 
-Every directory this package writes as a whole (a run's ``--output_dir`` and each export)
-holds a marker file, ``.bir_keras``, that says which kind it is. A directory is only ever
-replaced when it carries the marker of its kind and holds nothing but what a run writes
-there, so no file or directory that this package did not write is deleted, with or without
-``--overwrite``.
+Every directory this package writes as a whole (a run's ``--output_dir``, each export, a
+compare's table folder) holds a marker file, ``.bir_keras``, that says which kind it is and
+lists every file and folder written into it. A directory is only ever replaced when it
+carries the marker of its kind and holds nothing but what its marker lists (checked over the
+whole tree: a file of the user's inside ``tensorboard/`` or ``saved_model/`` counts), and
+only names a run of that kind writes; a sub-folder with a marker of its own (an export's
+``task_progress/``) vouches for itself. So no file or directory that this package did not
+write is deleted, with or without ``--overwrite``.
+
+A run claims the paths it will write (``claim``: an exclusive ``flock`` held until the run
+ends), so two runs never write one directory; and the check is made again at the moment a
+directory is replaced (``replace_check``, passed to ``fileio.atomic_dir``, whose final rename
+refuses a target that appeared), so a folder created there while a run trains is left alone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bir_keras.config import ConfigError
@@ -19,11 +33,17 @@ from bir_keras.config import ConfigError
 MARKER = ".bir_keras"
 OUTPUT = "output"
 EXPORT = "export"
+PROGRESS = "progress"
+COMPARE = "compare"
 # what a run writes into each kind of directory (anything else there is someone's file)
 CONTENTS = {
     OUTPUT: {MARKER, "results.json", "accuracy.png", "accuracy_matrix.png", "tensorboard"},
-    # quality.json: apps.evaluate_generator's scores, written there by default
-    EXPORT: {MARKER, "saved_model", "checkpoint", "run.json", "quality.json"},
+    # quality.json: apps.evaluate_generator's scores, written there by default;
+    # task_progress: the checkpoint inside a task (--checkpoint_every), marked on its own
+    EXPORT: {MARKER, "saved_model", "checkpoint", "run.json", "quality.json", "task_progress"},
+    PROGRESS: {MARKER, "checkpoint", "progress.json"},
+    # apps.compare's --output_dir; its runs/ hold output and export directories of their own
+    COMPARE: {MARKER, "table.md", "table.csv", "accuracy.png", "sweep.png", "runs"},
 }
 
 
@@ -31,25 +51,79 @@ class PathRefused(ConfigError):
     """A path a run may not write to (exists and is not ours, unwritable, ...)."""
 
 
+def _listing(folder: Path) -> list[str]:
+    """Every file and folder under ``folder`` (relative POSIX paths, folders with a trailing
+    ``/``), but the marker itself and what lies inside a sub-folder with a marker of its own."""
+    out = []
+    for root, dirs, files in os.walk(folder, onerror=_raise):
+        rel = Path(root).relative_to(folder)
+        for d in list(dirs):
+            if (Path(root) / d / MARKER).is_file():
+                dirs.remove(d)  # vouches for itself
+            out.append((rel / d).as_posix() + "/")
+        out += [(rel / f).as_posix() for f in files if not (rel == Path(".") and f == MARKER)]
+    return sorted(out)
+
+
+def _raise(e: OSError) -> None:
+    raise e
+
+
 def write_marker(folder: str | os.PathLike, kind: str) -> None:
-    """Mark ``folder`` as a directory of ``kind`` written by this package."""
-    (Path(folder) / MARKER).write_text(json.dumps({"written_by": "bir_keras", "kind": kind}) + "\n")
+    """Mark ``folder`` as a directory of ``kind`` written by this package, listing what it
+    holds now (call it last, once everything is written)."""
+    from bir_keras.fileio import atomic_write_text
+
+    info = {"written_by": "bir_keras", "kind": kind, "files": _listing(Path(folder))}
+    atomic_write_text(Path(folder) / MARKER, json.dumps(info) + "\n")
 
 
-def marker_kind(folder: str | os.PathLike) -> str | None:
-    """The kind recorded in ``folder``'s marker, or None if it has none (or an unreadable one)."""
+def _marker(folder: str | os.PathLike) -> dict | None:
     try:
         info = json.loads((Path(folder) / MARKER).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(info, dict) or info.get("written_by") != "bir_keras":
         return None
-    return info.get("kind")
+    return info
+
+
+def marker_kind(folder: str | os.PathLike) -> str | None:
+    """The kind recorded in ``folder``'s marker, or None if it has none (or an unreadable one)."""
+    info = _marker(folder)
+    return None if info is None else info.get("kind")
 
 
 def foreign_entries(folder: str | os.PathLike, kind: str) -> list[str]:
-    """Top-level names in ``folder`` that a run of this package does not write there."""
-    return sorted(p.name for p in Path(folder).iterdir() if p.name not in CONTENTS[kind])
+    """Paths in ``folder`` (the whole tree) that a run of this package did not write there:
+    not listed by its marker, or under a name a run of ``kind`` never writes. A sub-folder
+    with a marker of its own is checked against that marker."""
+    folder = Path(folder)
+    info = _marker(folder) or {}
+    listed = set(info.get("files") or [])
+    try:
+        found = _listing(folder)
+    except OSError as e:
+        return [f"{e.filename or folder} (unreadable: {e.strerror or e})"]
+
+    def self_marked(p: str) -> bool:
+        return p.endswith("/") and (folder / p / MARKER).is_file()
+
+    foreign = [p for p in found if p.split("/", 1)[0] not in CONTENTS[kind]
+               or (p not in listed and not self_marked(p))]
+    # sub-folders that vouch for themselves (their contents were not listed above)
+    for p in found:
+        sub = folder / p.rstrip("/")
+        if p not in foreign and self_marked(p):
+            sub_kind = marker_kind(sub)
+            if sub_kind not in CONTENTS:
+                foreign.append(p)
+                continue
+            foreign += [f"{p}{q}" for q in foreign_entries(sub, sub_kind)]
+    # a folder is foreign as a whole: do not also list what is inside it
+    top = [p for p in sorted(foreign)
+           if not any(p != q and q.endswith("/") and p.startswith(q) for q in foreign)]
+    return top
 
 
 def replaceable(path: str | os.PathLike, kind: str, flag: str, overwrite: bool,
@@ -62,7 +136,8 @@ def replaceable(path: str | os.PathLike, kind: str, flag: str, overwrite: bool,
     if p.is_symlink() or not p.is_dir():
         raise PathRefused(f"{flag}={path} exists and is not a directory written by bir_keras; "
                           "it is never replaced: choose another path")
-    mark = marker_kind(p)
+    info = _marker(p)
+    mark = None if info is None else info.get("kind")
     if mark != kind:
         if mark is None:
             why = f"has no {MARKER} marker, so it was not written by bir_keras as a {what}"
@@ -70,6 +145,10 @@ def replaceable(path: str | os.PathLike, kind: str, flag: str, overwrite: bool,
             why = f"is marked as a bir_keras {mark} directory, not as a {what}"
         raise PathRefused(f"{flag}={path} exists and {why}; it is never replaced (not even "
                           "with --overwrite): choose another path or remove it yourself")
+    if "files" not in info:
+        raise PathRefused(f"{flag}={path} was written by an older bir_keras whose marker does "
+                          "not list its files; it is never replaced: move it away or choose "
+                          "another path")
     others = foreign_entries(p, kind)
     if others:
         raise PathRefused(f"{flag}={path} holds files a run does not write "
@@ -78,6 +157,112 @@ def replaceable(path: str | os.PathLike, kind: str, flag: str, overwrite: bool,
     if not overwrite:
         raise PathRefused(f"{flag}={path} exists (a {what} of an earlier run); pass "
                           "--overwrite to replace it")
+
+
+def replace_check(kind: str, flag: str, what: str = "run directory") -> Callable[[Path], None]:
+    """The check ``fileio.atomic_dir`` makes at the moment it replaces a directory: whatever
+    is there now must be a directory of ``kind`` holding only what bir_keras wrote (the run
+    was allowed to replace it, or wrote it itself, when it started)."""
+    def check(path: Path) -> None:
+        try:
+            replaceable(path, kind, flag, overwrite=True, what=what)
+        except PathRefused as e:
+            raise PathRefused(f"{e} (it changed while the run was working: nothing was "
+                              "replaced)") from None
+    return check
+
+
+# -- claims: one writer per path --------------------------------------------------------
+_held: dict[str, list] = {}   # lock key -> [file descriptor, count] (claims are re-entrant)
+
+
+def _lock_dir() -> Path:
+    d = Path(tempfile.gettempdir()) / "bir_keras-locks"
+    d.mkdir(mode=0o1777, exist_ok=True)
+    return d
+
+
+def _lock_key(path: str | os.PathLike) -> str:
+    return os.path.realpath(os.path.abspath(path))
+
+
+@contextlib.contextmanager
+def claim(path: str | os.PathLike, flag: str) -> Iterator[None]:
+    """Hold an exclusive claim on ``path`` for the block: a second process (or run) that
+    claims it meanwhile is refused with ``PathRefused``. The lock is a ``flock`` on a file in
+    the temporary folder keyed by the path's real location, so a kill -9 releases it. On
+    entry, temporary siblings of ``path`` left by a killed writer are removed."""
+    key = _lock_key(path)
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield
+        finally:
+            _held[key][1] -= 1
+        return
+    lock = _lock_dir() / (hashlib.sha1(key.encode()).hexdigest()[:24] + ".lock")
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            finally:
+                os.close(fd)
+            raise PathRefused(f"{flag}={path} is being written by another run (process "
+                              f"{holder or '?'}); wait for it to finish or choose another "
+                              "path") from None
+        if os.path.exists(lock) and os.stat(lock).st_ino == os.fstat(fd).st_ino:
+            break  # not unlinked by a releasing holder between our open and flock
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _held[key] = [fd, 1]
+    try:
+        remove_stale_temps(path)
+        yield
+    finally:
+        del _held[key]
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def claimed(path: str | os.PathLike) -> bool:
+    """Whether this process holds the claim on ``path``."""
+    return _lock_key(path) in _held
+
+
+def _temp_pattern(name: str) -> re.Pattern:
+    # fileio's temporary names: ".<name>.tmp-<8 chars>[suffixes]", ".<name>.old-<8 chars>"
+    return re.compile(rf"^\.{re.escape(name)}\.(tmp|old)-[a-z0-9_]{{8}}(\.[A-Za-z0-9.]+)?$")
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary siblings of ``path`` (and temporaries inside it, of the names a
+    run writes there) that a killed writer left; only call while holding ``claim(path)``
+    (every writer of ``path`` holds it, so any temporary of it is stale)."""
+    p = Path(path)
+    removed = []
+    places = [(p.parent, [p.name])]
+    if p.is_dir() and not p.is_symlink() and marker_kind(p) in CONTENTS:
+        places.append((p, sorted(CONTENTS[marker_kind(p)] - {MARKER})))
+    for folder, names in places:
+        try:
+            entries = list(folder.iterdir())
+        except OSError:
+            continue
+        patterns = [_temp_pattern(n) for n in names]
+        for e in entries:
+            if any(pt.match(e.name) for pt in patterns):
+                if e.is_dir() and not e.is_symlink():
+                    shutil.rmtree(e, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        e.unlink()
+                removed.append(e)
+    return removed
 
 
 def check_writable(path: str | os.PathLike, flag: str) -> None:
@@ -151,20 +336,28 @@ def free_sibling(path: str | os.PathLike, kind: str) -> Path:
 # step executes; every other setting shapes the networks or the training and must match
 RESUME_MAY_CHANGE = {"tasks", "data_dir", "method", "strategy", "jit_compile", "eval_batch",
                      "log_every"}
+# what a refusal lists (eval_batch is a Config field without a flag)
+_RESUME_FLAGS = sorted(RESUME_MAY_CHANGE - {"method", "eval_batch"})
 
 
 def read_resume_record(resume_from: str, flags: dict | None = None) -> dict:
     """The ``run.json`` of ``--resume_from``, refused if it is missing or interrupted and,
     given this run's resolved settings ``flags``, checked against them (``check_resume_flags``)."""
-    run_json = Path(resume_from) / "run.json"
+    # a checkpoint inside a task (--checkpoint_every) is newer than the export beside it
+    run_json = Path(resume_from) / "task_progress" / "progress.json"
+    if not run_json.is_file():
+        run_json = Path(resume_from) / "run.json"
     if not run_json.is_file():
         raise PathRefused(f"--resume_from={resume_from}: no run.json there (not an export of "
                           "apps.train)")
     try:
         old = json.loads(run_json.read_text())
         old_flags = dict(old["flags"])
+        int(old["tasks_learned"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise PathRefused(f"--resume_from={resume_from}: unreadable run.json ({e})") from None
+        why = e.strerror if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+        raise PathRefused(f"--resume_from={resume_from}: unreadable {run_json.name} "
+                          f"({why})") from None
     if old.get("interrupted"):
         raise PathRefused(f"--resume_from={resume_from} holds a run interrupted part-way "
                           f"through task {old['interrupted'].get('task')}; resume from the "
@@ -185,7 +378,7 @@ def check_resume_flags(resume_from: str, old_flags: dict, flags: dict) -> None:
             raise PathRefused(
                 f"--resume_from={resume_from} was trained with --{key}={_show(old_flags[key])}, "
                 f"this run has --{key}={_show(value)}; a run continues with the settings it was "
-                f"trained with (only --{', --'.join(sorted(RESUME_MAY_CHANGE - {'method'}))} "
+                f"trained with (only --{', --'.join(_RESUME_FLAGS)} "
                 "may change)")
 
 

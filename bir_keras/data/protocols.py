@@ -226,6 +226,22 @@ def permutations(seed: int, num_tasks: int, size: int = 1024) -> list[np.ndarray
     return [rng.permutation(size) for _ in range(num_tasks)]
 
 
+def max_tasks(experiment: str) -> int | None:
+    """The most tasks ``experiment`` has (its dataset's classes split ``classes_per_task`` at a
+    time; known before any data loads), or None where there is no limit (permuted MNIST)."""
+    _, default_tasks, _, _ = EXPERIMENTS[experiment]
+    return None if experiment == "permuted_mnist" else default_tasks
+
+
+def check_tasks(experiment: str, tasks: int | None) -> None:
+    """Refuse a ``--tasks`` the protocol does not have (before any data loads)."""
+    most = max_tasks(experiment)
+    if tasks is not None and most is not None and tasks > most:
+        _, _, cpt, _ = EXPERIMENTS[experiment]
+        raise DataError(f"--tasks={tasks}: {experiment} has {most} tasks of {cpt} classes "
+                        f"(ask for at most --tasks={most})")
+
+
 def _flatten(x: np.ndarray) -> np.ndarray:
     return x.reshape(len(x), -1)
 

@@ -111,6 +111,19 @@ class Batch(NamedTuple):
     tid: tf.Tensor
 
 
+@dataclasses.dataclass
+class TaskProgress:
+    """Where a task part-way through stands, at a boundary between compiled calls: what a
+    checkpoint inside the task records beside the training state, and what ``fit(resume=)``
+    continues from."""
+
+    task: int                 # the task's index (0-based)
+    iterations: int           # iterations of the task done
+    sums: list[float]         # per loss term, the sum over those iterations (task means)
+    window: list[float]       # per loss term, the sum since the last TensorBoard point
+    elapsed: float            # seconds spent in the task so far
+
+
 class TaskRun(NamedTuple):
     """What ``start_task`` prepares and ``run_steps`` runs."""
 
@@ -185,6 +198,8 @@ class Trainer:
         self.history = History()
         self.summary_writer: tf.summary.SummaryWriter | None = None
         self.callbacks: list[Callable[[Trainer, int], None]] = []
+        # called between compiled calls inside a task (a checkpoint every few minutes)
+        self.chunk_callbacks: list[Callable[[Trainer, TaskProgress], None]] = []
         self.global_step = 0
         for name, size in (("batch", config.batch), ("batch_replay", config.batch_replay)):
             if size % self.replicas:
@@ -465,13 +480,26 @@ class Trainer:
         rows, count = self._steps_fn(run.data, run.ctx, plan or run.plan, tf.constant(k, tf.int32))
         return rows.numpy()[:int(count)], int(count)
 
-    def fit(self, until: int | None = None) -> History:
-        """Train on the tasks not yet learned (up to ``until``), evaluating after each."""
+    def fit(self, until: int | None = None,
+            resume: tuple[TaskProgress, Callable[[Trainer], None]] | None = None) -> History:
+        """Train on the tasks not yet learned (up to ``until``), evaluating after each.
+
+        ``resume=(progress, restore)`` continues a task part-way through: after the task's
+        ``start_task`` (its frozen copies, regulariser resets), ``restore(self)`` loads the
+        state saved at ``progress`` (weights, optimisers, frozen copies, regulariser sums,
+        the random generator, the batch counter), and training goes on from that iteration,
+        so the run gives the numbers of one that was never stopped."""
         last = self.protocol.num_tasks if until is None else min(until, self.protocol.num_tasks)
         for t in range(self.tasks_learned, last):
             start = time.time()
             run = self.start_task(t)
-            means = self.train_task(run)
+            at = None
+            if resume is not None and resume[0].task == t:
+                at, restore = resume
+                restore(self)
+                start -= at.elapsed
+            self._task_started = start
+            means = self.train_task(run, at)
             self.after_task(t, run.data)
             self.tasks_done.assign(t + 1)
             self.history.task_times.append(time.time() - start)
@@ -483,18 +511,22 @@ class Trainer:
             interrupts.raise_if_requested()
         return self.history
 
-    def train_task(self, run: TaskRun) -> dict[str, float]:
+    def train_task(self, run: TaskRun, at: TaskProgress | None = None) -> dict[str, float]:
         """Run the compiled step ``iterations(t)`` times with a progress bar, in chunks of up
-        to ``steps_per_call`` iterations per call (chunks never span a change of plan)."""
+        to ``steps_per_call`` iterations per call (chunks never span a change of plan);
+        from ``at`` on if given. ``chunk_callbacks`` run after each chunk."""
         t = run.task
         n = self.iterations(t)
         names = self.all_loss_names(run.plan)
-        sums = np.zeros(len(names))
-        window = np.zeros(len(names))
+        sums = np.array(at.sums, np.float64) if at else np.zeros(len(names))
+        window = np.array(at.window, np.float64) if at else np.zeros(len(names))
+        if len(sums) != len(names) or len(window) != len(names):
+            raise ValueError(f"task progress has {len(sums)} loss terms, the step {len(names)}")
         bar = keras.utils.Progbar(n, verbose=1 if sys.stdout.isatty() else 2, stateful_metrics=names) \
             if self.verbose else None
         run = run._replace(data=_pad_samples(run.data))
-        i = 0
+        i = at.iterations if at else 0
+        started = getattr(self, "_task_started", time.time())
         while i < n:
             plan = self.plan_for_iteration(run.plan, i)
             k = 1
@@ -519,6 +551,9 @@ class Trainer:
                     if bar is not None:
                         bar.update(i + 1, [(nm, float(v)) for nm, v in zip(names, values)])
                 i += 1
+            for cb in self.chunk_callbacks:
+                cb(self, TaskProgress(t, i, sums.tolist(), window.tolist(),
+                                      time.time() - started))
             interrupts.raise_if_requested()  # Ctrl-C lands here, between compiled calls
         return {nm: float(v / max(n, 1)) for nm, v in zip(names, sums)}
 

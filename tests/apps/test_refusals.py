@@ -54,13 +54,13 @@ def tree(path: Path) -> dict:
 def fake_export(path: Path, flags: dict | None = None) -> Path:
     """A directory that looks to apps.train like one of its exports (marker, run.json)."""
     path.mkdir(parents=True)
-    rundirs.write_marker(path, rundirs.EXPORT)
     base = dict(experiment="split_digits", scenario="class", method=None, tasks=5, iters=25,
                 batch=32, lr=0.001, fc_units=40, seed=0, keep_label_order=True, z_dim=8,
                 replay="none")
     (path / "run.json").write_text(json.dumps({
         "flags": {**base, **(flags or {})}, "tasks_learned": 1,
         "protocol": {"experiment": "split_digits"}, "accuracy_matrix": [[1.0]]}))
+    rundirs.write_marker(path, rundirs.EXPORT)  # last: it lists what the directory holds
     return path
 
 
@@ -73,7 +73,8 @@ def thesis_dir(path: Path) -> Path:
 # cases refused for one extra argument
 EXTRA_ARGS = {"positional": "extra", "gamma": "--gamma=2", "lr_nan": "--lr=nan",
               "seed": "--seed=-1", "unknown_flag": "--no_such_flag=1",
-              "unknown_method": "--method=bogus", "unknown_experiment": "--experiment=split_imagenet"}
+              "unknown_method": "--method=bogus", "unknown_experiment": "--experiment=split_imagenet",
+              "tasks_over": "--tasks=6"}
 
 
 @pytest.mark.parametrize("case", [
@@ -82,6 +83,7 @@ EXTRA_ARGS = {"positional": "extra", "gamma": "--gamma=2", "lr_nan": "--lr=nan",
     "foreign_output_overwrite", "marked_output_with_foreign_file", "existing_export",
     "output_under_a_file", "export_under_a_file", "nested", "resume_other_method",
     "resume_other_fc_units", "resume_not_an_export", "missing_data_dir", "xdg_class",
+    "tasks_over", "buffer_brain_inspired", "foreign_file_deep_in_output",
 ])
 def test_refused_before_tensorflow_loads(case, tmp_path, no_tensorflow):
     out, exp = tmp_path / "out", tmp_path / "exp"
@@ -109,6 +111,10 @@ def test_refused_before_tensorflow_loads(case, tmp_path, no_tensorflow):
         "resume_not_an_export": "no run.json there",
         "missing_data_dir": "does not exist",
         "xdg_class": "XdG needs task identity",
+        "tasks_over": "--tasks=6: split_digits has 5 tasks",
+        "buffer_brain_inspired": "--brain_inspired is generative replay (BI-R): it needs "
+                                 "--replay=generative (got --replay=buffer)",
+        "foreign_file_deep_in_output": "holds files a run does not write (tensorboard/notes.txt)",
     }[case]
     if case == "flagfile_line_without_dashes":
         cfg = tmp_path / "run.cfg"
@@ -122,6 +128,15 @@ def test_refused_before_tensorflow_loads(case, tmp_path, no_tensorflow):
             args.append("--overwrite")
     elif case == "foreign_output_overwrite":
         keep = thesis_dir(out)
+        args.append("--overwrite")
+    elif case == "buffer_brain_inspired":
+        args += ["--replay=buffer", "--brain_inspired"]
+    elif case == "foreign_file_deep_in_output":
+        (out / "tensorboard").mkdir(parents=True)
+        (out / "results.json").write_text("{}")
+        rundirs.write_marker(out, rundirs.OUTPUT)
+        (out / "tensorboard" / "notes.txt").write_text("mine")
+        keep = out
         args.append("--overwrite")
     elif case == "marked_output_with_foreign_file":
         keep = thesis_dir(out)
@@ -156,7 +171,8 @@ def test_refused_before_tensorflow_loads(case, tmp_path, no_tensorflow):
     assert expect in line, line
     if keep is not None:
         assert tree(keep) == before
-    if case not in ("foreign_output_overwrite", "marked_output_with_foreign_file"):
+    if case not in ("foreign_output_overwrite", "marked_output_with_foreign_file",
+                    "foreign_file_deep_in_output"):
         assert not out.exists()
 
 
@@ -233,3 +249,13 @@ def test_library_resume_with_other_networks_is_one_config_error(tmp_path, monkey
                        export_dir=str(tmp_path / "e2"), resume_from=str(tmp_path / "e1"),
                        verbose=False)
     assert not (tmp_path / "o2").exists() and not (tmp_path / "e2").exists()
+
+
+def test_too_big_for_memory_is_one_line_before_any_work(no_tensorflow):
+    # the estimate of weights (or of one iteration's activations) against the memory
+    # available: exit 1, the flag to lower named, before TensorFlow loads
+    for arg, flag in (("--fc_units=100000000", "--fc_units"), ("--batch=100000000", "--batch")):
+        r = train(*FAST, arg, env=no_tensorflow)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        [line] = r.stderr.strip().splitlines()
+        assert line.startswith("error: out of memory") and f"lower {flag}" in line, line

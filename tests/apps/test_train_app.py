@@ -286,3 +286,67 @@ def test_saved_model_maps_outputs_to_dataset_labels(tmp_path):
     assert np.mean(label == y) > 0.6
     # the raw argmax is in learned order, not dataset labels
     assert np.mean(np.array(info["argmax"]) == y) < 0.5
+
+
+NAN_LOADER = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+m = tf.saved_model.load(sys.argv[1])
+x = np.full((3, 64), 0.5, np.float32)
+x[1, 7] = np.nan
+x[2, 0] = np.inf
+out = m.signatures["classify"](x=tf.constant(x))
+print(json.dumps({"label": out["label"].numpy().tolist(), "unit": out["unit"].numpy().tolist(),
+                  "nan_rows": np.isnan(out["logits"].numpy()).all(1).tolist(),
+                  "names": [n.decode() for n in out["class_name"].numpy()]}))
+"""
+
+
+def test_classify_gives_no_label_for_non_finite_pixels(bir_run, tmp_path):
+    _, exp = bir_run
+    script = tmp_path / "nan.py"
+    script.write_text(NAN_LOADER)
+    r = subprocess.run([sys.executable, str(script), str(exp / "saved_model")], cwd=tmp_path,
+                       env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["label"][1:] == [-1, -1] and got["unit"][1:] == [-1, -1]
+    assert got["nan_rows"] == [False, True, True] and got["names"][1:] == ["", ""]
+    assert got["label"][0] >= 0 and got["names"][0]
+
+
+def _copy_export(exp: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(exp, dest)
+    return dest
+
+
+def test_resume_from_a_broken_checkpoint_says_which(bir_run, tmp_path):
+    from bir_keras import experiment
+    from bir_keras.config import Config, ConfigError
+
+    _, exp = bir_run
+    run = json.loads((exp / "run.json").read_text())
+    setup = experiment.prepare(Config(**{**run["flags"], "tasks": 4}))
+    trainer = experiment.build(setup, verbose=False)
+    cut = _copy_export(exp, tmp_path / "cut")
+    data = next((cut / "checkpoint").glob("ckpt.data-*"))
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    with pytest.raises(ConfigError, match="checkpoint in .* is truncated or corrupt"):
+        experiment.resume(trainer, setup, str(cut))
+    gone = _copy_export(exp, tmp_path / "gone")
+    for f in (gone / "checkpoint").iterdir():
+        f.unlink()
+    with pytest.raises(ConfigError, match="holds no checkpoint"):
+        experiment.resume(trainer, setup, str(gone))
+    done = _copy_export(exp, tmp_path / "done")
+    rec = json.loads((done / "run.json").read_text())
+    (done / "run.json").write_text(json.dumps({**rec, "tasks_learned": 5}))
+    setup5 = experiment.prepare(Config(**{**run["flags"], "tasks": 5}))
+    with pytest.raises(ConfigError, match="already learned all 5 tasks of split_digits: "
+                                          "there is nothing left to learn"):
+        experiment.resume(trainer, setup5, str(done))
+    with pytest.raises(ConfigError, match="asks for --tasks=3; ask for more with --tasks=4"):
+        experiment.resume(trainer, experiment.prepare(Config(**run["flags"])), str(exp))
