@@ -103,6 +103,12 @@ def check_memory(c: Config) -> str:
     return hint
 
 
+flags.DEFINE_bool("tf_log", False, "show TensorFlow's own (C++) log lines, hidden by default; "
+                  "setting TF_CPP_MIN_LOG_LEVEL in the environment does the same (default false)")
+
+HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?", "h")
+
+
 def refuse(message: str) -> None:
     """Print one ``error:`` line and exit with code 2 (refused input)."""
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
