@@ -1,46 +1,84 @@
-"""Compare methods over seeds: the paper's figures as one command.
+r"""Compare methods over seeds: the paper's figures as one command.
 
     python -m apps.compare --experiment=split_mnist --scenario=class \
         --methods=none,joint,ewc,online_ewc,si,lwf,generative,generative_distill,bir,bir_si \
         --seeds=3 --output_dir=results/fig3_class --data_dir=DIR
 
-Every other flag (``--iters``, ``--data_dir``, ...) passes through to apps.train. Each run
-is cached under ``output_dir/runs/`` by a stamp of its settings: a repeated compare runs
-only what is new or changed. Writes ``table.md``, ``table.csv`` and ``accuracy.png``
-(average accuracy against the number of tasks, mean and standard-error band).
+Every apps.train flag (``--iters``, ``--data_dir``, ...) passes through to apps.train; each is
+checked as apps.train checks it, and every planned run's settings as a whole, before any run
+starts. Each run is cached under ``output_dir/runs/`` by a stamp of its settings: a repeated
+compare runs only what is new or changed (flags that only change how a run reports or
+checkpoints, ``--checkpoint_every``, ``--progress_every``, do not change the stamp). Writes
+``table.md``, ``table.csv`` and ``accuracy.png`` (average accuracy against the number of
+tasks, mean and standard-error band), and ``sweep.png`` with ``--sweep``.
+
+``--output_dir`` is apps.compare's own folder, marked by a ``.bir_keras`` marker (kind
+``compare``) that lists what it holds: a new or empty folder becomes one; an existing folder
+without that marker, or holding anything else, is refused before any run starts (nothing in
+it is ever replaced), and a compare holds it for as long as it works (a second compare on it
+is refused).
+
+Exit codes: 0 done, 1 a run failed or none finished (the tables show those that did),
+2 refused input (one ``error:`` line, no run started), 130 Ctrl-C (the finished runs stay
+cached; the runs in progress are stopped and are not).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import copy
 import csv
 import hashlib
 import io
 import json
+import math
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 from absl import flags
 
-from bir_keras.config import METHODS, Config
+from apps import common
+from apps import train as _train  # noqa: F401 - defines apps.train's flags, which pass through
+from bir_keras import appfiles, rundirs
+from bir_keras.config import METHODS, ConfigError
 from bir_keras.fileio import atomic_write_text
 
 FLAGS = flags.FLAGS
-_D = Config()  # the one home of the defaults
-flags.DEFINE_string("experiment", _D.experiment, "protocol (see apps.train)")
-flags.DEFINE_string("scenario", _D.scenario, "task, domain or class")
+flags.adopt_module_key_flags(common)  # --help lists apps.train's flags too
+# apps.train's flags (defined by apps.common): checked here, passed through to each run
+TRAIN_FLAGS = frozenset(f.name for f in FLAGS.flags_by_module_dict().get("apps.common", [])
+                        if f.name != "tf_log")
 flags.DEFINE_list("methods", ["none", "joint"], f"methods to compare: {', '.join(METHODS)}")
-flags.DEFINE_integer("seeds", 3, "number of seeds (0..seeds-1) per method (default 3)")
+flags.DEFINE_integer("seeds", 3, "number of seeds (first_seed, first_seed + 1, ...) per method "
+                     "(default 3)")
 flags.DEFINE_integer("first_seed", 0, "first seed (default 0)")
-flags.DEFINE_string("output_dir", None, "where runs/, table.md, table.csv, accuracy.png go")
 flags.DEFINE_integer("parallel", 0, "runs at once (default: cores // 2, at least 1)")
 flags.DEFINE_string("title", None, "plot title (default: experiment and scenario)")
 flags.DEFINE_bool("only_cached", False, "tabulate the finished runs, run nothing")
 flags.DEFINE_string("sweep", None, "sweep an apps.train flag over values, e.g. "
                     "batch_replay:1,4,16,128 (Fig. 4) or g_fc_units:10,25,100,400")
+FLAGS["output_dir"].help = ("apps.compare's folder (required): runs/, table.md, table.csv, "
+                            "accuracy.png, sweep.png; a new or empty folder, or one an earlier "
+                            "compare wrote (its runs are reused); anything else is refused")
+common.validate("seeds", lambda v: v >= 1, "at least 1")
+common.validate("first_seed", lambda v: 0 <= v < 2 ** 32, "in [0, 2^32)")
+common.validate("parallel", lambda v: v >= 0, ">= 0 (0: cores // 2)")
+flags.register_multi_flags_validator(
+    ["first_seed", "seeds"], lambda d: d["first_seed"] + d["seeds"] <= 2 ** 32,
+    message="--first_seed + --seeds must be at most 2^32 (seeds are in [0, 2^32))")
+
+# apps.train flags that apps.compare sets for each run itself
+SET_PER_RUN = {"method": "list methods in --methods", "seed": "use --seeds and --first_seed",
+               "output_dir": "", "export_dir": "each run's directories are under "
+               "--output_dir/runs/", "resume_from": "each run's directories are under "
+               "--output_dir/runs/", "overwrite": "apps.compare replaces only its own runs"}
 
 # The paper's published final average accuracies (method.md 6), shown beside ours.
 PUBLISHED = {
@@ -55,30 +93,85 @@ PUBLISHED = {
                                       generative=9.67, bir=21.51, bir_si=34.38),
 }
 
+# apps.train flags that change how a run executes, not what it computes: runs with only
+# these beside --method and --seed have the paper's settings
+EXECUTION_FLAGS = {"data_dir", "jit_compile", "strategy", "num_logical_cpus", "deterministic",
+                   "log_every", "progress_every", "tf_log", "eval_batch", "checkpoint_every"}
+# ... and those of them that cannot change a run's numbers at all: left out of its stamp, so
+# that a run is cached whatever they are
+NOT_STAMPED = {"progress_every", "tf_log", "checkpoint_every"}
+
+
+def flag_name(arg: str) -> str:
+    """The flag an argument sets: ``--nojit_compile`` -> ``jit_compile``."""
+    name = arg.lstrip("-").split("=", 1)[0]
+    if name.startswith("no") and name not in FLAGS and name[2:] in FLAGS:
+        return name[2:]
+    return name
+
 
 def stamp(args: list[str]) -> str:
-    """A short hash of a run's settings (its apps.train arguments, order-independent)."""
-    return hashlib.sha256(json.dumps(sorted(args)).encode()).hexdigest()[:12]
+    """A short hash of a run's settings (its apps.train arguments, order-independent; the
+    flags that cannot change its numbers are left out)."""
+    kept = [a for a in args if flag_name(a) not in NOT_STAMPED]
+    return hashlib.sha256(json.dumps(sorted(kept)).encode()).hexdigest()[:12]
 
 
-def parse_sweep(spec: str | None) -> tuple[str | None, list[str]]:
-    """``flag:v1,v2,...`` -> (flag, values); None -> (None, [None])."""
+def train_flag_values(args: list[str]) -> flags.FlagValues:
+    """apps.train's flags (copies with their defaults and validators) parsed from ``args``;
+    raises ``flags.Error`` as apps.train would refuse them."""
+    fv = flags.FlagValues()
+    for name in TRAIN_FLAGS:
+        f = copy.deepcopy(FLAGS[name])
+        f.unparse()
+        fv[name] = f
+    fv(["apps.train", *args])
+    return fv
+
+
+def parse_sweep(spec: str | None) -> tuple[str | None, list[str | None]]:
+    """``flag:v1,v2,...`` -> (flag, values as apps.train reads them); None -> (None, [None]).
+    Raises ``ValueError`` for a flag apps.train does not have (or apps.compare sets), a
+    value the flag refuses, a repeated value."""
     if not spec:
         return None, [None]
     if ":" not in spec:
         raise ValueError(f"--sweep must look like flag:v1,v2 (got {spec!r})")
     name, values = spec.split(":", 1)
-    return name.lstrip("-"), [v for v in values.split(",") if v]
+    name = name.strip().lstrip("-")
+    if name not in TRAIN_FLAGS or name in SET_PER_RUN or name in ("experiment", "scenario"):
+        why = "it is set by apps.compare" if name in TRAIN_FLAGS else "no such apps.train flag"
+        raise ValueError(f"--sweep={spec}: cannot sweep --{name} ({why}); sweep an apps.train "
+                         "flag such as batch_replay, g_fc_units, iters")
+    out: list[str | None] = []
+    for v in (v.strip() for v in values.split(",")):
+        if not v:
+            continue
+        try:
+            f = train_flag_values([f"--{name}={v}"])[name]
+        except flags.Error as e:
+            raise ValueError(f"--sweep={spec}: {v!r} is not a value of --{name} ({e})") from None
+        shown = str(f.value).lower() if isinstance(f.value, bool) else str(f.value)
+        if shown in out:
+            raise ValueError(f"--sweep={spec}: --{name}={shown} is listed twice")
+        out.append(shown)
+    if not out:
+        raise ValueError(f"--sweep={spec}: no values to sweep over")
+    return name, out
 
 
 def plan(methods: list[str], seeds: list[int], experiment: str, scenario: str,
          passthrough: list[str], root: Path, sweep: str | None = None) -> list[dict]:
     """One entry per (method, sweep value, seed): its arguments, stamp and run directory."""
     name, values = parse_sweep(sweep)
+    if not methods:
+        raise ValueError("--methods is empty: name at least one method")
     runs = []
-    for m in methods:
+    for i, m in enumerate(methods):
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+        if m in methods[:i]:
+            raise ValueError(f"--methods lists {m} twice")
         if m == "xdg" and scenario != "task":
             raise ValueError("xdg needs task identity: only with --scenario=task")
         for v in values:
@@ -93,26 +186,30 @@ def plan(methods: list[str], seeds: list[int], experiment: str, scenario: str,
     return runs
 
 
+def check_run(args: list[str]) -> None:
+    """Refuse (``ConfigError``) a run's arguments that apps.train would refuse before
+    training: a flag's value, incompatible settings, a protocol without that many tasks."""
+    from bir_keras.config import resolve
+    from bir_keras.data import protocols
+
+    try:
+        fv = train_flag_values(args)
+    except flags.Error as e:
+        raise ConfigError(str(e)) from None
+    config = common.config_from_flags(fv)
+    if hasattr(protocols, "check_tasks"):
+        protocols.check_tasks(config.experiment, config.tasks)
+    resolve(config, conv_protocol=not protocols.EXPERIMENTS[config.experiment][3])
+
+
 def is_cached(run: dict) -> bool:
     """A run is done when its results.json exists with the same stamp."""
     res = run["dir"] / "out" / "results.json"
     st = run["dir"] / "stamp.json"
-    return res.exists() and st.exists() and json.loads(st.read_text())["stamp"] == run["stamp"]
-
-
-def execute(run: dict) -> tuple[dict, int, str]:
-    """Run apps.train for one (method, seed) into its cache directory."""
-    d = run["dir"]
-    d.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "apps.train", *run["args"], f"--output_dir={d / 'out'}",
-           f"--export_dir={d / 'export'}", "--overwrite"]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    with open(d / "log.txt", "w") as log:
-        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                             cwd=Path(__file__).resolve().parent.parent)
-    if rc == 0:
-        (d / "stamp.json").write_text(json.dumps({"stamp": run["stamp"], "args": run["args"]}))
-    return run, rc, str(d / "log.txt")
+    try:
+        return res.exists() and json.loads(st.read_text())["stamp"] == run["stamp"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def summarize_runs(runs: list[dict]) -> dict[str, dict]:
@@ -135,28 +232,17 @@ def summarize_runs(runs: list[dict]) -> dict[str, dict]:
     return out
 
 
-# apps.train flags that change how a run executes, not what it computes: runs with only
-# these beside --method and --seed have the paper's settings
-EXECUTION_FLAGS = {"data_dir", "jit_compile", "strategy", "num_logical_cpus", "deterministic",
-                   "log_every", "progress_every", "tf_log", "eval_batch"}
-
-
 def changed_settings(passthrough: list[str], sweep: str | None = None) -> list[str]:
     """The passed-through flags that make these runs differ from the paper's settings."""
-    out = []
-    for a in passthrough:
-        name = a.lstrip("-").split("=", 1)[0]
-        if name.startswith("no") and name[2:] in EXECUTION_FLAGS:
-            name = name[2:]
-        if name not in EXECUTION_FLAGS:
-            out.append(a)
+    out = [a for a in passthrough if flag_name(a) not in EXECUTION_FLAGS]
     return out + ([f"--sweep={sweep}"] if sweep else [])
 
 
 def write_tables(stats: dict, experiment: str, scenario: str, root: Path,
-                 changed: list[str] | None = None) -> str:
+                 changed: list[str] | None = None, folder: Folder | None = None) -> str:
     """table.md and table.csv: mean +/- SEM per method, with the published number (marked
-    when these runs' settings are not the paper's: ``changed`` names what differs)."""
+    when these runs' settings are not the paper's: ``changed`` names what differs), written
+    through ``folder`` (the compare folder's checks) where given."""
     pub = PUBLISHED.get((experiment, scenario), {})
     mark = "*" if changed else ""
     lines = ["| method | seeds | final average accuracy (%) | published (%) | wall time / run (s) |",
@@ -178,70 +264,363 @@ def write_tables(stats: dict, experiment: str, scenario: str, root: Path,
         lines += ["", f"\\* published with the paper's settings (20 seeds); these runs differ: "
                       f"{' '.join(changed)}"]
     md = "\n".join(lines) + "\n"
-    atomic_write_text(root / "table.md", md)
-    atomic_write_text(root / "table.csv", buf.getvalue())
+    for name, text in (("table.md", md), ("table.csv", buf.getvalue())):
+        def write(tmp: str, text: str = text) -> None:
+            Path(tmp).write_text(text)
+
+        if folder is not None:
+            folder.write(name, write)
+        else:
+            appfiles.write_file(root / name, write)
     return md
 
 
+# -- the output folder: apps.compare's own -------------------------------------------------
+def _expected(entry: str) -> bool:
+    """Whether an entry the marker does not list is one that apps.compare (or an apps.train
+    run of it) may have left since the marker was last written: ``runs/``, a run directory
+    in it, its ``log.txt`` or ``stamp.json``, a temporary file of an atomic write."""
+    parts = entry.rstrip("/").split("/")
+    base = parts[-1]
+    if appfiles.TEMP_NAME.match(base):
+        return True
+    if parts[0] != "runs":
+        return False
+    return (len(parts) <= 2 and entry.endswith("/")) or \
+        (len(parts) == 3 and base in ("log.txt", "stamp.json"))
+
+
+def unexpected_entries(root: Path) -> list[str]:
+    """What ``root`` (a compare folder) holds that apps.compare did not write."""
+    return [e for e in rundirs.foreign_entries(root, rundirs.COMPARE) if not _expected(e)]
+
+
+def check_output_dir(root: Path) -> None:
+    """Refuse an ``--output_dir`` that apps.compare may not write into: absent, empty or
+    marked as a compare folder holding only what compare writes."""
+    flag = f"--output_dir={root}"
+    if not os.path.lexists(root):
+        rundirs.check_writable(root, "--output_dir")
+        return
+    if root.is_symlink() or not root.is_dir():
+        raise rundirs.PathRefused(f"{flag} exists and is not a directory; it is never "
+                                  "replaced: choose another --output_dir")
+    try:
+        entries = sorted(p.name for p in root.iterdir())
+    except OSError as e:
+        raise rundirs.PathRefused(f"{flag}: cannot read it ({e.strerror or e})") from None
+    if not entries:
+        rundirs.check_writable(root, "--output_dir")
+        return
+    kind = rundirs.marker_kind(root)
+    if kind != rundirs.COMPARE:
+        why = (f"is marked as a bir_keras {kind} directory" if kind else
+               f"has no {rundirs.MARKER} marker of apps.compare")
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise rundirs.PathRefused(
+            f"{flag} exists, holds {shown} and {why}: apps.compare writes its tables and runs "
+            "only into a new or empty folder, or one an earlier compare wrote; nothing there "
+            "is replaced: choose another --output_dir")
+    others = unexpected_entries(root)
+    if others:
+        raise rundirs.PathRefused(
+            f"{flag} holds files apps.compare did not write ({', '.join(others[:5])}"
+            f"{', ...' if len(others) > 5 else ''}); nothing is written into it: move them "
+            "away or choose another --output_dir")
+    rundirs.check_writable(root, "--output_dir")
+
+
+class Folder:
+    """The compare folder while this compare holds it: its marker is rewritten as runs are
+    added (never over something that is not ours), and at the end."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.lock = threading.Lock()
+        self.written: set[str] = set()  # the tables and plots this compare wrote
+
+    def write(self, name: str, write) -> Path:
+        """Write the table or plot ``name`` (``write(tmp_path)``), never over a file that is
+        not apps.compare's (checked at the moment of replacing it)."""
+        path = appfiles.write_file(self.root / name, write, check=self.check)
+        self.written.add(name)
+        return path
+
+    def mark(self) -> bool:
+        """List what the folder holds in its marker, unless something appeared there that
+        is not apps.compare's (then the marker is left as it was)."""
+        with self.lock:
+            for _ in range(5):  # a run renaming its temporary folder while this walks
+                try:
+                    if set(unexpected_entries(self.root)) - self.written:
+                        return False
+                    rundirs.write_marker(self.root, rundirs.COMPARE)
+                    return True
+                except FileNotFoundError:
+                    time.sleep(0.05)
+            return False
+
+    def check(self, path: Path) -> None:
+        """At the moment a table or plot replaces ``path``: it must be absent or ours."""
+        if not os.path.lexists(path):
+            return
+        if path.name in rundirs.foreign_entries(self.root, rundirs.COMPARE) \
+                or path.is_symlink() or not path.is_file():
+            raise rundirs.PathRefused(
+                f"{path} appeared while apps.compare was working and is not its own; nothing "
+                f"was replaced (the finished runs are cached in {self.root / 'runs'}): move it "
+                "away and run the same command again")
+
+
+# -- running ---------------------------------------------------------------------------
+class Runner:
+    """Runs apps.train for the planned runs, a few at a time, each in its own process group
+    (so that a terminal's Ctrl-C reaches apps.compare alone, which passes it on once)."""
+
+    def __init__(self, folder: Folder):
+        self.folder = folder
+        self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)
+        self.active = 0   # runs being executed (their process, then their stamp and marker)
+        self.live: dict[int, tuple[dict, subprocess.Popen]] = {}
+        self.stopping = False
+        self.stopped: list[dict] = []   # in progress when Ctrl-C came
+
+    def execute(self, run: dict) -> tuple[dict, int | None, str]:
+        """Run apps.train for one (method, seed) into its cache directory; rc None: not
+        started (Ctrl-C came first)."""
+        with self.lock:
+            self.active += 1
+        try:
+            return self._execute(run)
+        finally:
+            with self.lock:
+                self.active -= 1
+                self.idle.notify_all()
+
+    def _execute(self, run: dict) -> tuple[dict, int | None, str]:
+        d = run["dir"]
+        log_path = d / "log.txt"
+        with self.lock:
+            if self.stopping:
+                return run, None, str(log_path)
+        d.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "apps.train", *run["args"], f"--output_dir={d / 'out'}",
+               f"--export_dir={d / 'export'}", "--overwrite"]
+        repo = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+               "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+        with open(log_path, "w") as log:
+            self.folder.mark()  # the new run directory and its log are apps.compare's
+            with self.lock:
+                if self.stopping:
+                    return run, None, str(log_path)
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                self.live[proc.pid] = (run, proc)
+            try:
+                rc = proc.wait()
+            finally:
+                with self.lock:
+                    self.live.pop(proc.pid, None)
+        if rc == 0:
+            atomic_write_text(d / "stamp.json", json.dumps({"stamp": run["stamp"],
+                                                            "args": run["args"]}))
+        self.folder.mark()
+        return run, rc, str(log_path)
+
+    def interrupt(self) -> None:
+        """Ctrl-C: start nothing more; pass the interrupt to the runs in progress."""
+        with self.lock:
+            self.stopping = True
+            live = list(self.live.values())
+        for run, proc in live:
+            if run not in self.stopped:
+                self.stopped.append(run)
+            with contextlib.suppress(OSError):
+                proc.send_signal(signal.SIGINT)
+
+    def wait_live(self) -> None:
+        """Wait for the runs being executed to end (a further Ctrl-C is passed on:
+        apps.train then stops at once)."""
+        while True:
+            try:
+                with self.lock:
+                    while self.active:
+                        self.idle.wait(0.2)
+                return
+            except KeyboardInterrupt:
+                self.interrupt()
+
+
+def last_error(log: str) -> str:
+    """The last ``error:`` line of a run's log, if any."""
+    try:
+        lines = Path(log).read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    return errors[-1] if errors else ""
+
+
+def _name(run: dict) -> str:
+    return f"{run['key']} seed {run['seed']}"
+
+
+def interrupted_line(runs: list[dict], runner: Runner | None, root: Path) -> str:
+    """One line: what is cached, what was stopped, what did not start."""
+    if runner is None:
+        return "interrupted before any run started"
+    cached = [r for r in runs if is_cached(r)]
+    stopped = [r for r in runner.stopped if not is_cached(r)]
+    rest = len(runs) - len(cached) - len(stopped)
+    return (f"interrupted: {len(cached)} of {len(runs)} run(s) finished and are cached in "
+            f"{root / 'runs'} (the same command again skips them); "
+            + (f"stopped before finishing, not cached: {', '.join(map(_name, stopped))}; "
+               if stopped else "no run was in progress; ")
+            + f"{rest} not started")
+
+
 def main(argv: list[str]) -> int:
-    """Run what is missing, then tabulate and plot."""
-    passthrough = [a for a in argv[1:]]
+    """Check everything, run what is missing, then tabulate and plot.
+
+    Exit codes: 0 done, 1 a run failed or none finished, 2 refused input, 130 Ctrl-C."""
+    del argv
+    state: dict = {"runs": [], "runner": None, "root": None}
+    try:
+        return _main(state)
+    except BaseException as e:
+        if not appfiles.caused_by_interrupt(e):
+            raise
+        runner = state["runner"]
+        if runner is not None:
+            runner.interrupt()
+            runner.wait_live()
+            runner.folder.mark()
+        print(interrupted_line(state["runs"], runner, state["root"]), file=sys.stderr,
+              flush=True)
+        return appfiles.EXIT_INTERRUPTED
+
+
+def passthrough_args() -> list[str]:
+    """The apps.train flags given on the command line, as apps.train reads them."""
+    return [FLAGS[n].serialize() for n in sorted(TRAIN_FLAGS)
+            if FLAGS[n].present and n not in SET_PER_RUN and n not in ("experiment", "scenario")]
+
+
+def check_flags() -> tuple[Path, list[dict], list[str]]:
+    """Everything the flags decide, before any run: (output folder, runs, passthrough)."""
     if not FLAGS.output_dir:
-        print("error: --output_dir is required", file=sys.stderr)
-        return 2
-    root = Path(FLAGS.output_dir)
+        raise ConfigError("--output_dir is required")
+    for name, hint in SET_PER_RUN.items():
+        if FLAGS[name].present and name != "output_dir":
+            raise ConfigError(f"--{name} is set by apps.compare for each run; {hint}")
+    if FLAGS.data_dir and not os.path.exists(FLAGS.data_dir):
+        raise ConfigError(f"--data_dir={FLAGS.data_dir} does not exist")
+    root = Path(os.path.abspath(FLAGS.output_dir))
+    passthrough = passthrough_args()
     seeds = list(range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds))
     try:
         runs = plan(FLAGS.methods, seeds, FLAGS.experiment, FLAGS.scenario, passthrough, root,
                     FLAGS.sweep)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        raise ConfigError(str(e)) from None
+    checked = set()
+    for r in runs:  # the seed (checked above) does not change what else apps.train accepts
+        if r["key"] in checked:
+            continue
+        checked.add(r["key"])
+        try:
+            check_run(r["args"])
+        except common.USER_ERRORS as e:
+            raise ConfigError(f"{_name(r)} ({' '.join(r['args'][2:])}) would be refused by "
+                              f"apps.train: {e}") from None
+    check_output_dir(root)
+    return root, runs, passthrough
+
+
+def _main(state: dict) -> int:
+    try:
+        root, runs, passthrough = check_flags()
+        state["root"], state["runs"] = root, runs
+        with rundirs.claim(root, "--output_dir"):  # one compare per folder
+            check_output_dir(root)
+            root.mkdir(parents=True, exist_ok=True)
+            folder = Folder(root)
+            folder.mark()
+            return _run(state, folder, root, runs, passthrough)
+    except common.USER_ERRORS as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+
+
+def _run(state: dict, folder: Folder, root: Path, runs: list[dict],
+         passthrough: list[str]) -> int:
     todo = [] if FLAGS.only_cached else [r for r in runs if not is_cached(r)]
     # every method's first seed before any method's second: a cut-short compare still
     # covers all methods
     todo.sort(key=lambda r: r["seed"])
     print(f"{sum(map(is_cached, runs))} cached, {len(todo)} to run", flush=True)
     workers = FLAGS.parallel or max(1, (os.cpu_count() or 2) // 2)
+    runner = state["runner"] = Runner(folder)
     failed = []
-    with cf.ThreadPoolExecutor(workers) as pool:
-        for run, rc, log in pool.map(execute, todo):
-            print(f"{run['method']} seed {run['seed']}: {'ok' if rc == 0 else f'FAILED ({log})'}",
-                  flush=True)
-            if rc:
+    pool = cf.ThreadPoolExecutor(workers)
+    try:
+        for run, rc, log in pool.map(runner.execute, todo):
+            if rc == 0:
+                print(f"{_name(run)}: ok", flush=True)
+            else:
+                err = last_error(log)
+                print(f"{_name(run)}: FAILED (exit {rc}{': ' + err if err else ''}; log {log})",
+                      flush=True)
                 failed.append(run)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     done = [r for r in runs if is_cached(r)]
+    folder.mark()
     if not done:
         print("error: no run finished", file=sys.stderr)
         return 1
     stats = summarize_runs(done)
+    others = unexpected_entries(root)
+    if others:
+        raise rundirs.PathRefused(
+            f"--output_dir={root}: files apps.compare did not write appeared while it ran "
+            f"({', '.join(others[:5])}); no table was written (the finished runs are cached "
+            f"in {root / 'runs'}): move them away and run the same command again")
     print(write_tables(stats, FLAGS.experiment, FLAGS.scenario, root,
-                       changed_settings(passthrough, FLAGS.sweep)))
+                       changed_settings(passthrough, FLAGS.sweep), folder=folder))
     written = [root / "table.md", root / "table.csv", root / "accuracy.png"]
     from bir_keras.evaluation.plots import plot_average_accuracy, plot_sweep
 
     title = FLAGS.title or f"{FLAGS.experiment} ({FLAGS.scenario}-IL)"
-    plot_average_accuracy({m: (e["curve_mean"], e["curve_sem"]) for m, e in stats.items()},
-                          root / "accuracy.png", title=title)
+    curves = {m: (e["curve_mean"], e["curve_sem"]) for m, e in stats.items()}
+    folder.write("accuracy.png", lambda tmp: plot_average_accuracy(curves, tmp, title=title))
     name, values = parse_sweep(FLAGS.sweep)
     if name:
-        curves = {}
-        for m in FLAGS.methods:
-            keyed = [stats.get(f"{m}-{name}{v}") for v in values]
-            if all(keyed):
-                curves[m] = ([k["mean"] / 100 for k in keyed], [k["sem"] / 100 for k in keyed])
-        xs = [float(v) for v in values]
-        # sizes and counts (replayed samples, hidden units) spread over a factor of 8 or
-        # more are shown on a log axis, as in the paper's Fig. 4
-        log_x = min(xs) > 0 and max(xs) / min(xs) >= 8
-        plot_sweep(xs, curves, root / "sweep.png", xlabel=name, title=title, log_x=log_x)
-        written.append(root / "sweep.png")
+        try:
+            xs = [float(v) for v in values]
+        except ValueError:
+            xs = None
+        if xs is None or not all(map(math.isfinite, xs)):
+            print(f"(no sweep.png: the values of --{name} are not numbers)", flush=True)
+        else:
+            sweep_curves = {}
+            for m in FLAGS.methods:
+                keyed = [stats.get(f"{m}-{name}{v}") for v in values]
+                if all(keyed):
+                    sweep_curves[m] = ([k["mean"] / 100 for k in keyed],
+                                       [k["sem"] / 100 for k in keyed])
+            # sizes and counts (replayed samples, hidden units) spread over a factor of 8 or
+            # more are shown on a log axis, as in the paper's Fig. 4
+            log_x = min(xs) > 0 and max(xs) / min(xs) >= 8
+            folder.write("sweep.png", lambda tmp: plot_sweep(xs, sweep_curves, tmp, xlabel=name,
+                                                             title=title, log_x=log_x))
+            written.append(root / "sweep.png")
+    folder.mark()
     print(f"wrote {', '.join(str(p) for p in written)} (runs in {root / 'runs'})", flush=True)
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    from apps.common import run_app
-
-    # flags this app does not define pass through to apps.train
-    run_app(main, known_only=True)
+    common.run_app(main)

@@ -1,27 +1,59 @@
-"""apps.compare: runs methods over seeds, caches by a stamp of the settings, tabulates."""
+"""apps.compare: runs methods over seeds, caches by a stamp of the settings, tabulates; its
+--output_dir is its own folder (marked), refused input is refused before any run, Ctrl-C
+stops the runs in progress and keeps the finished ones cached."""
 
 import csv
+import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from apps.compare import changed_settings, plan, stamp, write_tables
+from apps.compare import changed_settings, is_cached, plan, stamp, write_tables
+from bir_keras import rundirs
+from tests.apps.test_refusals import no_tensorflow_env
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+# two tasks of split digits, a few iterations: each run takes seconds
+TINY = ["--experiment=split_digits", "--scenario=class", "--methods=none", "--batch=16",
+        "--fc_units=20", "--tasks=2", "--iters=8"]
 
 
-def compare(*args):
-    return subprocess.run([sys.executable, "-m", "apps.compare", *args], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=600)
+def compare(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "apps.compare", *args], cwd=ROOT,
+                          env=env or ENV, capture_output=True, text=True, timeout=600)
+
+
+def one_error_line(r) -> str:
+    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A compare folder with two finished runs (seeds 0 and 1), and the first compare's
+    output."""
+    root = tmp_path_factory.mktemp("compare") / "cmp"
+    r = compare(*TINY, "--seeds=2", "--parallel=2", f"--output_dir={root}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root, r
 
 
 def test_stamp_depends_on_settings_not_order():
     assert stamp(["--a=1", "--b=2"]) == stamp(["--b=2", "--a=1"])
     assert stamp(["--a=1"]) != stamp(["--a=2"])
+    # flags that cannot change a run's numbers are not part of its stamp
+    assert stamp(["--a=1", "--checkpoint_every=1"]) == stamp(["--a=1"])
+    assert stamp(["--a=1", "--progress_every=2"]) == stamp(["--a=1"])
 
 
 def test_plan_refuses_xdg_outside_task_il(tmp_path):
@@ -30,31 +62,44 @@ def test_plan_refuses_xdg_outside_task_il(tmp_path):
     runs = plan(["none", "si"], [0, 1], "split_mnist", "class", ["--iters=5"], tmp_path,
                 sweep="batch_replay:1,4")
     assert len(runs) == 8 and len({r["dir"] for r in runs}) == 8
+    # sweep values as apps.train reads them
+    runs = plan(["none"], [0], "split_mnist", "class", [], tmp_path, sweep="batch_replay:04")
+    assert runs[0]["args"][-1] == "--batch_replay=4" and runs[0]["key"] == "none-batch_replay4"
 
 
-def test_cache_skips_finished_and_reruns_changed(tmp_path):
-    common = ["--experiment=split_digits", "--scenario=class", "--methods=none", "--seeds=2",
-              "--batch=16", "--fc_units=20", "--parallel=1", f"--output_dir={tmp_path}"]
-    first = compare(*common, "--iters=8")
-    assert first.returncode == 0, first.stderr[-3000:]
+def test_cache_skips_finished_and_reruns_changed(finished):
+    root, first = finished
     assert "0 cached, 2 to run" in first.stdout
-    assert f"wrote {tmp_path / 'table.md'}, {tmp_path / 'table.csv'}, " \
-           f"{tmp_path / 'accuracy.png'}" in first.stdout
-    rows = list(csv.DictReader((tmp_path / "table.csv").open()))
+    assert f"wrote {root / 'table.md'}, {root / 'table.csv'}, " \
+           f"{root / 'accuracy.png'}" in first.stdout
+    rows = list(csv.DictReader((root / "table.csv").open()))
     assert [r["method"] for r in rows] == ["none"] and rows[0]["seeds"] == "2"
     assert 0 <= float(rows[0]["mean"]) <= 100
-    assert (tmp_path / "table.md").read_text().startswith("| method")
-    assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
-    again = compare(*common, "--iters=8")
-    assert again.returncode == 0 and "2 cached, 0 to run" in again.stdout
-    changed = compare(*common, "--iters=9", "--seeds=1")
-    assert changed.returncode == 0 and "0 cached, 1 to run" in changed.stdout
+    assert (root / "table.md").read_text().startswith("| method")
+    assert (root / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    # the folder is marked as apps.compare's and lists everything in it
+    assert rundirs.marker_kind(root) == rundirs.COMPARE
+    assert rundirs.foreign_entries(root, rundirs.COMPARE) == []
+    listed = json.loads((root / ".bir_keras").read_text())["files"]
+    assert {"table.md", "table.csv", "accuracy.png", "runs/"} <= set(listed)
+
+    # --checkpoint_every passes through to apps.train but is not part of the stamp
+    again = compare(*TINY, "--seeds=2", "--checkpoint_every=1", f"--output_dir={root}")
+    assert again.returncode == 0 and "2 cached, 0 to run" in again.stdout, again.stderr
+    # a changed setting is another run (checked here without running it)
+    base = ["--batch=16", "--fc_units=20", "--iters=8", "--tasks=2"]
+    for args, cached in ((base, True), (base + ["--checkpoint_every=1.0"], True),
+                         ([a.replace("=8", "=9") for a in base], False)):
+        runs = plan(["none"], [0, 1], "split_digits", "class", args, root)
+        assert [is_cached(r) for r in runs] == [cached, cached], args
+        assert all(a in r["args"] for r in runs for a in args)  # passed to apps.train
 
 
 def test_published_number_marked_when_settings_differ(tmp_path):
     stats = {"none": {"final": [0.2, 0.21], "wall": [1.0], "value": None, "mean": 20.5,
                       "sem": 0.5}}
-    changed = changed_settings(["--iters=8", "--data_dir=D", "--nojit_compile"])
+    changed = changed_settings(["--iters=8", "--data_dir=D", "--nojit_compile",
+                                "--checkpoint_every=1"])
     assert changed == ["--iters=8"]
     md = write_tables(stats, "split_mnist", "class", tmp_path, changed)
     assert "| 19.90* |" in md and "these runs differ: --iters=8" in md
@@ -64,3 +109,105 @@ def test_published_number_marked_when_settings_differ(tmp_path):
     md = write_tables(stats, "split_mnist", "class", tmp_path,
                       changed_settings(["--data_dir=D", "--jit_compile"]))
     assert "| 19.90 |" in md and "differ" not in md
+
+
+@pytest.mark.parametrize("case", ["seeds0", "unknown_sweep_flag", "sweep_value", "lr_nan",
+                                  "unknown_flag", "seed_set_by_compare", "methods_twice",
+                                  "too_many_tasks", "incompatible", "no_output_dir"])
+def test_refused_before_any_run(tmp_path, case):
+    # before TensorFlow loads and before any run starts: nothing is created
+    out = tmp_path / "cmp"
+    args = {"seeds0": ["--seeds=0"], "unknown_sweep_flag": ["--sweep=bogus:1,2"],
+            "sweep_value": ["--sweep=batch_replay:1,abc"], "lr_nan": ["--lr=nan"],
+            "unknown_flag": ["--no_such_flag=1"], "seed_set_by_compare": ["--seed=3"],
+            "methods_twice": ["--methods=none,none"], "too_many_tasks": ["--tasks=9"],
+            "incompatible": ["--xdg"], "no_output_dir": []}[case]
+    target = [] if case == "no_output_dir" else [f"--output_dir={out}"]
+    line = one_error_line(compare(*TINY, *args, *target, env=no_tensorflow_env(tmp_path)))
+    assert "no run finished" not in line
+    expect = {"seeds0": "--seeds", "unknown_sweep_flag": "--bogus", "sweep_value": "'abc'",
+              "lr_nan": "--lr", "unknown_flag": "no_such_flag", "seed_set_by_compare": "--seed",
+              "methods_twice": "twice", "too_many_tasks": "--tasks=9", "incompatible": "XdG",
+              "no_output_dir": "--output_dir"}[case]
+    assert expect in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["foreign_folder", "foreign_file_in_ours", "a_file"])
+def test_a_folder_that_is_not_compares_is_refused(tmp_path, case):
+    out = tmp_path / "cmp"
+    if case == "a_file":
+        out.write_text("notes")
+    else:
+        out.mkdir()
+        if case == "foreign_file_in_ours":
+            rundirs.write_marker(out, rundirs.COMPARE)
+            (out / "runs").mkdir()
+            (out / "runs" / "notes.txt").write_text("mine")
+        (out / "table.md").write_text("my table")
+    env = no_tensorflow_env(tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    line = one_error_line(compare(*TINY, f"--output_dir={out}", "--only_cached", env=env))
+    assert f"--output_dir={out}" in line
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_an_empty_folder_is_taken_and_a_busy_one_refused(tmp_path):
+    out = tmp_path / "cmp"
+    out.mkdir()
+    with rundirs.claim(out, "--output_dir"):  # another compare holds it
+        line = one_error_line(compare(*TINY, f"--output_dir={out}", "--only_cached"))
+    assert "being written by another run" in line and list(out.iterdir()) == []
+    # an empty folder holds nothing to replace: it becomes a compare folder
+    r = compare(*TINY, f"--output_dir={out}", "--only_cached")
+    assert r.returncode == 1 and "no run finished" in r.stderr
+    assert rundirs.marker_kind(out) == rundirs.COMPARE
+
+
+def _running(pattern: str) -> list[str]:
+    """Command lines of processes that mention ``pattern``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if pattern in text:
+            found.append(text)
+    return found
+
+
+def test_ctrl_c_stops_runs_and_keeps_finished_ones_cached(finished, tmp_path):
+    root = tmp_path / "cmp"
+    shutil.copytree(finished[0], root, symlinks=True)
+    proc = subprocess.Popen([sys.executable, "-m", "apps.compare", *TINY, "--seeds=3",
+                             f"--output_dir={root}"], cwd=ROOT,
+                            env={**ENV, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 120
+        while not list(root.glob("runs/none-s2-*/log.txt")):  # seed 2's run has started
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, "the third run did not start"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, (proc.returncode, stderr[-3000:])
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert "2 cached, 1 to run" in stdout
+    [line] = stderr.strip().splitlines()
+    assert line.startswith("interrupted: 2 of 3 run(s) finished and are cached")
+    assert "not cached: none seed 2" in line
+    [run2] = root.glob("runs/none-s2-*")
+    assert not (run2 / "stamp.json").exists()
+    assert not _running(str(run2))  # the run was stopped, not left behind
+    # the folder is still apps.compare's: the finished runs are reused
+    again = compare(*TINY, "--seeds=3", f"--output_dir={root}", "--only_cached")
+    assert again.returncode == 0 and "wrote" in again.stdout, again.stderr
+    rows = list(csv.DictReader((root / "table.csv").open()))
+    assert rows[0]["seeds"] == "2"
