@@ -11,7 +11,7 @@ from bir_keras import experiment, export
 from bir_keras.config import Config, method_settings
 
 # 60 iterations per task: compiled calls of 50 + 10, so the checkpoint lands at iteration 50
-BASE = dict(experiment="split_digits", scenario="class", tasks=3, iters=60, batch=16,
+BASE = dict(experiment="split_digits", scenario="class", tasks=2, iters=60, batch=16,
             fc_units=20, z_dim=4, seed=12)
 
 
