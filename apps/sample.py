@@ -4,6 +4,12 @@
 
 Needs only TensorFlow to load the run (its ``sample`` signature), not this package. The
 image layout comes from the run's ``run.json`` (next to ``saved_model/``).
+
+The PNG carries a text chunk ``Software: bir_keras apps.sample``. An existing ``--out`` is
+replaced only with ``--overwrite`` and only if it is such a PNG: a file that apps.sample did
+not write is never replaced. Exit codes: 0 done, 2 refused input (one ``error:`` line,
+before anything loads where the flags decide it; also an ``--n`` too large for memory),
+1 out of memory all the same, 130 Ctrl-C (nothing written).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from bir_keras.fileio import atomic_write
+from bir_keras import appfiles, rundirs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("saved_model", None, "an export dir of apps.train, or its saved_model/ "
@@ -27,11 +33,19 @@ flags.DEFINE_list("classes", None, "comma-separated class ids to draw, one row e
                   "which dataset class each is); task * classes_per_task + class in "
                   "Domain-IL (default: every class the run has learned)")
 flags.DEFINE_integer("n", 8, "samples per class, i.e. per row (default 8)")
-flags.DEFINE_string("out", "samples.png", "the PNG file to write (default samples.png)")
+flags.DEFINE_string("out", "samples.png", "the PNG file to write (default samples.png); an "
+                    "existing file is replaced only with --overwrite and only if apps.sample "
+                    "wrote it")
 flags.DEFINE_integer("scale", 0, "pixels per input pixel, nearest-neighbour (default 0: about "
                      "64 pixels per sample)")
+# allow_override: apps.train's --overwrite may be defined in the same process (tests)
+flags.DEFINE_bool("overwrite", False, "replace an existing --out that apps.sample wrote (a "
+                  "file it did not write is never replaced; default false)",
+                  allow_override=True)
 
 PAD = 2  # pixels between samples and around the grid
+SOFTWARE = "bir_keras apps.sample"  # the PNG's "Software" text chunk: this program wrote it
+PNG_MAX_SIDE = 2 ** 31 - 1
 PAD_VALUE = 128  # mid-grey, visible against white-on-black digits and against photos
 FLAT_SIDES = {784: 28, 1024: 32, 64: 8}
 
@@ -89,12 +103,56 @@ def grid(x: np.ndarray, rows: int, cols: int, scale: int) -> np.ndarray:
     return out
 
 
+def written_by_sample(path: Path) -> bool:
+    """Whether ``path`` is a PNG that apps.sample wrote (its ``Software`` text chunk)."""
+    return appfiles.png_text(path, "Software") == SOFTWARE
+
+
+def check_out(out: str, overwrite: bool) -> None:
+    """Refuse an ``--out`` that may not be written or replaced (before any work)."""
+    appfiles.check_target(out, "--out", "PNG")
+    appfiles.replaceable_file(out, "--out", overwrite, written_by_sample, "apps.sample")
+
+
 def write_png(image: np.ndarray, path: str) -> Path:
-    """Write ``image`` (H, W, 1|3 uint8) as a PNG atomically: temp file, then rename."""
+    """Write ``image`` (H, W, 1|3 uint8) as a PNG atomically (temp file, then rename), marked
+    as written by apps.sample; what is at ``path`` by then must be ours or absent."""
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
 
     pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-    return atomic_write(path, lambda tmp: pil.save(tmp, format="PNG"))
+    info = PngInfo()
+    info.add_text("Software", SOFTWARE)
+    return appfiles.write_file(
+        path, lambda tmp: pil.save(tmp, format="PNG", pnginfo=info),
+        check=appfiles.replace_check("--out", written_by_sample, "apps.sample"))
+
+
+def bytes_needed(samples: int, h: int, w: int, c: int, scale: int) -> int:
+    """About the memory ``samples`` samples of h x w x c take, drawn and laid out at
+    ``scale``: the generator's float32 output and its copy, the float32 arrays of the
+    enlarged samples while they become pixels, the uint8 pixels, the grid and PIL's copy."""
+    values = h * w * c
+    return samples * values * (12 + 16 * scale * scale)
+
+
+def check_fits(n: int, classes: list[int], h: int, w: int, c: int, scale: int) -> None:
+    """Refuse (exit 2) a grid that cannot fit in memory or in a PNG, naming --n."""
+    rows = len(classes)
+    width, height = n * (w * scale + PAD) + PAD, rows * (h * scale + PAD) + PAD
+    if width > PNG_MAX_SIDE or height > PNG_MAX_SIDE:
+        side = (PNG_MAX_SIDE - PAD) // (w * scale + PAD)
+        raise SampleError(f"--n={n}: a row of {n} samples would be {width} pixels wide, more "
+                          f"than a PNG can hold ({PNG_MAX_SIDE}); lower --n (at most {side}) "
+                          "or --scale")
+    need = bytes_needed(n * rows, h, w, c, scale)
+    free = appfiles.available_memory()
+    if free is not None and need > free:
+        most = free // max(1, bytes_needed(rows, h, w, c, scale))
+        raise SampleError(f"--n={n}: {rows} row(s) of {n} samples ({h}x{w}x{c}, scale "
+                          f"{scale}) need about {appfiles.gib(need)} GiB of memory, "
+                          f"{appfiles.gib(free)} GiB are available; lower --n (at most "
+                          f"about {most} here), --scale or the number of --classes")
 
 
 def parse_classes(values: list[str] | None) -> list[int] | None:
@@ -108,16 +166,21 @@ def parse_classes(values: list[str] | None) -> list[int] | None:
                           "integers") from None
 
 
-def sample(saved_model: str, classes: list[int] | None, n: int, out: str, scale: int = 0) -> dict:
-    """Load the run, draw ``n`` samples per class, write the grid; returns what was drawn."""
+def sample(saved_model: str, classes: list[int] | None, n: int, out: str, scale: int = 0,
+           overwrite: bool = False) -> dict:
+    """Load the run, draw ``n`` samples per class, write the grid; returns what was drawn.
+    ``out`` is claimed while it is worked on: a second apps.sample writing it is refused."""
     if n < 1:
         raise SampleError(f"--n={n}: need at least 1 sample per class")
     if scale < 0:
         raise SampleError(f"--scale={scale}: must be 0 (auto) or positive")
-    if Path(out).is_dir():
-        raise SampleError(f"--out={out} is a directory; name the PNG file to write")
-    if any(p.is_file() for p in Path(out).parents):
-        raise SampleError(f"--out={out}: a folder on that path is a file")
+    check_out(out, overwrite)
+    with rundirs.claim(out, "--out"):
+        check_out(out, overwrite)
+        return _sample(saved_model, classes, n, out, scale)
+
+
+def _sample(saved_model: str, classes: list[int] | None, n: int, out: str, scale: int) -> dict:
     model_dir, run_json = locate(saved_model)
     run = json.loads(run_json.read_text()) if run_json else None
     protocol = (run or {}).get("protocol", {})
@@ -141,6 +204,9 @@ def sample(saved_model: str, classes: list[int] | None, n: int, out: str, scale:
                               f"0..{learned - 1}")
     elif any(c < 0 for c in classes):
         raise SampleError(f"class ids must be >= 0, got {classes}")
+    if protocol.get("input_shape"):  # the layout is known before anything loads
+        h, w, c = image_layout(protocol["input_shape"])
+        check_fits(n, classes, h, w, c, scale or max(1, 64 // max(h, w)))
 
     import tensorflow as tf
 
@@ -156,9 +222,14 @@ def sample(saved_model: str, classes: list[int] | None, n: int, out: str, scale:
     if "classify_features" in loaded.signatures:
         raise SampleError(f"{model_dir} generates hidden features (internal replay), not "
                           "images: nothing to draw")
-    ids = np.repeat(np.asarray(classes, np.int32), n)
+    draw = loaded.signatures["sample"]
     try:
-        result = loaded.signatures["sample"](class_ids=tf.constant(ids))
+        if not protocol.get("input_shape"):  # no run.json: one sample shows the layout
+            shape = draw(class_ids=tf.constant(classes[:1], tf.int32))["x"].shape[1:]
+            h, w, c = image_layout(list(shape))
+            check_fits(n, classes, h, w, c, scale or max(1, 64 // max(h, w)))
+        ids = np.repeat(np.asarray(classes, np.int32), n)
+        result = draw(class_ids=tf.constant(ids))
     except tf.errors.InvalidArgumentError as e:  # an id past the generator's modes
         raise SampleError(f"class ids {classes} rejected by the generator: "
                           f"{e.message.splitlines()[0]}") from None
@@ -172,6 +243,8 @@ def sample(saved_model: str, classes: list[int] | None, n: int, out: str, scale:
     image = grid(x.reshape(len(ids), h, w, c), len(classes), n, scale)
     try:
         path = write_png(image, out)
+    except FileExistsError:
+        raise
     except OSError as e:
         raise SampleError(f"--out={out}: cannot write it ({e.strerror or e})") from None
     per_row = {k: v.numpy().reshape(len(classes), n)[:, 0] for k, v in result.items()
@@ -198,16 +271,30 @@ def dataset_classes(protocol: dict, classes: list[int]) -> list[int] | None:
 
 
 def main(argv: list[str]) -> int:
-    """Parse flags, draw, print where the grid went."""
+    """Parse flags, draw, print where the grid went.
+
+    Exit codes: 0 done, 1 out of memory, 2 refused input, 130 interrupted (Ctrl-C)."""
     del argv
+    from apps.common import TrainingFailed, out_of_memory_names
+
     try:
         if not FLAGS.saved_model:
             raise SampleError("--saved_model is required")
-        info = sample(FLAGS.saved_model, parse_classes(FLAGS.classes), FLAGS.n, FLAGS.out,
-                      FLAGS.scale)
-    except SampleError as e:
+        with out_of_memory_names("--n (or --scale, or the number of --classes)"):
+            info = sample(FLAGS.saved_model, parse_classes(FLAGS.classes), FLAGS.n,
+                          FLAGS.out, FLAGS.scale, FLAGS.overwrite)
+    except (SampleError, rundirs.PathRefused, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except BaseException as e:
+        if not appfiles.caused_by_interrupt(e):
+            raise
+        print(f"interrupted; nothing written ({FLAGS.out} left as it was)", file=sys.stderr,
+              flush=True)
+        return appfiles.EXIT_INTERRUPTED
     if info["experiment"] == "permuted_mnist":
         print("note: permuted MNIST: the generator draws inputs in each task's permuted pixel "
               "order (only task 1 is unpermuted), so samples of later tasks look like noise")

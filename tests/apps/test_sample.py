@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from bir_keras import rundirs
+
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 FAST = ["--experiment=split_digits", "--scenario=class", "--iters=25", "--batch=32",
@@ -45,7 +47,7 @@ def diverging_ewc_run(tmp_path_factory: pytest.TempPathFactory):
     if not cached.exists():
         out.mkdir(parents=True)  # an earlier run's output (marked: --overwrite may replace it)
         (out / "results.json").write_text("an earlier run")
-        (out / ".bir_keras").write_text('{"written_by": "bir_keras", "kind": "output"}')
+        rundirs.write_marker(out, rundirs.OUTPUT)
         r = python_m("apps.train", *FAST, "--method=ewc", "--ewc_lambda=1e38", "--fisher_n=50",
                      "--tasks=3", f"--output_dir={out}", f"--export_dir={exp}", "--overwrite")
         cached.write_text(json.dumps([r.returncode, r.stdout, r.stderr]))
@@ -81,19 +83,99 @@ def test_writes_png_grid_one_row_per_class(bir_export, tmp_path):
         assert im.format == "PNG" and im.mode == "L"
         # 3 rows (classes) of 4 samples, each 16x16, with 2-pixel padding
         assert im.size == (4 * (cell + pad) + pad, 3 * (cell + pad) + pad)
+        assert im.info["Software"] == "bir_keras apps.sample"  # marked as ours
     assert [p.name for p in out.parent.iterdir()] == ["grid.png"]  # no temp file left
 
 
 def test_default_classes_are_those_learned(bir_export, tmp_path):
     from PIL import Image
 
-    from apps.sample import sample
+    from apps.sample import SampleError, sample
+    from bir_keras.rundirs import PathRefused
 
     info = sample(str(bir_export), None, 2, str(tmp_path / "all.png"))
     assert info["classes"] == [0, 1, 2, 3]  # 2 tasks of 2 classes learned
     side = 8 * info["scale"]
     with Image.open(tmp_path / "all.png") as im:
         assert im.size == (2 * (side + 2) + 2, 4 * (side + 2) + 2)
+    # a grid apps.sample wrote is replaced with --overwrite only
+    with pytest.raises(PathRefused, match="pass --overwrite"):
+        sample(str(bir_export), None, 3, str(tmp_path / "all.png"))
+    info = sample(str(bir_export), [0], 3, str(tmp_path / "all.png"), overwrite=True)
+    with Image.open(tmp_path / "all.png") as im:
+        assert im.size == (3 * (side + 2) + 2, side + 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.png"]
+    with pytest.raises(SampleError):
+        sample(str(bir_export), [9], 1, str(tmp_path / "x.png"))
+
+
+@pytest.mark.parametrize("case", ["text_file", "foreign_png", "ours_without_overwrite"])
+def test_existing_out_not_ours_is_never_replaced(bir_export, tmp_path, case):
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from tests.apps.test_refusals import no_tensorflow_env
+
+    out = tmp_path / "grid.png"
+    if case == "text_file":
+        out.write_text("my notes")
+    else:
+        info = PngInfo()
+        if case == "ours_without_overwrite":
+            info.add_text("Software", "bir_keras apps.sample")
+        Image.new("L", (4, 4)).save(out, pnginfo=info)
+    before = out.read_bytes()
+    extra = [] if case == "ours_without_overwrite" else ["--overwrite"]
+    # refused before TensorFlow loads
+    r = subprocess.run([sys.executable, "-m", "apps.sample", f"--saved_model={bir_export}",
+                        f"--out={out}", *extra], cwd=ROOT, env=no_tensorflow_env(tmp_path),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith(f"error: --out={out} exists")
+    assert ("pass --overwrite" if extra == [] else "was not written by apps.sample") in line
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake_site", "grid.png"]
+
+
+def test_n_too_large_for_memory_exit_2_before_loading(bir_export, tmp_path):
+    from tests.apps.test_refusals import no_tensorflow_env
+
+    out = tmp_path / "g.png"
+    r = subprocess.run([sys.executable, "-m", "apps.sample", f"--saved_model={bir_export}",
+                        "--n=100000000", f"--out={out}"], cwd=ROOT,
+                       env=no_tensorflow_env(tmp_path), capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("error: --n=100000000: ") and "lower --n" in line
+    assert not out.exists()
+
+
+def test_ctrl_c_exits_130_with_one_line(bir_export, tmp_path, monkeypatch, capsys):
+    # the interrupt surfaces where TensorFlow calls back into Python: a SystemError whose
+    # context is the KeyboardInterrupt; main turns it into exit 130 and one line
+    from absl import flags
+
+    import apps.sample as app
+
+    def interrupted(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise SystemError("returned a result with an exception set") from None
+
+    monkeypatch.setattr(app, "sample", interrupted)
+    out = tmp_path / "g.png"
+    flags.FLAGS(["apps.sample", f"--saved_model={bir_export}", f"--out={out}"])
+    try:
+        assert app.main([]) == 130
+    finally:
+        flags.FLAGS["saved_model"].unparse()
+        flags.FLAGS["out"].unparse()
+    err = capsys.readouterr().err
+    assert err == f"interrupted; nothing written ({out} left as it was)\n"
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("classes", ["0,4", "-1", "x"])
