@@ -9,12 +9,25 @@ and ``--head_layers`` change it), Adam (lr 1e-4, betas 0.9/0.999), batch 256, ra
 normalised per channel with the CIFAR-10 mean and std (x / 255, then (x - mean) / std: the
 protocols' ``normalise_pixels``). Only the conv trunk is saved (``trunk.save_weights``), to
 ``--out``, after every epoch (atomically), next to a JSON record (``conv_trunk.json``:
-epochs, test accuracy, seconds, command). ``bir_keras.experiment.load_trunk(path)`` loads it.
+epochs, test accuracy, seconds, command, and the SHA-256 of the weights it describes).
+``bir_keras.experiment.load_trunk(path)`` loads it; apps.train takes it as
+``--conv_weights=PATH``.
+
+``--out`` defaults to ``saved_models/pretrained_conv/conv_trunk.weights.h5`` (in the working
+directory). The shipped weights in ``saved_models/cifar10_conv/`` (what CIFAR runs load by
+default) are never an output. An existing ``--out`` (or its record) is replaced only with
+``--overwrite``, and only if apps.pretrain wrote it: the record beside it names this
+program and holds the weights' digest; any other file is never replaced.
+
+Exit codes: 0 done, 2 refused input (one ``error:`` line, before the data or TensorFlow
+load), 1 out of memory, 130 Ctrl-C (the weights and record hold the last whole epoch).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shlex
 import sys
 import time
@@ -22,12 +35,14 @@ from pathlib import Path
 
 from absl import flags
 
-from bir_keras import interrupts
-from bir_keras.fileio import atomic_write, atomic_write_text
+from bir_keras import appfiles, interrupts, rundirs
 
 FLAGS = flags.FLAGS
-DEFAULT_OUT = str(Path(__file__).resolve().parent.parent / "saved_models" / "cifar10_conv"
-                  / "conv_trunk.weights.h5")
+# the shipped pre-trained weights (bir_keras.experiment.DEFAULT_CONV_WEIGHTS lies in it):
+# loaded by default, never written
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "saved_models" / "cifar10_conv"
+DEFAULT_OUT = os.path.join("saved_models", "pretrained_conv", "conv_trunk.weights.h5")
+WRITTEN_BY = "bir_keras apps.pretrain"
 
 flags.DEFINE_string("data_dir", None, "CIFAR-10 data: cifar-10-batches-py/, an image folder or "
                     "its .zip; default: TFDS (downloads where the internet is reachable)")
@@ -36,7 +51,13 @@ flags.DEFINE_integer("batch", 256, "batch size (default 256)")
 flags.DEFINE_float("lr", 1e-4, "Adam learning rate (default 1e-4)")
 flags.DEFINE_integer("seed", 0, "random seed: initialisation, shuffling, augmentation (default 0)")
 flags.DEFINE_string("out", DEFAULT_OUT, "where the conv trunk's weights go (must end with "
-                    ".weights.h5); the JSON record is written next to it as conv_trunk.json")
+                    ".weights.h5; default saved_models/pretrained_conv/conv_trunk.weights.h5 "
+                    "in the working directory, never the shipped saved_models/cifar10_conv/ "
+                    "that CIFAR runs load by default); the JSON record is written next to it "
+                    "as conv_trunk.json; apps.train uses them with --conv_weights=PATH")
+flags.DEFINE_bool("overwrite", False, "replace an existing --out (and its record) that "
+                  "apps.pretrain wrote; any other file is never replaced (default false)",
+                  allow_override=True)
 flags.DEFINE_integer("limit", None, "use only the first N training images, taken in a fixed "
                      "shuffled order so that all classes appear (tests, timing)")
 flags.DEFINE_integer("test_limit", None, "evaluate on only the first N test images")
@@ -57,6 +78,61 @@ def record_path(weights: Path) -> Path:
     """The JSON record beside the weights: ``conv_trunk.weights.h5`` -> ``conv_trunk.json``."""
     name = weights.name[:-len(".weights.h5")]
     return weights.with_name(f"{name}.json")
+
+
+def record_of(weights: Path) -> dict | None:
+    """The record beside ``weights`` if apps.pretrain wrote it, else None."""
+    try:
+        rec = json.loads(record_path(weights).read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and rec.get("written_by") == WRITTEN_BY else None
+
+
+def weights_ours(path: Path) -> bool:
+    """Whether the weights file is one apps.pretrain wrote: its record says so and holds its
+    digest (the record is written just before the weights it describes, so the digest of
+    the weights before those counts as well)."""
+    rec = record_of(path)
+    if rec is None:
+        return False
+    digest = appfiles.sha256(path)
+    return digest in (rec.get("weights_sha256"), rec.get("previous_weights_sha256"))
+
+
+def file_digest(path: Path) -> str | None:
+    """The digest of a plain file at ``path``, None where nothing is there."""
+    if path.is_file() and not path.is_symlink():
+        return appfiles.sha256(path)
+    return "(not a file)" if os.path.lexists(path) else None
+
+
+def record_ours(path: Path) -> bool:
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(rec, dict) and rec.get("written_by") == WRITTEN_BY
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` that may not be written or replaced (before any work)."""
+    try:
+        shipped = out.resolve().parent == SHIPPED_DIR.resolve()
+    except OSError:
+        shipped = False
+    if shipped:
+        raise UsageError(f"--out={out} is in {SHIPPED_DIR}, the shipped pre-trained conv "
+                         "weights that CIFAR runs load by default: they are never an output "
+                         f"of apps.pretrain (not even with --overwrite); choose another path "
+                         f"(the default is {DEFAULT_OUT})")
+    appfiles.check_target(out, "--out", "weights")
+    rec = record_path(out)
+    appfiles.replaceable_file(out, "--out", overwrite, weights_ours, "apps.pretrain")
+    try:
+        appfiles.replaceable_file(rec, "--out", overwrite, record_ours, "apps.pretrain")
+    except rundirs.PathRefused as e:
+        raise rundirs.PathRefused(f"{e} (the record that goes beside --out={out})") from None
 
 
 def build_model(num_classes: int, head_units: int, head_layers: int):
@@ -81,6 +157,23 @@ def main(argv: list[str]) -> int:
     """Parse flags, train, report test accuracy per epoch, save the trunk and the record."""
     del argv
     command = "python -m apps.pretrain " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    written: dict = {}  # the last epoch this run wrote
+    try:
+        return _main(command, written)
+    except BaseException as e:
+        if not appfiles.caused_by_interrupt(e):
+            raise
+        out = Path(FLAGS.out)
+        done = written.get("epochs")
+        print(f"interrupted; {out} and {record_path(out).name} hold epoch {done}" if done
+              else "interrupted before the first epoch ended; nothing written", file=sys.stderr,
+              flush=True)
+        return appfiles.EXIT_INTERRUPTED
+
+
+def _main(command: str, written: dict) -> int:
+    from apps.common import TrainingFailed, out_of_memory_names
+
     try:
         out = Path(FLAGS.out)
         if not out.name.endswith(".weights.h5"):
@@ -92,43 +185,38 @@ def main(argv: list[str]) -> int:
             raise UsageError(f"--lr must be a finite number > 0, got {FLAGS.lr}")
         if not 0 <= FLAGS.seed < 2 ** 32:
             raise UsageError(f"--seed must be in [0, 2^32), got {FLAGS.seed}")
-        if out.is_dir() or any(p.is_file() for p in out.parents):
-            raise UsageError(f"--out={FLAGS.out} is a directory, or a folder on its path is a "
-                             "file")
         if FLAGS.head_layers < 0 or FLAGS.head_units < 1:
             raise UsageError("--head_layers must be >= 0 and --head_units >= 1")
         for name in ("limit", "test_limit"):
             v = getattr(FLAGS, name)
             if v is not None and v < 1:
                 raise UsageError(f"--{name} must be at least 1, got {v}")
-        from bir_keras.data.sources import DataError, load_dataset
+        check_out(out, FLAGS.overwrite)
+        with contextlib.ExitStack() as claims:
+            # one writer per path: a second apps.pretrain on these files is refused now
+            claims.enter_context(rundirs.claim(out, "--out"))
+            claims.enter_context(rundirs.claim(record_path(out), "--out"))
+            check_out(out, FLAGS.overwrite)
+            from bir_keras.data.sources import DataError, load_dataset
 
-        try:
-            data = load_dataset("cifar10", FLAGS.data_dir)
-        except DataError as e:
-            raise UsageError(str(e)) from e
-    except UsageError as e:
+            try:
+                data = load_dataset("cifar10", FLAGS.data_dir)
+            except DataError as e:
+                raise UsageError(str(e)) from e
+            with out_of_memory_names("--batch (or --head_units)"), interrupts.deferred():
+                train(data, out, command, written)
+    except (UsageError, rundirs.PathRefused, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    try:
-        with interrupts.deferred():
-            train(data, out, command)
-    except BaseException as e:
-        from bir_keras.experiment import caused_by_interrupt
-
-        if not caused_by_interrupt(e):
-            raise
-        rec = record_path(out)
-        old = json.loads(rec.read_text()) if rec.exists() else {}
-        done = old.get("epochs") if old.get("command") == command else None
-        print(f"interrupted; {out} and {rec.name} hold epoch {done}" if done
-              else "interrupted before the first epoch ended; nothing written", file=sys.stderr)
-        return 130
+    except TrainingFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
-def train(data, out: Path, command: str) -> None:
-    """The training loop (a compiled step on in-memory uint8 batches)."""
+def train(data, out: Path, command: str, written: dict | None = None) -> None:
+    """The training loop (a compiled step on in-memory uint8 batches); ``written`` gets the
+    number of the last epoch saved."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -207,6 +295,9 @@ def train(data, out: Path, command: str) -> None:
     start = time.time()
     history = []
     rec_path = record_path(out)
+    # the digest of what is at --out: an earlier output of apps.pretrain that it was allowed
+    # to replace (checked before the data loaded), then what each epoch wrote
+    known = {"sha": file_digest(out) if weights_ours(out) else None}
     for epoch in range(1, FLAGS.epochs + 1):
         t0 = time.time()
         perm = order_rng.permutation(n)
@@ -226,16 +317,35 @@ def train(data, out: Path, command: str) -> None:
         print(f"epoch {epoch}/{FLAGS.epochs}: train loss {loss_sum / seen:.4f}, train accuracy "
               f"{correct / seen:.4f}, test accuracy {acc:.4f} ({epoch_s:.1f}s)", flush=True)
         # after every epoch: an interrupted run still leaves usable weights and their record
-        atomic_write(out, trunk.save_weights)
-        rec = {"epochs": epoch, "epochs_planned": FLAGS.epochs, "test_accuracy": acc,
-               "train_images": n, "test_images": int(len(y_test)),
-               "seconds": time.time() - start, "command": command,
-               "batch": FLAGS.batch, "lr": FLAGS.lr, "seed": FLAGS.seed,
-               "augment": FLAGS.augment,
-               "head": [FLAGS.head_units] * FLAGS.head_layers + [data.num_classes],
-               "weights": out.name, "finished": epoch == FLAGS.epochs, "history": history}
-        text = json.dumps(rec, indent=1) + "\n"
-        atomic_write_text(rec_path, text)
+
+        def write_weights(tmp: str, epoch=epoch, acc=acc) -> None:
+            trunk.save_weights(tmp)
+            if file_digest(out) != known["sha"]:
+                raise rundirs.PathRefused(
+                    f"--out={out} changed while apps.pretrain was training (it is not the "
+                    "file it wrote or was allowed to replace); nothing was replaced")
+            # the record first (with the new weights' digest, and the digest of those still
+            # at --out), then the weights go in place
+            previous, known["new"] = known["sha"], appfiles.sha256(tmp)
+            rec = {"written_by": WRITTEN_BY, "epochs": epoch, "epochs_planned": FLAGS.epochs,
+                   "test_accuracy": acc, "train_images": n, "test_images": int(len(y_test)),
+                   "seconds": time.time() - start, "command": command,
+                   "batch": FLAGS.batch, "lr": FLAGS.lr, "seed": FLAGS.seed,
+                   "augment": FLAGS.augment,
+                   "head": [FLAGS.head_units] * FLAGS.head_layers + [data.num_classes],
+                   "weights": out.name, "weights_sha256": known["new"],
+                   "previous_weights_sha256": previous, "finished": epoch == FLAGS.epochs,
+                   "history": history}
+            text = json.dumps(rec, indent=1) + "\n"
+            appfiles.write_file(rec_path, lambda t: Path(t).write_text(text),
+                                check=appfiles.replace_check("--out", record_ours,
+                                                             "apps.pretrain"))
+
+        appfiles.write_file(out, write_weights,
+                            check=appfiles.replace_check("--out", weights_ours, "apps.pretrain"))
+        known["sha"] = known["new"]
+        if written is not None:
+            written["epochs"] = epoch
     print(json.dumps({"test_accuracy": history[-1]["test_accuracy"], "epochs": FLAGS.epochs,
                       "seconds": round(time.time() - start, 1), "weights": str(out),
                       "record": str(rec_path)}), flush=True)

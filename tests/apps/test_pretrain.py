@@ -15,9 +15,9 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 FAST = ["--epochs=1", "--limit=16", "--batch=8", "--head_units=16"]
 
 
-def pretrain(*args):
-    return subprocess.run([sys.executable, "-m", "apps.pretrain", *args], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=600)
+def pretrain(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "apps.pretrain", *args], cwd=ROOT,
+                          env=env or ENV, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,11 @@ def test_json_record(trained):
     assert rec["test_images"] == 10 and 0.0 <= rec["test_accuracy"] <= 1.0
     assert rec["seconds"] > 0 and rec["command"].startswith("python -m apps.pretrain")
     assert "--limit=16" in rec["command"] and rec["weights"] == out.name
+    # the record says this program wrote the weights beside it, and which ones
+    from bir_keras.appfiles import sha256
+
+    assert rec["written_by"] == "bir_keras apps.pretrain"
+    assert rec["weights_sha256"] == sha256(out) and rec["previous_weights_sha256"] is None
     assert len(rec["history"]) == 1
     assert "test accuracy" in r.stdout
     assert json.loads(r.stdout.strip().splitlines()[-1])["test_accuracy"] == rec["test_accuracy"]
@@ -77,7 +82,8 @@ def test_refused_input_exits_2_and_keeps_weights(trained, tmp_path, bad):
     before = out.read_bytes()
     bad = [b.replace("MISSING", str(tmp_path / "nothing")).replace("OUT", str(out.parent / "w"))
            for b in bad]
-    args = [f"--data_dir={root / 'data'}", f"--out={out}", *FAST, *bad]
+    # (--overwrite: the weights may be replaced, so it is the bad flag that is refused)
+    args = [f"--data_dir={root / 'data'}", f"--out={out}", "--overwrite", *FAST, *bad]
     r = pretrain(*args)
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert "Traceback" not in r.stderr
@@ -85,6 +91,79 @@ def test_refused_input_exits_2_and_keeps_weights(trained, tmp_path, bad):
     assert len(errors) == 1
     assert out.read_bytes() == before
     assert not (out.parent / "w.h5").exists()
+
+
+def one_error_line(r) -> str:
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("error: ")
+    return line
+
+
+@pytest.mark.parametrize("case", ["ours_without_overwrite", "foreign_weights",
+                                  "foreign_record", "weights_without_record",
+                                  "swapped_weights"])
+def test_existing_out_replaced_only_if_ours_and_asked(trained, tmp_path, case):
+    from tests.apps.test_refusals import no_tensorflow_env
+
+    root, out, _ = trained
+    target = tmp_path / "conv_trunk.weights.h5"
+    record = tmp_path / "conv_trunk.json"
+    if case in ("ours_without_overwrite", "swapped_weights", "foreign_record"):
+        target.write_bytes(out.read_bytes())
+        record.write_text((out.parent / "conv_trunk.json").read_text())
+    if case == "foreign_weights":
+        target.write_bytes(b"my weights")
+    if case == "swapped_weights":   # a record of ours beside weights that are not
+        target.write_bytes(b"my weights")
+    if case == "foreign_record":
+        record.write_text('{"epochs": 3}')
+    if case == "weights_without_record":
+        target.write_bytes(out.read_bytes())
+    env = no_tensorflow_env(tmp_path)  # refused before the data or TensorFlow load
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    extra = [] if case == "ours_without_overwrite" else ["--overwrite"]
+    line = one_error_line(pretrain(f"--data_dir={root / 'data'}", f"--out={target}", *FAST,
+                                   *extra, env=env))
+    assert line.startswith(f"error: --out={target} exists") or \
+        line.startswith(f"error: --out={record} exists")
+    if case == "ours_without_overwrite":
+        assert "pass --overwrite" in line
+    else:
+        assert "was not written by apps.pretrain" in line and "not even with" in line
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize("where", ["weights", "record_name", "via_symlink"])
+def test_shipped_weights_are_never_an_output(trained, tmp_path, where):
+    from apps.pretrain import SHIPPED_DIR
+    from bir_keras.experiment import DEFAULT_CONV_WEIGHTS
+    from tests.apps.test_refusals import no_tensorflow_env
+
+    assert SHIPPED_DIR == DEFAULT_CONV_WEIGHTS.parent
+    root = trained[0]
+    if where == "via_symlink":
+        (tmp_path / "link").symlink_to(SHIPPED_DIR)
+        out = tmp_path / "link" / "conv_trunk.weights.h5"
+    else:
+        out = SHIPPED_DIR / ("conv_trunk.weights.h5" if where == "weights" else "x.weights.h5")
+    shipped = {p: p.read_bytes() for p in SHIPPED_DIR.iterdir()} if SHIPPED_DIR.exists() else {}
+    line = one_error_line(pretrain(f"--data_dir={root / 'data'}", f"--out={out}", "--overwrite",
+                                   *FAST, env=no_tensorflow_env(tmp_path)))
+    assert "shipped pre-trained conv weights" in line and str(SHIPPED_DIR) in line
+    assert "saved_models/pretrained_conv/conv_trunk.weights.h5" in line  # the default
+    if SHIPPED_DIR.exists():
+        assert {p: p.read_bytes() for p in SHIPPED_DIR.iterdir()} == shipped
+
+
+def test_default_out_is_not_the_shipped_weights():
+    r = pretrain("--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert "default saved_models/pretrained_conv/conv_trunk.weights.h5" in text
+    assert "--out: where the conv trunk's weights go" in text
+    assert "(default: 'saved_models/pretrained_conv/conv_trunk.weights.h5')" in text
 
 
 def test_shipped_weights_load_by_default():
@@ -106,15 +185,18 @@ def test_shipped_weights_load_by_default():
 def test_ctrl_c_keeps_the_last_whole_epoch(trained, tmp_path):
     # Ctrl-C part-way through a long run: exit 130, and the weights and their record hold
     # the last finished epoch (the interrupt waits for the running step, then saves nothing
-    # half-written)
+    # half-written). The run starts over an earlier output of apps.pretrain: --overwrite
+    # replaces it
     import signal
 
-    root, _, _ = trained
+    root, earlier, _ = trained
     out = tmp_path / "conv_trunk.weights.h5"
+    out.write_bytes(earlier.read_bytes())
+    (tmp_path / "conv_trunk.json").write_text((earlier.parent / "conv_trunk.json").read_text())
     proc = subprocess.Popen([sys.executable, "-m", "apps.pretrain", f"--data_dir={root / 'data'}",
-                             f"--out={out}", *FAST, "--epochs=100000"], cwd=ROOT,
-                            env={**ENV, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
+                             f"--out={out}", "--overwrite", *FAST, "--epochs=100000"],
+                            cwd=ROOT, env={**ENV, "PYTHONFAULTHANDLER": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stdout:  # wait for two finished epochs
@@ -131,6 +213,9 @@ def test_ctrl_c_keeps_the_last_whole_epoch(trained, tmp_path):
     [line] = [ln for ln in stderr.splitlines() if ln.startswith("interrupted")]
     rec = json.loads((tmp_path / "conv_trunk.json").read_text())
     assert rec["epochs"] >= 2 and f"hold epoch {rec['epochs']}" in line
-    assert not rec["finished"] and out.exists()
+    assert not rec["finished"] and out.exists() and rec["epochs_planned"] == 100000
+    from bir_keras.appfiles import sha256
+
+    assert rec["weights_sha256"] == sha256(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conv_trunk.json",
                                                          "conv_trunk.weights.h5"]
