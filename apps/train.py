@@ -73,15 +73,22 @@ def check_flags():
 def _main() -> int:
     try:
         config, resolved, out, export_dir = check_flags()
-        strategy, is_chief = common.make_strategy(FLAGS.strategy, FLAGS.num_logical_cpus)
-        with contextlib.ExitStack() as claims:
-            if is_chief:
-                # claimed before the data loads: a second run on these paths is refused now
-                from bir_keras import rundirs
+        from bir_keras import rundirs
 
+        with contextlib.ExitStack() as claims:
+            def claim_paths() -> None:
+                # a second run on these paths is refused now, before the data loads
                 claims.enter_context(rundirs.claim(out, "--output_dir"))
                 claims.enter_context(rundirs.claim(export_dir, "--export_dir"))
                 rundirs.check_run_paths(out, export_dir, FLAGS.resume_from, FLAGS.overwrite)
+
+            # one process writes unless several workers train together (only the chief
+            # writes, known once TF_CONFIG is read): claim before TensorFlow loads
+            if FLAGS.strategy != "multi_worker":
+                claim_paths()
+            strategy, is_chief = common.make_strategy(FLAGS.strategy, FLAGS.num_logical_cpus)
+            if FLAGS.strategy == "multi_worker" and is_chief:
+                claim_paths()
             hint = common.memory_estimate(resolved)[1]
             rec, setup = _train(config, out, export_dir, strategy, is_chief, hint)
     except common.USER_ERRORS as e:

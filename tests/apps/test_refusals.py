@@ -259,3 +259,14 @@ def test_too_big_for_memory_is_one_line_before_any_work(no_tensorflow):
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
         [line] = r.stderr.strip().splitlines()
         assert line.startswith("error: out of memory") and f"lower {flag}" in line, line
+
+
+def test_a_second_run_on_the_same_output_dir_is_refused_at_once(tmp_path, no_tensorflow):
+    # another run holds the output directory (its claim, taken here as apps.train takes it)
+    out = tmp_path / "out"
+    with rundirs.claim(out, "--output_dir"):
+        r = train(*FAST, f"--output_dir={out}", f"--export_dir={tmp_path / 'exp'}",
+                  env=no_tensorflow)
+        line = one_error_line(r)
+    assert f"--output_dir={out} is being written by another run (process {os.getpid()})" in line
+    assert not out.exists() and not (tmp_path / "exp").exists()
