@@ -8,10 +8,17 @@ classes it has learned, and compares them with as many real test samples of thos
 in the feature space of an embedding network trained on the protocol's real training data
 (CIFAR: the frozen pre-trained conv layers + FC 2000-2000 + softmax, so pixel-level and
 internal replay land in one space; MNIST-like protocols: FC 2000-2000 on the pixels).
+
+The scores go to ``--out`` (default ``EXPORT_DIR/quality.json``, which the export's marker
+then lists), a JSON object with ``"written_by": "bir_keras apps.evaluate_generator"``. An
+existing ``--out`` is replaced only with ``--overwrite`` and only if this program wrote it.
+Exit codes: 0 done, 2 refused input (one ``error:`` line, before TensorFlow or any data
+loads where the flags decide it), 1 out of memory, 130 Ctrl-C (nothing written).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -19,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from bir_keras.fileio import atomic_write_json
+from bir_keras import appfiles, rundirs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("export_dir", None, "a run's export dir (saved_model/ and run.json)")
@@ -30,14 +37,54 @@ flags.DEFINE_integer("fc_units", 2000, "embedding network's FC units (default 20
 flags.DEFINE_integer("clusters", 20, "k-means clusters for precision/recall (default 20)")
 flags.DEFINE_integer("runs", 10, "k-means repetitions for precision/recall (default 10)")
 flags.DEFINE_string("conv_weights", None, "pre-trained conv weights (CIFAR; default: shipped)")
-flags.DEFINE_string("out", None, "JSON file for the scores (default: EXPORT_DIR/quality.json)")
+flags.DEFINE_string("out", None, "JSON file for the scores (default: EXPORT_DIR/quality.json); "
+                    "an existing file is replaced only with --overwrite and only if "
+                    "apps.evaluate_generator wrote it")
 flags.DEFINE_integer("seed", 0, "seed of sampling and clustering (default 0)")
+flags.DEFINE_bool("overwrite", False, "replace an existing --out that apps.evaluate_generator "
+                  "wrote (a file it did not write is never replaced; default false)",
+                  allow_override=True)
 for _name in ("n", "embedding_epochs", "fc_units", "clusters", "runs"):
     flags.register_validator(_name, lambda v: v >= 1, message=f"--{_name} must be at least 1")
 flags.register_validator("seed", lambda v: 0 <= v < 2 ** 32, message="--seed must be in [0, 2^32)")
 
+WRITTEN_BY = "bir_keras apps.evaluate_generator"
+QUALITY = "quality.json"
 
-def check_paths(export_dir: str | None, out: str | None) -> Path:
+
+def min_samples(clusters: int) -> int:
+    """The fewest samples of each kind the scores need: FID two, precision and recall's
+    k-means clusters the generated and real samples together (as many of each)."""
+    return max(2, -(-clusters // 2))
+
+
+def check_n(n: int, clusters: int) -> None:
+    """Refuse an ``--n`` too small for the scores (before any work)."""
+    need = min_samples(clusters)
+    if n < need:
+        raise_config(f"--n={n} is too few: precision and recall cluster the generated "
+                     f"and real samples together into --clusters={clusters} k-means "
+                     f"clusters, and FID needs 2 of each, so --n must be at least {need} "
+                     "(or lower --clusters)")
+
+
+def raise_config(message: str) -> None:
+    from bir_keras.config import ConfigError
+
+    raise ConfigError(message)
+
+
+def written_by_us(path: Path) -> bool:
+    return appfiles.json_written_by(path, WRITTEN_BY)
+
+
+def check_out(path: Path, overwrite: bool) -> None:
+    appfiles.check_target(path, "--out", "JSON")
+    appfiles.replaceable_file(path, "--out", overwrite, written_by_us,
+                              "apps.evaluate_generator")
+
+
+def check_paths(export_dir: str | None, out: str | None, overwrite: bool = False) -> Path:
     """Refuse what the paths alone decide, before TensorFlow, data or training: returns the
     scores file to write."""
     from bir_keras.config import ConfigError
@@ -57,12 +104,25 @@ def check_paths(export_dir: str | None, out: str | None) -> Path:
     if replay != "generative":
         raise ConfigError(f"{export_dir}: this run has no generator (replay={replay}; only GR "
                           "and BI-R runs have one)")
-    path = Path(out) if out else export / "quality.json"
-    if path.is_dir():
-        raise ConfigError(f"--out={path} is a directory; name the JSON file to write")
-    if any(p.is_file() for p in path.parents):
-        raise ConfigError(f"--out={path}: a folder on that path is a file")
+    path = Path(out) if out else export / QUALITY
+    check_out(path, overwrite)
     return path
+
+
+def in_export(path: Path, export_dir: str) -> bool:
+    """Whether the scores file is the export's own ``quality.json``."""
+    return path.name == QUALITY and path.parent.resolve() == Path(export_dir).resolve()
+
+
+def relist_export(export_dir: str) -> None:
+    """After writing ``quality.json`` into an export: list it in the export's marker, but
+    only where it is the one thing there the marker does not list (so that nothing of
+    anyone else's is ever listed as the package's)."""
+    export = Path(export_dir)
+    if rundirs.marker_kind(export) != rundirs.EXPORT:
+        return
+    if rundirs.foreign_entries(export, rundirs.EXPORT) in ([], [QUALITY]):
+        rundirs.write_marker(export, rundirs.EXPORT)
 
 
 def evaluate(export_dir: str, data_dir: str | None, n: int, epochs: int, fc_units: int,
@@ -132,35 +192,76 @@ def evaluate(export_dir: str, data_dir: str | None, n: int, epochs: int, fc_unit
         # take the real data's normalisation (Protocol.preprocess_np)
         fake = proto.preprocess_np((fake * 255.0).reshape(n, *proto.input_shape))
         fake = to_space(fake)
+    if len(x_te) < min_samples(clusters):
+        raise ConfigError(f"the run's test data holds only {len(x_te)} samples of the "
+                          f"{len(modes)} classes learned: too few real samples for "
+                          f"--clusters={clusters} (at least {min_samples(clusters)} needed); "
+                          "lower --clusters")
     real = to_space(x_te[rng.permutation(len(x_te))[:n]])
     real = real.reshape(len(real), -1)
     scores = gq.evaluate_generator(embedding, real, fake.reshape(len(fake), -1),
                                    num_clusters=clusters, num_runs=runs, seed=seed)
-    return {"export_dir": str(export), "tasks_learned": learned, "n_fake": int(len(fake)),
-            "n_real": int(len(real)), "embedding_epochs": epochs, **scores}
+    return {"written_by": WRITTEN_BY, "export_dir": str(export), "tasks_learned": learned,
+            "n_fake": int(len(fake)), "n_real": int(len(real)), "embedding_epochs": epochs,
+            **scores}
 
 
 def main(argv: list[str]) -> int:
-    """Score a run's generator and write JSON."""
+    """Score a run's generator and write JSON.
+
+    Exit codes: 0 done, 1 out of memory, 2 refused input, 130 interrupted (Ctrl-C)."""
     del argv
+    try:
+        return _main()
+    except BaseException as e:
+        if not appfiles.caused_by_interrupt(e):
+            raise
+        print("interrupted; nothing written", file=sys.stderr, flush=True)
+        return appfiles.EXIT_INTERRUPTED
+
+
+def _main() -> int:
+    from apps.common import TrainingFailed, out_of_memory_names
     from bir_keras.config import ConfigError
     from bir_keras.data.sources import DataError
 
     try:
-        out = check_paths(FLAGS.export_dir, FLAGS.out)
-        res = evaluate(FLAGS.export_dir, FLAGS.data_dir, FLAGS.n, FLAGS.embedding_epochs,
-                       FLAGS.fc_units, FLAGS.clusters, FLAGS.runs, FLAGS.conv_weights, FLAGS.seed)
-    except (ConfigError, DataError) as e:
+        check_n(FLAGS.n, FLAGS.clusters)
+        out = check_paths(FLAGS.export_dir, FLAGS.out, FLAGS.overwrite)
+        with contextlib.ExitStack() as claims:
+            claims.enter_context(rundirs.claim(out, "--out"))
+            if in_export(out, FLAGS.export_dir):
+                # an apps.train run still writing this export would replace it meanwhile
+                claims.enter_context(rundirs.claim(FLAGS.export_dir, "--export_dir"))
+            out = check_paths(FLAGS.export_dir, FLAGS.out, FLAGS.overwrite)
+            with out_of_memory_names("--n"):
+                res = evaluate(FLAGS.export_dir, FLAGS.data_dir, FLAGS.n,
+                               FLAGS.embedding_epochs, FLAGS.fc_units, FLAGS.clusters,
+                               FLAGS.runs, FLAGS.conv_weights, FLAGS.seed)
+            return _write(out, res)
+    except (ConfigError, DataError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _write(out: Path, res: dict) -> int:
+    text = json.dumps(res, indent=2)
     try:
-        atomic_write_json(out, res)
-    except OSError as e:
-        print(json.dumps(res, indent=2))
-        print(f"error: --out={out}: cannot write it ({e.strerror or e}); the scores are "
-              "printed above", file=sys.stderr)
+        appfiles.write_file(out, lambda tmp: Path(tmp).write_text(text + "\n"),
+                            check=appfiles.replace_check("--out", written_by_us,
+                                                         "apps.evaluate_generator"))
+    except (OSError, rundirs.PathRefused) as e:
+        print(text)
+        why = e if isinstance(e, (rundirs.PathRefused, FileExistsError)) else \
+            f"--out={out}: cannot write it ({e.strerror or e})"
+        print(f"error: {why}; the scores are printed above", file=sys.stderr)
         return 2
-    print(json.dumps(res, indent=2))
+    if in_export(out, FLAGS.export_dir):
+        relist_export(FLAGS.export_dir)
+    print(text)
     return 0
 
 

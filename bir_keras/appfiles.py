@@ -129,9 +129,10 @@ def replace_check(flag: str, ours: Callable[[Path], bool], what: str) -> Callabl
 def write_file(path: str | os.PathLike, write: Callable[[str], object],
                check: Callable[[Path], object] | None = None) -> Path:
     """``write(tmp_path)`` into a temporary file beside ``path`` (keeping its suffixes),
-    then ``check(path)`` and rename it to ``path``: over the file there if the check passed,
-    else only if the place is still free (``rename_noreplace``). On any error the temporary
-    file is removed and ``path`` is untouched."""
+    then ``check(path)`` (it raises to leave what is there alone) and rename it to ``path``:
+    over the file found there, or, where the place was free, only if it still is at the
+    rename (``rename_noreplace``). Without ``check`` a file found there is replaced. On any
+    error the temporary file is removed and ``path`` is untouched."""
     from bir_keras.fileio import TargetAppeared, rename_noreplace, umask
 
     path = Path(path)

@@ -55,6 +55,29 @@ def diverging_ewc_run(tmp_path_factory: pytest.TempPathFactory):
     return subprocess.CompletedProcess([], rc, stdout, stderr), out, exp
 
 
+def interrupt_at_tensorflow_env(tmp_path: Path) -> dict:
+    """An environment in which importing TensorFlow is a Ctrl-C: the process sends itself
+    SIGINT there (as a user pressing Ctrl-C while it loads)."""
+    fake = tmp_path / "ctrl_c_site"
+    (fake / "tensorflow").mkdir(parents=True)
+    (fake / "tensorflow" / "__init__.py").write_text(
+        "import os, signal, time\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(5)\n"
+        "raise RuntimeError('no Ctrl-C arrived')\n")
+    return {**ENV, "PYTHONPATH": os.pathsep.join([str(fake), str(ROOT)])}
+
+
+def run_with_ctrl_c(tmp_path: Path, module: str, *args) -> subprocess.CompletedProcess:
+    import signal
+
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT,
+                          env=interrupt_at_tensorflow_env(tmp_path), capture_output=True,
+                          text=True, timeout=120,
+                          # as a terminal's Ctrl-C reaches it (a launcher may ignore SIGINT)
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
 @pytest.fixture(scope="module")
 def bir_export(tmp_path_factory):
     return tiny_bir_run(tmp_path_factory)[1]
@@ -152,7 +175,17 @@ def test_n_too_large_for_memory_exit_2_before_loading(bir_export, tmp_path):
     assert not out.exists()
 
 
-def test_ctrl_c_exits_130_with_one_line(bir_export, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_exits_130_with_one_line(bir_export, tmp_path):
+    # Ctrl-C while TensorFlow loads
+    out = tmp_path / "g.png"
+    r = run_with_ctrl_c(tmp_path, "apps.sample", f"--saved_model={bir_export}", f"--out={out}")
+    assert r.returncode == 130, (r.returncode, r.stderr[-2000:])
+    assert r.stderr.strip().splitlines() == [f"interrupted; nothing written ({out} left as it "
+                                             "was)"]
+    assert not out.exists()
+
+
+def test_ctrl_c_inside_a_c_callback_exits_130(bir_export, tmp_path, monkeypatch, capsys):
     # the interrupt surfaces where TensorFlow calls back into Python: a SystemError whose
     # context is the KeyboardInterrupt; main turns it into exit 130 and one line
     from absl import flags
