@@ -492,14 +492,21 @@ def main(argv: list[str]) -> int:
     except BaseException as e:
         if not appfiles.caused_by_interrupt(e):
             raise
-        runner = state["runner"]
-        if runner is not None:
-            runner.interrupt()
-            runner.wait_live()
-            runner.folder.mark()
-        print(interrupted_line(state["runs"], runner, state["root"]), file=sys.stderr,
+        stop_runs(state)  # (done already where the folder was held)
+        print(interrupted_line(state["runs"], state["runner"], state["root"]), file=sys.stderr,
               flush=True)
         return appfiles.EXIT_INTERRUPTED
+
+
+def stop_runs(state: dict) -> None:
+    """After Ctrl-C: pass it on to the runs in progress, wait for them, mark the folder."""
+    runner = state["runner"]
+    if runner is None or state.get("stopped"):
+        return
+    runner.interrupt()
+    runner.wait_live()
+    runner.folder.mark()
+    state["stopped"] = True
 
 
 def passthrough_args() -> list[str]:
@@ -548,7 +555,12 @@ def _main(state: dict) -> int:
             root.mkdir(parents=True, exist_ok=True)
             folder = Folder(root)
             folder.mark()
-            return _run(state, folder, root, runs, passthrough)
+            try:
+                return _run(state, folder, root, runs, passthrough)
+            except BaseException as e:
+                if appfiles.caused_by_interrupt(e):
+                    stop_runs(state)  # while the folder is still held
+                raise
     except common.USER_ERRORS as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

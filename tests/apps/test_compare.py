@@ -187,7 +187,8 @@ def test_ctrl_c_stops_runs_and_keeps_finished_ones_cached(finished, tmp_path):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
-        while not list(root.glob("runs/none-s2-*/log.txt")):  # seed 2's run has started
+        # until seed 2's apps.train process has started
+        while not [d for d in root.glob("runs/none-s2-*") if _running(f"--output_dir={d}")]:
             assert proc.poll() is None, proc.communicate()
             assert time.time() < deadline, "the third run did not start"
             time.sleep(0.02)
