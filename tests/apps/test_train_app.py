@@ -190,11 +190,23 @@ print("ok")
 """
 
 
+def run_here(tmp_path, method: str, **over) -> Path:
+    """A run of ``FAST``'s settings in this process (what apps.train runs, without a second
+    TensorFlow start-up); returns its export directory."""
+    from bir_keras import experiment
+    from bir_keras.config import Config, method_settings
+
+    base = {**dict(experiment="split_digits", scenario="class", iters=25, batch=32,
+                   fc_units=40, z_dim=8, keep_label_order=True), **over}
+    cfg = Config(**{**method_settings(method, "split_digits", base["scenario"]), **base,
+                    "method": method})
+    experiment.run(cfg, str(tmp_path / "o"), export_dir=str(tmp_path / "export"),
+                   verbose=False)
+    return tmp_path / "export"
+
+
 def test_xdg_run_exports_task_signature(tmp_path):
-    exp = tmp_path / "export"
-    r = train(*[f for f in FAST if f != "--scenario=class"], "--scenario=task", "--method=xdg",
-              "--tasks=2", "--iters=10", f"--output_dir={tmp_path / 'o'}", f"--export_dir={exp}")
-    assert r.returncode == 0, r.stderr[-3000:]
+    exp = run_here(tmp_path, "xdg", scenario="task", tasks=2, iters=10)
     script = tmp_path / "load.py"
     script.write_text(XDG_LOADER)
     r = subprocess.run([sys.executable, str(script), str(exp / "saved_model")], env=ENV,
@@ -268,11 +280,7 @@ print(json.dumps({"label": out["label"].numpy().tolist(),
 
 def test_saved_model_maps_outputs_to_dataset_labels(tmp_path):
     # a seed-drawn class order (seed 12: permuted in every version of the protocol): unit k is the dataset's class class_order[k]
-    exp = tmp_path / "export"
-    args = [a for a in FAST if a != "--keep_label_order"]
-    r = train(*args, "--method=joint", "--tasks=2", "--iters=60", "--seed=12",
-              f"--output_dir={tmp_path / 'o'}", f"--export_dir={exp}")
-    assert r.returncode == 0, r.stderr[-3000:]
+    exp = run_here(tmp_path, "joint", tasks=2, iters=60, seed=12, keep_label_order=False)
     run = json.loads((exp / "run.json").read_text())
     order = run["protocol"]["class_order"]
     seen = run["classes_seen"]
