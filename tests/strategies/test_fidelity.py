@@ -1,6 +1,10 @@
 """What the trainers do as the authors' code does (fidelity.md items 11-17 and the
 settings of the paper's variants): replay labels, mixture weights and gates, Domain-IL's
-prior, Task-IL's per-task replay, epoch batches, the gate proportions, the Fisher cache."""
+prior, Task-IL's per-task replay, epoch batches, the gate proportions, the Fisher cache.
+
+The step runs without XLA here (``jit_compile=False``): none of these is about XLA,
+compiling it takes most of these short runs' time, and test_methods checks that XLA trains
+like the plain step."""
 
 import math
 
@@ -31,7 +35,7 @@ def _replay(tr, t):
 @pytest.mark.parametrize("distill", [True, False])
 def test_replay_prior_and_gate_follow_the_previous_model(tiny_setup, distill):
     cfg, proto = tiny_setup("class", tasks=3, iters=20, replay="generative",
-                            brain_inspired=True, distill=distill)
+                            brain_inspired=True, distill=distill, jit_compile=False)
     tr = make_trainer(cfg, proto, verbose=False)
     tr.fit(until=2)
     _, draws, _, rep = _replay(tr, 2)
@@ -60,7 +64,7 @@ def _mnist_like(n_train=200, n_test=100):
 
 def _permuted(scenario, tasks, **kw):
     base = dict(experiment="permuted_mnist", scenario=scenario, tasks=tasks, iters=20, batch=32,
-                fc_units=40, z_dim=8, seed=12)
+                fc_units=40, z_dim=8, seed=12, jit_compile=False)
     base.update(kw)
     proto = make_protocol("permuted_mnist", scenario, tasks=tasks, dataset=_mnist_like(), seed=12)
     return resolve(Config(**base), False), proto
@@ -84,7 +88,7 @@ def test_permuted_mnist_prior_has_ten_modes_and_gates_draw_previous_tasks():
 
 def test_task_il_conditional_replay_is_drawn_per_previous_task(tiny_setup):
     cfg, proto = tiny_setup("task", tasks=4, iters=10, batch_replay=10, replay="generative",
-                            brain_inspired=True)
+                            brain_inspired=True, jit_compile=False)
     tr = make_trainer(cfg, proto, verbose=False)
     assert tr.per_task_replay() and not tr.replay_all_previous_tasks()
     tr.fit(until=3)
@@ -205,7 +209,8 @@ def test_domain_il_run_logs_and_samples_with_shared_modes(tmp_path, experiment_n
     from bir_keras import experiment
 
     cfg = Config(experiment=experiment_name, scenario="domain", tasks=2, iters=10, batch=16,
-                 fc_units=20, z_dim=4, replay="generative", brain_inspired=True, seed=12, **kw)
+                 fc_units=20, z_dim=4, replay="generative", brain_inspired=True, seed=12,
+                 jit_compile=False, **kw)
     setup = None
     if experiment_name == "permuted_mnist":
         pixels = make_protocol("permuted_mnist", "domain", tasks=2, dataset=_mnist_like(60, 30),

@@ -1,4 +1,8 @@
-"""Methods on a tiny two-task Class-IL problem: forgetting without replay, less with it."""
+"""Methods on a tiny two-task Class-IL problem: forgetting without replay, less with it.
+
+The step runs without XLA here (``jit_compile=False``) unless a test is about XLA: compiling
+it takes most of these short runs' time, and test_xla_step_trains_like_the_plain_step checks
+that XLA trains like the plain step."""
 
 import numpy as np
 import pytest
@@ -10,15 +14,38 @@ from bir_keras.strategies.base import Draws
 
 
 def _fit(tiny_setup, scenario="class", tasks=2, **kw):
+    kw.setdefault("jit_compile", False)
     cfg, proto = tiny_setup(scenario, tasks=tasks, **kw)
     tr = make_trainer(cfg, proto, verbose=False)
     tr.fit()
     return tr
 
 
-def test_none_forgets_and_joint_does_not(tiny_setup):
-    none = _fit(tiny_setup, iters=80)
-    joint = _fit(tiny_setup, iters=80, replay="offline")
+@pytest.fixture(scope="module")
+def _fitted_runs():
+    return {}
+
+
+@pytest.fixture
+def fitted(tiny_setup, _fitted_runs):
+    """``fitted(**kw)``: ``_fit(tiny_setup, **kw)``, once per module for the same settings
+    (the same data and seed give the same run); tests only read these trainers."""
+    def get(**kw):
+        key = tuple(sorted(kw.items()))
+        if key not in _fitted_runs:
+            _fitted_runs[key] = _fit(tiny_setup, **kw)
+        return _fitted_runs[key]
+
+    return get
+
+
+# fine-tuning, the baseline every replay method is compared with
+NONE = dict(iters=150)
+
+
+def test_none_forgets_and_joint_does_not(fitted):
+    none = fitted(**NONE)
+    joint = fitted(iters=80, replay="offline")
     assert type(none) is FineTuning and isinstance(joint, Joint)
     m_none, m_joint = none.history.accuracy_matrix, joint.history.accuracy_matrix
     assert m_none[0][0] > 0.95 and m_none[1][1] > 0.95
@@ -27,16 +54,16 @@ def test_none_forgets_and_joint_does_not(tiny_setup):
     assert m_none[0][1] is None
 
 
-def test_generative_replay_reduces_forgetting(tiny_setup):
-    none = _fit(tiny_setup, iters=150)
-    gr = _fit(tiny_setup, iters=150, replay="generative", lr=0.003)
+def test_generative_replay_reduces_forgetting(fitted):
+    none = fitted(**NONE)
+    gr = fitted(iters=150, replay="generative", lr=0.003)
     assert isinstance(gr, GenerativeReplay)
     assert gr.history.accuracy_matrix[1][0] > none.history.accuracy_matrix[1][0] + 0.3
 
 
-def test_bir_reduces_forgetting(tiny_setup):
-    none = _fit(tiny_setup, iters=150)
-    bir = _fit(tiny_setup, iters=150, replay="generative", brain_inspired=True, lr=0.003)
+def test_bir_reduces_forgetting(fitted):
+    none = fitted(**NONE)
+    bir = fitted(iters=150, replay="generative", brain_inspired=True, lr=0.003)
     assert bir.config.feedback and bir.config.prior == "gmm" and bir.config.distill
     assert bir.history.accuracy_matrix[1][0] > none.history.accuracy_matrix[1][0] + 0.3
 
@@ -47,7 +74,8 @@ def test_task_il_none_keeps_more_than_class_il(tiny_setup):
 
 
 def test_lwf_targets_come_from_frozen_previous_model(tiny_setup):
-    cfg, proto = tiny_setup("class", tasks=2, iters=30, replay="current", distill=True)
+    cfg, proto = tiny_setup("class", tasks=2, iters=30, replay="current", distill=True,
+                            jit_compile=False)
     tr = make_trainer(cfg, proto, verbose=False)
     assert isinstance(tr, LwF)
     tr.fit(until=1)
@@ -68,7 +96,8 @@ def test_lwf_targets_come_from_frozen_previous_model(tiny_setup):
 def test_task_il_replay_is_labelled_by_every_previous_task(tiny_setup, distill):
     """Task-IL LwF: each replayed input is labelled by each previous task's head and the
     loss is the mean over those tasks of the per-task loss (method.md 4.1)."""
-    cfg, proto = tiny_setup("task", tasks=3, iters=20, replay="current", distill=distill)
+    cfg, proto = tiny_setup("task", tasks=3, iters=20, replay="current", distill=distill,
+                            jit_compile=False)
     tr = make_trainer(cfg, proto, verbose=False)
     assert tr.replay_all_previous_tasks()
     tr.fit(until=2)
@@ -102,7 +131,7 @@ def test_conditional_task_il_replay_keeps_its_task(tiny_setup):
 
 
 def test_generative_replay_targets_come_from_frozen_copy(tiny_setup):
-    cfg, proto = tiny_setup("class", tasks=2, iters=30, replay="generative")
+    cfg, proto = tiny_setup("class", tasks=2, iters=30, replay="generative", jit_compile=False)
     tr = make_trainer(cfg, proto, verbose=False)
     tr.fit(until=1)
     tr.before_task(1)
@@ -120,7 +149,8 @@ def test_generative_replay_targets_come_from_frozen_copy(tiny_setup):
 
 
 def test_reinit_reinitialises_after_freezing(tiny_setup):
-    cfg, proto = tiny_setup("class", tasks=2, iters=20, replay="generative", reinit=True)
+    cfg, proto = tiny_setup("class", tasks=2, iters=20, replay="generative", reinit=True,
+                            jit_compile=False)
     tr = make_trainer(cfg, proto, verbose=False)
     tr.fit(until=1)
     trained = [v.numpy().copy() for v in tr.model.trainable_variables]
@@ -155,7 +185,7 @@ def test_xla_step_trains_like_the_plain_step(tiny_setup, kw):
     to floating-point reassociation (a tenth of the tiny test set, which has 40 samples
     per task, is far above what XLA's rounding differences could move)."""
     plain_tr = _fit(tiny_setup, iters=60, jit_compile=False, **kw)
-    xla_tr = _fit(tiny_setup, iters=60, **kw)    # the default: XLA on one device
+    xla_tr = _fit(tiny_setup, iters=60, jit_compile=None, **kw)   # auto: XLA on one device
     assert xla_tr.jit_compile and not plain_tr.jit_compile
     plain, xla = plain_tr.history.accuracy_matrix, xla_tr.history.accuracy_matrix
     for row_p, row_x in zip(plain, xla):
