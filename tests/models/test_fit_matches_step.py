@@ -1,6 +1,10 @@
 """Each model owns its loss: ``model.fit`` on one batch of the first task gives the same
 first-step losses as the continual-learning step of the same model, batch and noise
-(Classifier, VAE with mixture prior and gates, BI-R's RtFClassifier)."""
+(Classifier, VAE with mixture prior and gates, BI-R's RtFClassifier).
+
+The step and ``fit`` run without XLA (``jit_compile=False``): compiling took most of the
+time, the losses are what is compared, and test_methods checks that XLA trains like the
+plain step."""
 
 import numpy as np
 import pytest
@@ -36,13 +40,13 @@ def _first_step(tr):
 
 def _fit_one_step(model, weights, data):
     model.set_weights(weights)
-    model.compile(optimizer=make_adam(1e-3))
+    model.compile(optimizer=make_adam(1e-3), jit_compile=False)   # as the step (above)
     hist = model.fit(tf.data.Dataset.from_tensors(data), epochs=1, verbose=0)
     return {k: v[0] for k, v in hist.history.items()}
 
 
 def test_classifier_fit_matches_the_continual_step(tiny_setup):
-    cfg, proto = tiny_setup("class", tasks=2)
+    cfg, proto = tiny_setup("class", tasks=2, jit_compile=False)
     tr = make_trainer(cfg, proto, verbose=False)
     losses, b, w = _first_step(tr)
     got = _fit_one_step(tr.make_classifier(), w["model"], (b["x"], b["y"], b["active"]))
@@ -51,7 +55,7 @@ def test_classifier_fit_matches_the_continual_step(tiny_setup):
 
 def test_vae_fit_matches_the_generators_continual_step(tiny_setup):
     cfg, proto = tiny_setup("class", tasks=2, replay="generative", prior="gmm", dg_gates=True,
-                            dg_prop=0.5)
+                            dg_prop=0.5, jit_compile=False)
     tr = make_trainer(cfg, proto, verbose=False)
     assert tr.generator.prior_type == "gmm" and tr.generator.gate_masks is not None
     losses, b, w = _first_step(tr)
@@ -64,7 +68,8 @@ def test_vae_fit_matches_the_generators_continual_step(tiny_setup):
 
 @pytest.mark.parametrize("scenario", ["class", "task"])
 def test_rtf_fit_matches_the_bir_step(tiny_setup, scenario):
-    cfg, proto = tiny_setup(scenario, tasks=2, replay="generative", brain_inspired=True)
+    cfg, proto = tiny_setup(scenario, tasks=2, replay="generative", brain_inspired=True,
+                            jit_compile=False)
     tr = make_trainer(cfg, proto, verbose=False)
     losses, b, w = _first_step(tr)
     got = _fit_one_step(tr.make_classifier(), w["model"],

@@ -1,6 +1,10 @@
 """Experience replay with a fixed memory budget: a class-balanced memory of real training
 samples, less forgetting than fine-tuning, composition with distillation and regularisers,
-and the memory kept in the checkpoint."""
+and the memory kept in the checkpoint.
+
+The step runs without XLA here (``jit_compile=False``): none of these is about XLA,
+compiling it took most of the time, and test_methods checks that XLA trains like the plain
+step."""
 
 import numpy as np
 import pytest
@@ -13,7 +17,8 @@ from tests.strategies.test_fidelity import _replay
 
 
 def test_memory_holds_budget_samples_of_each_class(tiny_setup):
-    cfg, proto = tiny_setup("class", tasks=3, iters=10, replay="buffer", budget=5)
+    cfg, proto = tiny_setup("class", tasks=3, iters=10, replay="buffer", budget=5,
+                            jit_compile=False)
     tr = make_trainer(cfg, proto, verbose=False)
     assert isinstance(tr, BufferReplay) and tr.stored()["y"].shape == (0,)
     tr.fit(until=2)
@@ -30,10 +35,11 @@ def test_memory_holds_budget_samples_of_each_class(tiny_setup):
 
 
 def test_buffer_replay_reduces_forgetting(tiny_setup):
-    cfg, proto = tiny_setup("class", tasks=2, iters=150)
+    cfg, proto = tiny_setup("class", tasks=2, iters=150, jit_compile=False)
     none = make_trainer(cfg, proto, verbose=False)
     none.fit()
-    cfg, proto = tiny_setup("class", tasks=2, iters=150, replay="buffer", budget=20)
+    cfg, proto = tiny_setup("class", tasks=2, iters=150, replay="buffer", budget=20,
+                            jit_compile=False)
     buf = make_trainer(cfg, proto, verbose=False)
     buf.fit()
     assert none.history.accuracy_matrix[1][0] < 0.2
@@ -43,7 +49,7 @@ def test_buffer_replay_reduces_forgetting(tiny_setup):
 @pytest.mark.parametrize("scenario, distill", [("class", False), ("task", True)])
 def test_replay_is_drawn_from_the_memory_with_its_own_task(tiny_setup, scenario, distill):
     cfg, proto = tiny_setup(scenario, tasks=3, iters=10, replay="buffer", budget=4,
-                            distill=distill, ewc=True)
+                            distill=distill, ewc=True, jit_compile=False)
     tr = make_trainer(cfg, proto, verbose=False)
     assert [r.name for r in tr.regularizers] == ["ewc"]
     tr.fit(until=2)
@@ -67,7 +73,8 @@ def test_replay_is_drawn_from_the_memory_with_its_own_task(tiny_setup, scenario,
 
 
 def test_memory_is_part_of_the_checkpoint(tiny_setup, tmp_path):
-    cfg, proto = tiny_setup("class", tasks=3, iters=10, replay="buffer", budget=3)
+    cfg, proto = tiny_setup("class", tasks=3, iters=10, replay="buffer", budget=3,
+                            jit_compile=False)
     tr = make_trainer(cfg, proto, verbose=False)
     tr.fit(until=2)
     export.checkpoint_for(tr).write(str(tmp_path / "ckpt"))
