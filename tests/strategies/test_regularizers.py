@@ -91,8 +91,9 @@ def test_si_accumulates_inside_compiled_step(tiny_setup):
 
 
 def test_ewc_composes_with_xdg_and_masks_differ(tiny_setup):
+    # without XLA: compiling took most of the time (test_methods compares XLA with the plain step)
     cfg, proto = tiny_setup("task", tasks=2, iters=20, xdg=True, xdg_prop=0.75, ewc=True,
-                            ewc_lambda=10.0)
+                            ewc_lambda=10.0, jit_compile=False)
     tr = make_trainer(cfg, proto, verbose=False)
     masks = [m.numpy() for m in tr.model.xdg_masks]
     assert masks[0].shape == (proto.capacity, 40)
