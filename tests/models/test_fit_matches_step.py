@@ -2,9 +2,9 @@
 first-step losses as the continual-learning step of the same model, batch and noise
 (Classifier, VAE with mixture prior and gates, BI-R's RtFClassifier).
 
-The step and ``fit`` run without XLA (``jit_compile=False``): compiling took most of the
-time, the losses are what is compared, and test_methods checks that XLA trains like the
-plain step."""
+The continual step runs without XLA (``jit_compile=False``; ``fit`` compiles without it
+too, Keras's "auto" choice for these models): compiling the step took much of the time, the
+losses are what is compared, and test_methods checks that XLA trains like the plain step."""
 
 import numpy as np
 import pytest
@@ -40,7 +40,7 @@ def _first_step(tr):
 
 def _fit_one_step(model, weights, data):
     model.set_weights(weights)
-    model.compile(optimizer=make_adam(1e-3), jit_compile=False)   # as the step (above)
+    model.compile(optimizer=make_adam(1e-3))
     hist = model.fit(tf.data.Dataset.from_tensors(data), epochs=1, verbose=0)
     return {k: v[0] for k, v in hist.history.items()}
 
