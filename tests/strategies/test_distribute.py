@@ -7,10 +7,11 @@ process has already done, so the distributed runs run in subprocesses: the two w
 each ``python -m apps.train``; the four MirroredStrategy runs share one process (one
 TensorFlow start instead of four), whose first run is the command line ``apps.train
 --strategy=mirrored --num_logical_cpus=2`` itself and whose others call
-``experiment.run`` with a MirroredStrategy as apps.train does. The single-device reference
-runs, which need no special device setup, run in the pytest process (``experiment.run``
-with the same ``Config``) while the subprocesses train; the multi-worker test reuses the
-BI-R reference of the mirrored test (the same settings).
+``experiment.run`` with a MirroredStrategy as apps.train does. All three subprocesses start
+together (they share the cores), and the single-device reference runs, which need no
+special device setup, run in the pytest process (``experiment.run`` with the same
+``Config``) while they train; the multi-worker test compares with the BI-R reference of the
+mirrored test (the same settings).
 
 Tolerances. All randomness is drawn once per step in cross-replica context, so the replicas
 see the same numbers as a single device; what differs is the order of floating-point sums
@@ -204,11 +205,31 @@ def reference(tmp_path_factory):
     return get
 
 
+def _start_workers(root: Path) -> list[Run]:
+    """Two MultiWorkerMirroredStrategy workers of BI-R on localhost (the first is the chief)."""
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    workers = []
+    try:
+        for i in range(2):
+            env = {**ENV, "TF_CONFIG": json.dumps({"cluster": cluster,
+                                                    "task": {"type": "worker", "index": i}})}
+            workers.append(Run(root, f"worker{i}", [*BASE, *method_argv("bir"),
+                                                    "--strategy=multi_worker"], env))
+    except BaseException:
+        for w in workers:
+            w.kill()
+        raise
+    return workers
+
+
 @pytest.fixture(scope="module")
-def mirrored(tmp_path_factory, reference):
-    """(runs by method, the driver's log): every MirroredStrategy run, in one subprocess,
-    while the references train here."""
-    root = tmp_path_factory.mktemp("mirrored")
+def distributed(tmp_path_factory, reference):
+    """Every distributed run, started together so that they share the cores: the
+    MirroredStrategy runs in one subprocess and the two workers, while the references train
+    here. {"mirrored": runs by method, "log": the mirrored process's log, "workers": the
+    two workers}."""
+    root = tmp_path_factory.mktemp("distributed")
     runs = {m: Outputs(root, m) for m in METHODS}
     cli = runs[CLI_METHOD]
     # XLA compiles for one device: over several replicas the step runs without it and an
@@ -217,16 +238,19 @@ def mirrored(tmp_path_factory, reference):
              "--jit_compile", f"--output_dir={cli.out}", f"--export_dir={cli.export}"]
     jobs = [{"name": m, "config": method_config(m, strategy="mirrored"), "out": str(r.out),
              "export": str(r.export)} for m, r in runs.items() if m != CLI_METHOD]
-    driver = Proc(root, "mirrored", [sys.executable, "-c", MIRRORED_DRIVER,
-                                     json.dumps([first, *jobs])])
+    procs = [Proc(root, "mirrored", [sys.executable, "-c", MIRRORED_DRIVER,
+                                     json.dumps([first, *jobs])])]
     try:
+        procs += _start_workers(root)
         for m in METHODS:
             reference(m)
     except BaseException:
-        driver.kill()
+        for r in procs:
+            r.kill()
         raise
-    wait_all([driver])
-    return runs, driver.log.read_text(errors="replace")
+    wait_all(procs)
+    return {"mirrored": runs, "log": procs[0].log.read_text(errors="replace"),
+            "workers": procs[1:]}
 
 
 def _test_sizes() -> list[int]:
@@ -273,9 +297,8 @@ def assert_same_training(dist: Outputs, single: Outputs) -> None:
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_mirrored_two_logical_cpus_matches_default(mirrored, reference, method):
-    runs, log = mirrored
-    run = runs[method]
+def test_mirrored_two_logical_cpus_matches_default(distributed, reference, method):
+    run, log = distributed["mirrored"][method], distributed["log"]
     assert run.results()["flags"]["strategy"] == "mirrored"
     assert_same_training(run, reference(method))
     if method == CLI_METHOD:
@@ -303,23 +326,8 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def test_multi_worker_two_processes_chief_exports(tmp_path, reference):
-    args = [*BASE, *method_argv("bir")]
-    ports = _free_ports(2)
-    cluster = {"worker": [f"localhost:{p}" for p in ports]}
-    workers = []
-    try:
-        for i in range(2):
-            env = {**ENV, "TF_CONFIG": json.dumps({"cluster": cluster,
-                                                    "task": {"type": "worker", "index": i}})}
-            workers.append(Run(tmp_path, f"worker{i}", [*args, "--strategy=multi_worker"],
-                               env))
-        single = reference("bir")   # trains here while the workers train, unless done
-    except BaseException:
-        for w in workers:
-            w.kill()
-        raise
-    wait_all(workers)
+def test_multi_worker_two_processes_chief_exports(distributed, reference):
+    workers = distributed["workers"]
     chief, other = workers
     assert (chief.export / "saved_model" / "saved_model.pb").exists()
     assert (chief.export / "run.json").exists()
@@ -328,7 +336,7 @@ def test_multi_worker_two_processes_chief_exports(tmp_path, reference):
     # the other worker trained too, but wrote nothing (no export, no output, no scratch)
     assert not other.export.exists() and not other.out.exists()
     assert not [p for p in other.out.parent.glob(".*") if ".tmp-" in p.name]
-    assert_same_training(chief, single)
+    assert_same_training(chief, reference("bir"))
 
 
 BAD_TF_CONFIGS = [None, "{not json", json.dumps(
