@@ -77,25 +77,12 @@ def _gib(n: float) -> str:
     return f"{n / 2 ** 30:,.0f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:,.0f} MiB"
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), if known."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def check_memory(c: Config) -> str:
     """Refuse (``TrainingFailed``: exit 1, before any work) a config whose estimate is more
     than the memory available; else the hint that an out-of-memory error later names."""
     need, hint = memory_estimate(c)
+    from bir_keras.appfiles import available_memory
+
     free = available_memory()
     if free is not None and need > free:
         raise TrainingFailed(f"out of memory: this run needs more than the {_gib(free)} "

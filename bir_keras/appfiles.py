@@ -5,7 +5,7 @@ A file is only ever replaced when it exists as a plain file that the program its
 (its own mark inside it says so: a PNG text chunk, a JSON field, a record with the file's
 digest), and only with ``--overwrite``; a file that is not ours is never replaced, with or
 without it. The check is made before any work starts and again at the moment of replacing
-(``write_file``'s ``check``); a path that was free then is taken with ``rename_noreplace``,
+(``fileio.atomic_write``'s ``check``); a path that was free then is taken with ``rename_noreplace``,
 so that a file that appeared there meanwhile is left alone.
 """
 
@@ -16,28 +16,16 @@ import json
 import os
 import re
 import struct
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from bir_keras.fileio import atomic_write as write_file  # noqa: F401 (the programs' writer)
+from bir_keras.interrupts import EXIT_INTERRUPTED, caused_by_interrupt  # noqa: F401
 from bir_keras.rundirs import PathRefused, check_writable
 
-EXIT_INTERRUPTED = 130
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # the temporary names of fileio (and write_file): ".<name>.tmp-<8 chars>[suffixes]"
 TEMP_NAME = re.compile(r"^\.[^/]+\.(tmp|old)-[a-z0-9_]{8}(\.[A-Za-z0-9.]+)?$")
-
-
-def caused_by_interrupt(e: BaseException | None) -> bool:
-    """Whether ``e`` is a Ctrl-C or was raised because of one (a ``KeyboardInterrupt`` that
-    landed inside C code calling back into Python surfaces as the context of another error)."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, KeyboardInterrupt):
-            return True
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return False
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -124,41 +112,6 @@ def replace_check(flag: str, ours: Callable[[Path], bool], what: str) -> Callabl
             raise PathRefused(f"{e} (it changed while the program was working: nothing was "
                               "replaced)") from None
     return check
-
-
-def write_file(path: str | os.PathLike, write: Callable[[str], object],
-               check: Callable[[Path], object] | None = None) -> Path:
-    """``write(tmp_path)`` into a temporary file beside ``path`` (keeping its suffixes),
-    then ``check(path)`` (it raises to leave what is there alone) and rename it to ``path``:
-    over the file found there, or, where the place was free, only if it still is at the
-    rename (``rename_noreplace``). Without ``check`` a file found there is replaced. On any
-    error the temporary file is removed and ``path`` is untouched."""
-    from bir_keras.fileio import TargetAppeared, rename_noreplace, umask
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~umask())
-        write(tmp)
-        if check is not None:
-            check(path)
-        if os.path.lexists(path):
-            os.replace(tmp, path)
-        else:
-            rename_noreplace(tmp, path)
-    except TargetAppeared:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise FileExistsError(f"{path} appeared while it was being written; it was left "
-                              "alone and nothing was replaced") from None
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
 
 
 def available_memory() -> int | None:

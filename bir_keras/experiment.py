@@ -27,6 +27,7 @@ from bir_keras.evaluation.plots import (
     plot_average_accuracy,
 )
 from bir_keras.fileio import atomic_dir, atomic_write_json
+from bir_keras.interrupts import caused_by_interrupt  # noqa: F401 (apps.train reads it here)
 from bir_keras.models.layers import CONV_FEATURES, conv_trunk
 from bir_keras.strategies import make_trainer
 from bir_keras.strategies.base import NonFiniteLoss, TaskProgress, Trainer
@@ -36,21 +37,6 @@ DEFAULT_CONV_WEIGHTS = PACKAGE_ROOT / "saved_models" / "cifar10_conv" / "conv_tr
 
 
 INTERRUPTED_SUFFIX = "-interrupted"
-
-
-def caused_by_interrupt(e: BaseException) -> bool:
-    """Whether ``e`` is a Ctrl-C or was raised because of one.
-
-    A SIGINT that lands while C code is calling back into Python (numpy's ``__array__`` in
-    a tensor conversion, for example) surfaces as a ``SystemError`` ("returned a result with
-    an exception set") whose context is the ``KeyboardInterrupt``; it is the same Ctrl-C."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, KeyboardInterrupt):
-            return True
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return False
 
 
 class RunInterrupted(KeyboardInterrupt):

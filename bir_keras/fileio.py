@@ -22,11 +22,15 @@ def umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object],
+                 check: Callable[[Path], object] | None = None) -> Path:
     """``write(tmp_path)`` into a temporary file in ``path``'s folder, then rename it over
     ``path`` (the folder is created if needed). The temporary name keeps ``path``'s
     suffixes (Keras needs ``.weights.h5``); the file gets the usual permissions (mkstemp
-    makes 0600). On any error the temporary file is removed and ``path`` is untouched."""
+    makes 0600). ``check(path)``, if given, runs at the moment of replacing (it raises to
+    leave what is there alone); a ``path`` that was free then is only taken if it still is
+    (``rename_noreplace``), so a file that appeared meanwhile is never replaced. On any error the temporary file is removed and ``path`` is
+    untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) or ".tmp"
@@ -35,7 +39,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
     try:
         os.chmod(tmp, 0o666 & ~umask())
         write(tmp)
-        os.replace(tmp, path)
+        existed = os.path.lexists(path)
+        if check is not None:
+            check(path)
+        if existed:
+            os.replace(tmp, path)
+        else:
+            rename_noreplace(tmp, path)
+    except TargetAppeared:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise FileExistsError(f"{path} appeared while it was being written; it was left "
+                              "alone and nothing was replaced") from None
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -43,6 +43,21 @@ def _handler(signum, frame) -> None:
                 b"(press again to stop at once)\n")
 
 
+def caused_by_interrupt(e: BaseException | None) -> bool:
+    """Whether ``e`` is a Ctrl-C or was raised because of one.
+
+    A SIGINT that lands while C code is calling back into Python (numpy's ``__array__`` in
+    a tensor conversion, for example) surfaces as a ``SystemError`` ("returned a result with
+    an exception set") whose context is the ``KeyboardInterrupt``; it is the same Ctrl-C."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def on_hard_stop(fn: Callable[[], object]) -> Callable[[], None]:
     """Run ``fn`` (quickly, from another thread) if a second Ctrl-C stops the process at
     once; returns a function that unregisters it."""

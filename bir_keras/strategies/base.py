@@ -498,7 +498,6 @@ class Trainer:
                 at, restore = resume
                 restore(self)
                 start -= at.elapsed
-            self._task_started = start
             means = self.train_task(run, at)
             self.after_task(t, run.data)
             self.tasks_done.assign(t + 1)
@@ -526,7 +525,7 @@ class Trainer:
             if self.verbose else None
         run = run._replace(data=_pad_samples(run.data))
         i = at.iterations if at else 0
-        started = getattr(self, "_task_started", time.time())
+        started = time.time() - (at.elapsed if at else 0.0)  # for TaskProgress.elapsed
         while i < n:
             plan = self.plan_for_iteration(run.plan, i)
             k = 1
