@@ -19,10 +19,14 @@ from absl import app, flags
 
 from bir_keras.config import (
     BUFFER_BUDGET,
+    DG_TYPES,
     EXPERIMENT_DEFAULTS,
     METHODS,
+    PRIORS,
+    STRATEGIES,
     Config,
     ConfigError,
+    method_label,
     method_settings,
 )
 from bir_keras.data.sources import DataError
@@ -233,8 +237,8 @@ def define_train_flags() -> None:
     d.DEFINE_string("experiment", _D.experiment, "protocol: split_mnist, permuted_mnist, "
                     "split_cifar100, split_cifar10, split_fashion_mnist, split_digits "
                     f"(default {_D.experiment})")
-    d.DEFINE_enum("scenario", _D.scenario, ["task", "domain", "class"],
-                  f"Task-IL, Domain-IL or Class-IL (default {_D.scenario})")
+    d.DEFINE_string("scenario", _D.scenario, "task, domain or class: Task-IL, Domain-IL or "
+                    f"Class-IL (default {_D.scenario})")
     d.DEFINE_string("method", _D.method, f"shorthand for a method of the paper with its "
                     f"grid-searched hyper-parameters: {', '.join(METHODS)} (explicit flags win)")
     per = EXPERIMENT_DEFAULTS[_D.experiment]  # an example of the per-experiment defaults
@@ -261,10 +265,9 @@ def define_train_flags() -> None:
                     "(default saved_models/<output_dir name>)")
     d.DEFINE_string("resume_from", None, "an export dir to continue from with the next tasks")
     d.DEFINE_bool("overwrite", False, "replace an existing --output_dir (default false)")
-    d.DEFINE_enum("replay", _D.replay, ["none", "offline", "current", "generative", "buffer"],
-                  "none (fine-tune), offline (Joint), current (LwF), generative (GR / BI-R), "
-                  "buffer = experience replay of stored samples, --budget per class "
-                  f"(default {_D.replay})")
+    d.DEFINE_string("replay", _D.replay, "none (fine-tune), offline (Joint), current (LwF), "
+                    "generative (GR / BI-R), buffer = experience replay of stored samples, "
+                    f"--budget per class (default {_D.replay})")
     d.DEFINE_integer("budget", _D.budget, "buffer replay: stored training samples per class, "
                      "class-balanced, kept from the end of each task (default "
                      f"{BUFFER_BUDGET} with --replay=buffer)")
@@ -301,12 +304,13 @@ def define_train_flags() -> None:
                   f"--nofeedback etc. (default {_on(_D.brain_inspired)})")
     d.DEFINE_bool("feedback", _D.feedback, "replay through feedback: the VAE on top of the "
                   "classifier")
-    d.DEFINE_enum("prior", _D.prior, ["standard", "gmm"], "VAE prior; gmm = a mode per class "
-                  "(conditional replay; default gmm with --brain_inspired)")
+    d.DEFINE_string("prior", _D.prior, f"VAE prior, {' or '.join(PRIORS)}; gmm = a mode per "
+                    "class (conditional replay; default gmm with --brain_inspired, else "
+                    "standard)")
     d.DEFINE_bool("dg_gates", _D.dg_gates, "decoder gates chosen by class/task (internal "
                   "context)")
-    d.DEFINE_enum("dg_type", _D.dg_type, ["class", "task"], "what selects a decoder gate "
-                  "(default: task on permuted MNIST, else class)")
+    d.DEFINE_string("dg_type", _D.dg_type, f"what selects a decoder gate, {' or '.join(DG_TYPES)} "
+                    "(default: task on permuted MNIST, else class)")
     d.DEFINE_float("dg_prop", _D.dg_prop, "proportion of decoder units each gate silences, "
                    "[0, 1) (default: the paper's grid value)")
     d.DEFINE_bool("hidden", _D.hidden, "internal replay: replay after the frozen conv layers "
@@ -315,8 +319,8 @@ def define_train_flags() -> None:
                   "(default: with --hidden)")
     d.DEFINE_string("conv_weights", _D.conv_weights, "pre-trained conv weights (default: "
                     "shipped saved_models/cifar10_conv; 'random' for an untrained trunk)")
-    d.DEFINE_enum("strategy", _D.strategy, ["default", "mirrored", "multi_worker"],
-                  f"tf.distribute strategy (multi_worker reads TF_CONFIG; default {_D.strategy!r})")
+    d.DEFINE_string("strategy", _D.strategy, f"tf.distribute strategy: {', '.join(STRATEGIES)} "
+                    f"(multi_worker reads TF_CONFIG; default {_D.strategy!r})")
     d.DEFINE_integer("num_logical_cpus", 0, "split the CPU into N logical devices (testing "
                      "--strategy=mirrored without GPUs; default 0 = off)")
     d.DEFINE_bool("jit_compile", _D.jit_compile, "compile the training step with XLA (default: "
@@ -334,27 +338,12 @@ def define_train_flags() -> None:
 
 
 def validate_train_flags() -> None:
-    """Ranges that the flags' help texts promise, checked while parsing (before any data
-    or TensorFlow loads)."""
-    pos = "a finite number > 0"
-    validate("seed", lambda v: 0 <= v < 2 ** 32, "in [0, 2^32)")
-    validate("gamma", lambda v: 0 < v <= 1, "in (0, 1]")
-    for name in ("lr", "lr_gen", "temp", "epsilon"):
-        validate(name, lambda v: math.isfinite(v) and v > 0, pos)
-    for name in ("ewc_lambda", "si_c"):
-        validate(name, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
-    for name in ("xdg_prop", "dg_prop"):
-        validate(name, lambda v: 0 <= v < 1, "in [0, 1)")
-    for name in ("tasks", "iters", "batch", "fc_units", "batch_replay", "z_dim", "g_fc_units",
-                 "fisher_n", "log_every", "budget"):
-        validate(name, lambda v: v >= 1, "at least 1")
-    for name in ("fc_layers", "g_iters", "num_logical_cpus"):
-        validate(name, lambda v: v >= 0, ">= 0")
-    from bir_keras.data.protocols import EXPERIMENTS
-
-    validate("experiment", lambda v: v in EXPERIMENTS, f"one of {', '.join(EXPERIMENTS)}")
-    validate("method", lambda v: v in METHODS, f"one of {', '.join(METHODS)}")
-    validate("progress_every", lambda v: math.isfinite(v) and v > 0, pos)
+    """Ranges of the flags that are not ``Config`` fields, checked while parsing (before any
+    data or TensorFlow loads). The flags that set a ``Config`` field have no validator:
+    ``bir_keras.config.resolve`` checks them, each rule once (the apps call it before
+    TensorFlow loads)."""
+    validate("num_logical_cpus", lambda v: v >= 0, ">= 0")
+    validate("progress_every", lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
     validate("checkpoint_every", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 
 
@@ -365,9 +354,6 @@ def config_from_flags(f) -> Config:
         if field.name in f:
             values[field.name] = f[field.name].value
     if f.method:
-        if f.method == "xdg" and f.scenario != "task":
-            raise ConfigError("XdG needs task identity: --method=xdg is only allowed with "
-                              f"--scenario=task (got --scenario={f.scenario})")
         for k, v in method_settings(f.method, f.experiment, f.scenario).items():
             if not f[k].present:
                 values[k] = v
@@ -375,14 +361,15 @@ def config_from_flags(f) -> Config:
 
 
 def run_name(c: Config) -> str:
-    """A readable default name: experiment-scenario-method-seed."""
-    if c.method:
-        return f"{c.experiment}-{c.scenario}-{c.method}-s{c.seed}"
-    parts = [c.experiment, c.scenario, c.replay]
-    for k in ("ewc", "online", "si", "xdg", "distill", "brain_inspired"):
-        if getattr(c, k):
-            parts.append(k)
-    return "-".join(parts + [f"s{c.seed}"])
+    """A readable default name: experiment-scenario-method-seed (the method as
+    ``bir_keras.config.method_label`` names it, ``+`` written ``-``)."""
+    return f"{c.experiment}-{c.scenario}-{method_label(c).replace('+', '-')}-s{c.seed}"
+
+
+def check_data_dir(path: str | None) -> None:
+    """Refuse a ``--data_dir`` that does not exist (before TensorFlow or any data loads)."""
+    if path and not os.path.exists(path):
+        raise DataError(f"--data_dir={path} does not exist")
 
 
 def make_strategy(name: str, num_logical_cpus: int = 0):

@@ -132,7 +132,8 @@ def train_flag_values(args: list[str]) -> flags.FlagValues:
 def parse_sweep(spec: str | None) -> tuple[str | None, list[str | None]]:
     """``flag:v1,v2,...`` -> (flag, values as apps.train reads them); None -> (None, [None]).
     Raises ``ValueError`` for a flag apps.train does not have (or apps.compare sets), a
-    value the flag refuses, a repeated value."""
+    value that is not of the flag's type, a repeated value (a value out of range is refused
+    with the planned run's settings, ``check_run``)."""
     if not spec:
         return None, [None]
     if ":" not in spec:
@@ -172,8 +173,6 @@ def plan(methods: list[str], seeds: list[int], experiment: str, scenario: str,
             raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
         if m in methods[:i]:
             raise ValueError(f"--methods lists {m} twice")
-        if m == "xdg" and scenario != "task":
-            raise ValueError("xdg needs task identity: only with --scenario=task")
         for v in values:
             for s in seeds:
                 args = [f"--experiment={experiment}", f"--scenario={scenario}", f"--method={m}",
@@ -190,16 +189,12 @@ def check_run(args: list[str]) -> None:
     """Refuse (``ConfigError``) a run's arguments that apps.train would refuse before
     training: a flag's value, incompatible settings, a protocol without that many tasks."""
     from bir_keras.config import resolve
-    from bir_keras.data import protocols
 
     try:
         fv = train_flag_values(args)
     except flags.Error as e:
         raise ConfigError(str(e)) from None
-    config = common.config_from_flags(fv)
-    if hasattr(protocols, "check_tasks"):
-        protocols.check_tasks(config.experiment, config.tasks)
-    resolve(config, conv_protocol=not protocols.EXPERIMENTS[config.experiment][3])
+    resolve(common.config_from_flags(fv))  # as apps.train: bir_keras.config.check
 
 
 def is_cached(run: dict) -> bool:
@@ -522,8 +517,7 @@ def check_flags() -> tuple[Path, list[dict], list[str]]:
     for name, hint in SET_PER_RUN.items():
         if FLAGS[name].present and name != "output_dir":
             raise ConfigError(f"--{name} is set by apps.compare for each run; {hint}")
-    if FLAGS.data_dir and not os.path.exists(FLAGS.data_dir):
-        raise ConfigError(f"--data_dir={FLAGS.data_dir} does not exist")
+    common.check_data_dir(FLAGS.data_dir)
     root = Path(os.path.abspath(FLAGS.output_dir))
     passthrough = passthrough_args()
     seeds = list(range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds))

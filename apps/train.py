@@ -52,17 +52,12 @@ def check_flags():
     (config, resolved config, output_dir, export_dir)."""
     from bir_keras import rundirs
     from bir_keras.config import resolve
-    from bir_keras.data.protocols import EXPERIMENTS, check_tasks
 
     config = common.config_from_flags(FLAGS)
-    check_tasks(config.experiment, config.tasks)
-    resolved = resolve(config, conv_protocol=not EXPERIMENTS[config.experiment][3])
+    resolved = resolve(config)  # every rule about the settings (bir_keras.config.check)
     out = FLAGS.output_dir or os.path.join("runs", common.run_name(resolved))
     export_dir = FLAGS.export_dir or str(rundirs.default_export_dir(out))
-    if FLAGS.data_dir and not os.path.exists(FLAGS.data_dir):
-        from bir_keras.data.sources import DataError
-
-        raise DataError(f"--data_dir={FLAGS.data_dir} does not exist")
+    common.check_data_dir(FLAGS.data_dir)
     rundirs.check_run_paths(out, export_dir, FLAGS.resume_from, FLAGS.overwrite)
     if FLAGS.resume_from:
         rundirs.read_resume_record(FLAGS.resume_from, resolved.to_dict())

@@ -90,6 +90,13 @@ EXPERIMENT_DEFAULTS: dict[str, dict[str, Any]] = {
 # buffer replay's samples per class when --budget is not given
 BUFFER_BUDGET = 100
 
+# the values of the settings that take one of a few names (``check`` refuses any other; the
+# apps' flags are plain strings, so that this is the one place that says so)
+REPLAYS = ("none", "offline", "current", "generative", "buffer")
+PRIORS = ("standard", "gmm")
+DG_TYPES = ("class", "task")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
 # method.md 3: grid-searched values (SI c, EWC lambda, online-EWC lambda, XdG / BI-R gating).
 # ``dg_prop`` is BI-R's gate proportion; the Fig. 8 variants have their own (``DG_PROPS``).
 PAPER_HPARAMS: dict[tuple[str, str], dict[str, Any]] = {
@@ -171,10 +178,30 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
+def check_method(method: str) -> None:
+    """Refuse a ``--method`` that is not one of ``METHODS`` (the one home of this rule:
+    ``method_settings`` and ``check`` call it)."""
+    if method not in METHODS:
+        raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+
+
+def method_label(c: Config) -> str:
+    """What a person calls the run's method: the ``--method`` shorthand when one was given
+    (``bir``, not the ``generative`` replay it shares with GR), else the replay (unless
+    ``none``) and the switched-on flags among ewc, online, si, xdg, distill and
+    brain_inspired joined by ``+``, or ``none``."""
+    if c.method:
+        return c.method
+    parts = [c.replay] if c.replay != "none" else []
+    for k in ("ewc", "online", "si", "xdg", "distill", "brain_inspired"):
+        if getattr(c, k):
+            parts.append(k)
+    return "+".join(parts) or "none"
+
+
 def method_settings(method: str, experiment: str, scenario: str) -> dict[str, Any]:
     """Flags of a named method with the paper's hyper-parameters for the setting."""
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    check_method(method)
     out = dict(METHODS[method])
     hp = paper_hparams(experiment, scenario)
     if method == "ewc":
@@ -212,14 +239,19 @@ def gate_proportion(c: Config, conv_protocol: bool) -> float:
     return float(props.get(bir_variant(c, conv_protocol), hp.get("dg_prop", 0.0)))
 
 
-def resolve(config: Config, conv_protocol: bool) -> Config:
-    """Fill the paper's defaults, expand ``--brain_inspired`` and check compatibility."""
+def resolve(config: Config, conv_protocol: bool | None = None) -> Config:
+    """Fill the paper's defaults, expand ``--brain_inspired`` and check compatibility
+    (``ConfigError``). ``conv_protocol``: whether the experiment's inputs go through conv
+    layers (None: as its protocol has it, ``bir_keras.data.protocols.EXPERIMENTS``).
+
+    The experiment, scenario and number of tasks are checked by the protocols'
+    ``check_setting`` (which ``make_protocol`` calls too), every other field by ``check``."""
+    from bir_keras.data.protocols import EXPERIMENTS, check_setting
+
+    check_setting(config.experiment, config.scenario, config.tasks)
+    if conv_protocol is None:
+        conv_protocol = not EXPERIMENTS[config.experiment][3]
     c = dataclasses.replace(config)
-    if c.experiment not in EXPERIMENT_DEFAULTS:
-        raise ConfigError(f"unknown experiment {c.experiment!r}; choose one of "
-                          f"{sorted(EXPERIMENT_DEFAULTS)}")
-    if c.scenario not in ("task", "domain", "class"):
-        raise ConfigError(f"unknown scenario {c.scenario!r}; choose task, domain or class")
     for k, v in EXPERIMENT_DEFAULTS[c.experiment].items():
         if getattr(c, k) is None:
             setattr(c, k, v)
@@ -274,28 +306,34 @@ def resolve(config: Config, conv_protocol: bool) -> Config:
 
 
 def check(c: Config, conv_protocol: bool) -> None:
-    """Refuse incompatible settings with one clear message (before any training)."""
-    if c.replay not in ("none", "offline", "current", "generative", "buffer"):
-        raise ConfigError("--replay must be none, offline, current, generative or buffer, "
-                          f"got {c.replay!r}")
+    """Refuse incompatible or out-of-range settings of a resolved config with one line that
+    names the flag (before any training). The one home of every rule about a ``Config``
+    field except the experiment, scenario and number of tasks (``resolve`` checks those with
+    ``bir_keras.data.protocols.check_setting``); the apps have no validators of their own
+    for these flags."""
+    if c.method is not None:
+        check_method(c.method)
+    if c.replay not in REPLAYS:
+        raise ConfigError(f"--replay must be {_one_of(REPLAYS)}, got {c.replay!r}")
     if c.budget is not None and c.replay != "buffer":
         raise ConfigError("--budget is the memory of buffer replay: it needs --replay=buffer")
     if c.xdg and c.scenario != "task":
-        raise ConfigError("XdG needs task identity: --xdg is only allowed with --scenario=task "
-                          f"(got --scenario={c.scenario})")
+        flag = "--method=xdg" if c.method == "xdg" else "--xdg"
+        raise ConfigError(f"XdG needs task identity: {flag} is only allowed with "
+                          f"--scenario=task (got --scenario={c.scenario})")
     if c.hidden and not conv_protocol:
         raise ConfigError(f"--hidden (internal replay) needs conv layers, which {c.experiment} "
                           "does not have; use a CIFAR protocol or drop --hidden")
     if c.hidden and not c.freeze_convE:
         raise ConfigError("--hidden replays the output of frozen conv layers: it needs --freeze_convE")
-    if c.prior not in ("standard", "gmm"):
-        raise ConfigError(f"--prior must be standard or gmm, got {c.prior!r}")
-    if c.dg_type not in ("class", "task"):
-        raise ConfigError(f"--dg_type must be class or task, got {c.dg_type!r}")
-    if c.dg_gates and not 0.0 <= c.dg_prop < 1.0:
-        raise ConfigError(f"--dg_prop must be in [0, 1), got {c.dg_prop}")
-    if c.xdg and not 0.0 <= c.xdg_prop < 1.0:
-        raise ConfigError(f"--xdg_prop must be in [0, 1), got {c.xdg_prop}")
+    if c.prior not in PRIORS:
+        raise ConfigError(f"--prior must be {_one_of(PRIORS)}, got {c.prior!r}")
+    if c.dg_type not in DG_TYPES:
+        raise ConfigError(f"--dg_type must be {_one_of(DG_TYPES)}, got {c.dg_type!r}")
+    for name in ("dg_prop", "xdg_prop"):
+        v = getattr(c, name)
+        if v is not None and not 0.0 <= v < 1.0:
+            raise ConfigError(f"--{name} must be in [0, 1), got {v}")
     if c.brain_inspired and c.replay != "generative":
         # name the flag the user gave, not the first component it switched on
         raise ConfigError("--brain_inspired is generative replay (BI-R): it needs "
@@ -312,19 +350,35 @@ def check(c: Config, conv_protocol: bool) -> None:
         raise ConfigError("--distill labels replayed samples: it needs --replay=current, "
                           "generative or buffer")
     for name in ("iters", "batch", "fc_units", "batch_replay", "z_dim", "g_fc_units", "fisher_n",
-                 "budget"):
+                 "budget", "log_every"):
         v = getattr(c, name)
         if v is not None and v < 1:
             raise ConfigError(f"--{name} must be at least 1, got {v}")
-    if c.g_iters is not None and c.g_iters < 0:
-        raise ConfigError(f"--g_iters must be >= 0, got {c.g_iters}")
+    if c.eval_batch < 1:
+        # a Config field without a flag
+        raise ConfigError(f"eval_batch must be at least 1, got {c.eval_batch}")
+    for name in ("fc_layers", "g_iters"):
+        v = getattr(c, name)
+        if v is not None and v < 0:
+            raise ConfigError(f"--{name} must be >= 0, got {v}")
+    if c.replay == "current" and c.batch_replay != c.batch:
+        raise ConfigError("LwF replays the current batch: --batch_replay must equal --batch")
     for name in ("lr", "lr_gen", "temp", "epsilon"):
         v = getattr(c, name)
         if v is not None and not (math.isfinite(v) and v > 0):
             raise ConfigError(f"--{name} must be a positive finite number, got {v}")
+    for name in ("ewc_lambda", "si_c"):
+        v = getattr(c, name)
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            raise ConfigError(f"--{name} must be a finite number >= 0, got {v}")
     if not 0.0 < c.gamma <= 1.0:
         raise ConfigError(f"--gamma must be in (0, 1], got {c.gamma}")
     if not 0 <= c.seed < 2 ** 32:
         raise ConfigError(f"--seed must be in [0, 2^32), got {c.seed}")
-    if c.strategy not in ("default", "mirrored", "multi_worker"):
-        raise ConfigError(f"--strategy must be default, mirrored or multi_worker, got {c.strategy!r}")
+    if c.strategy not in STRATEGIES:
+        raise ConfigError(f"--strategy must be {_one_of(STRATEGIES)}, got {c.strategy!r}")
+
+
+def _one_of(names: tuple[str, ...]) -> str:
+    """``a, b or c``."""
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]

@@ -32,6 +32,7 @@ import numpy as np
 if TYPE_CHECKING:
     import tensorflow as tf
 
+from bir_keras.config import ConfigError
 from bir_keras.data.sources import DataError, Dataset, load_dataset
 
 SCENARIOS = ("task", "domain", "class")
@@ -233,13 +234,24 @@ def max_tasks(experiment: str) -> int | None:
     return None if experiment == "permuted_mnist" else default_tasks
 
 
-def check_tasks(experiment: str, tasks: int | None) -> None:
-    """Refuse a ``--tasks`` the protocol does not have (before any data loads)."""
+def check_setting(experiment: str, scenario: str, tasks: int | None = None) -> None:
+    """Refuse (``ConfigError``) an experiment, a scenario or a number of tasks that no protocol
+    has, before any data loads. The one home of these rules: ``make_protocol`` and
+    ``bir_keras.config.resolve`` call it."""
+    if experiment not in EXPERIMENTS:
+        raise ConfigError(f"--experiment must be one of {', '.join(EXPERIMENTS)}, "
+                          f"got {experiment!r}")
+    if scenario not in SCENARIOS:
+        raise ConfigError(f"--scenario must be one of {', '.join(SCENARIOS)}, got {scenario!r}")
+    if tasks is None:
+        return
+    if tasks < 1:
+        raise ConfigError(f"--tasks must be at least 1, got {tasks}")
     most = max_tasks(experiment)
-    if tasks is not None and most is not None and tasks > most:
+    if most is not None and tasks > most:
         _, _, cpt, _ = EXPERIMENTS[experiment]
-        raise DataError(f"--tasks={tasks}: {experiment} has {most} tasks of {cpt} classes "
-                        f"(ask for at most --tasks={most})")
+        raise ConfigError(f"--tasks={tasks}: {experiment} has {most} tasks of {cpt} classes "
+                          f"(ask for at most --tasks={most})")
 
 
 def _flatten(x: np.ndarray) -> np.ndarray:
@@ -249,11 +261,10 @@ def _flatten(x: np.ndarray) -> np.ndarray:
 def make_protocol(experiment: str, scenario: str, *, tasks: int | None = None,
                   data_dir: str | None = None, seed: int = 0,
                   keep_label_order: bool = False, dataset: Dataset | None = None) -> Protocol:
-    """Build a protocol; ``dataset`` overrides loading (used by tests with generated data)."""
-    if experiment not in EXPERIMENTS:
-        raise DataError(f"unknown experiment {experiment!r}; choose one of {sorted(EXPERIMENTS)}")
-    if scenario not in SCENARIOS:
-        raise DataError(f"unknown scenario {scenario!r}; choose one of {list(SCENARIOS)}")
+    """Build a protocol; ``dataset`` overrides loading (used by tests with generated data).
+    The settings are checked by ``check_setting`` (``ConfigError``) before any data loads; a
+    ``dataset`` with too few classes for the tasks is a ``DataError``."""
+    check_setting(experiment, scenario, tasks)
     ds_name, default_tasks, cpt, flat = EXPERIMENTS[experiment]
     num_tasks = default_tasks if tasks is None else int(tasks)
     if dataset is None:
@@ -262,8 +273,6 @@ def make_protocol(experiment: str, scenario: str, *, tasks: int | None = None,
     if not permuted and num_tasks * cpt > dataset.num_classes:
         raise DataError(f"{experiment} with {num_tasks} tasks needs {num_tasks * cpt} classes, "
                         f"the data has {dataset.num_classes}")
-    if num_tasks < 1:
-        raise DataError("--tasks must be at least 1")
 
     common = dict(experiment=experiment, scenario=scenario, num_tasks=num_tasks,
                   classes_per_task=cpt, class_names=list(dataset.class_names),

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from apps.compare import changed_settings, is_cached, plan, stamp, write_tables
+from apps.compare import changed_settings, check_run, is_cached, plan, stamp, write_tables
 from bir_keras import rundirs
+from bir_keras.config import ConfigError
 from tests.apps.test_refusals import no_tensorflow_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,9 +57,15 @@ def test_stamp_depends_on_settings_not_order():
     assert stamp(["--a=1", "--progress_every=2"]) == stamp(["--a=1"])
 
 
-def test_plan_refuses_xdg_outside_task_il(tmp_path):
-    with pytest.raises(ValueError, match="xdg"):
-        plan(["xdg"], [0], "split_mnist", "class", [], tmp_path)
+def test_plan_and_its_runs_check(tmp_path):
+    # XdG outside Task-IL: refused by the run's check (bir_keras.config's rule, as apps.train)
+    [xdg] = plan(["xdg"], [0], "split_mnist", "class", [], tmp_path)
+    with pytest.raises(ConfigError, match="XdG needs task identity: --method=xdg"):
+        check_run(xdg["args"])
+    # a sweep value of the flag's type but out of its range: refused by the run's check
+    [nan] = plan(["none"], [0], "split_mnist", "class", [], tmp_path, sweep="lr:nan")
+    with pytest.raises(ConfigError, match="--lr must be a positive finite number, got nan"):
+        check_run(nan["args"])
     runs = plan(["none", "si"], [0, 1], "split_mnist", "class", ["--iters=5"], tmp_path,
                 sweep="batch_replay:1,4")
     assert len(runs) == 8 and len({r["dir"] for r in runs}) == 8
@@ -113,7 +120,8 @@ def test_published_number_marked_when_settings_differ(tmp_path):
 
 @pytest.mark.parametrize("case", ["seeds0", "unknown_sweep_flag", "sweep_value", "lr_nan",
                                   "unknown_flag", "seed_set_by_compare", "methods_twice",
-                                  "too_many_tasks", "incompatible", "no_output_dir"])
+                                  "too_many_tasks", "incompatible", "no_output_dir",
+                                  "sweep_out_of_range"])
 def test_refused_before_any_run(tmp_path, case):
     # before TensorFlow loads and before any run starts: nothing is created
     out = tmp_path / "cmp"
@@ -121,14 +129,16 @@ def test_refused_before_any_run(tmp_path, case):
             "sweep_value": ["--sweep=batch_replay:1,abc"], "lr_nan": ["--lr=nan"],
             "unknown_flag": ["--no_such_flag=1"], "seed_set_by_compare": ["--seed=3"],
             "methods_twice": ["--methods=none,none"], "too_many_tasks": ["--tasks=9"],
-            "incompatible": ["--xdg"], "no_output_dir": []}[case]
+            "incompatible": ["--xdg"], "no_output_dir": [],
+            "sweep_out_of_range": ["--sweep=lr:0.001,nan"]}[case]
     target = [] if case == "no_output_dir" else [f"--output_dir={out}"]
     line = one_error_line(compare(*TINY, *args, *target, env=no_tensorflow_env(tmp_path)))
     assert "no run finished" not in line
     expect = {"seeds0": "--seeds", "unknown_sweep_flag": "--bogus", "sweep_value": "'abc'",
               "lr_nan": "--lr", "unknown_flag": "no_such_flag", "seed_set_by_compare": "--seed",
               "methods_twice": "twice", "too_many_tasks": "--tasks=9", "incompatible": "XdG",
-              "no_output_dir": "--output_dir"}[case]
+              "no_output_dir": "--output_dir",
+              "sweep_out_of_range": "--lr must be a positive finite number, got nan"}[case]
     assert expect in line
     assert not out.exists()
 

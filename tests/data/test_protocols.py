@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from bir_keras.config import ConfigError
 from bir_keras.data.protocols import class_order, make_protocol
 from bir_keras.data.sources import DataError, Dataset
 from tests.conftest import make_blobs
@@ -127,10 +128,19 @@ def test_cifar_protocols_keep_images_and_normalise():
 
 
 def test_bad_inputs_raise_clear_errors():
+    # the settings: bir_keras.data.protocols.check_setting, the rule config.resolve uses too
     ds = _mnist_like()
-    with pytest.raises(DataError, match="unknown experiment"):
+    with pytest.raises(ConfigError, match="--experiment must be one of split_mnist, "):
         make_protocol("split_imagenet", "class", dataset=ds)
-    with pytest.raises(DataError, match="unknown scenario"):
+    with pytest.raises(ConfigError, match="--scenario must be one of task, domain, class"):
         make_protocol("split_mnist", "classes", dataset=ds)
-    with pytest.raises(DataError, match="needs 12 classes"):
+    with pytest.raises(ConfigError, match=r"--tasks=6: split_mnist has 5 tasks of 2 classes"):
         make_protocol("split_mnist", "class", tasks=6, dataset=ds)
+    with pytest.raises(ConfigError, match="--tasks must be at least 1, got 0"):
+        make_protocol("split_mnist", "class", tasks=0, dataset=ds)
+    # the data: a dataset with fewer classes than the tasks need
+    small = make_blobs(6, 100, 50, shape=(28, 28, 1))
+    small = Dataset("mnist", small.x_train, small.y_train, small.x_test, small.y_test,
+                    small.class_names)
+    with pytest.raises(DataError, match="needs 8 classes, the data has 6"):
+        make_protocol("split_mnist", "class", tasks=4, dataset=small)
