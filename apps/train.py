@@ -16,6 +16,7 @@ import sys
 from absl import flags
 
 from apps import common
+from bir_keras.interrupts import caused_by_interrupt
 
 FLAGS = flags.FLAGS
 common.define_train_flags()
@@ -31,7 +32,7 @@ def main(argv: list[str]) -> int:
     try:
         return _main()
     except BaseException as e:
-        if not _interrupted(e):
+        if not caused_by_interrupt(e):
             raise
         # experiment.RunInterrupted says what was saved where; any other Ctrl-C came before
         # training started
@@ -39,12 +40,6 @@ def main(argv: list[str]) -> int:
         print(msg or "interrupted before training started, nothing saved", file=sys.stderr,
               flush=True)
         return 130
-
-
-def _interrupted(e: BaseException) -> bool:
-    if "bir_keras.experiment" in sys.modules:
-        return sys.modules["bir_keras.experiment"].caused_by_interrupt(e)
-    return isinstance(e, KeyboardInterrupt)
 
 
 def check_flags():

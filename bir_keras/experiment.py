@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import os
 import shutil
 import sys
@@ -17,35 +15,20 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bir_keras import export, interrupts, rundirs
-from bir_keras.config import Config, ConfigError, resolve
+from bir_keras import export, interrupts, rundirs, salvage, tensorboard_log
+from bir_keras.config import Config, ConfigError, method_label, resolve
 from bir_keras.data.protocols import Protocol, make_protocol, max_tasks
 from bir_keras.evaluation.metrics import summarize
-from bir_keras.evaluation.plots import (
-    accuracy_curves_png,
-    plot_accuracy_matrix,
-    plot_average_accuracy,
-)
+from bir_keras.evaluation.plots import plot_accuracy_matrix, plot_average_accuracy
 from bir_keras.fileio import atomic_dir, atomic_write_json
-from bir_keras.interrupts import caused_by_interrupt  # noqa: F401 (apps.train reads it here)
+from bir_keras.interrupts import caused_by_interrupt
 from bir_keras.models.layers import CONV_FEATURES, conv_trunk
+from bir_keras.salvage import RunInterrupted
 from bir_keras.strategies import make_trainer
 from bir_keras.strategies.base import NonFiniteLoss, TaskProgress, Trainer
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONV_WEIGHTS = PACKAGE_ROOT / "saved_models" / "cifar10_conv" / "conv_trunk.weights.h5"
-
-
-INTERRUPTED_SUFFIX = "-interrupted"
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a run, after saving what could be saved; ``str()`` says where."""
-
-    def __init__(self, message: str, saved: Path | None, last_complete: Path | None):
-        super().__init__(message)
-        self.saved = saved
-        self.last_complete = last_complete
 
 
 @dataclasses.dataclass
@@ -94,28 +77,12 @@ def prepare(config: Config) -> Setup:
 
 def build(setup: Setup, strategy: tf.distribute.Strategy | None = None,
           verbose: bool = True) -> Trainer:
-    """The trainer, its conv trunks initialised from the pre-trained weights (all methods
-    start from them, method.md 4.4; only frozen with ``--freeze_convE``)."""
-    trainer = make_trainer(setup.config, setup.protocol, strategy=strategy, verbose=verbose)
-    if setup.trunk is not None and not setup.protocol.features:
-        for name in ("model", "prev_model", "generator", "prev_generator"):
-            m = getattr(trainer, name, None)
-            if m is not None and getattr(m, "trunk", None) is not None:
-                m.trunk.set_weights(setup.trunk.get_weights())
-                m.trunk.trainable = not setup.config.freeze_convE
-    return trainer
-
-
-def method_label(c: Config) -> str:
-    """What a person calls the run's method: the ``--method`` shorthand when one was given
-    (``bir``, not the ``generative`` replay it shares with GR), else a name from the flags."""
-    if c.method:
-        return c.method
-    parts = [c.replay] if c.replay != "none" else []
-    for k in ("ewc", "online", "si", "xdg", "distill", "brain_inspired"):
-        if getattr(c, k):
-            parts.append(k)
-    return "+".join(parts) or "none"
+    """The trainer, its networks' conv trunks built from the pre-trained weights (all
+    methods start from them, method.md 4.4; only frozen with ``--freeze_convE``). With
+    the features cached (``prepare``) the networks have no conv layers."""
+    pixel_level = setup.trunk is not None and not setup.protocol.features
+    return make_trainer(setup.config, setup.protocol, strategy=strategy, verbose=verbose,
+                        trunk_weights=setup.trunk.get_weights() if pixel_level else None)
 
 
 def run_record(setup: Setup, trainer: Trainer, wall: float) -> dict:
@@ -237,8 +204,8 @@ def _run(config, output_dir, export_dir, resume_from, strategy, is_chief, verbos
         if is_chief:
             # logged (and flushed) before the export: once the export is there, the next
             # write to the event file is the next task's
-            _log_samples(tr, setup, t)
-            _log_accuracy_curves(tr, setup, t)
+            tensorboard_log.log_samples(tr, setup, t)
+            tensorboard_log.log_accuracy_curves(tr, setup, t)
             tr.summary_writer.flush()
             rec = record(tr)
             export.export_run(tr, export_dir, rec, pixels=setup.pixels,
@@ -278,13 +245,13 @@ def _run(config, output_dir, export_dir, resume_from, strategy, is_chief, verbos
         try:
             if is_chief:
                 trainer.summary_writer = tf.summary.create_file_writer(str(work / "tensorboard"))
-                _log_hparams(trainer, setup)
-                _log_about(trainer, setup)
+                tensorboard_log.log_hparams(trainer, setup)
+                tensorboard_log.log_about(trainer, setup)
             trainer.fit(resume=midtask)
         except NonFiniteLoss as e:
             # the weights may already hold NaN: export nothing, keep the last good export
             _discard(trainer, work)
-            raise NonFiniteLoss(f"{e}; {_last_export_note(saved)}") from e
+            raise NonFiniteLoss(f"{e}; {salvage.last_export_note(saved)}") from e
         except BaseException as e:
             _discard(trainer, work)
             if caused_by_interrupt(e):
@@ -294,7 +261,7 @@ def _run(config, output_dir, export_dir, resume_from, strategy, is_chief, verbos
                         and at.task == trainer.tasks_learned == saved["tasks"] \
                         and at.iterations < trainer.iterations(at.task):
                     resumable = (lambda: save_progress(trainer, at), at.iterations)  # noqa: E731
-                raise _save_interrupted(trainer, setup, export_dir, saved, record,
+                raise salvage.save_interrupted(trainer, setup, export_dir, saved, record,
                                         is_chief, resumable) from None
             raise
         finally:
@@ -322,7 +289,7 @@ def _run(config, output_dir, export_dir, resume_from, strategy, is_chief, verbos
         if not caused_by_interrupt(e):
             raise
         raise RunInterrupted(f"interrupted while writing {out} (not written); "
-                             f"{_last_export_note(saved)}", None, saved["export"]) from None
+                             f"{salvage.last_export_note(saved)}", None, saved["export"]) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return rec
@@ -384,175 +351,8 @@ def _discard(trainer: Trainer, work: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def _last_export_note(saved: dict) -> str:
-    if saved["export"] is None:
-        return "no task was completed, so nothing was exported"
-    return f"the last complete export (after task {saved['tasks']}) is in {saved['export']}"
-
-
-def _save_interrupted(trainer: Trainer, setup: Setup, export_dir: str, saved: dict,
-                      record, is_chief: bool, resumable=None) -> RunInterrupted:
-    """Export what Ctrl-C left: a finished but not yet exported task goes to ``export_dir``
-    as usual; a task part-way through goes to ``<export_dir>-interrupted`` (marked in its
-    run.json, refused by ``--resume_from``), so ``export_dir`` keeps the last complete task,
-    and, where Ctrl-C landed between compiled calls (``resumable``), into
-    ``<export_dir>/task_progress``, from which ``--resume_from`` continues the task."""
-    done = trainer.tasks_learned
-    last = _last_export_note(saved)
-    if done == saved["tasks"] and trainer.global_step == saved["step"]:
-        return RunInterrupted(f"interrupted between tasks, nothing new to save: {last}",
-                              None, saved["export"])
-    if not is_chief:
-        return RunInterrupted(f"interrupted (not the chief worker: nothing saved); {last}",
-                              None, saved["export"])
-    trunk = setup.trunk if setup.protocol.features else None
-    rec = record(trainer)
-    try:
-        if done > saved["tasks"] and len(trainer.history.accuracy_matrix) == done:
-            # the task is learned and evaluated; only its export was cut short
-            export.export_run(trainer, export_dir, rec, pixels=setup.pixels, trunk=trunk)
-            return RunInterrupted(f"interrupted after task {done}: saved its export to "
-                                  f"{export_dir} (continue with --resume_from={export_dir})",
-                                  Path(export_dir), Path(export_dir))
-        task, iters = saved["tasks"] + 1, trainer.global_step - saved["step"]
-        if resumable is not None:
-            save, iters = resumable
-            save()
-            last = (f"its progress is saved in {Path(export_dir) / export.TASK_PROGRESS} "
-                    f"(continue the task with --resume_from={export_dir})")
-        rec["interrupted"] = {"task": task, "iterations_done": iters,
-                              "global_step": trainer.global_step}
-        # never over a directory this package did not write: take the next free name
-        dest = rundirs.free_sibling(Path(export_dir).parent /
-                                    (Path(export_dir).name + INTERRUPTED_SUFFIX), rundirs.EXPORT)
-        export.export_run(trainer, dest, rec, pixels=setup.pixels, trunk=trunk)
-    except BaseException as e:
-        if not caused_by_interrupt(e):
-            raise
-        return RunInterrupted(f"interrupted again while saving, nothing saved; {last}",
-                              None, saved["export"])
-    return RunInterrupted(f"interrupted in task {task} after {iters} iteration(s): saved the "
-                          f"partly trained model to {dest} (not resumable); {last}",
-                          dest, saved["export"])
-
-
 def _move_contents(src: Path, dst: Path) -> None:
     for item in src.iterdir():
         os.replace(item, dst / item.name)
 
 
-def _log_hparams(trainer: Trainer, setup: Setup) -> None:
-    from tensorboard.plugins.hparams import api as hp
-
-    c = setup.config
-    values = {k: (v if isinstance(v, (bool, int, float, str)) else str(v))
-              for k, v in c.to_dict().items()}
-    # the method column: the --method shorthand (BI-R and GR share --replay=generative)
-    values["method"] = method_label(c)
-    # The trial id is TensorBoard's session group: runs sharing one are shown as one row, so
-    # it must differ whenever any hyper-parameter does (GR and BI-R share --replay).
-    digest = hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
-    with trainer.summary_writer.as_default():
-        hp.hparams(values, trial_id=f"{c.experiment}-{c.scenario}-{method_label(c)}-seed{c.seed}-"
-                                    f"{digest}")
-
-
-SAMPLES_PER_CLASS = 8
-ABOUT = """\
-**How to read this run** ({method}, {experiment}, {scenario}-IL, seed {seed})
-
-* `loss/*`: every loss term, x axis = training iteration (global step over all tasks),
-  each point the mean over the last `--log_every` iterations.
-* `accuracy/task<k>`, `accuracy/average`: test accuracy after each task, x axis = **number
-  of tasks learned** (one point per task). With few points TensorBoard's default smoothing
-  (0.6) bends these lines; set *Smoothing* to 0 in the settings, or look at the image
-  `accuracy_curves` (every point marked, no smoothing).
-* Images `replay/<dataset class>`: one grid per class after each task (x axis = tasks
-  learned): {n} samples the generator can replay for that class, one row per task in
-  Domain-IL.
-* HParams: every setting of the run; the `method` column is the `--method` shorthand.
-"""
-
-
-def _log_about(trainer: Trainer, setup: Setup) -> None:
-    """A text card that says what each chart's x axis is."""
-    c = setup.config
-    text = ABOUT.format(method=method_label(c), experiment=c.experiment, scenario=c.scenario,
-                        seed=c.seed, n=SAMPLES_PER_CLASS)
-    with trainer.summary_writer.as_default(step=0):
-        tf.summary.text("about_this_run", text)
-
-
-def _log_accuracy_curves(trainer: Trainer, setup: Setup, t: int) -> None:
-    """The accuracy matrix so far as a chart (per task and average against tasks learned)."""
-    c = setup.config
-    png = accuracy_curves_png(trainer.history.accuracy_matrix,
-                              title=f"{method_label(c)}: {c.experiment} ({c.scenario}-IL)")
-    image = tf.io.decode_png(png, channels=3)[None]
-    with trainer.summary_writer.as_default(step=t + 1):
-        tf.summary.image("accuracy_curves", image, description=(
-            "test accuracy of each task and their average (bold) against the number of "
-            "tasks learned, unsmoothed"))
-
-
-def _sample_grid(x: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """``rows * cols`` images ``[N, H, W, C]`` in [0, 1] as one padded grid, scaled up to
-    about 28 pixels per sample (grey padding)."""
-    n, h, w, ch = x.shape
-    k = max(1, 28 // max(h, w))
-    x = np.repeat(np.repeat(x, k, axis=1), k, axis=2)
-    h, w, pad = h * k, w * k, 2
-    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, ch), 0.5, np.float32)
-    for i in range(rows):
-        for j in range(cols):
-            top, left = pad + i * (h + pad), pad + j * (w + pad)
-            out[top:top + h, left:left + w] = x[i * cols + j]
-    return out
-
-
-def _log_samples(trainer: Trainer, setup: Setup, t: int) -> None:
-    """After each task: one labelled grid of replayable samples per dataset class seen so
-    far (its tag and description name the class; Domain-IL: one row per task)."""
-    p = setup.protocol
-    if not trainer.can_sample or p.features:
-        return
-    n = SAMPLES_PER_CLASS
-    cpt = p.classes_per_task
-    # Modes are output units. Domain-IL (e.g. 100 permuted tasks) has one per within-task
-    # class, shared by the tasks: a row per task (the last ten), generated with that task's
-    # gate when the gates are per task.
-    if p.scenario == "domain":
-        row_tasks = np.repeat(np.arange(max(0, t + 1 - 10), t + 1), cpt)
-        modes = np.tile(np.arange(cpt, dtype=np.int32), len(row_tasks) // cpt)
-    else:
-        modes = np.arange((t + 1) * cpt, dtype=np.int32)
-        row_tasks = modes // cpt
-    labels = np.asarray(export.mode_dataset_labels(p))[row_tasks * cpt + modes % cpt]
-    # a generator of its own: drawing from trainer.rng would change the resumed run's numbers
-    noise = tf.random.Generator.from_seed(setup.config.seed + 104729 * (t + 1))
-    ids, id_tasks = np.repeat(modes, n), np.repeat(row_tasks, n)
-    x = trainer.sample(tf.constant(ids), tf.constant(id_tasks),
-                       noise.normal([len(ids), setup.config.z_dim])).numpy()
-    x = x.reshape(len(ids), -1)
-    perms = getattr(p, "permutations", None)
-    if perms is not None:  # permuted MNIST: show each task's samples in pixel order
-        plain = np.empty_like(x)
-        for i, task in enumerate(id_tasks):
-            plain[i, perms[task]] = x[i]
-        x = plain
-    side = int(round(np.sqrt(x.shape[1] / (3 if p.conv else 1))))
-    imgs = x.reshape(len(ids), side, side, -1)
-    if p.mean is not None:
-        imgs = imgs * np.asarray(p.std) + np.asarray(p.mean)
-    imgs = np.clip(imgs, 0, 1).reshape(len(modes), n, side, side, -1)
-    with trainer.summary_writer.as_default(step=t + 1):
-        for label in sorted(set(labels.tolist())):
-            rows = np.flatnonzero(labels == label)
-            name = str(p.class_names[label])
-            where = ", ".join(f"task {task + 1}" for task in row_tasks[rows])
-            grid = _sample_grid(imgs[rows].reshape(-1, *imgs.shape[2:]), len(rows), n)
-            tag = f"replay/{label:03d}_{''.join(ch if ch.isalnum() else '_' for ch in name)}"
-            tf.summary.image(tag, grid[None], description=(
-                f"{n} replayable samples of dataset class {label} ({name}), learned in "
-                f"{where}; one row per task" if len(rows) > 1 else
-                f"{n} replayable samples of dataset class {label} ({name}), learned in {where}"))

@@ -51,8 +51,9 @@ class RunModule(tf.Module):
         p = trainer.protocol
         self._trainer = trainer
         self._pixels = pixels
-        self._model = _Ref(trainer.model)
-        self.model_variables = list(trainer.model.variables)
+        nets = trainer.networks()
+        self._model = _Ref(nets["model"])
+        self.model_variables = list(nets["model"].variables)
         self._trunk = _Ref(trunk)
         self.trunk_variables = list(trunk.variables) if trunk is not None else []
         spec = tf.TensorSpec([None, *pixels.input_shape], tf.float32, name="x")
@@ -78,7 +79,6 @@ class RunModule(tf.Module):
         self.labels = tf.function(self._labels, input_signature=[])
         self.sample = None
         if trainer.can_sample:
-            nets = trainer.networks()
             if "generator" in nets:
                 self.generator_variables = list(nets["generator"].variables)
             self.sample = tf.function(self._sample, input_signature=[

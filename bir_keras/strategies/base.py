@@ -1,16 +1,19 @@
 """The Trainer: the task loop, the distribution strategy, one compiled step run in chunks of
 iterations, evaluation after every task, and logging. It knows no method: each method is a
-small subclass in a module of its own (``finetune``, ``joint``, ``lwf``, ``generative``,
-``bir``, ``buffer``), and the regularisers (``ewc``, ``si``) compose with any of them.
+subclass in a module of its own (``finetune``, ``joint``, ``lwf``, ``buffer``,
+``generative``, ``bir``), found in the registry ``strategies.TRAINERS``, and the
+regularisers (``ewc``, ``si``) compose with any of them.
 
-A subclass says what its models are (``build_models``), what one iteration draws
-(``draw``), what it replays (``replay_batch``) and its loss (``losses``, written with the
-models' own ``loss_terms``). The step's data are typed: ``TaskData`` (a task's tensors),
+A method says what its networks are (``build_models``, with ``pretrained`` for a conv
+trunk), what one iteration draws beyond the batch (``draw``, a record of its own), what it
+replays (``replay_batch``), its loss (``losses``, a dict; the step reports its keys) and its
+optimisers (``optim_groups``, by name; ``plan_for_iteration`` picks which train). The
+Trainer's records hold only what every method has: ``TaskData`` (a task's tensors),
 ``StepContext`` (tensors fixed for a task), ``Plan`` (the Python values that shape the
-compiled step: a change retraces it), ``Draws`` (one iteration's random numbers) and
-``Batch``. Export, the experiment runner and the benchmarks use the public methods
-``start_task`` / ``run_steps``, ``checkpoint_parts``, ``networks``, ``can_sample`` /
-``sample`` and ``tasks_learned``.
+compiled step: a change retraces it), ``Draws`` (the batch's indices and the method's own
+draws) and ``Batch``. Export, the experiment runner and the benchmarks use the public
+methods ``start_task`` / ``run_steps`` / ``loss_names``, ``checkpoint_parts``,
+``networks``, ``can_sample`` / ``sample`` and ``tasks_learned``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import functools
 import sys
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -29,9 +32,8 @@ import tensorflow as tf
 from bir_keras import interrupts
 from bir_keras.config import Config
 from bir_keras.data.protocols import Protocol
-from bir_keras.models.classifier import Classifier
-from bir_keras.models.layers import make_unit_masks, masked_logits
-from bir_keras.strategies.regularizers import Regularizer, make_regularizers
+from bir_keras.models.layers import masked_logits
+from bir_keras.strategies.regularizers import Regularizer, apply_regularized, make_regularizers
 
 
 def make_adam(lr: float) -> keras.optimizers.Adam:
@@ -77,30 +79,33 @@ class StepContext(NamedTuple):
     active_prev: tf.Tensor   # the same after the previous task (what replay is labelled over)
     w_current: tf.Tensor     # 1 / t: the current data's share of the loss (method.md 2)
     w_replay: tf.Tensor      # 1 - 1 / t: replay's share
-    replay_tasks: tf.Tensor | None = None  # fixed task of each replayed sample, if any
 
 
 class Plan(NamedTuple):
     """The Python values that shape the compiled step (a change traces it again)."""
 
-    replay: bool = False            # whether this task replays
-    n_replay: int = 0               # replayed samples per iteration
-    parts: int = 1                  # data parts the batch's slots are dealt to
-    train_classifier: bool = True   # GR: iterations past --iters train the generator only
-    train_generator: bool = True    # GR: iterations past --g_iters train the classifier only
+    replay: bool = False             # whether this task replays
+    n_replay: int = 0                # replayed samples per iteration
+    parts: int = 1                   # data parts the batch's slots are dealt to
+    groups: tuple[str, ...] | None = None  # optimiser groups that train (None: all)
 
 
 class Draws(NamedTuple):
-    """All random numbers of one iteration (drawn once, globally; each replica takes its
-    slice). Methods fill the fields they use."""
+    """All random numbers of one iteration, drawn once, globally (each replica takes its
+    slice of every tensor's first axis)."""
 
-    idx: tf.Tensor                      # the batch's sample indices
-    r_modes: tf.Tensor | None = None    # replay: each sample's mode (output unit)
-    r_tasks: tf.Tensor | None = None    # replay: each sample's task
-    r_idx: tf.Tensor | None = None      # buffer replay: stored samples' indices
-    eps: tf.Tensor | None = None        # VAE noise on the current batch
-    r_eps: tf.Tensor | None = None      # prior noise of the generated samples
-    r_eps_enc: tf.Tensor | None = None  # VAE noise on the replayed samples
+    idx: tf.Tensor          # the batch's sample indices (the Trainer's ``draw_batch``)
+    own: Any = None         # the method's own draws (``draw``: a record of its own, or None)
+
+
+class OptimGroup(NamedTuple):
+    """One optimiser of the step: it minimises ``losses[loss]`` over ``variables``; with
+    ``regularized`` the regularisers' penalties are in that loss and see its updates."""
+
+    optimizer: keras.optimizers.Optimizer
+    variables: list
+    loss: str = "total"
+    regularized: bool = True
 
 
 class Batch(NamedTuple):
@@ -122,6 +127,15 @@ class TaskProgress:
     sums: list[float]         # per loss term, the sum over those iterations (task means)
     window: list[float]       # per loss term, the sum since the last TensorBoard point
     elapsed: float            # seconds spent in the task so far
+
+
+def weigh(ctx: StepContext, current: tf.Tensor, replay: tf.Tensor | None) -> tf.Tensor:
+    """A loss on the current data and one on replay weighted 1/t and 1 - 1/t, t the number
+    of tasks so far (method.md 2; the authors' ``rnt``); the current loss alone without
+    replay."""
+    if replay is None:
+        return current
+    return ctx.w_current * current + ctx.w_replay * replay
 
 
 class TaskRun(NamedTuple):
@@ -175,9 +189,10 @@ def _pad_samples(data: TaskData) -> TaskData:
 class Trainer:
     """The method-free engine every method subclasses (``FineTuning`` is the plainest).
 
-    Hooks: ``build_models``, ``task_data``, ``step_context`` / ``plan``, ``before_task``,
-    ``draw`` and ``replay_batch`` (in-graph), ``losses`` (in-graph), ``loss_names``,
-    ``optim_groups``, ``after_task``.
+    Hooks: ``build_models``, ``networks``, ``task_data``, ``step_context`` / ``plan`` /
+    ``plan_for_iteration``, ``iterations``, ``before_task``, ``draw`` and ``replay_batch``
+    (in-graph), ``losses`` (in-graph), ``optim_groups``, ``after_task``. A method has a
+    network that classifies, ``self.model``, trained by ``self.optimizer``.
     """
 
     uses_replay = False
@@ -186,9 +201,11 @@ class Trainer:
     steps_per_call = 50
 
     def __init__(self, protocol: Protocol, config: Config,
-                 strategy: tf.distribute.Strategy | None = None, verbose: bool = True):
+                 strategy: tf.distribute.Strategy | None = None, verbose: bool = True,
+                 trunk_weights: list[np.ndarray] | None = None):
         self.protocol = protocol
         self.config = config
+        self.trunk_weights = trunk_weights
         self.strategy = strategy or tf.distribute.get_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
         self.verbose = verbose
@@ -207,13 +224,17 @@ class Trainer:
         # One generator for every random number of training; part of the checkpoint.
         self.rng = tf.random.Generator.from_seed(config.seed)
         keras.utils.set_random_seed(config.seed)
+        self._loss_names: dict[tuple, list[str]] = {}
         with self.strategy.scope():
+            # the networks are final here (pre-trained conv layers loaded, frozen ones
+            # frozen: ``pretrained``), so optimisers and regularisers see what trains
             self.build_models()
             self.optimizer = make_adam(config.lr)
             self.optimizer.build(self.model.trainable_variables)
             self.regularizers: list[Regularizer] = make_regularizers(config)
             for reg in self.regularizers:
                 reg.build(self.protected_variables())
+            self._check_protected()
             self.tasks_done = tf.Variable(0, trainable=False, name="tasks_done")
             # iterations run in the current task: which epoch and batch ``draw`` is at
             self.batch_counter = tf.Variable(0, trainable=False, name="batch_counter")
@@ -226,19 +247,20 @@ class Trainer:
 
     # -- construction hooks ----------------------------------------------------------
     def build_models(self) -> None:
-        """Create ``self.model`` (and, for replay methods, frozen copies / a generator)."""
-        self.model = self.make_classifier()
+        """Create ``self.model`` (and the method's other networks: frozen copies, a
+        generator, a memory), each through ``pretrained``."""
+        raise NotImplementedError
 
-    def make_classifier(self) -> Classifier:
-        """The classifier of this protocol, with XdG masks when asked for."""
-        c, p = self.config, self.protocol
-        units = [c.fc_units] * c.fc_layers
-        xdg = None
-        if c.xdg:
-            xdg = [make_unit_masks(p.capacity, u, c.xdg_prop, seed=c.seed + 1000 + i)
-                   for i, u in enumerate(units)]
-        return Classifier(p.input_shape, p.num_outputs, units, conv=p.conv and not p.features,
-                          xdg_masks=xdg, seed=c.seed)
+    def pretrained(self, network: keras.Model) -> keras.Model:
+        """``network`` with its conv trunk, if it has one, set to the pre-trained weights
+        (every method starts from them, method.md 4.4) and frozen with ``--freeze_convE``.
+        Called while the networks are built, before any optimiser or regulariser sees
+        their variables."""
+        trunk = getattr(network, "trunk", None)
+        if trunk is not None and self.trunk_weights is not None:
+            trunk.set_weights(self.trunk_weights)
+            trunk.trainable = not self.config.freeze_convE
+        return network
 
     def _use_xla(self, asked: bool | None) -> bool:
         """Whether the step is compiled with XLA (``asked`` None = auto).
@@ -260,6 +282,16 @@ class Trainer:
         convs = self.protocol.conv and not self.protocol.features
         return not (convs and not tf.config.list_logical_devices("GPU"))
 
+    def _check_protected(self) -> None:
+        """Every variable a regulariser protects is trained by a regularised optimiser (a
+        frozen variable in its state would have no update to follow)."""
+        trained = {id(v) for g in self.optim_groups().values() if g.regularized
+                   for v in g.variables}
+        for reg in self.regularizers:
+            if any(id(v) not in trained for v in reg.vars):
+                raise ValueError(f"{type(self).__name__}: the {reg.name} penalty protects "
+                                 "variables that no regularised optimiser trains")
+
     def protected_variables(self) -> list:
         """The parameters regularisers protect (for BI-R: encoder and classifier only)."""
         return list(self.model.trainable_variables)
@@ -271,7 +303,8 @@ class Trainer:
         return int(self.tasks_done.numpy())
 
     def networks(self) -> dict[str, keras.Model]:
-        """The live networks whose weights make the trained model."""
+        """The live networks whose weights make the trained model, by name (``model``, the
+        one that classifies, first)."""
         return {"model": self.model}
 
     def checkpoint_parts(self) -> dict[str, object]:
@@ -313,10 +346,16 @@ class Trainer:
                         offsets=tf.constant([0], tf.int32), sizes=tf.constant([n], tf.int32))
 
     # -- the compiled step -----------------------------------------------------------
-    def draw(self, data: TaskData, ctx: StepContext, plan: Plan) -> Draws:
-        """All random numbers of one iteration, drawn globally (cross-replica).
+    def draw(self, ctx: StepContext, plan: Plan) -> Any:
+        """The method's random numbers of one iteration beyond the batch, drawn globally
+        (cross-replica) from ``self.rng``: a record of its own (every tensor with one row
+        per sample, which each replica slices), or None."""
+        return None
 
-        The batch: shuffled epochs without replacement, dropping each epoch's last incomplete
+    def draw_batch(self, data: TaskData, ctx: StepContext, plan: Plan) -> tf.Tensor:
+        """The batch's sample indices, drawn globally (cross-replica).
+
+        Shuffled epochs without replacement, dropping each epoch's last incomplete
         batch, as the authors' ``DataLoader(shuffle=True, drop_last=True)`` (fidelity.md
         item 17). Epoch ``e`` of task ``t`` is a permutation drawn from (seed, t, part, e),
         so a task's batches do not depend on what ran before it. With several parts (Joint
@@ -350,94 +389,87 @@ class Trainer:
         idx = tf.concat(parts, 0)
         if n_parts > 1:
             idx = tf.gather(idx, np.argsort(slots))
-        return Draws(idx=idx)
+        return idx
 
-    def replay_batch(self, batch: Batch, draws: Draws, ctx: StepContext, plan: Plan):
-        """In-graph replay for this replica (methods that replay override it)."""
+    def replay_batch(self, batch: Batch, draws: Any, ctx: StepContext, plan: Plan):
+        """In-graph replay for this replica, from the method's ``draws`` (methods that
+        replay override it)."""
         return None
 
-    def losses(self, batch: Batch, replay, draws: Draws, ctx: StepContext,
+    def losses(self, batch: Batch, replay, draws: Any, ctx: StepContext,
                plan: Plan) -> dict[str, tf.Tensor]:
-        """Per-term losses of the step (``total`` is what the main optimiser minimises),
-        each already divided by its global batch."""
+        """Per-term losses of the step, each already divided by its global batch; each
+        optimiser group minimises the term it names (``total`` for the classifier). The
+        step reports every term, under its key."""
         raise NotImplementedError
 
-    def loss_names(self, plan: Plan) -> list[str]:
-        """Names of the loss terms the step reports, in order (``losses`` plus penalties)."""
-        raise NotImplementedError
-
-    def optim_groups(self, plan: Plan) -> list[tuple[str, keras.optimizers.Optimizer, list, bool]]:
-        """(loss key, optimiser, variables, has regularisers) for each optimiser of the step."""
-        return [("total", self.optimizer, list(self.model.trainable_variables),
-                 bool(self.regularizers))]
+    def optim_groups(self) -> dict[str, OptimGroup]:
+        """The step's optimisers by name; ``Plan.groups`` says which train."""
+        return {"classifier": OptimGroup(self.optimizer, list(self.model.trainable_variables))}
 
     def _replica_step(self, data: TaskData, ctx: StepContext, draws: Draws,
-                      plan: Plan) -> tf.Tensor:
+                      plan: Plan) -> dict[str, tf.Tensor]:
         idx = _local(draws.idx)
         batch = Batch(x=self.preprocess(tf.gather(data.x, idx)), y=tf.gather(data.y, idx),
                       tid=tf.gather(data.tid, idx))
-        local_draws = Draws(*[_local(v) for v in draws])
-        replay = self.replay_batch(batch, local_draws, ctx, plan) if plan.replay else None
-        groups = self.optim_groups(plan)
+        own = tf.nest.map_structure(_local, draws.own)
+        replay = self.replay_batch(batch, own, ctx, plan) if plan.replay else None
+        groups = [g for name, g in self.optim_groups().items()
+                  if plan.groups is None or name in plan.groups]
         with tf.GradientTape(persistent=len(groups) > 1) as tape:
-            losses = self.losses(batch, replay, local_draws, ctx, plan)
+            losses = self.losses(batch, replay, own, ctx, plan)
             for reg in self.regularizers:
                 # the penalty is counted once over all replicas (their gradients are summed)
                 pen = reg.penalty()
                 losses[f"penalty_{reg.name}"] = pen
                 losses["total"] = losses["total"] + pen / float(self.replicas)
-        for loss_key, optimizer, variables, regs in groups:
-            grads = tape.gradient(losses[loss_key], variables)
-            before = [tf.identity(v) for v in variables] if regs else None
-            optimizer.apply(grads, variables)
-            if regs:
-                rctx = tf.distribute.get_replica_context()
-                applied = rctx.all_reduce(tf.distribute.ReduceOp.SUM, grads) if self.replicas > 1 else grads
-                index = {id(v): i for i, v in enumerate(variables)}
-                for reg in self.regularizers:
-                    sel = [index[id(v)] for v in reg.vars]
-                    reg.after_apply([applied[i] for i in sel],
-                                    [tf.convert_to_tensor(variables[i]) - before[i] for i in sel])
-        # penalties are not per-sample: report them once (divide by the replica sum below)
-        return tf.stack([losses[k] if not k.startswith("penalty_") else losses[k] / self.replicas
-                         for k in self.all_loss_names(plan)])
+        for group in groups:
+            grads = tape.gradient(losses[group.loss], group.variables)
+            apply = functools.partial(group.optimizer.apply, grads, group.variables)
+            if group.regularized:
+                apply_regularized(self.regularizers, apply, grads, group.variables)
+            else:
+                apply()
+        # "total" first; penalties are not per-sample: report them once (the replicas' sum)
+        return {k: losses[k] / self.replicas if k.startswith("penalty_") else losses[k]
+                for k in ["total", *(k for k in losses if k != "total")]}
 
-    def all_loss_names(self, plan: Plan) -> list[str]:
-        """The method's loss names and the regularisers' penalties."""
-        return self.loss_names(plan) + [f"penalty_{r.name}" for r in self.regularizers]
-
-    def _step(self, data: TaskData, ctx: StepContext, plan: Plan) -> tf.Tensor:
-        draws = self.draw(data, ctx, plan)
+    def _step(self, data: TaskData, ctx: StepContext, plan: Plan) -> dict[str, tf.Tensor]:
+        draws = Draws(idx=self.draw_batch(data, ctx, plan), own=self.draw(ctx, plan))
         per_replica = self.strategy.run(functools.partial(self._replica_step, plan=plan),
                                         args=(data, ctx, draws))
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     def _steps(self, data: TaskData, ctx: StepContext, plan: Plan,
-               n: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+               n: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
         """Up to ``n`` (<= ``steps_per_call``) iterations of ``_step`` in one graph, stopping
-        after the first iteration with a non-finite loss: (losses [steps_per_call, terms],
-        iterations run); rows past that count are zeros.
+        after the first iteration with a non-finite loss: (per loss term, its values
+        [steps_per_call]; iterations run); values past that count are zeros.
 
         The same draws and updates as ``n`` calls of ``_step``: bit for bit for the methods
         without a VAE; with one (GR, BI-R) Grappler's arithmetic optimiser rewrites a few of
         its element-wise terms differently inside the loop, which moves losses by float32
         rounding (~1e-8). The same seed still gives the same numbers on every run."""
         size = self.steps_per_call
-        terms = len(self.all_loss_names(plan))
-        rows = tf.TensorArray(tf.float32, size=size, element_shape=[terms])
+        # the terms are what ``losses`` returns: known once the body is traced
+        rows = tf.TensorArray(tf.float32, size=size)
+        names: list[str] = []
 
         def body(i, rows, finite):
-            values = self._step(data, ctx, plan)
+            terms = self._step(data, ctx, plan)
+            names[:] = list(terms)
+            values = tf.stack(list(terms.values()))
             return i + 1, rows.write(i, values), tf.reduce_all(tf.math.is_finite(values))
 
         count, rows, _ = tf.while_loop(
             lambda i, rows, finite: tf.logical_and(i < tf.minimum(n, size), finite),
             body, (tf.constant(0), rows, tf.constant(True)), maximum_iterations=size)
-        return rows.stack(), count
+        table = rows.stack()
+        return {k: table[:, j] for j, k in enumerate(names)}, count
 
     # -- the task loop ---------------------------------------------------------------
     def step_context(self, t: int) -> StepContext:
-        """Tensors that change per task but not per iteration."""
+        """Tensors that change per task but not per iteration (the same for every method)."""
         p = self.protocol
         return StepContext(task=tf.constant(t, tf.int32),
                            active=tf.constant(p.active_table(t)),
@@ -450,7 +482,7 @@ class Trainer:
         return Plan(replay=self.uses_replay and t > 0, n_replay=self.config.batch_replay)
 
     def plan_for_iteration(self, plan: Plan, i: int) -> Plan:
-        """The plan of iteration ``i`` (e.g. which optimisers run)."""
+        """The plan of iteration ``i`` (e.g. which optimiser groups train)."""
         return plan
 
     def before_task(self, t: int) -> None:
@@ -474,11 +506,27 @@ class Trainer:
         self.before_task(t)
         return TaskRun(t, data, self.step_context(t), self.plan(t))
 
+    def loss_names(self, run: TaskRun, plan: Plan | None = None) -> list[str]:
+        """The terms the step reports, in the order of ``run_steps``' columns: the keys
+        ``losses`` returns (``total`` first) and the regularisers' penalties. Found by
+        tracing the step, a trace that its first call then uses."""
+        plan = plan or run.plan
+        # the terms depend on the plan and the shapes (a task's data and context)
+        key = (plan, tuple(tf.nest.map_structure(lambda v: tuple(v.shape), (run.data, run.ctx))))
+        if key not in self._loss_names:
+            fn = self._steps_fn.get_concrete_function(run.data, run.ctx, plan,
+                                                      tf.constant(1, tf.int32))
+            self._loss_names[key] = list(fn.structured_outputs[0])
+        return self._loss_names[key]
+
     def run_steps(self, run: TaskRun, k: int, plan: Plan | None = None) -> tuple[np.ndarray, int]:
         """Up to ``k`` (<= ``steps_per_call``) iterations in one call: (losses of the
-        iterations run [count, terms], count); it stops after a non-finite loss."""
-        rows, count = self._steps_fn(run.data, run.ctx, plan or run.plan, tf.constant(k, tf.int32))
-        return rows.numpy()[:int(count)], int(count)
+        iterations run [count, terms] in the order of ``loss_names``, count); it stops
+        after a non-finite loss."""
+        plan = plan or run.plan
+        terms, count = self._steps_fn(run.data, run.ctx, plan, tf.constant(k, tf.int32))
+        rows = np.stack([terms[k].numpy() for k in self.loss_names(run, plan)], axis=1)
+        return rows[:int(count)], int(count)
 
     def fit(self, until: int | None = None,
             resume: tuple[TaskProgress, Callable[[Trainer], None]] | None = None) -> History:
@@ -516,14 +564,14 @@ class Trainer:
         from ``at`` on if given. ``chunk_callbacks`` run after each chunk."""
         t = run.task
         n = self.iterations(t)
-        names = self.all_loss_names(run.plan)
+        run = run._replace(data=_pad_samples(run.data))
+        names = self.loss_names(run, self.plan_for_iteration(run.plan, at.iterations if at else 0))
         sums = np.array(at.sums, np.float64) if at else np.zeros(len(names))
         window = np.array(at.window, np.float64) if at else np.zeros(len(names))
         if len(sums) != len(names) or len(window) != len(names):
             raise ValueError(f"task progress has {len(sums)} loss terms, the step {len(names)}")
         bar = keras.utils.Progbar(n, verbose=1 if sys.stdout.isatty() else 2, stateful_metrics=names) \
             if self.verbose else None
-        run = run._replace(data=_pad_samples(run.data))
         i = at.iterations if at else 0
         started = time.time() - (at.elapsed if at else 0.0)  # for TaskProgress.elapsed
         while i < n:

@@ -12,12 +12,20 @@ what the interrupted one stored. Regularisers compose with it as with any method
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import tensorflow as tf
 
 from bir_keras.models.classifier import HardTargets
-from bir_keras.strategies.base import Batch, Draws, Plan, StepContext, TaskData
+from bir_keras.strategies.base import Batch, Plan, StepContext, TaskData
 from bir_keras.strategies.replay import Replay, ReplayTrainer
+
+
+class MemoryDraws(NamedTuple):
+    """Which stored samples one iteration replays."""
+
+    idx: tf.Tensor   # indices into the memory
 
 
 class BufferReplay(ReplayTrainer):
@@ -67,17 +75,19 @@ class BufferReplay(ReplayTrainer):
         return {"x": self.memory_x.numpy(), "y": self.memory_y.numpy(),
                 "tid": self.memory_tid.numpy()}
 
-    def draw_replay(self, draws: Draws, ctx: StepContext, plan: Plan) -> Draws:
-        """Which stored samples to replay: uniform over the memory."""
+    def draw(self, ctx: StepContext, plan: Plan) -> MemoryDraws:
+        """Which stored samples to replay: uniform over the memory (drawn in the first task
+        too, where the memory is empty and nothing is replayed)."""
         size = tf.shape(self.memory_y)[0]
-        return draws._replace(r_idx=self.rng.uniform([plan.n_replay], 0, size, tf.int32))
+        return MemoryDraws(idx=self.rng.uniform([plan.n_replay], 0, size, tf.int32))
 
-    def replay_batch(self, batch: Batch, draws: Draws, ctx: StepContext, plan: Plan) -> Replay:
+    def replay_batch(self, batch: Batch, draws: MemoryDraws, ctx: StepContext,
+                     plan: Plan) -> Replay:
         """The drawn stored samples with their labels (or, with ``--distill``, the previous
         model's soft targets) over their own task's units."""
-        x = self.preprocess(tf.gather(self.memory_x, draws.r_idx))
-        tid = tf.gather(self.memory_tid, draws.r_idx)
+        x = self.preprocess(tf.gather(self.memory_x, draws.idx))
+        tid = tf.gather(self.memory_tid, draws.idx)
         if self.config.distill:
             return self.label_replay(x, tid, ctx)
-        y = tf.gather(self.memory_y, draws.r_idx)
+        y = tf.gather(self.memory_y, draws.idx)
         return Replay(x=x, tid=tid, targets=HardTargets(y, tf.gather(ctx.active, tid)))

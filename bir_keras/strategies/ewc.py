@@ -161,10 +161,11 @@ def task_fisher(trainer: Trainer, t: int) -> list[tf.Tensor]:
     tid = tf.fill([n], tf.constant(t, tf.int32))
     active = tf.gather(tf.constant(p.active_table(t)), tid)
     variables = trainer.protected_variables()
-    fast = dense_fisher(trainer.model, variables, x, tid, active)
+    model = trainer.networks()["model"]
+    fast = dense_fisher(model, variables, x, tid, active)
     if fast is not None:
         return fast
-    return fisher_diagonal(lambda xb, tb: trainer.logits(trainer.model, xb, tb), variables,
+    return fisher_diagonal(lambda xb, tb: trainer.logits(model, xb, tb), variables,
                            x, tid, active)
 
 

@@ -2,13 +2,14 @@
 method.md 3.
 
 A regulariser is an object the Trainer calls: ``build`` once (under the distribution
-strategy's scope), ``penalty`` inside the compiled step, ``after_apply`` inside the step
-after the optimiser update, and ``before_task`` / ``after_task`` between tasks.
+strategy's scope), ``penalty`` inside the compiled step, ``apply`` around the optimiser's
+update of the variables it protects (``apply_regularized``), and ``before_task`` /
+``after_task`` between tasks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import tensorflow as tf
@@ -37,9 +38,11 @@ class Regularizer:
         """The extra loss term (a scalar), evaluated inside the training step."""
         return tf.constant(0.0)
 
-    def after_apply(self, grads: Sequence[tf.Tensor], deltas: Sequence[tf.Tensor]) -> None:
-        """Called in the step with the applied (global) gradients and parameter changes."""
-        return None
+    def apply(self, update: Callable[[], None], grads: Sequence[tf.Tensor],
+              variables: Sequence[tf.Variable]) -> None:
+        """Run ``update`` (the optimiser's step of ``variables`` with this replica's
+        ``grads``), in the step; a regulariser that follows the updates (SI) wraps it."""
+        update()
 
     def before_task(self, task: int) -> None:
         """Called before training on ``task`` (0-based)."""
@@ -52,6 +55,25 @@ class Regularizer:
         return {}
 
 
+def apply_regularized(regularizers: Sequence[Regularizer], update: Callable[[], None],
+                      grads: Sequence[tf.Tensor], variables: Sequence[tf.Variable]) -> None:
+    """The optimiser's ``update`` of ``variables``, with every regulariser's ``apply``
+    around it."""
+    for reg in regularizers:
+        update = _wrapped(reg, update, grads, variables)
+    update()
+
+
+def _wrapped(reg: Regularizer, update, grads, variables) -> Callable[[], None]:
+    return lambda: reg.apply(update, grads, variables)
+
+
+def global_sum(grads: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+    """Per-replica gradients summed over the replicas (as the optimiser applies them)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return list(grads)
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(grads))
 
 
 def make_regularizers(config: Config) -> list[Regularizer]:

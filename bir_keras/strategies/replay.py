@@ -1,18 +1,17 @@
-"""What every replaying method shares (LwF, generative replay, BI-R, buffer replay): a
-frozen copy of the model taken before each task, how many samples are replayed and for
-which classes and tasks, and how replayed inputs are labelled (method.md 3-4)."""
+"""What every replaying method shares (LwF, buffer replay, GR, BI-R): a frozen copy of the
+model taken before each task, how many samples are replayed and for which classes and
+tasks (``ReplayDraws``), and how replayed inputs are labelled (method.md 3-4)."""
 
 from __future__ import annotations
 
 import math
 from typing import NamedTuple
 
-import numpy as np
 import tensorflow as tf
 
 from bir_keras.models.classifier import HardTargets, SoftTargets, Targets, TaskHeadsTargets
 from bir_keras.models.layers import masked_logits
-from bir_keras.strategies.base import Draws, Plan, StepContext, TaskData
+from bir_keras.strategies.base import Plan, StepContext
 from bir_keras.strategies.finetune import FineTuning
 
 
@@ -24,10 +23,13 @@ class Replay(NamedTuple):
     targets: Targets             # the classification loss's targets
     hard: tf.Tensor | None = None          # the previous model's predicted unit
     soft: tf.Tensor | None = None          # its probabilities at temperature T
-    prior_modes: tf.Tensor | None = None   # generator: the mode of the latent term ...
-    mode_probs: tf.Tensor | None = None    # ... or mixture weights over modes
-    mode_ids: tf.Tensor | None = None      # (the candidate modes of those weights)
-    gate: tf.Tensor | None = None          # generator: decoder gate weights
+
+
+class ReplayDraws(NamedTuple):
+    """What is replayed in one iteration: each replayed sample's mode and task."""
+
+    modes: tf.Tensor   # the output unit (Domain-IL: the within-task class)
+    tasks: tf.Tensor   # the previous task it stands for
 
 
 class ReplayTrainer(FineTuning):
@@ -37,7 +39,8 @@ class ReplayTrainer(FineTuning):
     uses_replay = True
 
     def build_models(self) -> None:
-        """The live model plus a frozen copy of it."""
+        """The live model plus a frozen copy of it (built second: the construction order
+        draws the initial weights that are not seeded per layer)."""
         super().build_models()
         self.prev_model = self.make_classifier()
         self.prev_model.trainable = False
@@ -75,28 +78,18 @@ class ReplayTrainer(FineTuning):
             plan = plan._replace(n_replay=t * self._per_task_count(t))
         return plan
 
-    def step_context(self, t: int) -> StepContext:
-        """With per-task replay, the task of each replayed sample."""
-        ctx = super().step_context(t)
-        if t > 0 and self.per_task_replay():
-            tasks = np.repeat(np.arange(t), self._per_task_count(t))
-            ctx = ctx._replace(replay_tasks=tf.constant(tasks, tf.int32))
-        return ctx
-
-    def draw(self, data: TaskData, ctx: StepContext, plan: Plan) -> Draws:
-        """Adds each replayed sample's mode (output unit) and task, as the authors' ``sample``:
+    def draw(self, ctx: StepContext, plan: Plan) -> ReplayDraws:
+        """Each replayed sample's mode (output unit) and task, as the authors' ``sample``:
         Class-IL and Task-IL draw a class of the previous tasks uniformly (its task follows);
         Domain-IL draws the class among all and, independently, a previous task (used by
-        task gates; fidelity.md item 12); per-task replay has fixed tasks."""
-        return self.draw_replay(super().draw(data, ctx, plan), ctx, plan)
-
-    def draw_replay(self, draws: Draws, ctx: StepContext, plan: Plan) -> Draws:
-        """The replay part of ``draw`` (see there)."""
+        task gates; fidelity.md item 12); per-task replay has ceil(batch_replay / (t - 1))
+        samples of each previous task, in task order. Drawn in every task, the first too
+        (where nothing is replayed), so that every task's draws follow from the seed."""
         cpt = self.protocol.classes_per_task
         n = plan.n_replay
         prev = tf.maximum(ctx.task, 1)
-        if ctx.replay_tasks is not None:
-            tasks = ctx.replay_tasks
+        if plan.replay and self.per_task_replay():
+            tasks = tf.range(n, dtype=tf.int32) // (n // ctx.task)
             modes = tasks * cpt + self.rng.uniform([n], 0, cpt, tf.int32)
         elif self.protocol.scenario == "domain":
             modes = self.rng.uniform([n], 0, cpt, tf.int32)
@@ -104,7 +97,7 @@ class ReplayTrainer(FineTuning):
         else:
             modes = self.rng.uniform([n], 0, prev * cpt, tf.int32)
             tasks = modes // cpt
-        return draws._replace(r_modes=modes, r_tasks=tasks)
+        return ReplayDraws(modes=modes, tasks=tasks)
 
     # -- labelling --------------------------------------------------------------------
     def replay_all_previous_tasks(self) -> bool:

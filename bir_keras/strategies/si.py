@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from bir_keras.strategies.regularizers import Regularizer, state_variable
+from bir_keras.strategies.regularizers import Regularizer, global_sum, state_variable
 
 
 class SI(Regularizer):
@@ -35,11 +35,17 @@ class SI(Regularizer):
             total = total + tf.reduce_sum(o * tf.square(v - a))
         return self.c * total
 
-    def after_apply(self, grads, deltas):
-        """Accumulate -g * delta (the step's contribution to the loss decrease)."""
-        for w, g, d in zip(self.w, grads, deltas):
+    def apply(self, update, grads, variables):
+        """The update, then w += -g * delta for each protected variable: the step's
+        contribution to the loss decrease, g the gradient summed over the replicas."""
+        index = {id(v): i for i, v in enumerate(variables)}
+        mine = [index[id(v)] for v in self.vars]
+        before = [tf.identity(variables[i]) for i in mine]
+        update()
+        applied = global_sum([grads[i] for i in mine])
+        for w, g, i, b in zip(self.w, applied, mine, before):
             if g is not None:
-                w.assign_add(-tf.convert_to_tensor(g) * d)
+                w.assign_add(-tf.convert_to_tensor(g) * (tf.convert_to_tensor(variables[i]) - b))
 
     def before_task(self, task):
         """Reset the path integral and remember the parameters at the task's start."""

@@ -22,19 +22,20 @@ def _first_step(tr):
     weights = {name: net.get_weights() for name, net in tr.networks().items()}
     rows, count = tr.run_steps(run, 1)
     assert count == 1
-    losses = dict(zip(tr.all_loss_names(run.plan), rows[0]))
+    losses = dict(zip(tr.loss_names(run), rows[0]))
     # the same draws again: the generator's state and the batch counter rewound
     tr.rng.state.assign(state)
     tr.batch_counter.assign(0)
     # compiled as the step is: under XLA the same random ops give other numbers than eagerly
-    draw = tf.function(lambda data, ctx: tr.draw(data, ctx, run.plan),
+    draw = tf.function(lambda data, ctx: (tr.draw_batch(data, ctx, run.plan),
+                                          tr.draw(ctx, run.plan)),
                        jit_compile=tr.jit_compile or None)
-    draws = draw(run.data, run.ctx)
-    batch = {"x": tr.preprocess(tf.gather(run.data.x, draws.idx)),
-             "y": tf.gather(run.data.y, draws.idx),
-             "active": tf.gather(run.ctx.active, tf.gather(run.data.tid, draws.idx))}
-    if draws.eps is not None:
-        batch["eps"] = draws.eps
+    idx, own = draw(run.data, run.ctx)
+    batch = {"x": tr.preprocess(tf.gather(run.data.x, idx)),
+             "y": tf.gather(run.data.y, idx),
+             "active": tf.gather(run.ctx.active, tf.gather(run.data.tid, idx))}
+    if hasattr(own, "eps"):
+        batch["eps"] = own.eps
     return losses, batch, weights
 
 

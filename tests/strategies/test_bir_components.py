@@ -18,7 +18,7 @@ def test_brain_inspired_switches_on_every_component(tiny_setup):
     assert cfg.feedback and cfg.prior == "gmm" and cfg.dg_gates and cfg.distill
     assert cfg.dg_prop == 0.8 and not cfg.hidden  # no conv layers on digits: no internal replay
     tr = make_trainer(cfg, proto, verbose=False)
-    assert isinstance(tr.model, RtFClassifier) and tr.generator is None
+    assert isinstance(tr.model, RtFClassifier) and list(tr.networks()) == ["model"]
     assert tr.model.prior_type == "gmm" and tr.model.prior_means.shape == (proto.num_modes, 8)
     assert tr.model.gate_masks is not None
 

@@ -55,7 +55,7 @@ def test_replay_is_drawn_from_the_memory_with_its_own_task(tiny_setup, scenario,
     tr.fit(until=2)
     run, draws, _, rep = _replay(tr, 2)
     mem = tr.stored()
-    idx = draws.r_idx.numpy()
+    idx = draws.idx.numpy()
     assert idx.min() >= 0 and idx.max() < 16 and len(set(idx)) > 4
     np.testing.assert_array_equal(rep.tid.numpy(), mem["tid"][idx])
     np.testing.assert_allclose(rep.x.numpy(), proto.preprocess_np(mem["x"][idx]), atol=1e-6)

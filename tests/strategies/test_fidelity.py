@@ -26,9 +26,10 @@ def _replay(tr, t):
     """One iteration's task run, draws, batch and replay at task ``t`` (eagerly)."""
     run = tr.start_task(t)
     data = _pad_samples(run.data)
-    draws = tr.draw(data, run.ctx, run.plan)
-    batch = Batch(x=tr.preprocess(tf.gather(data.x, draws.idx)), y=tf.gather(data.y, draws.idx),
-                  tid=tf.gather(data.tid, draws.idx))
+    idx = tr.draw_batch(data, run.ctx, run.plan)
+    draws = tr.draw(run.ctx, run.plan)   # the method's own draws
+    batch = Batch(x=tr.preprocess(tf.gather(data.x, idx)), y=tf.gather(data.y, idx),
+                  tid=tf.gather(data.tid, idx))
     return run, draws, batch, tr.replay_batch(batch, draws, run.ctx, run.plan)
 
 
@@ -54,7 +55,7 @@ def test_replay_prior_and_gate_follow_the_previous_model(tiny_setup, distill):
         np.testing.assert_array_equal(rep.prior_modes.numpy(), scores.argmax(1))
         np.testing.assert_array_equal(rep.gate.numpy(), np.eye(proto.num_modes)[scores.argmax(1)])
     # generation itself used the drawn class's gate: the gate of the predicted class can differ
-    assert set(draws.r_modes.numpy()) <= set(range(4))
+    assert set(draws.modes.numpy()) <= set(range(4))
 
 
 def _mnist_like(n_train=200, n_test=100):
@@ -79,7 +80,7 @@ def test_permuted_mnist_prior_has_ten_modes_and_gates_draw_previous_tasks():
     assert tr.model.gate_masks[0].shape[0] == proto.capacity
     tr.fit(until=3)
     _, draws, _, rep = _replay(tr, 3)
-    modes, tasks = draws.r_modes.numpy(), draws.r_tasks.numpy()
+    modes, tasks = draws.modes.numpy(), draws.tasks.numpy()
     assert set(modes) <= set(range(10)) and len(set(modes)) > 5
     assert set(tasks) == {0, 1, 2}   # the gate's task: previous tasks only, each of them
     # training on replay keeps the task gate it was generated with (task gates, item 13)
@@ -95,9 +96,9 @@ def test_task_il_conditional_replay_is_drawn_per_previous_task(tiny_setup):
     run, draws, batch, rep = _replay(tr, 3)
     m = math.ceil(10 / 3)   # item 14: ceil(batch_replay / (t - 1)) per previous task
     assert run.plan.n_replay == 3 * m == 12
-    tasks = draws.r_tasks.numpy()
+    tasks = draws.tasks.numpy()
     np.testing.assert_array_equal(tasks, np.repeat([0, 1, 2], m))
-    np.testing.assert_array_equal(draws.r_modes.numpy() // 2, tasks)  # classes of that task
+    np.testing.assert_array_equal(draws.modes.numpy() // 2, tasks)  # classes of that task
     assert rep.x.shape[0] == 12 and rep.mode_ids.shape == (12, 2)
     # the losses are averaged over all 12 (= over tasks of the per-task means)
     losses = tr.losses(batch, rep, draws, run.ctx, run.plan)
@@ -116,14 +117,14 @@ def test_batches_are_shuffled_epochs_without_replacement(tiny_setup):
     per_epoch = n // 32
     ctx, plan = tr.step_context(0), tr.plan(0)
     tr.batch_counter.assign(0)
-    epochs = [np.concatenate([tr.draw(data, ctx, plan).idx.numpy() for _ in range(per_epoch)])
+    epochs = [np.concatenate([tr.draw_batch(data, ctx, plan).numpy() for _ in range(per_epoch)])
               for _ in range(2)]
     for e in epochs:   # no sample twice in an epoch; the last incomplete batch is dropped
         assert len(e) == per_epoch * 32 == len(set(e)) and e.max() < n
     assert not np.array_equal(epochs[0], epochs[1])
     # a task's batches start afresh: the same first batch whatever ran before
     tr.batch_counter.assign(0)
-    np.testing.assert_array_equal(tr.draw(data, ctx, plan).idx.numpy(), epochs[0][:32])
+    np.testing.assert_array_equal(tr.draw_batch(data, ctx, plan).numpy(), epochs[0][:32])
 
 
 def test_joint_task_il_deals_the_batch_over_the_tasks(tiny_setup):
@@ -131,7 +132,7 @@ def test_joint_task_il_deals_the_batch_over_the_tasks(tiny_setup):
     tr = make_trainer(cfg, proto, verbose=False)
     data = _pad_samples(tr.task_data(2))
     tr.batch_counter.assign(0)
-    idx = tr.draw(data, tr.step_context(2), tr.plan(2)).idx.numpy()
+    idx = tr.draw_batch(data, tr.step_context(2), tr.plan(2)).numpy()
     tid = data.tid.numpy()[idx]
     np.testing.assert_array_equal(tid, np.arange(32) % 3)
     assert len(set(idx)) == 32

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from bir_keras.config import ConfigError
 from bir_keras.strategies import FineTuning, GenerativeReplay, Joint, LwF, make_trainer
-from bir_keras.strategies.base import Draws
+from bir_keras.strategies.vae_replay import VAEDraws
 
 
 def _fit(tiny_setup, scenario="class", tasks=2, **kw):
@@ -136,8 +136,8 @@ def test_generative_replay_targets_come_from_frozen_copy(tiny_setup):
     tr.fit(until=1)
     tr.before_task(1)
     ctx, plan = tr.step_context(1), tr.plan(1)
-    draws = Draws(idx=None, r_modes=tf.constant([0, 1, 0, 1]), r_tasks=tf.constant([0, 0, 0, 0]),
-                  r_eps=tf.random.normal((4, cfg.z_dim)))
+    draws = VAEDraws(modes=tf.constant([0, 1, 0, 1]), tasks=tf.constant([0, 0, 0, 0]),
+                     eps=None, r_eps=tf.random.normal((4, cfg.z_dim)), r_eps_enc=None)
     first = tr.replay_batch(None, draws, ctx, plan)
     for m in (tr.model, tr.generator):
         for v in m.trainable_variables:
