@@ -23,6 +23,7 @@ from bir_keras.config import (
     EXPERIMENT_DEFAULTS,
     METHODS,
     PRIORS,
+    PRECISIONS,
     STRATEGIES,
     Config,
     ConfigError,
@@ -323,9 +324,13 @@ def define_train_flags() -> None:
                     f"(multi_worker reads TF_CONFIG; default {_D.strategy!r})")
     d.DEFINE_integer("num_logical_cpus", 0, "split the CPU into N logical devices (testing "
                      "--strategy=mirrored without GPUs; default 0 = off)")
+    d.DEFINE_string("precision", _D.precision, f"{' or '.join(PRECISIONS)}: mixed_bfloat16 "
+                    "computes the networks in bfloat16 and keeps variables, losses, softmaxes, "
+                    "log-variances, prior densities, Fisher and SI sums in float32 (default "
+                    f"{_D.precision})")
     d.DEFINE_bool("jit_compile", _D.jit_compile, "compile the training step with XLA (default: "
-                  "on with one replica, except for convolutions on a CPU; off over several "
-                  "replicas)")
+                  "on with one replica, except for convolutions or mixed_bfloat16 on a CPU; "
+                  "off over several replicas)")
     d.DEFINE_bool("deterministic", True, "deterministic ops (same seed, same numbers)")
     d.DEFINE_integer("log_every", _D.log_every, "TensorBoard loss logging interval in steps "
                      f"(default {_D.log_every})")

@@ -64,6 +64,8 @@ class Config:
     conv_weights: str | None = None
     # execution
     strategy: str = "default"
+    # float32, or Keras' mixed_bfloat16 policy: bfloat16 compute, float32 variables and losses
+    precision: str = "float32"
     jit_compile: bool | None = None   # None: auto (Trainer._use_xla)
     eval_batch: int = 1000
     log_every: int = 50
@@ -96,6 +98,7 @@ REPLAYS = ("none", "offline", "current", "generative", "buffer")
 PRIORS = ("standard", "gmm")
 DG_TYPES = ("class", "task")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+PRECISIONS = ("float32", "mixed_bfloat16")
 
 # method.md 3: grid-searched values (SI c, EWC lambda, online-EWC lambda, XdG / BI-R gating).
 # ``dg_prop`` is BI-R's gate proportion; the Fig. 8 variants have their own (``DG_PROPS``).
@@ -377,6 +380,8 @@ def check(c: Config, conv_protocol: bool) -> None:
         raise ConfigError(f"--seed must be in [0, 2^32), got {c.seed}")
     if c.strategy not in STRATEGIES:
         raise ConfigError(f"--strategy must be {_one_of(STRATEGIES)}, got {c.strategy!r}")
+    if c.precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be {_one_of(PRECISIONS)}, got {c.precision!r}")
 
 
 def _one_of(names: tuple[str, ...]) -> str:

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bir_keras.models.layers import FCStack, conv_trunk, masked_logits, torch_uniform_init
+from bir_keras.models.layers import FCStack, conv_trunk, float32, masked_logits, torch_uniform_init
 
 
 def masked_cross_entropy(logits: tf.Tensor, labels: tf.Tensor, active: tf.Tensor) -> tf.Tensor:
@@ -117,8 +117,8 @@ class Classifier(keras.Model):
 
     def call(self, x: tf.Tensor, task_ids: tf.Tensor | None = None,
              training: bool = False) -> tf.Tensor:
-        """Logits over all output units."""
-        return self.head(self.hidden(x, task_ids, training=training))
+        """Logits over all output units (float32 under any precision policy)."""
+        return float32(self.head(self.hidden(x, task_ids, training=training)))
 
     def classify(self, x: tf.Tensor, task_ids: tf.Tensor | None = None,
                  training: bool = False) -> tf.Tensor:

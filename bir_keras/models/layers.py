@@ -12,6 +12,12 @@ import tensorflow as tf
 INACTIVE_LOGIT = -1e9
 
 
+def float32(x: tf.Tensor) -> tf.Tensor:
+    """``x`` in float32: what a network hands to a loss, a softmax or a density (under the
+    mixed_bfloat16 policy its layers compute in bfloat16; in float32 this is ``x`` itself)."""
+    return tf.cast(x, tf.float32)
+
+
 def masked_logits(logits: tf.Tensor, active: tf.Tensor) -> tf.Tensor:
     """Push inactive units to a huge negative logit so the softmax runs over active units only."""
     return tf.where(active > 0, logits, tf.cast(INACTIVE_LOGIT, logits.dtype))
@@ -83,13 +89,14 @@ class FCStack(keras.layers.Layer):
 
     def call(self, x: tf.Tensor, masks: list[tf.Tensor] | None = None,
              gates: list[tf.Tensor] | None = None) -> tf.Tensor:
+        """The stack's output, in the layer's compute dtype (masks and gates cast to it)."""
         for i, layer in enumerate(self.layers_):
             z = tf.matmul(x, layer.kernel)
             if masks is not None and masks[i] is not None:
-                z = z * masks[i]
+                z = z * tf.cast(masks[i], z.dtype)
             x = tf.nn.relu(z + layer.bias)
             if gates is not None and gates[i] is not None:
-                x = x * gates[i]
+                x = x * tf.cast(gates[i], x.dtype)
         return x
 
 

@@ -23,6 +23,7 @@ from bir_keras.models.layers import (
     FCStack,
     conv_trunk,
     deconv_decoder,
+    float32,
     torch_uniform_init,
 )
 
@@ -92,10 +93,10 @@ class VAE(keras.Model):
 
     # -- the parts -------------------------------------------------------------------
     def encode(self, x: tf.Tensor, training: bool = False):
-        """Return (last hidden layer, mu, logvar)."""
+        """Return (last hidden layer, mu, logvar); mu and logvar in float32."""
         h = self.trunk(x, training=training) if self.trunk is not None else x
         h = self.encoder(h)
-        return h, self.z_mean(h), self.z_logvar(h)
+        return h, float32(self.z_mean(h)), float32(self.z_logvar(h))
 
     def classify(self, x: tf.Tensor, task_ids: tf.Tensor | None = None,
                  training: bool = False) -> tf.Tensor:
@@ -103,7 +104,7 @@ class VAE(keras.Model):
         (``task_ids`` is unused: the same call as ``Classifier.classify``)."""
         if self.head is None:
             raise ValueError("this VAE has no classifier head (num_outputs=0)")
-        return self.head(self.encode(x, training)[0])
+        return float32(self.head(self.encode(x, training)[0]))
 
     def gate_for(self, ids: tf.Tensor) -> tf.Tensor | None:
         """One-hot gate weights ``[batch, contexts]`` for context ids (None without gates)."""
@@ -129,8 +130,8 @@ class VAE(keras.Model):
             gates = [tf.matmul(gate, m) for m in self.gate_masks]
         h = self.decoder(z, gates=gates)
         if self.conv:
-            return self.deconv(self.to_deconv(h), training=training)
-        return tf.reshape(self.out_layer(h), (-1, *self.input_shape_))
+            return float32(self.deconv(self.to_deconv(h), training=training))
+        return float32(tf.reshape(self.out_layer(h), (-1, *self.input_shape_)))
 
     def to_input_space(self, out: tf.Tensor) -> tf.Tensor:
         """Decoder output as an input: pixels in [0, 1] for BCE, unchanged for squared error."""
@@ -141,7 +142,7 @@ class VAE(keras.Model):
         h, mu, _ = self.encode(x, training)
         gate = self.gate_for(tf.zeros(tf.shape(x)[:1], tf.int32))
         out = self.to_input_space(self.decode(mu, gate, training))
-        return (out, self.head(h)) if self.head is not None else out
+        return (out, float32(self.head(h))) if self.head is not None else out
 
     # -- losses (per sample) ---------------------------------------------------------
     def recon_loss(self, x: tf.Tensor, out: tf.Tensor) -> tf.Tensor:
@@ -223,7 +224,7 @@ class VAE(keras.Model):
         if targets is not None:
             if self.head is None:
                 raise ValueError("this VAE has no classifier head: it takes no targets")
-            terms["class"] = targets.loss(self.head(h))
+            terms["class"] = targets.loss(float32(self.head(h)))
         return terms
 
     # -- sampling --------------------------------------------------------------------

@@ -1,0 +1,52 @@
+"""--precision=mixed_bfloat16: the networks compute in bfloat16 while variables, logits,
+the VAE's mean and log-variance, generated samples, losses and regulariser state stay in
+float32; on a CPU the step runs without XLA (its bfloat16 dots are slow there); the
+SavedModel serves float32; float32 is the default and unchanged."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bir_keras import export
+from bir_keras.config import ConfigError
+from bir_keras.strategies import make_trainer
+
+
+@pytest.mark.parametrize("method", [dict(replay="generative", brain_inspired=True, si=True),
+                                    dict(replay="generative", ewc=True)], ids=["bir_si", "gr_ewc"])
+def test_mixed_bfloat16_computes_in_bfloat16_and_keeps_float32_state(tiny_setup, tmp_path,
+                                                                     method):
+    cfg, proto = tiny_setup("class", tasks=2, iters=15, precision="mixed_bfloat16", **method)
+    tr = make_trainer(cfg, proto, verbose=False)
+    assert not tr.jit_compile or tf.config.list_logical_devices("GPU")
+    nets = tr.networks()
+    for net in nets.values():
+        assert all(v.dtype == tf.float32 for v in net.weights)
+        dense = [layer for layer in net._flatten_layers() if hasattr(layer, "kernel")]
+        assert dense and all(layer.compute_dtype == "bfloat16" for layer in dense)
+    x = tf.constant(proto.preprocess_np(proto.task(0).x_test[:4]))
+    h, mu, logvar = nets["model"].encode(x) if "generator" not in nets else nets["generator"].encode(x)
+    assert h.dtype == tf.bfloat16 and mu.dtype == logvar.dtype == tf.float32
+    assert tr.logits(tr.model, x, None).dtype == tf.float32
+    tr.fit()
+    assert all(np.isfinite(v) for v in tr.history.losses[1].values())
+    assert tr.history.average_accuracy[-1] > 0.3   # learns (chance: 0.25)
+    for reg in tr.regularizers:
+        assert all(v.dtype in (tf.float32, tf.int32) for vs in reg.state().values()
+                   for v in (vs if isinstance(vs, list) else [vs]))   # int32: a task count
+    sample = tr.sample(tf.constant([0, 3]), tf.constant([0, 1]), tf.zeros([2, cfg.z_dim]))
+    assert sample.dtype == tf.float32 and np.all(np.isfinite(sample.numpy()))
+    # the SavedModel serves float32, as in float32 runs
+    export.export_run(tr, tmp_path / "export", {"flags": cfg.to_dict(), "tasks_learned": 2})
+    loaded = tf.saved_model.load(str(tmp_path / "export" / export.SAVED_MODEL))
+    out = loaded.classify(tf.constant(proto.task(1).x_test[:3], tf.float32) / 255.0)
+    assert out["logits"].dtype == tf.float32 and out["unit"].numpy().min() >= 0
+
+
+def test_float32_is_the_default_and_other_precisions_are_refused(tiny_setup):
+    cfg, proto = tiny_setup("class", tasks=2)
+    assert cfg.precision == "float32"
+    tr = make_trainer(cfg, proto, verbose=False)
+    assert tr.model.fc.layers_[0].compute_dtype == "float32"
+    with pytest.raises(ConfigError, match="--precision must be"):
+        tiny_setup("class", tasks=2, precision="float16")
