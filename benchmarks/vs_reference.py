@@ -1,0 +1,597 @@
+"""Side by side with the authors' code: both programs timed as whole processes.
+
+    python -m benchmarks.vs_reference --reference=PATH --data_dir=DIR \\
+        --reference_python=/path/to/venv_ref/bin/python [--rows=split_mnist,permuted_mnist] \\
+        [--iters_scale=0.05] [--out=benchmarks/results/vs_reference.json]
+
+``--reference`` is a checkout of the authors' repository (``GMvandeVen/brain-inspired-replay``,
+PyTorch), fetched by the user: it is never a dependency of this project and nothing of it is
+copied here. Their ``store/models`` folder (pre-trained conv layers for CIFAR) is not
+needed. ``--reference_python`` is a Python that imports ``torch`` and ``torchvision`` (and
+numpy, scipy, scikit-learn, matplotlib, tqdm, which their code imports; it was run with
+torch 2.14.1 / torchvision 0.29.1). Their code imports ``visdom``, only to plot to a visdom
+server: this script puts an empty stand-in module on their ``PYTHONPATH`` (any use of it
+raises), so visdom need not be installed.
+
+Rows (both programs get the same seed and the same local MNIST files; the MNIST IDX files
+of ``--data_dir``, ``.gz`` or not, are read by ``apps.train`` directly and, for their code,
+decompressed into a temporary folder in the layout torchvision's ``MNIST`` reads, so it
+downloads nothing):
+
+* ``split_mnist``: BI-R on split MNIST, Class-IL, seed 12, the paper's settings (5 tasks x
+  2000 iterations, batch 128, lr 0.001, 2 x 400 units);
+* ``permuted_mnist``: BI-R on permuted MNIST, Domain-IL, 2 tasks x 200 iterations, seed 12
+  (the paper's batch 256, lr 1e-4, 2 x 2000 units).
+
+Each side runs as a child process (``subprocess.Popen``, reaped with ``os.wait4``): wall
+time from start to exit, CPU time as the child's user + system time, and its peak resident
+memory (``ru_maxrss``). Everything each program does is timed: interpreter start and
+imports, data loading, building the networks, training, the evaluation after every task
+and at the end, and whatever files it writes (ours: results.json, accuracy.png, TensorBoard
+logs, a SavedModel + checkpoint after every task; theirs: the final model checkpoint and
+two result files). Output goes to log files in a temporary folder (removed at the end
+unless ``--keep_work_dir``; kept when a side fails). The final average accuracy (over the
+tasks' full test sets after the last task) is read from each program's output.
+
+``--iters_scale=F`` multiplies every row's iterations per task (at least 1): a quick check
+that both programs run, not a measurement (the table says so).
+
+Prints a Markdown table to stdout (progress to stderr) and, with ``--out``, writes the
+numbers as JSON (atomically). Bad input (no reference checkout or no ``main_cl.py`` in it,
+missing or malformed MNIST files, a reference Python that is missing or cannot import
+torch) is refused with a one-line ``error:`` and exit code 2 before anything is run; a
+side that fails gives exit code 1 after the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gzip
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SEED = 12
+MNIST_FILES = {  # name -> IDX magic number (2051: images, 2049: labels)
+    "train-images-idx3-ubyte": 2051,
+    "train-labels-idx1-ubyte": 2049,
+    "t10k-images-idx3-ubyte": 2051,
+    "t10k-labels-idx1-ubyte": 2049,
+}
+REFERENCE_MAIN = "main_cl.py"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One benchmark row: the same protocol as flags of each program."""
+
+    name: str
+    title: str
+    tasks: int
+    iters: int
+    batch: int
+    lr: float
+    fc_units: int
+    ours: tuple[str, ...]
+    theirs: tuple[str, ...]
+
+
+# Ours: apps/train.py's flags. Theirs: the flags of main_cl.py, defined in their options.py
+# (add_*_options; set_defaults fills the rest). ``--replay=generative --brain-inspired`` is
+# their README's BI-R command: it sets --feedback, --prior=GMM, --per-class, --dg-gates,
+# --distill (and --hidden / --pre-convE / --freeze-convE, which do nothing without conv
+# layers: MNIST has --depth=0); --dg-prop defaults to 0.8 for both experiments, --dg-type
+# to "class" on splitMNIST and "task" on permMNIST. Batch, lr and units are their
+# set_defaults values for each experiment, given explicitly on both sides.
+ROWS = {
+    "split_mnist": Row(
+        name="split_mnist", title="BI-R split MNIST Class-IL", tasks=5, iters=2000,
+        batch=128, lr=0.001, fc_units=400,
+        ours=("--experiment=split_mnist", "--scenario=class", "--method=bir"),
+        theirs=("--experiment=splitMNIST", "--scenario=class", "--replay=generative",
+                "--brain-inspired"),
+    ),
+    "permuted_mnist": Row(
+        name="permuted_mnist", title="BI-R permuted MNIST Domain-IL", tasks=2, iters=200,
+        batch=256, lr=0.0001, fc_units=2000,
+        ours=("--experiment=permuted_mnist", "--scenario=domain", "--method=bir"),
+        theirs=("--experiment=permMNIST", "--scenario=domain", "--replay=generative",
+                "--brain-inspired"),
+    ),
+}
+
+VISDOM_STUB = '''"""Stand-in for visdom (benchmarks/vs_reference.py): imported, never used."""
+
+
+class Visdom:
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError("visdom is a stand-in here: run without --visdom")
+'''
+
+# What main_cl.py prints last: "=> Average accuracy over all 10 classes: 0.9055"
+# (Class-IL) or "... over all 2 tasks: 0.9712" (Task-IL and Domain-IL); also written to
+# <results-dir>/acc-<param-stamp>.txt.
+_THEIR_ACCURACY = re.compile(r"=> Average accuracy over all \d+ (?:classes|tasks): ([0-9.eE+-]+)")
+
+
+class InputError(Exception):
+    """Bad input: reported as one ``error:`` line with exit code 2."""
+
+
+@dataclass
+class Side:
+    """One program's run of one row."""
+
+    command: list[str]
+    returncode: int | None = None
+    wall_s: float | None = None
+    user_s: float | None = None
+    sys_s: float | None = None
+    peak_rss_gib: float | None = None
+    final_average_accuracy: float | None = None  # a fraction in [0, 1]
+    log: str | None = None
+
+    @property
+    def cpu_s(self) -> float | None:
+        if self.user_s is None or self.sys_s is None:
+            return None
+        return self.user_s + self.sys_s
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def as_dict(self) -> dict:
+        return {"command": self.command, "returncode": self.returncode, "wall_s": self.wall_s,
+                "cpu_s": self.cpu_s, "user_s": self.user_s, "sys_s": self.sys_s,
+                "peak_rss_gib": self.peak_rss_gib,
+                "final_average_accuracy": self.final_average_accuracy}
+
+
+# -- parsing each program's output ----------------------------------------------------------
+def parse_ours_accuracy(stdout: str) -> float | None:
+    """``final_average_accuracy`` of the last JSON line apps.train printed (a fraction)."""
+    for line in reversed(stdout.splitlines()):
+        line = line.strip()
+        if not (line.startswith("{") and "final_average_accuracy" in line):
+            continue
+        try:
+            value = json.loads(line).get("final_average_accuracy")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        return None if value is None else float(value)
+    return None
+
+
+def parse_reference_accuracy(stdout: str) -> float | None:
+    """The last "=> Average accuracy over all N classes|tasks: X" main_cl.py printed."""
+    found = _THEIR_ACCURACY.findall(stdout)
+    if not found:
+        return None
+    try:
+        return float(found[-1])
+    except ValueError:
+        return None
+
+
+# -- checks before anything runs ------------------------------------------------------------
+def mnist_files(data_dir: Path) -> dict[str, Path]:
+    """The four MNIST IDX files in ``data_dir`` (each ``.gz`` or not), checked by magic number."""
+    if not data_dir.is_dir():
+        raise InputError(f"--data_dir {data_dir} is not a directory")
+    found = {}
+    for name, magic in MNIST_FILES.items():
+        for candidate in (data_dir / name, data_dir / f"{name}.gz"):
+            if candidate.is_file():
+                break
+        else:
+            raise InputError(f"--data_dir {data_dir} has no {name}[.gz] (the four MNIST IDX "
+                             "files are needed)")
+        opener = gzip.open if candidate.suffix == ".gz" else open
+        try:
+            with opener(candidate, "rb") as f:
+                head = f.read(4)
+        except (OSError, EOFError) as e:
+            raise InputError(f"cannot read {candidate}: {e}") from None
+        if len(head) < 4 or int.from_bytes(head, "big") != magic:
+            raise InputError(f"{candidate} is not an MNIST IDX file (magic number "
+                             f"{int.from_bytes(head, 'big') if len(head) == 4 else 'missing'}, "
+                             f"expected {magic})")
+        found[name] = candidate
+    return found
+
+
+def check_reference(path: Path) -> Path:
+    if not path.exists():
+        raise InputError(f"--reference {path} does not exist (a checkout of "
+                         "GMvandeVen/brain-inspired-replay)")
+    if not path.is_dir():
+        raise InputError(f"--reference {path} is not a directory")
+    for name in (REFERENCE_MAIN, "options.py", "data/load.py"):
+        if not (path / name).is_file():
+            raise InputError(f"--reference {path} has no {name}: not a checkout of "
+                             "GMvandeVen/brain-inspired-replay")
+    return path.resolve()
+
+
+def check_reference_python(python: str) -> tuple[str, dict[str, str]]:
+    """The reference interpreter's path and its torch / torchvision versions."""
+    exe = shutil.which(python) if os.sep not in python else python
+    if exe is None or not os.path.isfile(exe) or not os.access(exe, os.X_OK):
+        raise InputError(f"--reference_python {python} is not an executable file")
+    probe = ("import json, platform, torch, torchvision; print(json.dumps({'python': "
+             "platform.python_version(), 'torch': torch.__version__, "
+             "'torchvision': torchvision.__version__}))")
+    try:
+        done = subprocess.run([exe, "-c", probe], capture_output=True, text=True, timeout=300,
+                              env=_clean_env())
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise InputError(f"--reference_python {exe} did not run: {e}") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise InputError(f"--reference_python {exe} cannot import torch and torchvision: {last}")
+    try:
+        versions = json.loads(done.stdout.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        raise InputError(f"--reference_python {exe}: unexpected output {done.stdout!r}") from None
+    return exe, versions
+
+
+def parse_rows(text: str) -> list[Row]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise InputError("--rows is empty")
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        raise InputError(f"--rows: unknown {', '.join(unknown)} (known: {', '.join(ROWS)})")
+    return [ROWS[n] for n in dict.fromkeys(names)]
+
+
+# -- the commands ---------------------------------------------------------------------------
+def scaled_iters(row: Row, scale: float) -> int:
+    return max(1, round(row.iters * scale))
+
+
+def ours_command(row: Row, iters: int, data_dir: Path, work: Path) -> list[str]:
+    return [sys.executable, "-m", "apps.train", *row.ours, f"--tasks={row.tasks}",
+            f"--iters={iters}", f"--batch={row.batch}", f"--lr={row.lr:g}",
+            f"--fc_units={row.fc_units}", f"--seed={SEED}", f"--data_dir={data_dir}",
+            f"--output_dir={work / 'out'}", f"--export_dir={work / 'export'}"]
+
+
+def reference_command(python: str, reference: Path, row: Row, iters: int, data_root: Path,
+                      work: Path) -> list[str]:
+    # main_cl.py's own flags (options.py): --no-gpus keeps it on the CPU; every folder it
+    # writes to is in the work folder; no --pdf and no --visdom (no plots).
+    return [python, str(reference / REFERENCE_MAIN), *row.theirs, f"--tasks={row.tasks}",
+            f"--iters={iters}", f"--batch={row.batch}", f"--lr={row.lr:g}",
+            f"--fc-units={row.fc_units}", f"--seed={SEED}", "--no-gpus",
+            f"--data-dir={data_root}", f"--model-dir={work / 'models'}",
+            f"--plot-dir={work / 'plots'}", f"--results-dir={work / 'results'}"]
+
+
+def prepare_reference_data(files: dict[str, Path], root: Path) -> Path:
+    """torchvision's MNIST layout (``<root>/mnist/MNIST/raw/<name>``, uncompressed) of ``files``.
+
+    Their data/load.py opens ``datasets.MNIST('<data-dir>/mnist', download=True)``, which
+    downloads only when these four files are not there.
+    """
+    raw = root / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, src in files.items():
+        if src.suffix == ".gz":
+            with gzip.open(src, "rb") as fin, open(raw / name, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+        else:
+            os.symlink(src.resolve(), raw / name)
+    return root
+
+
+def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(extra or {})
+    return env
+
+
+# -- running --------------------------------------------------------------------------------
+def run_timed(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> Side:
+    """Run ``command`` to its end; wall, user, sys time and peak RSS from ``os.wait4``."""
+    side = Side(command=command, log=str(log))
+    with open(log, "w") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        side.wall_s = time.perf_counter() - start
+    proc.returncode = side.returncode = os.waitstatus_to_exitcode(status)
+    side.user_s, side.sys_s = usage.ru_utime, usage.ru_stime
+    side.peak_rss_gib = usage.ru_maxrss / 1024**2  # KiB on Linux
+    return side
+
+
+def log_tail(path: str | None, lines: int = 15) -> str:
+    if not path:
+        return ""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+    # their tqdm bars redraw with carriage returns: keep the last state of each line
+    kept = [ln.rsplit("\r", 1)[-1] for ln in text.splitlines()]
+    return "\n".join(kept[-lines:])
+
+
+# -- machine and versions -------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_commit(path: Path, *pathspecs: str) -> str:
+    """``HEAD``'s short hash, "+ local changes" when tracked files (``pathspecs``) differ."""
+    try:
+        head = subprocess.run(["git", "-C", str(path), "rev-parse", "--short=12", "HEAD"],
+                              capture_output=True, text=True, timeout=30)
+        if head.returncode != 0:
+            return "unknown (not a git checkout)"
+        status = subprocess.run(["git", "-C", str(path), "status", "--porcelain",
+                                 "--untracked-files=no", "--", *(pathspecs or (".",))],
+                                capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    dirty = " + local changes" if status.returncode == 0 and status.stdout.strip() else ""
+    return head.stdout.strip() + dirty
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def machine() -> dict:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable,
+            "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+# -- the table ------------------------------------------------------------------------------
+def _num(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _cells(side: Side | None) -> list[str]:
+    if side is None:
+        return ["not run"] + [""] * 3
+    if not side.ok:
+        return [f"failed (exit {side.returncode})", _num(side.cpu_s, 0),
+                _num(side.peak_rss_gib, 2), "n/a"]
+    acc = side.final_average_accuracy
+    return [_num(side.wall_s, 1), _num(side.cpu_s, 0), _num(side.peak_rss_gib, 2),
+            "n/a" if acc is None else f"{100 * acc:.2f}"]
+
+
+def ratio(ours: Side | None, theirs: Side | None) -> float | None:
+    if ours is None or theirs is None or not (ours.ok and theirs.ok) or not ours.wall_s:
+        return None
+    return theirs.wall_s / ours.wall_s
+
+
+def row_label(row: Row, iters: int) -> str:
+    return f"{row.title}, {row.tasks} tasks x {iters} iters, seed {SEED}"
+
+
+def format_table(results: list[dict], info: dict) -> str:
+    """Markdown: the machine and versions, then one line per row.
+
+    ``results``: dicts with ``row`` (a Row), ``iters``, ``ours`` and ``reference`` (Side or
+    None). ``info``: ``machine``, ``ours``, ``reference``, ``date``, ``iters_scale``.
+    """
+    m, o, r = info["machine"], info["ours"], info["reference"]
+    lines = [
+        f"CPU: {m['cpu']}, {m['cores']} cores ({m.get('usable_cores', m['cores'])} usable); "
+        f"load average at start {', '.join(f'{x:.2f}' for x in m.get('load_avg_at_start', []))}",
+        f"bir_keras: commit {o['commit']} (Python {o['python']}, TensorFlow {o['tensorflow']}, "
+        f"Keras {o['keras']})",
+        f"authors' code: commit {r['commit']} (Python {r['python']}, torch {r['torch']}, "
+        f"torchvision {r['torchvision']})",
+        f"date: {info['date']}",
+    ]
+    if info.get("iters_scale", 1.0) != 1.0:
+        lines.append(f"**iterations scaled by {info['iters_scale']:g}: a quick check that both "
+                     "programs run, not a measurement**")
+    lines += [
+        "",
+        "| run | bir_keras wall (s) | CPU (s) | peak RSS (GiB) | final avg acc (%) "
+        "| authors' wall (s) | CPU (s) | peak RSS (GiB) | final avg acc (%) "
+        "| ratio (their wall / ours) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for res in results:
+        q = ratio(res["ours"], res["reference"])
+        cells = [row_label(res["row"], res["iters"]), *_cells(res["ours"]),
+                 *_cells(res["reference"]), "n/a" if q is None else f"{q:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def to_json(results: list[dict], info: dict) -> dict:
+    rows = []
+    for res in results:
+        row = res["row"]
+        rows.append({"row": row.name, "label": row_label(row, res["iters"]), "tasks": row.tasks,
+                     "iters": res["iters"], "batch": row.batch, "lr": row.lr,
+                     "fc_units": row.fc_units, "seed": SEED,
+                     "ours": res["ours"].as_dict() if res["ours"] else None,
+                     "reference": res["reference"].as_dict() if res["reference"] else None,
+                     "ratio_wall": ratio(res["ours"], res["reference"])})
+    return {**info, "rows": rows}
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary file beside it, then os.replace)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- main -----------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m benchmarks.vs_reference",
+                description="Time bir_keras and the authors' code side by side.")
+    p.add_argument("--reference", required=True,
+                   help="a checkout of GMvandeVen/brain-inspired-replay")
+    p.add_argument("--data_dir", required=True, help="the four MNIST IDX files (.gz or not)")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated: {', '.join(ROWS)}")
+    p.add_argument("--iters_scale", type=float, default=1.0,
+                   help="multiply the iterations per task (quick check; default 1)")
+    p.add_argument("--reference_python", default="python3",
+                   help="a Python with torch and torchvision for their code (default python3)")
+    p.add_argument("--out", default=None, help="also write the numbers to this JSON file")
+    p.add_argument("--keep_work_dir", action="store_true",
+                   help="keep the temporary folder with both programs' logs and outputs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if not args.iters_scale > 0 or args.iters_scale != args.iters_scale:
+            raise InputError(f"--iters_scale must be > 0, got {args.iters_scale}")
+        rows = parse_rows(args.rows)
+        reference = check_reference(Path(args.reference).expanduser())
+        data_dir = Path(args.data_dir).expanduser().resolve()
+        files = mnist_files(data_dir)
+        out = Path(args.out).expanduser() if args.out else None
+        if out is not None and out.is_dir():
+            raise InputError(f"--out {out} is a directory")
+        python, ref_versions = check_reference_python(args.reference_python)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    info = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": machine(),
+        "iters_scale": args.iters_scale,
+        "ours": {"commit": git_commit(REPO_ROOT, "bir_keras", "apps"),
+                 "python": platform.python_version(), "tensorflow": _version("tensorflow"),
+                 "keras": _version("keras")},
+        "reference": {"path": str(reference), "commit": git_commit(reference, "*.py"),
+                      "python_exe": python, **ref_versions},
+        "data_dir": str(data_dir),
+    }
+    work = Path(tempfile.mkdtemp(prefix="vs_reference-"))
+    failed = finished = False
+    results = []
+    try:
+        ref_data = prepare_reference_data(files, work / "reference_data")
+        stub = work / "stub"
+        (stub / "visdom").mkdir(parents=True)
+        (stub / "visdom" / "__init__.py").write_text(VISDOM_STUB)
+        ours_env = _clean_env()
+        ref_env = _clean_env({"PYTHONPATH": str(stub), "MPLBACKEND": "Agg"})
+        for row in rows:
+            iters = scaled_iters(row, args.iters_scale)
+            res = {"row": row, "iters": iters, "ours": None, "reference": None}
+            results.append(res)
+
+            ours_work = work / row.name / "ours"
+            ours_work.mkdir(parents=True)
+            cmd = ours_command(row, iters, data_dir, ours_work)
+            print(f"[{row.name}] bir_keras: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+            side = run_timed(cmd, REPO_ROOT, ours_env, ours_work / "log.txt")
+            side.final_average_accuracy = parse_ours_accuracy(Path(side.log).read_text(
+                errors="replace"))
+            res["ours"] = side
+            _report(side)
+
+            ref_work = work / row.name / "reference"
+            ref_work.mkdir(parents=True)
+            cmd = reference_command(python, reference, row, iters, ref_data, ref_work)
+            print(f"[{row.name}] authors' code: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+            side = run_timed(cmd, ref_work, ref_env, ref_work / "log.txt")
+            side.final_average_accuracy = parse_reference_accuracy(Path(side.log).read_text(
+                errors="replace"))
+            res["reference"] = side
+            _report(side)
+            failed |= not (res["ours"].ok and res["reference"].ok)
+        finished = True
+    except KeyboardInterrupt:
+        print(f"interrupted; logs kept in {work}", file=sys.stderr)
+        return 130
+    finally:
+        if finished and not (failed or args.keep_work_dir):
+            shutil.rmtree(work, ignore_errors=True)
+    if failed:
+        print(f"a side failed; logs kept in {work}", file=sys.stderr)
+    elif args.keep_work_dir:
+        print(f"logs and outputs kept in {work}", file=sys.stderr)
+
+    print(format_table(results, info))
+    if out is not None:
+        write_json(out, to_json(results, info))
+        print(f"wrote {out}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _report(side: Side) -> None:
+    if side.ok:
+        acc = side.final_average_accuracy
+        print(f"  done: {side.wall_s:.1f} s wall, {side.cpu_s:.0f} s CPU, "
+              f"{side.peak_rss_gib:.2f} GiB peak, final average accuracy "
+              f"{'n/a' if acc is None else f'{100 * acc:.2f}'}", file=sys.stderr, flush=True)
+    else:
+        print(f"  failed with exit {side.returncode}; last lines of {side.log}:\n"
+              f"{log_tail(side.log)}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

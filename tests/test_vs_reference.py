@@ -1,0 +1,237 @@
+"""benchmarks/vs_reference.py without the authors' code, torch or training: the parsers, the
+table, the commands and the refusal of bad input (exit 2 before anything runs)."""
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import vs_reference as vr
+
+MNIST = Path("/work/shared/data/mnist")
+
+
+def _fake_reference(root: Path) -> Path:
+    ref = root / "ref"
+    (ref / "data").mkdir(parents=True)
+    for name in ("main_cl.py", "options.py", "data/load.py"):
+        (ref / name).write_text("")
+    return ref
+
+
+def _fake_mnist(root: Path, gz: bool = True, bad: str | None = None) -> Path:
+    d = root / "mnist"
+    d.mkdir()
+    for name, magic in vr.MNIST_FILES.items():
+        head = (0 if name == bad else magic).to_bytes(4, "big") + bytes(12)
+        if gz:
+            with gzip.open(d / f"{name}.gz", "wb") as f:
+                f.write(head)
+        else:
+            (d / name).write_bytes(head)
+    return d
+
+
+@pytest.fixture
+def no_process(monkeypatch):
+    """Fail the test if anything is started."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"started a process: {args}")
+
+    monkeypatch.setattr(vr.subprocess, "Popen", refuse)
+    monkeypatch.setattr(vr.subprocess, "run", refuse)
+
+
+OURS_OUT = """task 4/5: average accuracy 0.8119 [0.6230 0.8283 0.8532 0.9432] (0.8s)
+task 5/5: average accuracy 0.8011 [0.5393 0.8036 0.8175 0.8863 0.9586] (0.8s)
+{"final_average_accuracy": 0.8010725401941692, "output_dir": "o", "method": "bir"}
+"""
+
+THEIRS_OUT = """Training...
+ <VAE> | Task: 5/5 | training loss: 1.2 | training accuracy: 0.9 |: 100%|###| 40/40\r
+ --> saved model mM-splitMNIST5-class--VAE=F-784x400x400 to /tmp/m
+
+
+EVALUATION RESULTS:
+
+ Accuracy of final model on test-set:
+ - For classes from task 1: 0.4449
+ - For classes from task 5: 0.9600
+=> Average accuracy over all 10 classes: 0.7982
+
+"""
+
+
+def test_parse_ours_accuracy():
+    assert vr.parse_ours_accuracy(OURS_OUT) == pytest.approx(0.8010725401941692)
+    assert vr.parse_ours_accuracy("task 1/5: average accuracy 0.99\n{not json\n") is None
+    assert vr.parse_ours_accuracy("") is None
+    assert vr.parse_ours_accuracy('{"final_average_accuracy": null}\n') is None
+
+
+def test_parse_reference_accuracy():
+    assert vr.parse_reference_accuracy(THEIRS_OUT) == pytest.approx(0.7982)
+    domain = "=> Average accuracy over all 2 tasks: 0.4958\n"
+    assert vr.parse_reference_accuracy(domain) == pytest.approx(0.4958)
+    assert vr.parse_reference_accuracy("Training...\n - Task 1: 0.9\n") is None
+
+
+def _info(scale=1.0):
+    return {"date": "2026-01-01T00:00:00+00:00", "iters_scale": scale,
+            "machine": {"cpu": "AMD EPYC", "cores": 2, "usable_cores": 2,
+                        "load_avg_at_start": [0.1, 0.2, 0.3]},
+            "ours": {"commit": "abc123", "python": "3.11", "tensorflow": "2.21", "keras": "3.15"},
+            "reference": {"commit": "1a030f75666c", "python": "3.11", "torch": "2.14.1",
+                          "torchvision": "0.29.1"}}
+
+
+def _side(wall, user, sys_, rss, acc, rc=0):
+    return vr.Side(command=["x"], returncode=rc, wall_s=wall, user_s=user, sys_s=sys_,
+                   peak_rss_gib=rss, final_average_accuracy=acc)
+
+
+def test_format_table():
+    results = [
+        {"row": vr.ROWS["split_mnist"], "iters": 2000,
+         "ours": _side(199.9, 300.0, 16.0, 1.34, 0.9085),
+         "reference": _side(467.1, 800.0, 31.0, 0.95, 0.9055)},
+        {"row": vr.ROWS["permuted_mnist"], "iters": 200,
+         "ours": _side(116.4, 150.0, 10.0, 1.9, 0.95),
+         "reference": _side(175.1, 200.0, 9.0, 1.4, None, rc=1)},
+    ]
+    table = vr.format_table(results, _info())
+    lines = table.splitlines()
+    assert lines[0].startswith("CPU: AMD EPYC, 2 cores")
+    assert "commit abc123" in lines[1] and "TensorFlow 2.21" in lines[1]
+    assert "commit 1a030f75666c" in lines[2] and "torch 2.14.1" in lines[2]
+    assert lines[3] == "date: 2026-01-01T00:00:00+00:00"
+    assert "not a measurement" not in table
+    header = next(i for i, ln in enumerate(lines) if ln.startswith("| run |"))
+    assert "ratio (their wall / ours)" in lines[header]
+    assert lines[header + 1].startswith("|---|")
+    row1 = [c.strip() for c in lines[header + 2].strip("|").split("|")]
+    assert row1 == ["BI-R split MNIST Class-IL, 5 tasks x 2000 iters, seed 12", "199.9", "316",
+                    "1.34", "90.85", "467.1", "831", "0.95", "90.55", "2.34"]
+    row2 = [c.strip() for c in lines[header + 3].strip("|").split("|")]
+    assert row2[0] == "BI-R permuted MNIST Domain-IL, 2 tasks x 200 iters, seed 12"
+    assert row2[5] == "failed (exit 1)" and row2[-1] == "n/a"
+    assert len(row1) == len(row2) == 10
+    assert "not a measurement" in vr.format_table(results[:1], _info(scale=0.02))
+
+
+def test_to_json_and_atomic_write(tmp_path):
+    results = [{"row": vr.ROWS["split_mnist"], "iters": 40,
+                "ours": _side(10.0, 9.0, 1.0, 1.0, 0.8),
+                "reference": _side(20.0, 19.0, 1.0, 1.0, 0.7)}]
+    out = tmp_path / "sub" / "vs.json"
+    vr.write_json(out, vr.to_json(results, _info(0.02)))
+    data = json.loads(out.read_text())
+    assert [p.name for p in out.parent.iterdir()] == ["vs.json"]
+    row = data["rows"][0]
+    assert row["row"] == "split_mnist" and row["iters"] == 40 and row["seed"] == 12
+    assert row["ratio_wall"] == pytest.approx(2.0)
+    assert row["ours"]["cpu_s"] == pytest.approx(10.0)
+    assert data["iters_scale"] == 0.02
+
+
+def test_commands_same_seed_iters_and_files(tmp_path):
+    row = vr.ROWS["split_mnist"]
+    assert vr.scaled_iters(row, 1.0) == 2000 and vr.scaled_iters(row, 0.02) == 40
+    assert vr.scaled_iters(vr.ROWS["permuted_mnist"], 1e-6) == 1
+    ours = vr.ours_command(row, 40, tmp_path / "data", tmp_path / "w")
+    theirs = vr.reference_command("py", tmp_path / "ref", row, 40, tmp_path / "rd", tmp_path / "w")
+    assert ours[1:3] == ["-m", "apps.train"] and theirs[1].endswith("main_cl.py")
+    for flag in ("--seed=12", "--iters=40", "--tasks=5", "--batch=128", "--lr=0.001"):
+        assert flag in ours and flag in theirs
+    assert "--method=bir" in ours and "--fc_units=400" in ours
+    assert "--brain-inspired" in theirs and "--replay=generative" in theirs
+    assert "--fc-units=400" in theirs and "--no-gpus" in theirs
+    perm = vr.ROWS["permuted_mnist"]
+    theirs = vr.reference_command("py", tmp_path, perm, 200, tmp_path, tmp_path)
+    assert "--experiment=permMNIST" in theirs and "--scenario=domain" in theirs
+    assert "--tasks=2" in theirs and "--lr=0.0001" in theirs
+
+
+def test_reference_data_layout(tmp_path):
+    files = vr.mnist_files(_fake_mnist(tmp_path))
+    root = vr.prepare_reference_data(files, tmp_path / "rd")
+    raw = root / "mnist" / "MNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(vr.MNIST_FILES)
+    assert (raw / "t10k-labels-idx1-ubyte").read_bytes()[:4] == (2049).to_bytes(4, "big")
+
+
+def _main(capsys, *argv):
+    with pytest.raises(SystemExit) as e:
+        raise SystemExit(vr.main(list(argv)))
+    err = capsys.readouterr().err.strip()
+    return e.value.code, err
+
+
+def test_missing_reference_refused(tmp_path, capsys, no_process):
+    code, err = _main(capsys, f"--reference={tmp_path / 'nope'}",
+                      f"--data_dir={_fake_mnist(tmp_path)}")
+    assert code == 2 and err.startswith("error: --reference") and "\n" not in err
+
+
+def test_reference_without_main_refused(tmp_path, capsys, no_process):
+    code, err = _main(capsys, f"--reference={tmp_path}", f"--data_dir={_fake_mnist(tmp_path)}")
+    assert code == 2 and "main_cl.py" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("how", ["missing", "bad_magic"])
+def test_bad_data_refused(tmp_path, capsys, no_process, how):
+    ref = _fake_reference(tmp_path)
+    if how == "missing":
+        data = tmp_path / "empty"
+        data.mkdir()
+    else:
+        data = _fake_mnist(tmp_path, gz=False, bad="train-labels-idx1-ubyte")
+    code, err = _main(capsys, f"--reference={ref}", f"--data_dir={data}")
+    assert code == 2 and err.startswith("error: ") and "\n" not in err
+    assert ("has no train-images" in err) if how == "missing" else ("not an MNIST IDX" in err)
+
+
+def test_missing_reference_python_refused(tmp_path, capsys, no_process):
+    code, err = _main(capsys, f"--reference={_fake_reference(tmp_path)}",
+                      f"--data_dir={_fake_mnist(tmp_path)}",
+                      f"--reference_python={tmp_path / 'no' / 'python'}")
+    assert code == 2 and err.startswith("error: --reference_python") and "\n" not in err
+
+
+def test_bad_flags_refused(tmp_path, capsys, no_process):
+    ref, data = _fake_reference(tmp_path), _fake_mnist(tmp_path)
+    code, err = _main(capsys, f"--reference={ref}", f"--data_dir={data}", "--rows=cifar")
+    assert code == 2 and "unknown cifar" in err
+    code, err = _main(capsys, f"--reference={ref}", f"--data_dir={data}", "--iters_scale=-1")
+    assert code == 2 and "--iters_scale" in err
+    code, err = _main(capsys, f"--data_dir={data}")
+    assert code == 2 and err.startswith("error:") and "--reference" in err
+
+
+def test_reference_python_without_torch_refused(tmp_path, capsys):
+    """This interpreter has no torch (or, if it has, the probe reads its versions)."""
+    ref, data = _fake_reference(tmp_path), _fake_mnist(tmp_path)
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        code, err = _main(capsys, f"--reference={ref}", f"--data_dir={data}",
+                          f"--reference_python={sys.executable}")
+        assert code == 2 and "cannot import torch" in err and "\n" not in err
+    else:
+        pytest.skip("this Python has torch")
+
+
+@pytest.mark.skipif(not MNIST.is_dir(), reason="no local MNIST files")
+def test_real_mnist_files_accepted():
+    assert set(vr.mnist_files(MNIST)) == set(vr.MNIST_FILES)
+
+
+def test_module_runs_as_script(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "benchmarks.vs_reference",
+                           f"--reference={tmp_path / 'nope'}", f"--data_dir={tmp_path}"],
+                          capture_output=True, text=True, cwd=vr.REPO_ROOT, timeout=60)
+    assert done.returncode == 2 and done.stderr.startswith("error: --reference")
+    assert done.stdout == ""
