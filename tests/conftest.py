@@ -189,3 +189,21 @@ def tiny_setup(blobs):
         return resolve(cfg, proto.conv), proto
 
     return make
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run the tests marked slow (whole grids, minutes each)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a whole grid of combinations; run with --run-slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="a whole grid (minutes): run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
