@@ -457,7 +457,9 @@ class Trainer:
         draws = Draws(idx=self.draw_batch(data, ctx, plan), own=self.draw(ctx, plan))
         per_replica = self.strategy.run(functools.partial(self._replica_step, plan=plan),
                                         args=(data, ctx, draws))
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        # term by term: a strategy reduces one (per-replica) tensor at a time
+        return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                for k, v in per_replica.items()}
 
     def _steps(self, data: TaskData, ctx: StepContext, plan: Plan,
                n: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
