@@ -254,8 +254,6 @@ class Trainer:
             # iterations run in the current task: which epoch and batch ``draw`` is at
             self.batch_counter = tf.Variable(0, trainable=False, name="batch_counter")
         self.jit_compile = self._use_xla(config.jit_compile)
-        self._step_fn = tf.function(self._step, reduce_retracing=True,
-                                    jit_compile=self.jit_compile or None)
         self._steps_fn = tf.function(self._steps, reduce_retracing=True,
                                      jit_compile=self.jit_compile or None)
         self._eval_fn = tf.function(self._eval_batch, reduce_retracing=True)
@@ -272,8 +270,9 @@ class Trainer:
         Called while the networks are built, before any optimiser or regulariser sees
         their variables."""
         trunk = getattr(network, "trunk", None)
-        if trunk is not None and self.trunk_weights is not None:
-            trunk.set_weights(self.trunk_weights)
+        if trunk is not None:
+            if self.trunk_weights is not None:
+                trunk.set_weights(self.trunk_weights)
             trunk.trainable = not self.config.freeze_convE
         return network
 
