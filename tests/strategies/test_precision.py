@@ -12,8 +12,11 @@ from bir_keras.config import ConfigError
 from bir_keras.strategies import make_trainer
 
 
-@pytest.mark.parametrize("method", [dict(replay="generative", brain_inspired=True, si=True),
-                                    dict(replay="generative", ewc=True)], ids=["bir_si", "gr_ewc"])
+# BI-R + SI in the suite; GR + EWC (a separate generator, EWC's Fisher) with --run-slow
+@pytest.mark.parametrize("method", [
+    dict(replay="generative", brain_inspired=True, si=True),
+    pytest.param(dict(replay="generative", ewc=True), marks=pytest.mark.slow)],
+    ids=["bir_si", "gr_ewc"])
 def test_mixed_bfloat16_computes_in_bfloat16_and_keeps_float32_state(tiny_setup, tmp_path,
                                                                      method):
     cfg, proto = tiny_setup("class", tasks=2, iters=15, precision="mixed_bfloat16", **method)
