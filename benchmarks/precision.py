@@ -7,7 +7,8 @@ Rows: ``split_mnist`` (Class-IL, the paper's settings: 5 tasks x 2000 iterations
 ``permuted_mnist`` (BI-R, Domain-IL, 2 tasks, the paper's networks). Each run is its own
 process (``apps.train``, default flags but ``--precision``); the table gives per method and
 precision the mean final average accuracy over the seeds (and each seed's), and the mean
-wall and CPU seconds per run. Results are written atomically to ``--out`` (JSON).
+wall and CPU seconds per run. Results are written atomically to ``--out`` (JSON; an
+existing file only if this benchmark wrote it, with ``--overwrite``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import check_out, write_out
+from bir_keras.rundirs import PathRefused
+
+PROGRAM = "benchmarks.precision"
+
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = {"split_mnist": ["--experiment=split_mnist", "--scenario=class"],
         "permuted_mnist": ["--experiment=permuted_mnist", "--scenario=domain", "--tasks=2"]}
@@ -39,11 +45,14 @@ def run_one(row: str, method: str, seed: int, precision: str, data_dir: str,
            f"--output_dir={scratch / name}", f"--export_dir={scratch / (name + '-export')}",
            *extra]
     start = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.time() - start
-    out, err = proc.stdout.read(), proc.stderr.read()
+    # output to files (a pipe left unread while waiting could fill and stall the run)
+    with open(scratch / f"{name}.out", "w+") as fout, open(scratch / f"{name}.err", "w+") as ferr:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fout, stderr=ferr, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.time() - start
+        fout.seek(0)
+        ferr.seek(0)
+        out, err = fout.read(), ferr.read()
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise RuntimeError(f"{name}: exit {code}: {err.strip().splitlines()[-1:]}")
@@ -81,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="bir,generative")
     parser.add_argument("--seeds", default="12,13,14")
     parser.add_argument("--out", help="write the results as JSON")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out if an earlier run of this benchmark wrote it")
     parser.add_argument("--extra", default="", help="more apps.train flags, space-separated "
                         "(e.g. --iters=100 for a quick check)")
     args = parser.parse_args(argv)
@@ -93,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.data_dir).is_dir():
         print(f"error: --data_dir={args.data_dir} is not a directory", file=sys.stderr)
         return 2
+    if args.out:
+        try:
+            check_out(args.out, args.overwrite, PROGRAM)
+        except PathRefused as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     results = []
     with tempfile.TemporaryDirectory(prefix="bir_keras-precision-") as scratch:
         for row in rows:
@@ -106,10 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(json.dumps(r), flush=True)
     print(table(results))
     if args.out:
-        out = Path(args.out)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"cpu": _cpu(), "results": results}, indent=1) + "\n")
-        os.replace(tmp, out)
+        write_out(Path(args.out), {"cpu": _cpu(), "results": results}, PROGRAM)
     return 0
 
 

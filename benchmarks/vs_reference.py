@@ -37,7 +37,8 @@ tasks' full test sets after the last task) is read from each program's output.
 that both programs run, not a measurement (the table says so).
 
 Prints a Markdown table to stdout (progress to stderr) and, with ``--out``, writes the
-numbers as JSON (atomically). Bad input (no reference checkout or no ``main_cl.py`` in it,
+numbers as JSON (atomically; an existing file only if this benchmark wrote it, with
+``--overwrite``). Bad input (no reference checkout or no ``main_cl.py`` in it,
 missing or malformed MNIST files, a reference Python that is missing or cannot import
 torch) is refused with a one-line ``error:`` and exit code 2 before anything is run; a
 side that fails gives exit code 1 after the table.
@@ -60,6 +61,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from benchmarks import check_out, write_out
+from bir_keras.rundirs import PathRefused
+
+PROGRAM = "benchmarks.vs_reference"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEED = 12
@@ -460,22 +466,6 @@ def to_json(results: list[dict], info: dict) -> dict:
     return {**info, "rows": rows}
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write ``data`` to ``path`` atomically (a temporary file beside it, then os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # -- main -----------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2
@@ -495,6 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference_python", default="python3",
                    help="a Python with torch and torchvision for their code (default python3)")
     p.add_argument("--out", default=None, help="also write the numbers to this JSON file")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if an earlier run of this benchmark wrote it")
     p.add_argument("--keep_work_dir", action="store_true",
                    help="keep the temporary folder with both programs' logs and outputs")
     return p
@@ -510,8 +502,11 @@ def main(argv: list[str] | None = None) -> int:
         data_dir = Path(args.data_dir).expanduser().resolve()
         files = mnist_files(data_dir)
         out = Path(args.out).expanduser() if args.out else None
-        if out is not None and out.is_dir():
-            raise InputError(f"--out {out} is a directory")
+        if out is not None:
+            try:
+                check_out(out, args.overwrite, PROGRAM)
+            except PathRefused as e:
+                raise InputError(str(e)) from None
         python, ref_versions = check_reference_python(args.reference_python)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -577,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(format_table(results, info))
     if out is not None:
-        write_json(out, to_json(results, info))
+        write_out(out, to_json(results, info), PROGRAM)
         print(f"wrote {out}", file=sys.stderr)
     return 1 if failed else 0
 

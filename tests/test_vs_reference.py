@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import check_out
 from benchmarks import vs_reference as vr
+from bir_keras.rundirs import PathRefused
 
 MNIST = Path("/work/shared/data/mnist")
 
@@ -127,9 +129,21 @@ def test_to_json_and_atomic_write(tmp_path):
                 "ours": _side(10.0, 9.0, 1.0, 1.0, 0.8),
                 "reference": _side(20.0, 19.0, 1.0, 1.0, 0.7)}]
     out = tmp_path / "sub" / "vs.json"
-    vr.write_json(out, vr.to_json(results, _info(0.02)))
+    vr.write_out(out, vr.to_json(results, _info(0.02)), vr.PROGRAM)
     data = json.loads(out.read_text())
     assert [p.name for p in out.parent.iterdir()] == ["vs.json"]
+    assert data["written_by"] == "benchmarks.vs_reference"
+    # an earlier result of this benchmark is replaced only with --overwrite; a user's file never
+    with pytest.raises(PathRefused, match="--overwrite"):
+        check_out(out, False, vr.PROGRAM)
+    check_out(out, True, vr.PROGRAM)
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"my": "notes"}')
+    with pytest.raises(PathRefused, match="not written by"):
+        check_out(mine, True, vr.PROGRAM)
+    with pytest.raises(PathRefused):
+        vr.write_out(mine, {}, vr.PROGRAM)
+    assert mine.read_text() == '{"my": "notes"}'
     row = data["rows"][0]
     assert row["row"] == "split_mnist" and row["iters"] == 40 and row["seed"] == 12
     assert row["ratio_wall"] == pytest.approx(2.0)
