@@ -127,6 +127,29 @@ def test_batches_are_shuffled_epochs_without_replacement(tiny_setup):
     np.testing.assert_array_equal(tr.draw_batch(data, ctx, plan).numpy(), epochs[0][:32])
 
 
+@pytest.mark.parametrize("method", [{}, {"replay": "offline"}])
+def test_epoch_order_sorted_once_gives_the_indices_of_sorting_every_batch(tiny_setup, method):
+    # draw_batch keeps each part's epoch order in a cache; compiled (XLA, as the step) over
+    # two epochs and a change of task, its indices are those drawn with the cache emptied
+    # before every batch (the permutation sorted again each time)
+    cfg, proto = tiny_setup("task", tasks=3, batch=32, **method)
+    tr = make_trainer(cfg, proto, verbose=False)
+    draw = tf.function(lambda data, ctx: tr.draw_batch(data, ctx, plan), jit_compile=True)
+    for t in (1, 2):
+        data, ctx, plan = _pad_samples(tr.task_data(t)), tr.step_context(t), tr.plan(t)
+        per_epoch = int(tf.reduce_min(data.sizes)) // (32 // plan.parts)
+        tr._size_draw_cache(data, plan)
+        tr.batch_counter.assign(0)
+        cached = [draw(data, ctx).numpy() for _ in range(2 * per_epoch + 1)]
+        tr.batch_counter.assign(0)
+        fresh = []
+        for _ in cached:
+            tr._epoch_key.assign(tf.fill([plan.parts], tf.constant(-1, tf.int64)))
+            fresh.append(draw(data, ctx).numpy())
+        np.testing.assert_array_equal(np.stack(cached), np.stack(fresh))
+        assert not np.array_equal(cached[0], cached[per_epoch])   # a new epoch, a new order
+
+
 def test_joint_task_il_deals_the_batch_over_the_tasks(tiny_setup):
     cfg, proto = tiny_setup("task", tasks=3, batch=32, replay="offline")
     tr = make_trainer(cfg, proto, verbose=False)
