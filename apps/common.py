@@ -27,6 +27,7 @@ from bir_keras.config import (
     STRATEGIES,
     Config,
     ConfigError,
+    check_method_flags,
     method_label,
     method_settings,
 )
@@ -359,6 +360,9 @@ def config_from_flags(f) -> Config:
         if field.name in f:
             values[field.name] = f[field.name].value
     if f.method:
+        # a flag given against the method is refused, even at its default value (which
+        # ``Config`` alone cannot tell from not given)
+        check_method_flags(f.method, {k: values[k] for k in values if f[k].present})
         for k, v in method_settings(f.method, f.experiment, f.scenario).items():
             if not f[k].present:
                 values[k] = v

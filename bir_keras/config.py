@@ -18,7 +18,8 @@ class Config:
 
     experiment: str = "split_mnist"
     scenario: str = "class"
-    # the --method shorthand the flags came from (recorded only; the flags it set are below)
+    # a named method of the paper (``METHODS``): ``resolve`` sets its flags where they are
+    # left at their defaults and refuses a flag that contradicts it
     method: str | None = None
     tasks: int | None = None
     iters: int | None = None
@@ -202,6 +203,35 @@ def method_label(c: Config) -> str:
     return "+".join(parts) or "none"
 
 
+def with_method(config: Config) -> Config:
+    """A copy of ``config`` with its named method's flags (``METHODS``) set where they are
+    at their defaults: ``Config(method="bir")`` is BI-R, as ``--method=bir`` is, not a
+    plain classifier under BI-R's name. A flag set otherwise than the method has it is
+    refused (``check_method_flags``)."""
+    c = dataclasses.replace(config)
+    if c.method is None:
+        return c
+    defaults = Config()
+    check_method_flags(c.method, {k: getattr(c, k) for k in METHODS.get(c.method, {})
+                                  if getattr(c, k) != getattr(defaults, k)})
+    for k, v in METHODS[c.method].items():
+        setattr(c, k, v)
+    return c
+
+
+def check_method_flags(method: str, given: dict[str, Any]) -> None:
+    """Refuse flags ``given`` for the named ``method`` that contradict it (``--method=bir
+    --replay=none``): the one home of this rule (``with_method`` and the apps, which can
+    tell a flag given at its default value from one not given)."""
+    check_method(method)
+    for k, v in METHODS[method].items():
+        if k in given and given[k] != v:
+            def text(x):
+                return str(x).lower() if isinstance(x, bool) else str(x)
+            raise ConfigError(f"--method={method} sets --{k}={text(v)}: it cannot be run "
+                              f"with --{k}={text(given[k])} (drop one of them)")
+
+
 def method_settings(method: str, experiment: str, scenario: str) -> dict[str, Any]:
     """Flags of a named method with the paper's hyper-parameters for the setting."""
     check_method(method)
@@ -254,7 +284,7 @@ def resolve(config: Config, conv_protocol: bool | None = None) -> Config:
     check_setting(config.experiment, config.scenario, config.tasks)
     if conv_protocol is None:
         conv_protocol = not EXPERIMENTS[config.experiment][3]
-    c = dataclasses.replace(config)
+    c = with_method(config)
     for k, v in EXPERIMENT_DEFAULTS[c.experiment].items():
         if getattr(c, k) is None:
             setattr(c, k, v)

@@ -133,3 +133,18 @@ def test_run_name_uses_the_method_label():
     assert run_name(Config(replay="current", distill=True)) == \
         "split_mnist-class-current-distill-s0"
     assert run_name(Config()) == "split_mnist-class-none-s0"
+
+
+def test_a_named_method_in_the_library_is_that_method():
+    # Config(method="bir") is BI-R, as --method=bir is (it once ran a plain classifier
+    # labelled "bir"); a field set against the method is refused
+    c = resolve(Config(method="bir"))
+    assert (c.replay, c.brain_inspired, c.feedback, c.prior, c.distill, c.dg_gates) == \
+        ("generative", True, True, "gmm", True, True)
+    assert resolve(Config(method="bir_no_dis")).distill is False
+    assert resolve(Config(method="online_ewc")).online and resolve(Config(method="si")).si
+    with pytest.raises(ConfigError, match="--method=bir sets --replay=generative: it cannot be "
+                                          "run with --replay=buffer"):
+        resolve(Config(method="bir", replay="buffer"))
+    with pytest.raises(ConfigError, match="--method=lwf sets --distill=true"):
+        resolve(Config(method="lwf", distill=False))

@@ -86,7 +86,7 @@ EXTRA_ARGS = {"positional": "extra", "gamma": "--gamma=2", "lr_nan": "--lr=nan",
     "output_under_a_file", "export_under_a_file", "nested", "resume_other_method",
     "resume_other_fc_units", "resume_not_an_export", "missing_data_dir", "xdg_class",
     "tasks_over", "buffer_brain_inspired", "foreign_file_deep_in_output", "tasks_zero",
-    "ewc_lambda_negative", "method_xdg_class", "replay_unknown",
+    "ewc_lambda_negative", "method_xdg_class", "replay_unknown", "method_against_its_flag",
 ])
 def test_refused_before_tensorflow_loads(case, tmp_path, no_tensorflow):
     out, exp = tmp_path / "out", tmp_path / "exp"
@@ -122,6 +122,9 @@ def test_refused_before_tensorflow_loads(case, tmp_path, no_tensorflow):
                             "--scenario=task (got --scenario=class)",
         "replay_unknown": "--replay must be none, offline, current, generative or buffer, "
                           "got 'bogus'",
+        # given at its default value: still a contradiction (the flag was given)
+        "method_against_its_flag": "--method=bir sets --replay=generative: it cannot be run "
+                                   "with --replay=none (drop one of them)",
         "buffer_brain_inspired": "--brain_inspired is generative replay (BI-R): it needs "
                                  "--replay=generative (got --replay=buffer)",
         "foreign_file_deep_in_output": "holds files a run does not write (tensorboard/notes.txt)",
@@ -141,6 +144,8 @@ def test_refused_before_tensorflow_loads(case, tmp_path, no_tensorflow):
         args.append("--overwrite")
     elif case == "buffer_brain_inspired":
         args += ["--replay=buffer", "--brain_inspired"]
+    elif case == "method_against_its_flag":
+        args += ["--method=bir", "--replay=none"]
     elif case == "foreign_file_deep_in_output":
         (out / "tensorboard").mkdir(parents=True)
         (out / "results.json").write_text("{}")
