@@ -232,11 +232,17 @@ def check_reference(path: Path) -> Path:
 
 
 def check_reference_python(python: str) -> tuple[str, dict[str, str]]:
-    """The reference interpreter's path and its torch / torchvision versions."""
+    """The reference interpreter's path and its torch / torchvision versions; refused unless
+    it imports every module their ``main_cl.py`` needs (a side that fails after minutes of
+    the other side's run is a wasted benchmark)."""
     exe = shutil.which(python) if os.sep not in python else python
     if exe is None or not os.path.isfile(exe) or not os.access(exe, os.X_OK):
         raise InputError(f"--reference_python {python} is not an executable file")
-    probe = ("import json, platform, torch, torchvision; print(json.dumps({'python': "
+    probe = ("import json, platform, torch, torchvision\n"
+             "for m in ('numpy', 'scipy', 'sklearn', 'matplotlib', 'tqdm'):\n"
+             "    try:\n        __import__(m)\n"
+             "    except ImportError:\n        raise SystemExit(f'no module named {m!r}')\n"
+             "print(json.dumps({'python': "
              "platform.python_version(), 'torch': torch.__version__, "
              "'torchvision': torchvision.__version__}))")
     try:
@@ -246,7 +252,8 @@ def check_reference_python(python: str) -> tuple[str, dict[str, str]]:
         raise InputError(f"--reference_python {exe} did not run: {e}") from None
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise InputError(f"--reference_python {exe} cannot import torch and torchvision: {last}")
+        raise InputError(f"--reference_python {exe} cannot import torch, torchvision, numpy, "
+                         f"scipy, scikit-learn, matplotlib and tqdm: {last}")
     try:
         versions = json.loads(done.stdout.strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError):
@@ -571,7 +578,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"logs and outputs kept in {work}", file=sys.stderr)
 
     print(format_table(results, info))
-    if out is not None:
+    if out is not None and failed:
+        # a record with a failed side measures nothing: the earlier one stays
+        print(f"{out} not written (a side failed)", file=sys.stderr)
+    elif out is not None:
         write_out(out, to_json(results, info), PROGRAM)
         print(f"wrote {out}", file=sys.stderr)
     return 1 if failed else 0

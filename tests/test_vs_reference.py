@@ -249,3 +249,42 @@ def test_module_runs_as_script(tmp_path):
                           capture_output=True, text=True, cwd=vr.REPO_ROOT, timeout=60)
     assert done.returncode == 2 and done.stderr.startswith("error: --reference")
     assert done.stdout == ""
+
+
+def test_reference_python_missing_a_module_of_theirs_refused(tmp_path, capsys):
+    # an interpreter with torch and torchvision but no scipy (their main_cl.py imports it):
+    # refused before anything runs, not after our side's minutes
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    for name in ("torch", "torchvision"):
+        (mods / f"{name}.py").write_text("__version__ = '0.0'\n")
+    (mods / "scipy.py").write_text("raise ImportError('no scipy here')\n")
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={mods} exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    code, err = _main(capsys, f"--reference={_fake_reference(tmp_path)}",
+                      f"--data_dir={_fake_mnist(tmp_path)}", f"--reference_python={python}")
+    assert code == 2 and "no module named 'scipy'" in err and "\n" not in err
+
+
+def test_a_failed_side_leaves_the_earlier_record(tmp_path, capsys, monkeypatch):
+    from benchmarks import write_out
+
+    out = tmp_path / "vs.json"
+    write_out(out, {"rows": ["an earlier measurement"]}, vr.PROGRAM)
+    before = out.read_bytes()
+    monkeypatch.setattr(vr, "check_reference_python", lambda p: (p, {"python": "3", "torch": "0", "torchvision": "0"}))
+    monkeypatch.setattr(vr, "prepare_reference_data", lambda files, root: root)
+
+    def run_timed(command, cwd, env, log):
+        Path(log).write_text("")
+        ours = command[0] == sys.executable
+        return vr.Side(command=command, returncode=0 if ours else 1, wall_s=1.0, user_s=1.0,
+                       sys_s=0.0, peak_rss_gib=0.1, log=str(log))
+
+    monkeypatch.setattr(vr, "run_timed", run_timed)
+    code, err = _main(capsys, f"--reference={_fake_reference(tmp_path)}",
+                      f"--data_dir={_fake_mnist(tmp_path)}", "--rows=split_mnist",
+                      f"--out={out}", "--overwrite", "--reference_python=python3")
+    assert code == 1 and "not written (a side failed)" in err
+    assert out.read_bytes() == before
