@@ -301,8 +301,11 @@ class Trainer:
             return bool(asked)
         if tf.config.list_logical_devices("GPU"):
             return True
-        # on a CPU: XLA's convolutions, and its bfloat16 dots (5.9 ms against oneDNN's 3.6 ms
-        # for one step of a 784-400-400-10 MLP, batch 256), are slower than TensorFlow's
+        # on a CPU: XLA's convolutions are slower than TensorFlow's, and so is XLA under
+        # bfloat16 where bfloat16 pays off at all: BI-R permuted MNIST (2x2000 units), ms per
+        # iteration without / with replay, 57 / 98 without XLA against 67 / 141 with it (with
+        # 400 units XLA wins, 4.6 / 8.4 against 6.6 / 14.2, but float32 with XLA beats both
+        # there: 3.7 / 7.9; README, Speed)
         convs = self.protocol.conv and not self.protocol.features
         return not convs and self.config.precision == "float32"
 
