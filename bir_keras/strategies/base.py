@@ -445,7 +445,9 @@ class Trainer:
         """Give the epoch-order cache the shapes of this task's padded data and parts before
         a compiled call (XLA compiles for the variables' shapes; eager calls need nothing)."""
         n_pad, n_parts = int(data.x.shape[0]), plan.parts
-        if self._epoch_order.shape != (n_pad,) or self._epoch_key.shape != (n_parts,):
+        # the values' shapes (the variables' own are [None])
+        if (tuple(self._epoch_order.read_value().shape) != (n_pad,)
+                or tuple(self._epoch_key.read_value().shape) != (n_parts,)):
             self._epoch_order.assign(tf.zeros([n_pad], tf.int32))
             self._epoch_key.assign(tf.fill([n_parts], tf.constant(-1, tf.int64)))
 

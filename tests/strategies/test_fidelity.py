@@ -148,6 +148,11 @@ def test_epoch_order_sorted_once_gives_the_indices_of_sorting_every_batch(tiny_s
             fresh.append(draw(data, ctx).numpy())
         np.testing.assert_array_equal(np.stack(cached), np.stack(fresh))
         assert not np.array_equal(cached[0], cached[per_epoch])   # a new epoch, a new order
+        # before each compiled call the cache is sized, not emptied, when its shapes fit
+        kept = tr._epoch_order.numpy()
+        tr._size_draw_cache(data, plan)
+        np.testing.assert_array_equal(tr._epoch_order.numpy(), kept)
+        assert (tr._epoch_key.numpy() >= 0).all()
 
 
 def test_joint_task_il_deals_the_batch_over_the_tasks(tiny_setup):
