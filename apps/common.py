@@ -83,10 +83,26 @@ def _gib(n: float) -> str:
     return f"{n / 2 ** 30:,.0f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:,.0f} MiB"
 
 
-def check_memory(c: Config) -> str:
-    """Refuse (``TrainingFailed``: exit 1, before any work) a config whose estimate is more
-    than the memory available; else the hint that an out-of-memory error later names."""
+def check_seeds_at_once(c: Config, k: int, resume_from: str | None) -> None:
+    """Refuse (``ConfigError``) what ``--seeds_at_once=K`` > 1 cannot pack, from the flags
+    alone (``strategies.pack.check_packable`` checks the rest once the networks exist)."""
+    if resume_from:
+        raise ConfigError("--seeds_at_once does not combine with --resume_from: resume each "
+                          "seed's export (<export_dir>/seed<s>) on its own")
+    if c.replay == "buffer":
+        raise ConfigError("--seeds_at_once does not pack --replay=buffer yet (its memory is "
+                          "written inside the step): run its seeds separately")
+    if c.strategy != "default":
+        raise ConfigError(f"--seeds_at_once packs seeds on one device: it does not combine "
+                          f"with --strategy={c.strategy}")
+
+
+def check_memory(c: Config, seeds: int = 1) -> str:
+    """Refuse (``TrainingFailed``: exit 1, before any work) a config whose estimate (times
+    the seeds trained at once) is more than the memory available; else the hint that an
+    out-of-memory error later names."""
     need, hint = memory_estimate(c)
+    need *= seeds
     from bir_keras.appfiles import available_memory
 
     free = available_memory()
@@ -332,6 +348,10 @@ def define_train_flags() -> None:
     d.DEFINE_bool("jit_compile", _D.jit_compile, "compile the training step with XLA (default: "
                   "on with one replica, except for convolutions or mixed_bfloat16 on a CPU; "
                   "off over several replicas)")
+    d.DEFINE_integer("seeds_at_once", 1, "train seeds --seed .. --seed + K - 1 of this setting "
+                     "in one process and one compiled step, vectorised over the seeds; each "
+                     "seed writes what a separate run writes, into <output_dir>/seed<s> and "
+                     "<export_dir>/seed<s> (default 1)")
     d.DEFINE_bool("deterministic", True, "deterministic ops (same seed, same numbers)")
     d.DEFINE_integer("log_every", _D.log_every, "TensorBoard loss logging interval in steps "
                      f"(default {_D.log_every})")
@@ -349,6 +369,7 @@ def validate_train_flags() -> None:
     ``bir_keras.config.resolve`` checks them, each rule once (the apps call it before
     TensorFlow loads)."""
     validate("num_logical_cpus", lambda v: v >= 0, ">= 0")
+    validate("seeds_at_once", lambda v: v >= 1, ">= 1")
     validate("progress_every", lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
     validate("checkpoint_every", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 

@@ -50,13 +50,19 @@ def check_flags():
 
     config = common.config_from_flags(FLAGS)
     resolved = resolve(config)  # every rule about the settings (bir_keras.config.check)
-    out = FLAGS.output_dir or os.path.join("runs", common.run_name(resolved))
+    k = FLAGS.seeds_at_once
+    if k > 1:
+        common.check_seeds_at_once(resolved, k, FLAGS.resume_from)
+    name = common.run_name(resolved) if k == 1 else \
+        common.run_name(resolved) + f"-{k}seeds"
+    out = FLAGS.output_dir or os.path.join("runs", name)
     export_dir = FLAGS.export_dir or str(rundirs.default_export_dir(out))
     common.check_data_dir(FLAGS.data_dir)
-    rundirs.check_run_paths(out, export_dir, FLAGS.resume_from, FLAGS.overwrite)
+    for o, e in rundirs.seed_dirs(out, export_dir, [resolved.seed + i for i in range(k)]):
+        rundirs.check_run_paths(o, e, FLAGS.resume_from, FLAGS.overwrite)
     if FLAGS.resume_from:
         rundirs.read_resume_record(FLAGS.resume_from, resolved.to_dict())
-    common.check_memory(resolved)
+    common.check_memory(resolved, k)
     return config, resolved, out, export_dir
 
 
@@ -68,9 +74,11 @@ def _main() -> int:
         with contextlib.ExitStack() as claims:
             def claim_paths() -> None:
                 # a second run on these paths is refused now, before the data loads
-                claims.enter_context(rundirs.claim(out, "--output_dir"))
-                claims.enter_context(rundirs.claim(export_dir, "--export_dir"))
-                rundirs.check_run_paths(out, export_dir, FLAGS.resume_from, FLAGS.overwrite)
+                seeds = [resolved.seed + i for i in range(FLAGS.seeds_at_once)]
+                for o, e in rundirs.seed_dirs(out, export_dir, seeds):
+                    claims.enter_context(rundirs.claim(o, "--output_dir"))
+                    claims.enter_context(rundirs.claim(e, "--export_dir"))
+                    rundirs.check_run_paths(o, e, FLAGS.resume_from, FLAGS.overwrite)
 
             # one process writes unless several workers train together (only the chief
             # writes, known once TF_CONFIG is read): claim before TensorFlow loads
@@ -87,12 +95,17 @@ def _main() -> int:
     except common.TrainingFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    c = setup.config
-    print(json.dumps({"final_average_accuracy": rec.get("final_average_accuracy"),
-                      "output_dir": out, "export_dir": rec["export_dir"],
-                      "method": rec["method"], "resume_from": rec["resume_from"],
-                      "flags": {"experiment": c.experiment, "scenario": c.scenario,
-                                "method": c.method, "replay": c.replay, "seed": c.seed}}))
+    from bir_keras import rundirs
+
+    # one line per seed
+    recs = rec if isinstance(rec, list) else [rec]
+    for r, (o, _) in zip(recs, rundirs.seed_dirs(out, export_dir, [x["flags"]["seed"] for x in recs])):
+        c = r["flags"]
+        print(json.dumps({"final_average_accuracy": r.get("final_average_accuracy"),
+                          "output_dir": o, "export_dir": r["export_dir"],
+                          "method": r["method"], "resume_from": r["resume_from"],
+                          "flags": {k: c[k] for k in ("experiment", "scenario", "method",
+                                                      "replay", "seed")}}))
     return 0
 
 
@@ -105,13 +118,15 @@ def _train(config, out: str, export_dir: str, strategy, is_chief: bool, hint: st
     from bir_keras.strategies.base import NonFiniteLoss
 
     with common.out_of_memory_names(hint):
-        setup = experiment.prepare(config)
+        # one seed: its data loaded here; several: each seed's inside ``run``
+        setup = experiment.prepare(config) if FLAGS.seeds_at_once == 1 else None
         try:
-            rec = experiment.run(setup.config, out, export_dir=export_dir,
+            rec = experiment.run(setup.config if setup else config, out, export_dir=export_dir,
                                  resume_from=FLAGS.resume_from, overwrite=FLAGS.overwrite,
                                  strategy=strategy, is_chief=is_chief, setup=setup,
                                  progress_every=FLAGS.progress_every,
-                                 checkpoint_every=FLAGS.checkpoint_every)
+                                 checkpoint_every=FLAGS.checkpoint_every,
+                                 seeds_at_once=FLAGS.seeds_at_once)
         except NonFiniteLoss as e:
             raise common.TrainingFailed(str(e)) from None
     return rec, setup

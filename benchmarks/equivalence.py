@@ -18,6 +18,11 @@ Record (at the commit whose numbers are the reference) and check::
     python -m benchmarks.equivalence --record [--data_dir=../shared/data/mnist]
     python -m benchmarks.equivalence [--data_dir=../shared/data/mnist]
 
+The cases with the mixture prior (``--prior=gmm``: BI-R and its variants, GR with
+conditional replay) were recorded again when the step started giving Adam the prior's
+summed, dense gradient (``models.layers.dense_gradients``; before, Adam squared each
+sample's slice of it): their numbers moved by design, every other case kept its record.
+
 The shipped record was made on one CPU; another CPU adds its own float reassociation, which
 over the split MNIST cases (the paper's networks, 500 iterations) grows past the
 tolerances. To check a change on a machine of your own, record at the reference commit on

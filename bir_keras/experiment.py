@@ -26,6 +26,7 @@ from bir_keras.models.layers import CONV_FEATURES, conv_trunk
 from bir_keras.salvage import RunInterrupted
 from bir_keras.strategies import make_trainer
 from bir_keras.strategies.base import NonFiniteLoss, TaskProgress, Trainer
+from bir_keras.strategies.pack import SeedPack
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONV_WEIGHTS = PACKAGE_ROOT / "saved_models" / "cifar10_conv" / "conv_trunk.weights.h5"
@@ -159,7 +160,8 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
         resume_from: str | None = None, overwrite: bool = False,
         strategy: tf.distribute.Strategy | None = None, is_chief: bool = True,
         verbose: bool = True, setup: Setup | None = None,
-        progress_every: float | None = 30.0, checkpoint_every: float | None = 5.0) -> dict:
+        progress_every: float | None = 30.0, checkpoint_every: float | None = 5.0,
+        seeds_at_once: int = 1) -> dict | list[dict]:
     """Train, evaluate after each task, export after each task, write results atomically.
 
     The chief claims ``output_dir`` and ``export_dir`` for the whole run
@@ -167,132 +169,191 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
     minutes inside a task (None or 0: never) the task's progress is saved into
     ``<export_dir>/task_progress``, from which ``resume_from`` continues mid-task. When
     ``verbose`` and stdout is not a terminal (no progress bar), a progress line is printed
-    every ``progress_every`` seconds inside a task."""
+    every ``progress_every`` seconds inside a task.
+
+    ``seeds_at_once`` = K > 1 trains seeds ``config.seed`` .. ``config.seed + K - 1`` in one
+    compiled step (``strategies.pack``), each writing what a separate run writes into
+    ``rundirs.seed_dirs``; it returns their records (one record for K = 1). A packed run saves no
+    progress inside a task and does not resume (each seed's export resumes on its own)."""
     if export_dir is None:
         export_dir = str(rundirs.default_export_dir(output_dir))
+    seeds = [config.seed + i for i in range(seeds_at_once)]
+    if seeds_at_once > 1 and resume_from:
+        raise ConfigError("--seeds_at_once does not combine with --resume_from: resume each "
+                          "seed's export (<export_dir>/seed<s>) on its own")
+    if seeds_at_once > 1 and setup is not None:
+        raise ValueError("a packed run prepares each seed's data itself: pass no setup")
+    dirs = rundirs.seed_dirs(output_dir, export_dir, seeds)
     with contextlib.ExitStack() as claims:
         if is_chief:
-            claims.enter_context(rundirs.claim(output_dir, "--output_dir"))
-            claims.enter_context(rundirs.claim(export_dir, "--export_dir"))
-            rundirs.check_run_paths(output_dir, export_dir, resume_from, overwrite)
-        return _run(config, output_dir, export_dir, resume_from, strategy, is_chief, verbose,
-                    setup, progress_every, checkpoint_every)
+            for out, exp in dirs:
+                claims.enter_context(rundirs.claim(out, "--output_dir"))
+                claims.enter_context(rundirs.claim(exp, "--export_dir"))
+                rundirs.check_run_paths(out, exp, resume_from, overwrite)
+        runs = []
+        for s, (out, exp) in zip(seeds, dirs):
+            cfg = dataclasses.replace(config, seed=s)
+            runs.append(_SeedRun(cfg, out, exp, resume_from, strategy, is_chief, verbose,
+                                 setup, checkpoint_every if seeds_at_once == 1 else None,
+                                 seeds_at_once))
+        recs = _run(runs, progress_every if verbose else None)
+    return recs[0] if seeds_at_once == 1 else recs
 
 
-def _run(config, output_dir, export_dir, resume_from, strategy, is_chief, verbose, setup,
-         progress_every, checkpoint_every) -> dict:
-    out = Path(output_dir)
-    setup = setup or prepare(config)
-    trainer = build(setup, strategy=strategy, verbose=verbose)
-    midtask = resume(trainer, setup, resume_from) if resume_from else None
-    start = time.time()
-    # What is safely on disk: the tasks whose final state is exported, and where.
-    saved = {"tasks": trainer.tasks_learned, "step": trainer.global_step,
-             "export": Path(resume_from) if resume_from else None}
-    # Everything goes to a temporary sibling first and is renamed into place at the end, so
-    # an earlier run in ``output_dir`` is never half-overwritten (workers other than the
-    # chief write to a scratch directory that is deleted).
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+class _SeedRun:
+    """One seed's part of a run: its setup and trainer, its callbacks (an export after every
+    task, checkpoints inside a task), its scratch output directory (renamed into place at
+    the end, so an earlier run in ``output_dir`` is never half-overwritten; workers other
+    than the chief write to a scratch directory that is deleted) and what is safely on
+    disk (``saved``: the tasks whose final state is exported, and where)."""
 
-    def record(tr: Trainer) -> dict:
-        rec = run_record(setup, tr, time.time() - start)
-        rec["resume_from"] = str(resume_from) if resume_from else None
+    def __init__(self, config, output_dir, export_dir, resume_from, strategy, is_chief,
+                 verbose, setup, checkpoint_every, pack_size=1):
+        self.pack_size = pack_size
+        self.out, self.export_dir = Path(output_dir), export_dir
+        self.resume_from, self.is_chief = resume_from, is_chief
+        self.setup = setup = setup or prepare(config)
+        self.trainer = trainer = build(setup, strategy=strategy, verbose=verbose)
+        self.midtask = resume(trainer, setup, resume_from) if resume_from else None
+        self.start = time.time()
+        self.saved = {"tasks": trainer.tasks_learned, "step": trainer.global_step,
+                      "export": Path(resume_from) if resume_from else None}
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.work = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        self.checkpoint_every = checkpoint_every
+        self.last_checkpoint = time.time()
+        self.latest: dict = {}  # the last boundary between compiled calls (a Ctrl-C lands there)
+        trainer.callbacks.append(self.after_task)
+        if is_chief:
+            trainer.chunk_callbacks.append(self.checkpoint_in_task)
+
+    def record(self, tr: Trainer) -> dict:
+        rec = run_record(self.setup, tr, time.time() - self.start)
+        rec["resume_from"] = str(self.resume_from) if self.resume_from else None
+        if self.pack_size > 1:   # trained with other seeds in one step: wall times are shared
+            rec["seeds_at_once"] = self.pack_size
         return rec
 
-    def after_task(tr: Trainer, t: int) -> None:
-        if is_chief:
+    def after_task(self, tr: Trainer, t: int) -> None:
+        if self.is_chief:
             # logged (and flushed) before the export: once the export is there, the next
             # write to the event file is the next task's
-            tensorboard_log.log_samples(tr, setup, t)
-            tensorboard_log.log_accuracy_curves(tr, setup, t)
+            tensorboard_log.log_samples(tr, self.setup, t)
+            tensorboard_log.log_accuracy_curves(tr, self.setup, t)
             tr.summary_writer.flush()
-            rec = record(tr)
-            export.export_run(tr, export_dir, rec, pixels=setup.pixels,
-                              trunk=setup.trunk if setup.protocol.features else None)
-            saved["export"] = Path(export_dir)
-        saved.update(tasks=t + 1, step=tr.global_step)
-        last_checkpoint[0] = time.time()
+            export.export_run(tr, self.export_dir, self.record(tr), pixels=self.setup.pixels,
+                              trunk=self.setup.trunk if self.setup.protocol.features else None)
+            self.saved["export"] = Path(self.export_dir)
+        self.saved.update(tasks=t + 1, step=tr.global_step)
+        self.last_checkpoint = time.time()
 
-    last_checkpoint = [time.time()]
-    latest: dict = {}   # the last boundary between compiled calls (a Ctrl-C lands there)
-
-    def save_progress(tr: Trainer, at: TaskProgress) -> None:
-        rec = record(tr)
+    def save_progress(self, tr: Trainer, at: TaskProgress) -> None:
+        rec = self.record(tr)
         rec["task_progress"] = dataclasses.asdict(at)
-        export.save_progress(tr, export_dir, rec)
-        last_checkpoint[0] = time.time()
+        export.save_progress(tr, self.export_dir, rec)
+        self.last_checkpoint = time.time()
 
-    def checkpoint_in_task(tr: Trainer, at: TaskProgress) -> None:
-        latest.update(at=at, step=tr.global_step)
+    def checkpoint_in_task(self, tr: Trainer, at: TaskProgress) -> None:
+        self.latest.update(at=at, step=tr.global_step)
         # between compiled calls; none right before the task's own export
-        if checkpoint_every and time.time() - last_checkpoint[0] >= checkpoint_every * 60 \
+        if self.checkpoint_every and time.time() - self.last_checkpoint >= self.checkpoint_every * 60 \
                 and at.iterations < tr.iterations(at.task):
-            save_progress(tr, at)
+            self.save_progress(tr, at)
 
-    trainer.callbacks.append(after_task)
-    if is_chief:
-        trainer.chunk_callbacks.append(checkpoint_in_task)
+    def begin(self) -> None:
+        if self.is_chief:
+            tr = self.trainer
+            tr.summary_writer = tf.summary.create_file_writer(str(self.work / "tensorboard"))
+            tensorboard_log.log_hparams(tr, self.setup)
+            tensorboard_log.log_about(tr, self.setup)
+
+    def interrupted(self, resumable_ok: bool) -> RunInterrupted:
+        """What Ctrl-C leaves of this seed (``salvage.save_interrupted``)."""
+        tr, at, resumable = self.trainer, self.latest.get("at"), None
+        if resumable_ok and at is not None and self.latest["step"] == tr.global_step \
+                and at.task == tr.tasks_learned == self.saved["tasks"] \
+                and at.iterations < tr.iterations(at.task):
+            resumable = (lambda: self.save_progress(tr, at), at.iterations)  # noqa: E731
+        return salvage.save_interrupted(tr, self.setup, self.export_dir, self.saved,
+                                        self.record, self.is_chief, resumable)
+
+    def finish(self) -> dict:
+        """Write results.json, the plots and TensorBoard into place: the record."""
+        tr, setup, out, work = self.trainer, self.setup, self.out, self.work
+        rec = self.record(tr)
+        rec["export_dir"] = str(self.export_dir)
+        if not self.is_chief:
+            shutil.rmtree(work, ignore_errors=True)
+            return rec
+        try:
+            tr.summary_writer.close()
+            atomic_write_json(work / "results.json", rec)
+            plot_average_accuracy({method_label(setup.config): (rec["average_accuracy"], None)},
+                                  work / "accuracy.png",
+                                  title=f"{setup.config.experiment} ({setup.config.scenario}-IL)")
+            plot_accuracy_matrix(rec["accuracy_matrix"], work / "accuracy_matrix.png",
+                                 title="accuracy after each task (rows) on each task (columns)")
+            rundirs.write_marker(work, rundirs.OUTPUT)
+            atomic_dir(out, lambda tmp: _move_contents(work, tmp), overwrite=True,
+                       check=rundirs.replace_check(rundirs.OUTPUT, "--output_dir",
+                                                   "run's output directory"))
+        except BaseException as e:
+            if not caused_by_interrupt(e):
+                raise
+            raise RunInterrupted(f"interrupted while writing {out} (not written); "
+                                 f"{salvage.last_export_note(self.saved)}", None,
+                                 self.saved["export"]) from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return rec
+
+
+def _run(runs: list[_SeedRun], progress_every: float | None) -> list[dict]:
+    """Train the seeds together (``SeedPack``; one seed: ``Trainer.fit``), then write each
+    seed's results; on failure discard every seed's unfinished output."""
+    trainers = [r.trainer for r in runs]
     progress = None
-    if verbose and progress_every and not _isatty(sys.stdout):
-        progress = Progress(trainer, progress_every, midtask[0] if midtask else None)
-        trainer.callbacks.append(progress.task_done)
+    if progress_every and not _isatty(sys.stdout):
+        progress = Progress(trainers[0], progress_every,
+                            runs[0].midtask[0] if runs[0].midtask else None)
+        trainers[0].callbacks.append(progress.task_done)
         progress.start()
     # a second Ctrl-C ends the process at once (interrupts.deferred): leave no temporary
-    forget_work = interrupts.on_hard_stop(lambda: shutil.rmtree(work, ignore_errors=True))
+    forget_work = interrupts.on_hard_stop(
+        lambda: [shutil.rmtree(r.work, ignore_errors=True) for r in runs])
     # the salvage after a first Ctrl-C runs inside the block too, so a second one stops it
     with interrupts.deferred():
         try:
-            if is_chief:
-                trainer.summary_writer = tf.summary.create_file_writer(str(work / "tensorboard"))
-                tensorboard_log.log_hparams(trainer, setup)
-                tensorboard_log.log_about(trainer, setup)
-            trainer.fit(resume=midtask)
+            # refused before anything is written (``strategies.pack.check_packable``)
+            pack = SeedPack(trainers) if len(runs) > 1 else None
+            for r in runs:
+                r.begin()
+            if pack is None:
+                trainers[0].fit(resume=runs[0].midtask)
+            else:
+                pack.fit()
         except NonFiniteLoss as e:
             # the weights may already hold NaN: export nothing, keep the last good export
-            _discard(trainer, work)
-            raise NonFiniteLoss(f"{e}; {salvage.last_export_note(saved)}") from e
+            for r in runs:
+                _discard(r.trainer, r.work)
+            notes = "; ".join(salvage.last_export_note(r.saved) for r in runs)
+            raise NonFiniteLoss(f"{e}; {notes}") from e
         except BaseException as e:
-            _discard(trainer, work)
+            for r in runs:
+                _discard(r.trainer, r.work)
             if caused_by_interrupt(e):
-                resumable = None
-                at = latest.get("at")
-                if at is not None and latest["step"] == trainer.global_step \
-                        and at.task == trainer.tasks_learned == saved["tasks"] \
-                        and at.iterations < trainer.iterations(at.task):
-                    resumable = (lambda: save_progress(trainer, at), at.iterations)  # noqa: E731
-                raise salvage.save_interrupted(trainer, setup, export_dir, saved, record,
-                                        is_chief, resumable) from None
+                if len(runs) == 1:
+                    raise runs[0].interrupted(resumable_ok=True) from None
+                saved = [r.interrupted(resumable_ok=False) for r in runs]
+                raise RunInterrupted("; ".join(f"seed {r.trainer.config.seed}: {s}"
+                                               for r, s in zip(runs, saved)),
+                                     saved[0].saved, saved[0].last_complete) from None
             raise
         finally:
             forget_work()
             if progress is not None:
                 progress.stop()
-    rec = record(trainer)
-    rec["export_dir"] = str(export_dir)
-    if not is_chief:
-        shutil.rmtree(work, ignore_errors=True)
-        return rec
-    try:
-        trainer.summary_writer.close()
-        atomic_write_json(work / "results.json", rec)
-        plot_average_accuracy({method_label(setup.config): (rec["average_accuracy"], None)},
-                              work / "accuracy.png",
-                              title=f"{setup.config.experiment} ({setup.config.scenario}-IL)")
-        plot_accuracy_matrix(rec["accuracy_matrix"], work / "accuracy_matrix.png",
-                             title="accuracy after each task (rows) on each task (columns)")
-        rundirs.write_marker(work, rundirs.OUTPUT)
-        atomic_dir(out, lambda tmp: _move_contents(work, tmp), overwrite=True,
-                   check=rundirs.replace_check(rundirs.OUTPUT, "--output_dir",
-                                               "run's output directory"))
-    except BaseException as e:
-        if not caused_by_interrupt(e):
-            raise
-        raise RunInterrupted(f"interrupted while writing {out} (not written); "
-                             f"{salvage.last_export_note(saved)}", None, saved["export"]) from None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return rec
+    return [r.finish() for r in runs]
 
 
 def _isatty(stream) -> bool:

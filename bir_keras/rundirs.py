@@ -389,3 +389,12 @@ def _same_number(a, b) -> bool:
 
 def _show(v) -> str:
     return "(default)" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def seed_dirs(output_dir: str, export_dir: str, seeds: list[int]) -> list[tuple[str, str]]:
+    """Where each seed of a packed run (``--seeds_at_once``) writes: ``<output_dir>/seed<s>``
+    and ``<export_dir>/seed<s>``; one seed alone writes to the directories themselves."""
+    if len(seeds) == 1:
+        return [(str(output_dir), str(export_dir))]
+    return [(str(Path(output_dir) / f"seed{s}"), str(Path(export_dir) / f"seed{s}"))
+            for s in seeds]

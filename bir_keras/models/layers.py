@@ -23,6 +23,18 @@ def masked_logits(logits: tf.Tensor, active: tf.Tensor) -> tf.Tensor:
     return tf.where(active > 0, logits, tf.cast(INACTIVE_LOGIT, logits.dtype))
 
 
+def dense_gradients(grads: list) -> list:
+    """Gradients as dense tensors, as PyTorch's (the authors' code) are.
+
+    ``tf.gather`` of a variable (the mixture prior's means and log-variances, gathered per
+    sample's mode) has an ``IndexedSlices`` gradient, one slice per sample; Keras' Adam
+    then squares each slice before summing duplicates, so a mode drawn n times gets a
+    second moment of sum g_i^2 instead of (sum g_i)^2 and steps up to sqrt(n) times too
+    far. The authors' prior is an ``nn.Parameter`` indexed per sample (models/vae.py in their repository,
+    ``z_class_means``), whose gradient is dense: summed first, then Adam."""
+    return [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+
+
 def make_unit_masks(num_contexts: int, units: int, prop: float, seed: int) -> np.ndarray:
     """XdG's fixed random 0/1 masks, one per task, each silencing int(prop * units) units
     chosen without replacement (the authors' ``define_XdGmask``)."""

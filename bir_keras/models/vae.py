@@ -23,6 +23,7 @@ from bir_keras.models.layers import (
     FCStack,
     conv_trunk,
     deconv_decoder,
+    dense_gradients,
     float32,
     torch_uniform_init,
 )
@@ -167,10 +168,12 @@ class VAE(keras.Model):
     def components(self, modes: tf.Tensor) -> tfd.MultivariateNormalDiag:
         """The GMM prior's components for ``modes`` (any shape; batch shape that shape).
         The parameters are gathered before the exponential, as the record this code is
-        checked against (benchmarks.equivalence) was computed."""
+        checked against (benchmarks.equivalence) was computed. The variables are read as
+        tensors first: ``tf.gather`` on a variable reads it with ``sparse_read``, past a
+        ``keras.StatelessScope`` (which ``strategies.pack`` puts each seed's weights in)."""
         return tfd.MultivariateNormalDiag(
-            loc=tf.gather(self.prior_means, modes),
-            scale_diag=tf.exp(0.5 * tf.gather(self.prior_logvars, modes)))
+            loc=tf.gather(tf.convert_to_tensor(self.prior_means), modes),
+            scale_diag=tf.exp(0.5 * tf.gather(tf.convert_to_tensor(self.prior_logvars), modes)))
 
     def log_prior(self, z: tf.Tensor, modes: tf.Tensor | None = None,
                   mode_probs: tf.Tensor | None = None,
@@ -283,7 +286,7 @@ class VAE(keras.Model):
             terms = self.loss_terms(x, eps, targets, modes=modes, training=True)
             means = {k: tf.reduce_mean(v) for k, v in terms.items()}
             loss = tf.add_n(list(means.values()))
-        grads = tape.gradient(loss, self.trainable_variables)
+        grads = dense_gradients(tape.gradient(loss, self.trainable_variables))
         self.optimizer.apply(grads, self.trainable_variables)
         self.trackers["loss"].update_state(loss)
         for k, v in means.items():

@@ -33,7 +33,7 @@ import tensorflow as tf
 from bir_keras import interrupts
 from bir_keras.config import Config
 from bir_keras.data.protocols import Protocol
-from bir_keras.models.layers import masked_logits
+from bir_keras.models.layers import dense_gradients, masked_logits
 from bir_keras.strategies.regularizers import Regularizer, apply_regularized, make_regularizers
 
 
@@ -484,7 +484,7 @@ class Trainer:
                 losses[f"penalty_{reg.name}"] = pen
                 losses["total"] = losses["total"] + pen / float(self.replicas)
         for group in groups:
-            grads = tape.gradient(losses[group.loss], group.variables)
+            grads = dense_gradients(tape.gradient(losses[group.loss], group.variables))
             apply = functools.partial(group.optimizer.apply, grads, group.variables)
             if group.regularized:
                 apply_regularized(self.regularizers, apply, grads, group.variables)
@@ -594,42 +594,54 @@ class Trainer:
 
     def fit(self, until: int | None = None,
             resume: tuple[TaskProgress, Callable[[Trainer], None]] | None = None) -> History:
-        """Train on the tasks not yet learned (up to ``until``), evaluating after each.
+        """Train on the tasks not yet learned (up to ``until``), evaluating after each: a
+        ``SeedPack`` of this one trainer (``pack.py``), the one task loop of every run.
 
         ``resume=(progress, restore)`` continues a task part-way through: after the task's
         ``start_task`` (its frozen copies, regulariser resets), ``restore(self)`` loads the
         state saved at ``progress`` (weights, optimisers, frozen copies, regulariser sums,
         the random generator, the batch counter), and training goes on from that iteration,
         so the run gives the numbers of one that was never stopped."""
-        last = self.protocol.num_tasks if until is None else min(until, self.protocol.num_tasks)
-        for t in range(self.tasks_learned, last):
-            start = time.time()
-            run = self.start_task(t)
-            at = None
-            if resume is not None and resume[0].task == t:
-                at, restore = resume
-                restore(self)
-                start -= at.elapsed
-            means = self.train_task(run, at)
-            self.after_task(t, run.data)
-            self.tasks_done.assign(t + 1)
-            self.history.task_times.append(time.time() - start)
-            self.history.losses.append(means)
-            self.history.accuracy_matrix.append(self.evaluate(t))
-            self.log_task(t)
-            for cb in self.callbacks:
-                cb(self, t)
-            interrupts.raise_if_requested()
-        return self.history
+        from bir_keras.strategies.pack import SeedPack  # the pack builds on this module
+
+        return SeedPack([self]).fit(until, resume)[0]
+
+    def end_task(self, run: TaskRun, means: dict[str, float], start: float) -> None:
+        """After training on ``run.task`` (its mean losses ``means``, started at time
+        ``start``): the hooks after it, evaluation, logging and the callbacks."""
+        t = run.task
+        self.after_task(t, run.data)
+        self.tasks_done.assign(t + 1)
+        self.history.task_times.append(time.time() - start)
+        self.history.losses.append(means)
+        self.history.accuracy_matrix.append(self.evaluate(t))
+        self.log_task(t)
+        for cb in self.callbacks:
+            cb(self, t)
 
     def train_task(self, run: TaskRun, at: TaskProgress | None = None) -> dict[str, float]:
-        """Run the compiled step ``iterations(t)`` times with a progress bar, in chunks of up
-        to ``steps_per_call`` iterations per call (chunks never span a change of plan);
-        from ``at`` on if given. ``chunk_callbacks`` run after each chunk."""
-        t = run.task
-        n = self.iterations(t)
+        """Run the compiled step ``iterations(t)`` times (``task_loop``), from ``at`` on if
+        given: the task's mean losses."""
         run = run._replace(data=_pad_samples(run.data))
         names = self.loss_names(run, self.plan_for_iteration(run.plan, at.iterations if at else 0))
+        loop = self.task_loop(run, names, at)
+        try:
+            plan, k = next(loop)
+            while True:
+                plan, k = loop.send(self.run_steps(run, k, plan)[0])
+        except StopIteration as done:
+            return done.value
+
+    def task_loop(self, run: TaskRun, names: list[str], at: TaskProgress | None = None):
+        """The bookkeeping of one task's training, as a generator: it yields ``(plan, k)``,
+        a chunk of up to ``steps_per_call`` iterations (chunks never span a change of plan),
+        is sent back the chunk's losses ``[k, terms]`` (columns in the order of ``names``),
+        logs them (TensorBoard, progress bar), stops at a non-finite loss, runs
+        ``chunk_callbacks`` after each chunk, and returns the task's mean losses. Whoever
+        runs the step drives it: ``train_task`` for one trainer, a ``SeedPack`` for several
+        in lockstep. ``run`` has its data padded (``_pad_samples``)."""
+        t = run.task
+        n = self.iterations(t)
         sums = np.array(at.sums, np.float64) if at else np.zeros(len(names))
         window = np.array(at.window, np.float64) if at else np.zeros(len(names))
         if len(sums) != len(names) or len(window) != len(names):
@@ -644,7 +656,7 @@ class Trainer:
             while (i + k < n and k < self.steps_per_call
                    and self.plan_for_iteration(run.plan, i + k) == plan):
                 k += 1
-            rows, _ = self.run_steps(run, k, plan)
+            rows = yield plan, k
             # count what the model went through at once (an interrupted run reports it)
             first, self.global_step = self.global_step, self.global_step + len(rows)
             for j, values in enumerate(rows):

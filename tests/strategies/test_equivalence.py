@@ -7,7 +7,9 @@ On the machine that made the record the numbers are the same bit for bit.
 
 The record, tests/data/equivalence/digits.{json,npz}, was made by
 ``python -m benchmarks.equivalence --record`` at commit edbffff (main before the refactor,
-issue 16's yardstick). This test runs a cross-section of its cases (every method family
+issue 16's yardstick); its cases with the mixture prior were recorded again with the
+prior's dense gradients (``models.layers.dense_gradients``, a change of numbers by design).
+This test runs a cross-section of its cases (every method family
 and scenario); ``python -m benchmarks.equivalence`` runs all 41 of them, and with
 ``--data_dir`` the split MNIST cases (100 iterations per task, the paper's networks)."""
 

@@ -109,6 +109,23 @@ def test_task_il_conditional_replay_is_drawn_per_previous_task(tiny_setup):
     assert not gr.per_task_replay() and gr.plan(3).n_replay == 10
 
 
+def test_mixture_prior_takes_adam_steps_of_its_summed_gradient(tiny_setup):
+    """The prior's means are gathered per sample's mode; the authors' ``nn.Parameter``
+    gets the summed (dense) gradient, so Adam's first step moves every element with a
+    gradient by lr (|g| / (|g| + eps)). Adam on ``IndexedSlices`` squared each sample's
+    slice before summing: a mode drawn n times moved up to sqrt(n) lr."""
+    cfg, proto = tiny_setup("class", tasks=2, batch=32, **method_settings("bir", "split_digits", "class"))
+    tr = make_trainer(cfg, proto, verbose=False)
+    before = tr.model.prior_means.numpy().copy()
+    run = tr.start_task(0)
+    run = run._replace(data=_pad_samples(run.data))
+    tr.run_steps(run, 1, run.plan)
+    step = np.abs(tr.model.prior_means.numpy() - before)
+    moved = step[step > 0]
+    assert moved.size >= 2 * cfg.z_dim   # the batch's two classes (task 1) have gradients
+    np.testing.assert_allclose(moved, cfg.lr, rtol=1e-3)
+
+
 def test_batches_are_shuffled_epochs_without_replacement(tiny_setup):
     cfg, proto = tiny_setup("class", tasks=2, batch=32)
     tr = make_trainer(cfg, proto, verbose=False)
