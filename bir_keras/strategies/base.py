@@ -200,6 +200,28 @@ def _pad_samples(data: TaskData) -> TaskData:
     return data._replace(x=pad(data.x), y=pad(data.y), tid=pad(data.tid))
 
 
+def chunk_loop(step: Callable[[], dict[str, tf.Tensor]], size: int,
+               n: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+    """Up to ``n`` (<= ``size``) calls of ``step`` in one ``tf.while_loop``, stopping after
+    the first whose terms are not all finite: (per term, its values stacked over the
+    ``size`` slots; iterations run). A term may have any shape (a packed step's is [K])."""
+    # the terms are what the step returns: known once the body is traced
+    rows = tf.TensorArray(tf.float32, size=size)
+    names: list[str] = []
+
+    def body(i, rows, finite):
+        terms = step()
+        names[:] = list(terms)
+        values = tf.stack(list(terms.values()))
+        return i + 1, rows.write(i, values), tf.reduce_all(tf.math.is_finite(values))
+
+    count, rows, _ = tf.while_loop(
+        lambda i, rows, finite: tf.logical_and(i < tf.minimum(n, size), finite),
+        body, (tf.constant(0), rows, tf.constant(True)), maximum_iterations=size)
+    table = rows.stack()
+    return {k: table[:, j] for j, k in enumerate(names)}, count
+
+
 class Trainer:
     """The method-free engine every method subclasses (``FineTuning`` is the plainest).
 
@@ -512,22 +534,7 @@ class Trainer:
         without a VAE; with one (GR, BI-R) Grappler's arithmetic optimiser rewrites a few of
         its element-wise terms differently inside the loop, which moves losses by float32
         rounding (~1e-8). The same seed still gives the same numbers on every run."""
-        size = self.steps_per_call
-        # the terms are what ``losses`` returns: known once the body is traced
-        rows = tf.TensorArray(tf.float32, size=size)
-        names: list[str] = []
-
-        def body(i, rows, finite):
-            terms = self._step(data, ctx, plan)
-            names[:] = list(terms)
-            values = tf.stack(list(terms.values()))
-            return i + 1, rows.write(i, values), tf.reduce_all(tf.math.is_finite(values))
-
-        count, rows, _ = tf.while_loop(
-            lambda i, rows, finite: tf.logical_and(i < tf.minimum(n, size), finite),
-            body, (tf.constant(0), rows, tf.constant(True)), maximum_iterations=size)
-        table = rows.stack()
-        return {k: table[:, j] for j, k in enumerate(names)}, count
+        return chunk_loop(lambda: self._step(data, ctx, plan), self.steps_per_call, n)
 
     # -- the task loop ---------------------------------------------------------------
     def step_context(self, t: int) -> StepContext:

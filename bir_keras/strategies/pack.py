@@ -58,6 +58,7 @@ from bir_keras.strategies.base import (
     TaskRun,
     Trainer,
     _pad_samples,
+    chunk_loop,
 )
 from bir_keras.strategies.regularizers import apply_regularized
 
@@ -269,21 +270,8 @@ class SeedPack:
 
     def _steps(self, datas, ctxs, plan: Plan, n: tf.Tensor):
         """``Trainer._steps`` for all seeds: per term, ``[steps_per_call, K]``."""
-        size = self.trainers[0].steps_per_call
-        rows = tf.TensorArray(tf.float32, size=size)
-        names: list[str] = []
-
-        def body(i, rows, finite):
-            terms = self._step(datas, ctxs, plan)
-            names[:] = list(terms)
-            values = tf.stack(list(terms.values()))
-            return i + 1, rows.write(i, values), tf.reduce_all(tf.math.is_finite(values))
-
-        count, rows, _ = tf.while_loop(
-            lambda i, rows, finite: tf.logical_and(i < tf.minimum(n, size), finite),
-            body, (tf.constant(0), rows, tf.constant(True)), maximum_iterations=size)
-        table = rows.stack()
-        return {k: table[:, j] for j, k in enumerate(names)}, count
+        return chunk_loop(lambda: self._step(datas, ctxs, plan),
+                          self.trainers[0].steps_per_call, n)
 
     def _step(self, datas, ctxs, plan: Plan) -> dict[str, tf.Tensor]:
         trs = self.trainers
