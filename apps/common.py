@@ -30,6 +30,7 @@ from bir_keras.config import (
     check_method_flags,
     method_label,
     method_settings,
+    unpackable,
 )
 from bir_keras.data.sources import DataError
 
@@ -89,12 +90,9 @@ def check_seeds_at_once(c: Config, k: int, resume_from: str | None) -> None:
     if resume_from:
         raise ConfigError("--seeds_at_once does not combine with --resume_from: resume each "
                           "seed's export (<export_dir>/seed<s>) on its own")
-    if c.replay == "buffer":
-        raise ConfigError("--seeds_at_once does not pack --replay=buffer yet (its memory is "
-                          "written inside the step): run its seeds separately")
-    if c.strategy != "default":
-        raise ConfigError(f"--seeds_at_once packs seeds on one device: it does not combine "
-                          f"with --strategy={c.strategy}")
+    why = unpackable(c)
+    if why:
+        raise ConfigError(why)
 
 
 def check_memory(c: Config, seeds: int = 1) -> str:

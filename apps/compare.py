@@ -12,6 +12,13 @@ checkpoints, ``--checkpoint_every``, ``--progress_every``, do not change the sta
 ``table.md``, ``table.csv`` and ``accuracy.png`` (average accuracy against the number of
 tasks, mean and standard-error band), and ``sweep.png`` with ``--sweep``.
 
+``--seeds_at_once=K`` trains up to K seeds of one method (consecutive uncached seeds) in
+one apps.train process and one vectorised step (apps.train ``--seeds_at_once``), then moves
+each seed's output and export into its own run directory, cached as that seed's run: a
+packed seed's numbers are those of its ``--nojit_compile`` run alone up to float rounding
+(README, "Several seeds at once"). The default packs as many seeds as fit in memory, and
+runs alone the settings that cannot be packed.
+
 ``--output_dir`` is apps.compare's own folder, marked by a ``.bir_keras`` marker (kind
 ``compare``) that lists what it holds: a new or empty folder becomes one; an existing folder
 without that marker, or holding anything else, is refused before any run starts (nothing in
@@ -47,8 +54,8 @@ from absl import flags
 from apps import common
 from apps import train as _train  # noqa: F401 - defines apps.train's flags, which pass through
 from bir_keras import appfiles, rundirs
-from bir_keras.config import METHODS, ConfigError
-from bir_keras.fileio import atomic_write_text
+from bir_keras.config import METHODS, ConfigError, unpackable
+from bir_keras.fileio import atomic_dir, atomic_write_json, atomic_write_text
 
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(common)  # --help lists apps.train's flags too
@@ -64,6 +71,9 @@ flags.DEFINE_string("title", None, "plot title (default: experiment and scenario
 flags.DEFINE_bool("only_cached", False, "tabulate the finished runs, run nothing")
 flags.DEFINE_string("sweep", None, "sweep an apps.train flag over values, e.g. "
                     "batch_replay:1,4,16,128 (Fig. 4) or g_fc_units:10,25,100,400")
+FLAGS["seeds_at_once"].help = ("seeds of one method trained together in one apps.train "
+                                "process and step (default: as many as fit in memory; 1 for "
+                                "the settings that cannot be packed)")
 FLAGS["output_dir"].help = ("apps.compare's folder (required): runs/, table.md, table.csv, "
                             "accuracy.png, sweep.png; a new or empty folder, or one an earlier "
                             "compare wrote (its runs are reused); anything else is refused")
@@ -140,7 +150,8 @@ def parse_sweep(spec: str | None) -> tuple[str | None, list[str | None]]:
         raise ValueError(f"--sweep must look like flag:v1,v2 (got {spec!r})")
     name, values = spec.split(":", 1)
     name = name.strip().lstrip("-")
-    if name not in TRAIN_FLAGS or name in SET_PER_RUN or name in ("experiment", "scenario"):
+    if name not in TRAIN_FLAGS or name in SET_PER_RUN \
+            or name in ("experiment", "scenario", "seeds_at_once"):
         why = "it is set by apps.compare" if name in TRAIN_FLAGS else "no such apps.train flag"
         raise ValueError(f"--sweep={spec}: cannot sweep --{name} ({why}); sweep an apps.train "
                          "flag such as batch_replay, g_fc_units, iters")
@@ -195,6 +206,47 @@ def check_run(args: list[str]) -> None:
     except flags.Error as e:
         raise ConfigError(str(e)) from None
     resolve(common.config_from_flags(fv))  # as apps.train: bir_keras.config.check
+
+
+def pack_size(args: list[str], explicit: int | None, seeds: int, workers: int) -> int:
+    """How many seeds of the setting ``args`` one apps.train packs: ``explicit``
+    (``--seeds_at_once``; refused with ``ConfigError`` above 1 where the setting cannot be
+    packed) or, by default, as many of ``seeds`` as fit in the memory available to
+    ``workers`` runs at once (1 where the setting cannot be packed)."""
+    from bir_keras.appfiles import available_memory
+    from bir_keras.config import resolve
+
+    c = resolve(common.config_from_flags(train_flag_values(args)))
+    why = unpackable(c)
+    if explicit is not None:
+        if explicit > 1 and why:
+            raise ConfigError(why)
+        return explicit
+    if why:
+        return 1
+    free = available_memory()
+    if free is None:
+        return seeds
+    return max(1, min(seeds, int(free // (common.memory_estimate(c)[0] * workers))))
+
+
+def groups_of(todo: list[dict], sizes: dict[str, int]) -> list[list[dict]]:
+    """The runs to do, as packs: consecutive seeds of one method (and sweep value), at most
+    ``sizes[key]`` per pack; every method's first pack before any method's second."""
+    by_key: dict[str, list[dict]] = {}
+    for r in todo:
+        by_key.setdefault(r["key"], []).append(r)
+    out = []
+    for key, runs in by_key.items():
+        runs.sort(key=lambda r: r["seed"])
+        for r in runs:
+            g = out[-1] if out and out[-1][0]["key"] == key else None
+            if g and len(g) < sizes[key] and r["seed"] == g[-1]["seed"] + 1:
+                g.append(r)
+            else:
+                out.append([r])
+    out.sort(key=lambda g: g[0]["seed"])
+    return out
 
 
 def is_cached(run: dict) -> bool:
@@ -377,31 +429,38 @@ class Runner:
         self.lock = threading.Lock()
         self.idle = threading.Condition(self.lock)
         self.active = 0   # runs being executed (their process, then their stamp and marker)
-        self.live: dict[int, tuple[dict, subprocess.Popen]] = {}
+        self.live: dict[int, tuple[list[dict], subprocess.Popen]] = {}
         self.stopping = False
         self.stopped: list[dict] = []   # in progress when Ctrl-C came
 
-    def execute(self, run: dict) -> tuple[dict, int | None, str]:
-        """Run apps.train for one (method, seed) into its cache directory; rc None: not
-        started (Ctrl-C came first)."""
+    def execute(self, group: list[dict]) -> tuple[list[dict], int | None, str]:
+        """Run apps.train for one (method, seed), or for a pack of consecutive seeds of one
+        method (``groups_of``), into the runs' cache directories; rc None: not started
+        (Ctrl-C came first)."""
         with self.lock:
             self.active += 1
         try:
-            return self._execute(run)
+            return self._execute(group)
         finally:
             with self.lock:
                 self.active -= 1
                 self.idle.notify_all()
 
-    def _execute(self, run: dict) -> tuple[dict, int | None, str]:
-        d = run["dir"]
+    def _execute(self, group: list[dict]) -> tuple[list[dict], int | None, str]:
+        first = group[0]
+        # one seed: its own run directory; a pack: one directory for the pack, whose seeds
+        # are moved into their run directories once it has finished
+        d = first["dir"] if len(group) == 1 else first["dir"].with_name(
+            f"{first['key']}-s{first['seed']}-s{group[-1]['seed']}-pack-{first['stamp']}")
         log_path = d / "log.txt"
         with self.lock:
             if self.stopping:
-                return run, None, str(log_path)
+                return group, None, str(log_path)
         d.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "apps.train", *run["args"], f"--output_dir={d / 'out'}",
+        cmd = [sys.executable, "-m", "apps.train", *first["args"], f"--output_dir={d / 'out'}",
                f"--export_dir={d / 'export'}", "--overwrite"]
+        if len(group) > 1:
+            cmd.append(f"--seeds_at_once={len(group)}")
         repo = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
                "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
@@ -409,29 +468,37 @@ class Runner:
             self.folder.mark()  # the new run directory and its log are apps.compare's
             with self.lock:
                 if self.stopping:
-                    return run, None, str(log_path)
+                    return group, None, str(log_path)
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                         stdin=subprocess.DEVNULL, start_new_session=True)
-                self.live[proc.pid] = (run, proc)
+                self.live[proc.pid] = (group, proc)
             try:
                 rc = proc.wait()
             finally:
                 with self.lock:
                     self.live.pop(proc.pid, None)
         if rc == 0:
-            atomic_write_text(d / "stamp.json", json.dumps({"stamp": run["stamp"],
-                                                            "args": run["args"]}))
+            for run in group:
+                if len(group) > 1:
+                    unpack(d, run)
+                atomic_write_text(run["dir"] / "stamp.json",
+                                  json.dumps({"stamp": run["stamp"], "args": run["args"]}))
+            if len(group) > 1:   # the pack's folder, now empty but for its log
+                log_path = group[0]["dir"] / "log.txt"
+                with contextlib.suppress(OSError):
+                    (d / "log.txt").unlink()
+                    for sub in ("out", "export", ""):
+                        os.rmdir(d / sub)
         self.folder.mark()
-        return run, rc, str(log_path)
+        return group, rc, str(log_path)
 
     def interrupt(self) -> None:
         """Ctrl-C: start nothing more; pass the interrupt to the runs in progress."""
         with self.lock:
             self.stopping = True
             live = list(self.live.values())
-        for run, proc in live:
-            if run not in self.stopped:
-                self.stopped.append(run)
+        for group, proc in live:
+            self.stopped += [r for r in group if r not in self.stopped]
             with contextlib.suppress(OSError):
                 proc.send_signal(signal.SIGINT)
 
@@ -446,6 +513,38 @@ class Runner:
                 return
             except KeyboardInterrupt:
                 self.interrupt()
+
+
+def unpack(pack: Path, run: dict) -> None:
+    """Move one seed of a finished pack (``<pack>/out/seed<s>``, ``<pack>/export/seed<s>``)
+    into its run directory (``out``, ``export``; an earlier unfinished run of it there is
+    replaced only if it is a run directory bir_keras wrote), with the pack's log; its
+    results.json then names the export where it now is."""
+    s = run["seed"]
+    dest = run["dir"]
+    dest.mkdir(parents=True, exist_ok=True)
+
+    def move_into(src: Path, fix=None):
+        def write(tmp: Path) -> None:
+            for entry in sorted(os.listdir(src)):
+                os.rename(src / entry, tmp / entry)
+            if fix:
+                fix(tmp)
+        return write
+
+    def export_here(tmp: Path) -> None:
+        rec = json.loads((tmp / "results.json").read_text())
+        rec["export_dir"] = str(dest / "export")
+        atomic_write_json(tmp / "results.json", rec)
+
+    for name, kind, flag, fix in (("export", rundirs.EXPORT, "--export_dir", None),
+                                  ("out", rundirs.OUTPUT, "--output_dir", export_here)):
+        src = pack / name / f"seed{s}"
+        atomic_dir(dest / name, move_into(src, fix), overwrite=True,
+                   check=rundirs.replace_check(kind, flag))
+        os.rmdir(src)
+    (dest / "log.txt").write_text(f"seed {s} of the pack {pack.name}, whose log follows\n"
+                                  + (pack / "log.txt").read_text(errors="replace"))
 
 
 def last_error(log: str) -> str:
@@ -507,11 +606,13 @@ def stop_runs(state: dict) -> None:
 def passthrough_args() -> list[str]:
     """The apps.train flags given on the command line, as apps.train reads them."""
     return [FLAGS[n].serialize() for n in sorted(TRAIN_FLAGS)
-            if FLAGS[n].present and n not in SET_PER_RUN and n not in ("experiment", "scenario")]
+            if FLAGS[n].present and n not in SET_PER_RUN
+            and n not in ("experiment", "scenario", "seeds_at_once")]
 
 
-def check_flags() -> tuple[Path, list[dict], list[str]]:
-    """Everything the flags decide, before any run: (output folder, runs, passthrough)."""
+def check_flags() -> tuple[Path, list[dict], list[str], dict[str, int], int]:
+    """Everything the flags decide, before any run: (output folder, runs, passthrough,
+    seeds packed per method key, runs at once)."""
     if not FLAGS.output_dir:
         raise ConfigError("--output_dir is required")
     for name, hint in SET_PER_RUN.items():
@@ -526,23 +627,25 @@ def check_flags() -> tuple[Path, list[dict], list[str]]:
                     FLAGS.sweep)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    checked = set()
+    workers = FLAGS.parallel or max(1, (os.cpu_count() or 2) // 2)
+    explicit = FLAGS.seeds_at_once if FLAGS["seeds_at_once"].present else None
+    sizes: dict[str, int] = {}
     for r in runs:  # the seed (checked above) does not change what else apps.train accepts
-        if r["key"] in checked:
+        if r["key"] in sizes:
             continue
-        checked.add(r["key"])
         try:
             check_run(r["args"])
+            sizes[r["key"]] = pack_size(r["args"], explicit, FLAGS.seeds, workers)
         except common.USER_ERRORS as e:
             raise ConfigError(f"{_name(r)} ({' '.join(r['args'][2:])}) would be refused by "
                               f"apps.train: {e}") from None
     check_output_dir(root)
-    return root, runs, passthrough
+    return root, runs, passthrough, sizes, workers
 
 
 def _main(state: dict) -> int:
     try:
-        root, runs, passthrough = check_flags()
+        root, runs, passthrough, sizes, workers = check_flags()
         state["root"], state["runs"] = root, runs
         with rundirs.claim(root, "--output_dir"):  # one compare per folder
             check_output_dir(root)
@@ -550,7 +653,7 @@ def _main(state: dict) -> int:
             folder = Folder(root)
             folder.mark()
             try:
-                return _run(state, folder, root, runs, passthrough)
+                return _run(state, folder, root, runs, passthrough, sizes, workers)
             except BaseException as e:
                 if appfiles.caused_by_interrupt(e):
                     stop_runs(state)  # while the folder is still held
@@ -561,25 +664,28 @@ def _main(state: dict) -> int:
 
 
 def _run(state: dict, folder: Folder, root: Path, runs: list[dict],
-         passthrough: list[str]) -> int:
+         passthrough: list[str], sizes: dict[str, int], workers: int) -> int:
     todo = [] if FLAGS.only_cached else [r for r in runs if not is_cached(r)]
-    # every method's first seed before any method's second: a cut-short compare still
-    # covers all methods
-    todo.sort(key=lambda r: r["seed"])
-    print(f"{sum(map(is_cached, runs))} cached, {len(todo)} to run", flush=True)
-    workers = FLAGS.parallel or max(1, (os.cpu_count() or 2) // 2)
+    # every method's first seed (or pack of seeds) before any method's second: a cut-short
+    # compare still covers all methods
+    groups = groups_of(todo, sizes)
+    packed = sum(len(g) for g in groups if len(g) > 1)
+    print(f"{sum(map(is_cached, runs))} cached, {len(todo)} to run"
+          + (f" ({packed} of them in {sum(len(g) > 1 for g in groups)} pack(s) of seeds)"
+             if packed else ""), flush=True)
     runner = state["runner"] = Runner(folder)
     failed = []
     pool = cf.ThreadPoolExecutor(workers)
     try:
-        for run, rc, log in pool.map(runner.execute, todo):
-            if rc == 0:
-                print(f"{_name(run)}: ok", flush=True)
-            else:
-                err = last_error(log)
-                print(f"{_name(run)}: FAILED (exit {rc}{': ' + err if err else ''}; log {log})",
-                      flush=True)
-                failed.append(run)
+        for group, rc, log in pool.map(runner.execute, groups):
+            for run in group:
+                if rc == 0:
+                    print(f"{_name(run)}: ok", flush=True)
+                else:
+                    err = last_error(log)
+                    print(f"{_name(run)}: FAILED (exit {rc}{': ' + err if err else ''}; "
+                          f"log {log})", flush=True)
+                    failed.append(run)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     done = [r for r in runs if is_cached(r)]

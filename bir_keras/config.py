@@ -417,3 +417,28 @@ def check(c: Config, conv_protocol: bool) -> None:
 def _one_of(names: tuple[str, ...]) -> str:
     """``a, b or c``."""
     return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+
+
+def unpackable(c: Config) -> str | None:
+    """Why the seeds of the resolved setting ``c`` cannot be trained together in one step
+    (``--seeds_at_once``, ``strategies.pack``), or None if they can."""
+    from bir_keras.data.protocols import EXPERIMENTS
+
+    if c.replay == "buffer":
+        return ("--seeds_at_once does not pack --replay=buffer yet (its memory is written "
+                "inside the step): run its seeds separately")
+    if c.strategy != "default":
+        return (f"--seeds_at_once packs seeds on one device: it does not combine with "
+                f"--strategy={c.strategy}")
+    if c.jit_compile:
+        return ("--seeds_at_once runs its packed step without XLA (on a CPU XLA's vectorised "
+                "step is far slower): drop --jit_compile; each packed seed draws what its "
+                "--nojit_compile run draws")
+    # the inputs are conv features cached once (experiment.prepare) or pixels that the
+    # step's conv layers see
+    features = c.hidden or (c.freeze_convE and c.replay != "generative")
+    if not EXPERIMENTS[c.experiment][3] and not features:
+        return ("--seeds_at_once does not pack conv layers that train in the step "
+                "(pixel-level CIFAR; batch-norm statistics are state of the step): use "
+                "--hidden or --freeze_convE, or run the seeds separately")
+    return None

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from bir_keras.config import Config, ConfigError, method_label, resolve
+from bir_keras.config import Config, ConfigError, method_label, resolve, unpackable
 from bir_keras.data.protocols import check_setting
 
 NAN, INF = float("nan"), float("inf")
@@ -148,3 +148,20 @@ def test_a_named_method_in_the_library_is_that_method():
         resolve(Config(method="bir", replay="buffer"))
     with pytest.raises(ConfigError, match="--method=lwf sets --distill=true"):
         resolve(Config(method="lwf", distill=False))
+
+
+@pytest.mark.parametrize("fields, says", [
+    (dict(experiment="split_mnist", replay="generative"), None),
+    (dict(experiment="split_mnist", replay="buffer", budget=10), "--replay=buffer"),
+    (dict(experiment="split_mnist", strategy="mirrored"), "one device"),
+    (dict(experiment="split_mnist", jit_compile=True), "drop --jit_compile"),
+    (dict(experiment="split_mnist", jit_compile=False), None),
+    # CIFAR: conv layers in the step (pixel level) cannot be packed; cached features can
+    (dict(experiment="split_cifar100", replay="generative"), "pixel-level CIFAR"),
+    (dict(experiment="split_cifar100", replay="generative", hidden=True,
+          freeze_convE=True), None),
+    (dict(experiment="split_cifar100", ewc=True, freeze_convE=True), None),
+])
+def test_unpackable_says_why_seeds_cannot_share_a_step(fields, says):
+    why = unpackable(resolve(Config(**fields)))
+    assert why is None if says is None else says in why

@@ -48,7 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 from bir_keras import interrupts
-from bir_keras.config import ConfigError
+from bir_keras.config import ConfigError, unpackable
 from bir_keras.models.layers import dense_gradients
 from bir_keras.strategies.base import (
     Batch,
@@ -66,7 +66,7 @@ from bir_keras.strategies.regularizers import apply_regularized
 def check_packable(trainers: list[Trainer]) -> None:
     """Refuse (``ConfigError``) what one vectorised step cannot train: trainers of different
     methods or settings (other than the seed), buffer replay, conv layers trained in the
-    step, several replicas."""
+    step, several replicas, an explicit request for XLA."""
     first = trainers[0]
     for tr in trainers[1:]:
         if type(tr) is not type(first):
@@ -77,16 +77,12 @@ def check_packable(trainers: list[Trainer]) -> None:
             diff = sorted(k for k in a if a[k] != b.get(k))
             raise ConfigError(f"--seeds_at_once packs seeds of one setting only (differs: "
                               f"{', '.join(diff)})")
-    if first.config.replay == "buffer":
-        raise ConfigError("--seeds_at_once does not pack --replay=buffer yet (its memory is "
-                          "written inside the step): run its seeds separately")
-    if first.replicas > 1:
-        raise ConfigError("--seeds_at_once packs seeds on one device: it does not combine "
-                          "with --strategy=mirrored or multi_worker")
-    if first.protocol.conv and not first.protocol.features:
-        raise ConfigError("--seeds_at_once does not pack conv layers that train in the step "
-                          "(pixel-level CIFAR; batch-norm statistics are state of the step): "
-                          "use --hidden or --freeze_convE, or run the seeds separately")
+    why = unpackable(first.config)
+    if why:
+        raise ConfigError(why)
+    if first.replicas > 1 or first.protocol.conv and not first.protocol.features:
+        raise ConfigError("--seeds_at_once packs seeds on one device, without conv layers "
+                          "that train in the step")
 
 
 def _network_variables(tr: Trainer) -> list:

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from apps.compare import changed_settings, check_run, is_cached, plan, stamp, write_tables
+from apps.compare import (
+    changed_settings,
+    check_run,
+    is_cached,
+    plan,
+    stamp,
+    unexpected_entries,
+    write_tables,
+)
 from bir_keras import rundirs
 from bir_keras.config import ConfigError
 from tests.apps.test_refusals import no_tensorflow_env
@@ -100,6 +108,32 @@ def test_cache_skips_finished_and_reruns_changed(finished):
         runs = plan(["none"], [0, 1], "split_digits", "class", args, root)
         assert [is_cached(r) for r in runs] == [cached, cached], args
         assert all(a in r["args"] for r in runs for a in args)  # passed to apps.train
+
+
+def test_seeds_are_packed_and_each_cached_as_its_own_run(finished):
+    # the fixture's two seeds fit in memory: one apps.train trained both (the default)
+    root, r = finished
+    assert "2 to run (2 of them in 1 pack(s) of seeds)" in r.stdout, r.stdout
+    assert not list((root / "runs").glob("*-pack-*"))   # the pack's folder is gone
+    for seed in (0, 1):
+        [d] = root.glob(f"runs/none-s{seed}-*")
+        rec = json.loads((d / "out" / "results.json").read_text())
+        assert rec["flags"]["seed"] == seed and rec["seeds_at_once"] == 2
+        assert rec["export_dir"] == str(d / "export")
+        assert json.loads((d / "export" / "run.json").read_text())["flags"]["seed"] == seed
+        assert rundirs.foreign_entries(d / "out", rundirs.OUTPUT) == []
+        assert f"seed {seed} of the pack" in (d / "log.txt").read_text()
+    assert unexpected_entries(root) == []
+
+
+@pytest.mark.parametrize("case", ["xla", "sweep"])
+def test_what_cannot_be_packed_is_refused(tmp_path, case):
+    args = {"xla": ["--seeds_at_once=2", "--jit_compile"],
+            "sweep": ["--sweep=seeds_at_once:1,2"]}[case]
+    line = one_error_line(compare(*TINY, "--seeds=2", *args, f"--output_dir={tmp_path / 'c'}",
+                                  env=no_tensorflow_env(tmp_path)))
+    assert {"xla": "drop --jit_compile", "sweep": "cannot sweep --seeds_at_once"}[case] in line
+    assert not (tmp_path / "c").exists()
 
 
 def test_published_number_marked_when_settings_differ(tmp_path):
@@ -197,8 +231,10 @@ def test_ctrl_c_stops_runs_and_keeps_finished_ones_cached(finished, tmp_path):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
-        # until seed 2's apps.train process has started
-        while not [d for d in root.glob("runs/none-s2-*") if _running(f"--output_dir={d}")]:
+        # until seed 2's apps.train process has its data and networks (its scratch output
+        # folder exists: the Ctrl-C lands in the training loop)
+        while not [d for d in root.glob("runs/none-s2-*")
+                   if _running(f"--output_dir={d}") and list(d.glob(".out.tmp-*"))]:
             assert proc.poll() is None, proc.communicate()
             assert time.time() < deadline, "the third run did not start"
             time.sleep(0.02)

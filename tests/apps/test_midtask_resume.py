@@ -23,7 +23,8 @@ def config(method: str, **over) -> Config:
                      "method": method, **over})
 
 
-@pytest.mark.parametrize("method", ["bir_si", "generative"])
+# GR with its own generator iterations (--g_iters) with --run-slow: the suite's time
+@pytest.mark.parametrize("method", ["bir_si", pytest.param("generative", marks=pytest.mark.slow)])
 def test_resume_mid_task_gives_the_straight_run(tmp_path, monkeypatch, method):
     # One straight run that checkpoints after every compiled call; the export directory as
     # it stands on disk right after task 2's checkpoint at iteration 50 is copied aside:

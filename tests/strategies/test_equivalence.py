@@ -21,12 +21,12 @@ import pytest
 from benchmarks import equivalence
 
 CASES = {name: (scenario, over) for name, scenario, over in equivalence.CASES}
-# one case per family and path: fine-tuning with SI, LwF with EWC's Fisher, GR with its
-# own iterations, BI-R + SI, re-initialisation, per-task and all-heads Task-IL replay,
-# XdG, Domain-IL's shared modes, Joint's union
-CHECKED = ["class_si", "class_lwf_ewc", "class_generative_g_iters", "class_bir_si",
-           "class_bir_reinit", "task_bir", "task_generative", "task_xdg_si", "domain_bir",
-           "domain_joint"]
+# one case per family and path: fine-tuning with SI, LwF with EWC's Fisher, BI-R + SI,
+# per-task and all-heads Task-IL replay, XdG, Domain-IL's shared modes; with --run-slow
+# also GR with its own iterations, re-initialisation and Joint's union (the suite's time)
+CHECKED = ["class_si", "class_lwf_ewc", "class_bir_si", "task_bir", "task_generative",
+           "task_xdg_si", "domain_bir"]
+SLOW = ["class_generative_g_iters", "class_bir_reinit", "domain_joint"]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,8 @@ def digits():
     return equivalence._digits()
 
 
-@pytest.mark.parametrize("name", CHECKED)
+@pytest.mark.parametrize("name", CHECKED + [pytest.param(n, marks=pytest.mark.slow)
+                                              for n in SLOW])
 def test_same_numbers_as_before_the_refactor(name, record, digits):
     matrices, arrays = record
     scenario, over = CASES[name]

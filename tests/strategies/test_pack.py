@@ -74,11 +74,14 @@ def test_packed_seeds_match_separate_runs(name, tiny_setup):
             assert names == want_names
             np.testing.assert_allclose(got[s], want, rtol=1e-5, atol=1e-7,
                                        err_msg=f"{name}, task {t + 1}, seed {SEEDS[s]}: {names}")
-        # finish the task the same way for all (each alone): the next task starts from
-        # the same state up to the packed chunk's rounding
+        # finish the task: the separate runs alone, the packed ones packed (the step
+        # traced above); the next task starts from the same state up to the packed step's
+        # rounding over a few iterations
         for tr in alone + packed:
             tr.tasks_done.assign(t)
+        for tr in alone:
             tr.fit(until=t + 1)
+        pack.fit(until=t + 1)
 
 
 def test_pack_refuses_what_it_cannot_pack(tiny_setup):
