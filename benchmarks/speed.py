@@ -3,6 +3,8 @@
     python -m benchmarks.speed --quick                       # tiny sizes: does it run?
     python -m benchmarks.speed                               # everything, paper sizes
     python -m benchmarks.speed --methods=bir,none --experiments=split_mnist --xla=off
+    python -m benchmarks.speed --experiments=split_mnist --xla=on \
+        --precisions=float32,mixed_bfloat16 --seeds_at_once=1,10   # alone and packed
 
 Per method and experiment, the step of a replay task (task index 1: after
 ``trainer.start_task(1)``) on random data of the
@@ -15,7 +17,11 @@ warm-up, as the median over ``--repeats`` timings of ``--steps`` iterations, two
   iterations per call, fetched once per call: what ``Trainer.train_task`` runs.
 
 Both with and without XLA (``Config.jit_compile``); a method whose step fails to compile
-under XLA is reported with the error and measured without it. Also the wall time and peak
+under XLA is reported with the error and measured without it. ``--precisions`` times each
+``--precision`` (bfloat16 without XLA, as ``apps.train`` runs it), and ``--seeds_at_once``
+times K seeds packed into one step (``strategies.pack.SeedPack``, seeds 0..K-1, no XLA)
+as ``apps.train --seeds_at_once=K`` runs them: the time per iteration and per seed is the
+pack's time divided by K. Also the wall time and peak
 memory of a whole protocol run (split MNIST Class-IL BI-R, 5 tasks x ``--protocol_iters``
 iterations, through ``experiment.run`` with its evaluation, exports and TensorBoard logs) in
 a fresh process, and this machine's dense matmul rate (2048 x 2048 float32).
@@ -59,11 +65,16 @@ QUICK = dict(batch=16, fc_units=32, z_dim=8, n_train=600, n_test=100, steps=5, r
 
 flags.DEFINE_list("methods", METHOD_NAMES, "methods to time (names of --method; default all)")
 flags.DEFINE_list("experiments", list(EXPERIMENTS), "split_mnist and/or permuted_mnist")
+flags.DEFINE_list("precisions", ["float32"], "--precision values to time (float32, "
+                  "mixed_bfloat16; bfloat16 always without XLA)")
+flags.DEFINE_list("seeds_at_once", ["1"], "pack sizes K to time (1: one seed, its own step; "
+                  "K > 1: K seeds in one packed step, without XLA)")
 flags.DEFINE_integer("steps", 50, "iterations per timing (default 50)")
 flags.DEFINE_integer("repeats", 5, "timings per method; the median is reported (default 5)")
 flags.DEFINE_integer("warmup", 5, "untimed iterations after tracing (default 5)")
-flags.DEFINE_enum("xla", "both", ["both", "on", "off"], "time the step with XLA, without, "
-                  "or both (default both)")
+flags.DEFINE_enum("xla", "both", ["both", "on", "off", "default"], "time the step with XLA, "
+                  "without, both, or as apps.train chooses by default (XLA for float32 on "
+                  "one device; not for bfloat16 or conv steps on a CPU; default both)")
 flags.DEFINE_bool("quick", False, "tiny sizes and few steps: a smoke check, not a measurement")
 flags.DEFINE_integer("protocol_iters", None, "iterations per task of the whole-protocol run "
                      "(split MNIST Class-IL BI-R, 5 tasks; default 2000 = the paper's, 10 with "
@@ -91,7 +102,8 @@ def fake_mnist(n_train: int, n_test: int, seed: int = 0):
                    rs.randint(0, 10, n_test).astype(np.int64), [str(i) for i in range(10)])
 
 
-def make_config(experiment: str, method: str, quick: bool, jit: bool):
+def make_config(experiment: str, method: str, quick: bool, jit: bool,
+                precision: str = "float32", seed: int = 0):
     """The resolved Config of a method at the paper's sizes (or tiny with ``quick``)."""
     from bir_keras.config import Config, method_settings, resolve
 
@@ -101,19 +113,45 @@ def make_config(experiment: str, method: str, quick: bool, jit: bool):
     if quick:
         sizes = dict(batch=QUICK["batch"], fc_units=QUICK["fc_units"], z_dim=QUICK["z_dim"])
     cfg = Config(experiment=experiment, scenario=scenario, iters=10, jit_compile=jit,
-                 **sizes, **method_settings(method, experiment, scenario))
+                 precision=precision, seed=seed, **sizes,
+                 **method_settings(method, experiment, scenario))
     return resolve(cfg, False)
 
 
-def make_replay_step(experiment: str, method: str, quick: bool, jit: bool, dataset):
+def make_replay_step(experiment: str, method: str, quick: bool, jit: bool, dataset,
+                     precision: str = "float32", seed: int = 0):
     """(trainer, run) ready for the step of task index 1 (replay from task 0)."""
     from bir_keras.data.protocols import make_protocol
     from bir_keras.strategies import make_trainer
 
-    cfg = make_config(experiment, method, quick, jit)
+    cfg = make_config(experiment, method, quick, jit, precision, seed)
     protocol = make_protocol(experiment, cfg.scenario, dataset=dataset, seed=cfg.seed)
     trainer = make_trainer(cfg, protocol, verbose=False)
     return trainer, trainer.start_task(1)
+
+
+class PackedStep:
+    """K seeds' replay steps (task index 1) in one ``SeedPack`` step, with the
+    ``run_steps(run, k) -> (losses, count)`` of a trainer, so ``time_trainer`` times it."""
+
+    def __init__(self, experiment: str, method: str, quick: bool, dataset, precision: str,
+                 k: int):
+        from bir_keras.strategies.base import _pad_samples
+        from bir_keras.strategies.pack import SeedPack, check_packable
+
+        made = [make_replay_step(experiment, method, quick, False, dataset, precision, s)
+                for s in range(k)]
+        self.trainers = [tr for tr, _ in made]
+        check_packable(self.trainers)
+        self.pack = SeedPack(self.trainers)
+        # as SeedPack.train_task runs a task: padded data, the plan of the task's iterations
+        self.runs = [r._replace(data=_pad_samples(r.data)) for _, r in made]
+        self.plan = self.trainers[0].plan_for_iteration(self.runs[0].plan, 0)
+        self.steps_per_call = self.trainers[0].steps_per_call
+
+    def run_steps(self, run, k: int):
+        rows = self.pack.run_steps(self.runs, k, self.plan)
+        return rows[0], len(rows[0])
 
 
 # -- FLOPs ---------------------------------------------------------------------------
@@ -242,23 +280,34 @@ def time_trainer(trainer, run, steps: int, repeats: int, warmup: int) -> dict:
 
 
 def bench_method(experiment: str, method: str, xla: bool, dataset, steps: int, repeats: int,
-                 warmup: int, quick: bool) -> dict:
-    """One row: its/s, GFLOP/s, or the error that stopped it."""
-    rec: dict = {"experiment": experiment, "method": method, "xla": xla}
+                 warmup: int, quick: bool, precision: str = "float32", k: int = 1) -> dict:
+    """One row: its/s (of the pack: K iterations, one per seed), GFLOP/s, or the error that
+    stopped it."""
+    rec: dict = {"experiment": experiment, "method": method, "xla": xla,
+                 "precision": precision, "seeds_at_once": k}
+    trainer = run = None
     try:
-        trainer, run = make_replay_step(experiment, method, quick, xla, dataset)
-        rec["scenario"] = trainer.config.scenario
-        rec["batch"], rec["batch_replay"] = trainer.config.batch, trainer.config.batch_replay
-        rec["flops"] = flops_per_iteration(trainer)
+        if k == 1:
+            trainer, run = make_replay_step(experiment, method, quick, xla, dataset,
+                                            precision)
+            first = trainer
+        else:
+            trainer = PackedStep(experiment, method, quick, dataset, precision, k)
+            first = trainer.trainers[0]
+        rec["xla"] = first.jit_compile   # what the step runs with (--xla=default decides)
+        rec["scenario"] = first.config.scenario
+        rec["batch"], rec["batch_replay"] = first.config.batch, first.config.batch_replay
+        rec["flops"] = {n: k * f for n, f in flops_per_iteration(first).items()}
         rec.update(time_trainer(trainer, run, steps, repeats, warmup))
         for way in ("step", "loop"):
             rec[way]["gflops"] = rec["flops"]["total"] * rec[way]["it_per_s"] / 1e9
+            rec[way]["s_per_it_per_seed"] = rec[way]["s_per_it"] / k
     except Exception as e:  # report the op that failed (e.g. under XLA) and go on
         rec["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
     finally:  # drop this method's graphs before the next one
         import keras
 
-        trainer = run = None
+        trainer = run = first = None
         keras.backend.clear_session()
         gc.collect()
     return rec
@@ -360,16 +409,20 @@ def markdown(results: dict) -> str:
              f"dense matmul {mm:.1f} GFLOP/s"
              + (" (--quick: sizes are tiny, numbers mean nothing)" if results["quick"] else ""),
              "",
-             "| experiment | method | XLA | MFLOP/it | step ms (it/s) | loop ms (it/s) | "
-             "per-call overhead ms | loop CPU ms | loop GFLOP/s | % of matmul |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| experiment | method | precision | XLA | seeds | loop ms per seed | MFLOP/it | "
+             "step ms (it/s) | loop ms (it/s) | per-call overhead ms | loop CPU ms | "
+             "loop GFLOP/s | % of matmul |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results["methods"]:
-        head = f"| {r['experiment']} | {r['method']} | {'on' if r['xla'] else 'off'} |"
+        head = (f"| {r['experiment']} | {r['method']} | {r.get('precision', 'float32')} | "
+                f"{ {True: 'on', False: 'off', None: 'default'}[r['xla']]} | "
+                f"{r.get('seeds_at_once', 1)} |")
         if "error" in r:
-            lines.append(f"{head} failed: {r['error'][:120]} | | | | | | |")
+            lines.append(f"{head} failed: {r['error'][:120]} | | | | | | | |")
             continue
         s, lp = r["step"], r["loop"]
-        lines.append(f"{head} {r['flops']['total'] / 1e6:.1f} | "
+        lines.append(f"{head} {1e3 * lp['s_per_it_per_seed']:.2f} | "
+                     f"{r['flops']['total'] / 1e6:.1f} | "
                      f"{1e3 * s['s_per_it']:.2f} ({s['it_per_s']:.1f}) | "
                      f"{1e3 * lp['s_per_it']:.2f} ({lp['it_per_s']:.1f}) | "
                      f"{1e3 * (s['s_per_it'] - lp['s_per_it']):.2f} "
@@ -411,7 +464,22 @@ def main(argv: list[str]) -> None:
     steps, repeats, warmup = FLAGS.steps, FLAGS.repeats, FLAGS.warmup
     if quick:
         steps, repeats, warmup = QUICK["steps"], QUICK["repeats"], QUICK["warmup"]
-    xla_modes = {"both": [False, True], "on": [True], "off": [False]}[FLAGS.xla]
+    # None: what apps.train chooses by default (Trainer._use_xla: XLA for float32 on one
+    # device, not for bfloat16 or conv steps on a CPU)
+    xla_modes = {"both": [False, True], "on": [True], "off": [False],
+                 "default": [None]}[FLAGS.xla]
+    precisions = FLAGS.precisions
+    bad = [p for p in precisions if p not in ("float32", "mixed_bfloat16")]
+    try:
+        packs = [int(k) for k in FLAGS.seeds_at_once]
+    except ValueError:
+        packs = [0]
+    if bad or min(packs) < 1:
+        raise app.UsageError(f"--precisions takes float32, mixed_bfloat16 (got {bad}) and "
+                             f"--seeds_at_once integers >= 1 (got {FLAGS.seeds_at_once})")
+    # one seed: each --xla mode; a pack runs without XLA (strategies.pack), once
+    variants = [(p, k, x) for p in precisions for k in packs
+                for x in (xla_modes if k == 1 else [False])]
     results: dict = {"machine": machine(), "quick": quick, "steps": steps, "repeats": repeats,
                      "warmup": warmup}
     results["matmul_n"] = QUICK["matmul"] if quick else FLAGS.matmul_n
@@ -421,25 +489,26 @@ def main(argv: list[str]) -> None:
         dataset = fake_mnist(QUICK["n_train"] if quick else 12000,
                              QUICK["n_test"] if quick else 1000, seed=1)
         for method in FLAGS.methods:
-            for xla in xla_modes:
+            for precision, k, xla in variants:
                 rec = bench_method(experiment, method, xla, dataset, steps, repeats, warmup,
-                                   quick)
+                                   quick, precision, k)
                 rows.append(rec)
-                if xla and "error" in rec:
+                if xla is not False and "error" in rec:
                     rec["fallback"] = "measured without XLA"
                     if False not in xla_modes:
                         rows.append(bench_method(experiment, method, False, dataset, steps,
-                                                 repeats, warmup, quick))
-                print(f"{experiment} {method} xla={xla}: "
+                                                 repeats, warmup, quick, precision, k))
+                print(f"{experiment} {method} {precision} K={k} xla={xla}: "
                       + (rec["error"] if "error" in rec else
-                         f"{1e3 * rec['loop']['s_per_it']:.2f} ms/it (loop), "
-                         f"{1e3 * rec['step']['s_per_it']:.2f} ms/it (step)"),
+                         f"{1e3 * rec['loop']['s_per_it_per_seed']:.2f} ms/it per seed "
+                         f"(loop), {1e3 * rec['step']['s_per_it']:.2f} ms/call (step)"),
                       file=sys.stderr, flush=True)
     results["methods"] = rows
     results["protocol"] = []
     if iters > 0:
-        for xla in xla_modes[-1:]:   # with --xla=both: XLA on, the default of apps.train
-            results["protocol"].append(protocol_run(iters, FLAGS.data_dir, quick, xla))
+        # with --xla=both or default: XLA on, apps.train's default for this float32 run
+        xla = xla_modes[-1] is not False
+        results["protocol"].append(protocol_run(iters, FLAGS.data_dir, quick, xla))
     results["matmul_gflops_end"] = matmul_gflops(results["matmul_n"], repeats)
     results["load_avg_end"] = list(os.getloadavg())
     results["peak_rss_mib_benchmark"] = peak_rss_mib()[0]
