@@ -3,7 +3,7 @@
     python -m benchmarks.speed --quick                       # tiny sizes: does it run?
     python -m benchmarks.speed                               # everything, paper sizes
     python -m benchmarks.speed --methods=bir,none --experiments=split_mnist --xla=off
-    python -m benchmarks.speed --experiments=split_mnist --xla=on \
+    python -m benchmarks.speed --experiments=split_mnist --xla=default \
         --precisions=float32,mixed_bfloat16 --seeds_at_once=1,10   # alone and packed
 
 Per method and experiment, the step of a replay task (task index 1: after
@@ -18,7 +18,8 @@ warm-up, as the median over ``--repeats`` timings of ``--steps`` iterations, two
 
 Both with and without XLA (``Config.jit_compile``); a method whose step fails to compile
 under XLA is reported with the error and measured without it. ``--precisions`` times each
-``--precision`` (bfloat16 without XLA, as ``apps.train`` runs it), and ``--seeds_at_once``
+``--precision`` (``--xla=default``: XLA as ``apps.train`` chooses it, not for bfloat16 on a
+CPU), and ``--seeds_at_once``
 times K seeds packed into one step (``strategies.pack.SeedPack``, seeds 0..K-1, no XLA)
 as ``apps.train --seeds_at_once=K`` runs them: the time per iteration and per seed is the
 pack's time divided by K. Also the wall time and peak
@@ -66,7 +67,7 @@ QUICK = dict(batch=16, fc_units=32, z_dim=8, n_train=600, n_test=100, steps=5, r
 flags.DEFINE_list("methods", METHOD_NAMES, "methods to time (names of --method; default all)")
 flags.DEFINE_list("experiments", list(EXPERIMENTS), "split_mnist and/or permuted_mnist")
 flags.DEFINE_list("precisions", ["float32"], "--precision values to time (float32, "
-                  "mixed_bfloat16; bfloat16 always without XLA)")
+                  "mixed_bfloat16; each with the --xla modes)")
 flags.DEFINE_list("seeds_at_once", ["1"], "pack sizes K to time (1: one seed, its own step; "
                   "K > 1: K seeds in one packed step, without XLA)")
 flags.DEFINE_integer("steps", 50, "iterations per timing (default 50)")
