@@ -57,8 +57,8 @@ class RunModule(tf.Module):
         self._trunk = _Ref(trunk)
         self.trunk_variables = list(trunk.variables) if trunk is not None else []
         spec = tf.TensorSpec([None, *pixels.input_shape], tf.float32, name="x")
-        self.classify = tf.function(self._classify, input_signature=[spec])
-        self.classify_task = tf.function(self._classify_task, input_signature=[
+        self.classify = tf.function(self._classify, autograph=False, input_signature=[spec])
+        self.classify_task = tf.function(self._classify_task, autograph=False, input_signature=[
             spec, tf.TensorSpec([None], tf.int32, name="task_ids")])
         self.mode_labels = tf.constant(p.mode_to_label(np.arange(p.num_pairs)), tf.int32)
         # The map to the dataset: mode m (task m // cpt, its class m % cpt) is the dataset's
@@ -76,16 +76,16 @@ class RunModule(tf.Module):
         table = p.active_table(learned - 1)
         self._active = tf.constant(table)
         self._active_any = tf.constant(np.max(table[:learned], axis=0))
-        self.labels = tf.function(self._labels, input_signature=[])
+        self.labels = tf.function(self._labels, autograph=False, input_signature=[])
         self.sample = None
         if trainer.can_sample:
             if "generator" in nets:
                 self.generator_variables = list(nets["generator"].variables)
-            self.sample = tf.function(self._sample, input_signature=[
+            self.sample = tf.function(self._sample, autograph=False, input_signature=[
                 tf.TensorSpec([None], tf.int32, name="class_ids")])
         self.classify_features = None
         if p.features:
-            self.classify_features = tf.function(self._classify_features, input_signature=[
+            self.classify_features = tf.function(self._classify_features, autograph=False, input_signature=[
                 tf.TensorSpec([None, *p.input_shape], tf.float32, name="h")])
 
     def _inputs(self, x):

@@ -177,7 +177,7 @@ class SeedPack:
                 raise ValueError("the seeds' networks differ in their variables")
             self._constants = _seed_constants(self.trainers)
             # no XLA: see the module's docstring
-            self._steps_fn = tf.function(self._steps, reduce_retracing=True)
+            self._steps_fn = tf.function(self._steps, reduce_retracing=True, autograph=False)
 
     @property
     def seeds(self) -> list[int]:
