@@ -33,8 +33,9 @@ from bir_keras.config import (
     unpackable,
 )
 from bir_keras.data.sources import DataError
+from bir_keras.xla_cache import CacheError
 
-USER_ERRORS = (ConfigError, DataError, FileExistsError)
+USER_ERRORS = (ConfigError, DataError, FileExistsError, CacheError)
 EXIT_REFUSED = 2
 EXIT_FAILED = 1
 
@@ -358,6 +359,10 @@ def define_train_flags() -> None:
                    "kill loses at most this much; 0 = only after each task (default 5)")
     d.DEFINE_float("progress_every", 30.0, "seconds between progress lines inside a task when "
                    "stdout is not a terminal (a terminal shows a progress bar; default 30)")
+    d.DEFINE_string("xla_cache_dir", None, "keep the XLA-compiled steps in this folder and load "
+                    "them in later runs instead of compiling again (every seed of a setting "
+                    "shares them; one subfolder per TensorFlow version and CPU; the same "
+                    "numbers as compiling; default: no cache)")
     validate_train_flags()
 
 

@@ -106,10 +106,11 @@ PUBLISHED = {
 # apps.train flags that change how a run executes, not what it computes: runs with only
 # these beside --method and --seed have the paper's settings
 EXECUTION_FLAGS = {"data_dir", "jit_compile", "strategy", "num_logical_cpus", "deterministic",
-                   "log_every", "progress_every", "tf_log", "eval_batch", "checkpoint_every"}
+                   "log_every", "progress_every", "tf_log", "eval_batch", "checkpoint_every",
+                   "xla_cache_dir"}
 # ... and those of them that cannot change a run's numbers at all: left out of its stamp, so
 # that a run is cached whatever they are
-NOT_STAMPED = {"progress_every", "tf_log", "checkpoint_every"}
+NOT_STAMPED = {"progress_every", "tf_log", "checkpoint_every", "xla_cache_dir"}
 
 
 def flag_name(arg: str) -> str:

@@ -84,6 +84,11 @@ def _main() -> int:
             # writes, known once TF_CONFIG is read): claim before TensorFlow loads
             if FLAGS.strategy != "multi_worker":
                 claim_paths()
+            if FLAGS.xla_cache_dir:
+                # before TensorFlow loads (it reads TF_XLA_FLAGS once)
+                from bir_keras import xla_cache
+
+                claims.enter_context(xla_cache.enabled(FLAGS.xla_cache_dir))
             strategy, is_chief = common.make_strategy(FLAGS.strategy, FLAGS.num_logical_cpus)
             if FLAGS.strategy == "multi_worker" and is_chief:
                 claim_paths()

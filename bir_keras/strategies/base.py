@@ -80,6 +80,10 @@ class StepContext(NamedTuple):
     active_prev: tf.Tensor   # the same after the previous task (what replay is labelled over)
     w_current: tf.Tensor     # 1 / t: the current data's share of the loss (method.md 2)
     w_replay: tf.Tensor      # 1 - 1 / t: replay's share
+    # [2] int64: the seed's key of the batch draws, an input rather than a constant of the
+    # graph, so that every seed of a setting compiles to the same XLA program (which a
+    # persistent XLA cache, ``xla_cache.py``, then compiles once for all of them)
+    draw_key: tf.Tensor
 
 
 class Plan(NamedTuple):
@@ -429,7 +433,7 @@ class Trainer:
         # Philox named explicitly: "auto_select" may pick another algorithm under XLA
         fold = lambda key, v: tf.random.experimental.stateless_fold_in(  # noqa: E731
             key, tf.cast(v, tf.int64), alg="philox")
-        key = fold(tf.constant([self.config.seed, 0x5EED], tf.int64), ctx.task)
+        key = fold(ctx.draw_key, ctx.task)
         pos = tf.range(n_pad)
         # a cache of other shapes (another task's data) starts empty: every part is sorted
         cache, keys = self._epoch_order.read_value(), self._epoch_key.read_value()
@@ -548,7 +552,8 @@ class Trainer:
                            active=tf.constant(p.active_table(t)),
                            active_prev=tf.constant(p.active_table(max(t - 1, 0))),
                            w_current=tf.constant(1.0 / (t + 1), tf.float32),
-                           w_replay=tf.constant(1.0 - 1.0 / (t + 1), tf.float32))
+                           w_replay=tf.constant(1.0 - 1.0 / (t + 1), tf.float32),
+                           draw_key=tf.constant([self.config.seed, 0x5EED], tf.int64))
 
     def plan(self, t: int) -> Plan:
         """The step's shape for task ``t``."""

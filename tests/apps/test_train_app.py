@@ -35,7 +35,7 @@ def bir_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("bir")
     out, exp = root / "out", root / "export"
     r = train(*FAST, "--method=bir", "--tasks=3", f"--output_dir={out}", f"--export_dir={exp}",
-              "--progress_every=1")
+              "--progress_every=1", f"--xla_cache_dir={root / 'xla'}")
     assert r.returncode == 0, r.stderr[-3000:]
     (root / "stdout.txt").write_text(r.stdout)
     return out, exp
@@ -68,6 +68,15 @@ def test_outputs_written(bir_run):
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert (exp / "saved_model" / "saved_model.pb").exists() and (exp / "run.json").exists()
     assert not [p for p in out.parent.iterdir() if ".tmp-" in p.name]
+
+
+def test_xla_cache_written(bir_run):
+    # the run compiled its steps (with and without replay) into the cache, each entry moved
+    # there whole, and removed its private folder
+    (shared,) = (bir_run[0].parent / "xla").iterdir()
+    assert shared.name.startswith("tf")
+    names = [p.name for p in shared.iterdir()]
+    assert len(names) >= 2 and all(n.startswith("xla_compile_cache__") for n in names), names
 
 
 LOADER = """
