@@ -368,6 +368,24 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# the extensions that decide how fast either program's matmuls run (bfloat16 and AMX
+# included): the CPU model alone does not say, a virtual machine may hide AVX-512
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "asimd",
+                "sve")
+
+
+def vector_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """Which of ``VECTOR_FLAGS`` this CPU reports (Linux; empty where it cannot be read)."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.split(":", 1)[0].strip() in ("flags", "Features"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in VECTOR_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def git_commit(path: Path, *pathspecs: str) -> str:
     """``HEAD``'s short hash, "+ local changes" when tracked files (``pathspecs``) differ."""
     try:
@@ -396,7 +414,8 @@ def machine() -> dict:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable,
+    return {"cpu": cpu_model(), "vector_isa": vector_isa(), "cores": os.cpu_count(),
+            "usable_cores": usable,
             "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
@@ -434,7 +453,8 @@ def format_table(results: list[dict], info: dict) -> str:
     """
     m, o, r = info["machine"], info["ours"], info["reference"]
     lines = [
-        f"CPU: {m['cpu']}, {m['cores']} cores ({m.get('usable_cores', m['cores'])} usable); "
+        f"CPU: {m['cpu']} ({', '.join(m.get('vector_isa') or ['extensions not read'])}), "
+        f"{m['cores']} cores ({m.get('usable_cores', m['cores'])} usable); "
         f"load average at start {', '.join(f'{x:.2f}' for x in m.get('load_avg_at_start', []))}",
         f"bir_keras: commit {o['commit']} (Python {o['python']}, TensorFlow {o['tensorflow']}, "
         f"Keras {o['keras']})",

@@ -83,7 +83,8 @@ def test_parse_reference_accuracy():
 
 def _info(scale=1.0):
     return {"date": "2026-01-01T00:00:00+00:00", "iters_scale": scale,
-            "machine": {"cpu": "AMD EPYC", "cores": 2, "usable_cores": 2,
+            "machine": {"cpu": "AMD EPYC", "vector_isa": ["avx2", "fma"], "cores": 2,
+                        "usable_cores": 2,
                         "load_avg_at_start": [0.1, 0.2, 0.3]},
             "ours": {"commit": "abc123", "python": "3.11", "tensorflow": "2.21", "keras": "3.15"},
             "reference": {"commit": "1a030f75666c", "python": "3.11", "torch": "2.14.1",
@@ -106,7 +107,7 @@ def test_format_table():
     ]
     table = vr.format_table(results, _info())
     lines = table.splitlines()
-    assert lines[0].startswith("CPU: AMD EPYC, 2 cores")
+    assert lines[0].startswith("CPU: AMD EPYC (avx2, fma), 2 cores")
     assert "commit abc123" in lines[1] and "TensorFlow 2.21" in lines[1]
     assert "commit 1a030f75666c" in lines[2] and "torch 2.14.1" in lines[2]
     assert lines[3] == "date: 2026-01-01T00:00:00+00:00"
@@ -288,3 +289,11 @@ def test_a_failed_side_leaves_the_earlier_record(tmp_path, capsys, monkeypatch):
                       f"--out={out}", "--overwrite", "--reference_python=python3")
     assert code == 1 and "not written (a side failed)" in err
     assert out.read_bytes() == before
+
+
+def test_vector_isa_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\n"
+                    "flags\t\t: fpu sse2 fma avx2 avx512f avx512_bf16 sha_ni\n")
+    assert vr.vector_isa(info) == ["avx2", "fma", "avx512f", "avx512_bf16"]
+    assert vr.vector_isa(tmp_path / "absent") == []
