@@ -85,8 +85,9 @@ class RunModule(tf.Module):
                 tf.TensorSpec([None], tf.int32, name="class_ids")])
         self.classify_features = None
         if p.features:
-            self.classify_features = tf.function(self._classify_features, autograph=False, input_signature=[
-                tf.TensorSpec([None, *p.input_shape], tf.float32, name="h")])
+            self.classify_features = tf.function(
+                self._classify_features, autograph=False,
+                input_signature=[tf.TensorSpec([None, *p.input_shape], tf.float32, name="h")])
 
     def _inputs(self, x):
         if self._pixels.mean is not None:

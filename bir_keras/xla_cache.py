@@ -1,6 +1,6 @@
 """A persistent XLA cache: a run loads the compiled training steps an earlier run of the same
-program compiled, instead of compiling them again (about 9 s of a BI-R split MNIST run on a
-2-core CPU, where the whole run takes 90-170 s).
+program compiled, instead of compiling them again (6-10 s of a BI-R split MNIST run on a
+2-core CPU, where the whole run takes 90-230 s: README, Speed).
 
 TensorFlow has the mechanism (``TF_XLA_FLAGS=--tf_xla_persistent_cache_directory``): after
 compiling a cluster it writes the executable to that directory, keyed by a hash of the
@@ -8,7 +8,7 @@ cluster's signature and of its HLO, and before compiling it looks there, checkin
 entry's HLO is the one it would compile. A hit gives the same executable, so the same
 numbers, as compiling. Every seed of a setting compiles to the same program (the seed's keys
 are inputs of the step: ``StepContext.draw_key``), so a sweep over seeds compiles each step
-once.
+once; XdG's masks are constants of its step, so XdG compiles once per seed.
 
 What this module adds to it:
 
