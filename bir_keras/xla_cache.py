@@ -44,6 +44,8 @@ from pathlib import Path
 FLAG = "--tf_xla_persistent_cache_directory"
 ENTRY_PREFIX = "xla_compile_cache__"  # what TensorFlow names its entries
 RUN_PREFIX = ".run-"
+# written into each private folder first: only a folder holding it is ever removed as stale
+RUN_MARKER = ".bir_keras_xla_run"
 
 
 class CacheError(ValueError):
@@ -86,10 +88,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _remove_stale_runs(shared: Path, host: str) -> None:
-    """Remove the private folders left by killed runs of this host (their names say so)."""
+    """Remove the private folders left by killed runs of this host: their names say whose,
+    and their marker that this module made them."""
     for d in shared.glob(f"{RUN_PREFIX}{host}-*"):
         pid = d.name[len(f"{RUN_PREFIX}{host}-"):].split("-", 1)[0]
-        if d.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+        if (d.is_dir() and not d.is_symlink() and (d / RUN_MARKER).is_file()
+                and pid.isdigit() and not _pid_alive(int(pid))):
             shutil.rmtree(d, ignore_errors=True)
 
 
@@ -139,6 +143,7 @@ def enabled(root: str | os.PathLike) -> Iterator[Path]:
     private.mkdir()
     known = set()
     try:
+        (private / RUN_MARKER).write_text(f"{os.getpid()}\n")
         for name, path in _entries(shared).items():
             try:
                 os.link(path, private / name)

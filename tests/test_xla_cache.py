@@ -1,6 +1,7 @@
 """bir_keras.xla_cache: a private folder per run, entries published whole, refusals."""
 
 import os
+import shutil
 import socket
 import sys
 
@@ -32,7 +33,12 @@ def test_entries_linked_in_and_published_whole(no_tf, tmp_path):
     # one of a live process stays
     dead = shared / f".run-{host}-{2 ** 22 + 12345}-deadbeef"
     live = shared / f".run-{host}-{os.getpid()}-cafecafe"
-    dead.mkdir(), live.mkdir()
+    # a folder of that name without the marker was not made by this module: it stays
+    foreign = shared / f".run-{host}-{2 ** 22 + 12346}-0000"
+    for d in (dead, live, foreign):
+        d.mkdir()
+    for d in (dead, live):
+        (d / xla_cache.RUN_MARKER).write_text("1\n")
     with xla_cache.enabled(tmp_path) as folder:
         assert folder == shared
         private = private_folder()
@@ -44,9 +50,11 @@ def test_entries_linked_in_and_published_whole(no_tf, tmp_path):
         assert not (shared / "xla_compile_cache__3__4__XLA_CPU_JIT.pb").exists()
     assert "TF_XLA_FLAGS" not in os.environ
     assert not os.path.exists(private) and not dead.exists() and live.is_dir()
+    assert foreign.is_dir()
     assert (shared / "xla_compile_cache__3__4__XLA_CPU_JIT.pb").read_bytes() == b"new entry"
     assert old.read_bytes() == b"old entry"
-    live.rmdir()
+    for d in (live, foreign):
+        shutil.rmtree(d)
     assert sorted(p.name for p in shared.iterdir()) == [
         "xla_compile_cache__1__2__XLA_CPU_JIT.pb", "xla_compile_cache__3__4__XLA_CPU_JIT.pb"]
 
