@@ -92,8 +92,10 @@ def test_non_finite_loss_stops_with_error_and_keeps_last_export(tmp_path_factory
     run = json.loads((exp / "run.json").read_text())
     assert run["tasks_learned"] == 1 and len(run["accuracy_matrix"]) == 1
     assert (exp / "saved_model" / "saved_model.pb").exists()
-    # ... and nothing else was exported (no temporary or interrupted siblings)
-    assert sorted(p.name for p in exp.parent.iterdir()) == ["export", "out", "result.json"]
+    # ... and nothing else was exported (no temporary or interrupted siblings; ".made" is
+    # tests/once.py's marker)
+    assert sorted(p.name for p in exp.parent.iterdir()) == [".made", "export", "out",
+                                                            "result.json"]
 
 
 def test_ctrl_c_inside_a_c_callback_counts_as_an_interrupt():

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from bir_keras import rundirs
+from tests.apps.test_train_app import FAST
+from tests.once import made_once
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-FAST = ["--experiment=split_digits", "--scenario=class", "--iters=25", "--batch=32",
-        "--fc_units=40", "--z_dim=8", "--keep_label_order"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -26,14 +26,13 @@ def python_m(module: str, *args, timeout: int = 300) -> subprocess.CompletedProc
 def tiny_bir_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(output_dir, export_dir) of a 2-task BI-R run on split digits, trained once per
     pytest session and shared with test_tensorboard.py (which logs every 10 steps)."""
-    root = tmp_path_factory.getbasetemp() / "tiny_bir_run"
-    out, exp = root / "out", root / "export"
-    if not (out / "results.json").exists():
-        root.mkdir(exist_ok=True)
+    def make(root: Path) -> None:
         r = python_m("apps.train", *FAST, "--method=bir", "--tasks=2", "--log_every=10",
-                     f"--output_dir={out}", f"--export_dir={exp}", "--overwrite")
+                     f"--output_dir={root / 'out'}", f"--export_dir={root / 'export'}")
         assert r.returncode == 0, r.stderr[-3000:]
-    return out, exp
+
+    root = made_once(tmp_path_factory, "tiny_bir_run", make)
+    return root / "out", root / "export"
 
 
 def diverging_ewc_run(tmp_path_factory: pytest.TempPathFactory):
@@ -41,17 +40,19 @@ def diverging_ewc_run(tmp_path_factory: pytest.TempPathFactory):
     non-finite in task 2 (EWC's penalty is zero in task 1; lambda = 1e38 overflows float32
     once the parameters move), started over an earlier ``output_dir`` with --overwrite.
     Run once per session; shared with test_failures.py."""
-    root = tmp_path_factory.getbasetemp() / "diverging_ewc_run"
-    out, exp = root / "out", root / "export"
-    cached = root / "result.json"
-    if not cached.exists():
-        out.mkdir(parents=True)  # an earlier run's output (marked: --overwrite may replace it)
+    def make(root: Path) -> None:
+        out = root / "out"
+        out.mkdir()  # an earlier run's output (marked: --overwrite may replace it)
         (out / "results.json").write_text("an earlier run")
         rundirs.write_marker(out, rundirs.OUTPUT)
         r = python_m("apps.train", *FAST, "--method=ewc", "--ewc_lambda=1e38", "--fisher_n=50",
-                     "--tasks=3", f"--output_dir={out}", f"--export_dir={exp}", "--overwrite")
-        cached.write_text(json.dumps([r.returncode, r.stdout, r.stderr]))
-    rc, stdout, stderr = json.loads(cached.read_text())
+                     "--tasks=3", f"--output_dir={out}", f"--export_dir={root / 'export'}",
+                     "--overwrite")
+        (root / "result.json").write_text(json.dumps([r.returncode, r.stdout, r.stderr]))
+
+    root = made_once(tmp_path_factory, "diverging_ewc_run", make)
+    out, exp = root / "out", root / "export"
+    rc, stdout, stderr = json.loads((root / "result.json").read_text())
     return subprocess.CompletedProcess([], rc, stdout, stderr), out, exp
 
 

@@ -10,10 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.once import made_once
+
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-FAST = ["--experiment=split_digits", "--scenario=class", "--iters=25", "--batch=32",
+TINY = ["--experiment=split_digits", "--scenario=class", "--iters=25", "--batch=32",
         "--fc_units=40", "--z_dim=8", "--keep_label_order"]
+# Tiny runs step without XLA: in a 25-iteration task XLA's compilation is most of the time
+# (6-10 s of the task, against 1-2 s without), and the suite must stay within 10 minutes.
+# The default step (XLA on a CPU for these networks, with its cache) is bir_run's.
+FAST = [*TINY, "--nojit_compile"]
 
 
 def train(*args, cwd=ROOT):
@@ -30,15 +36,19 @@ def tree_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-@pytest.fixture(scope="module")
-def bir_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bir")
-    out, exp = root / "out", root / "export"
-    r = train(*FAST, "--method=bir", "--tasks=3", f"--output_dir={out}", f"--export_dir={exp}",
-              "--progress_every=1", f"--xla_cache_dir={root / 'xla'}")
+def _bir_run(root: Path) -> None:
+    r = train(*TINY, "--method=bir", "--tasks=3", f"--output_dir={root / 'out'}",
+              f"--export_dir={root / 'export'}", "--progress_every=1",
+              f"--xla_cache_dir={root / 'xla'}")
     assert r.returncode == 0, r.stderr[-3000:]
     (root / "stdout.txt").write_text(r.stdout)
-    return out, exp
+
+
+@pytest.fixture(scope="module")
+def bir_run(tmp_path_factory):
+    """(output_dir, export_dir) of a 3-task BI-R run on the default step (read-only)."""
+    root = made_once(tmp_path_factory, "bir_run", _bir_run)
+    return root / "out", root / "export"
 
 
 def test_outputs_written(bir_run):
@@ -143,7 +153,8 @@ def test_resume_gives_same_matrix_as_straight_run(tmp_path):
     args = [*FAST, "--method=si", "--replay=generative", "--iters=20"]
     cfg = {**method_settings("si", "split_digits", "class"),
            **dict(experiment="split_digits", scenario="class", iters=20, batch=32, fc_units=40,
-                  z_dim=8, keep_label_order=True, method="si", replay="generative")}
+                  z_dim=8, keep_label_order=True, method="si", replay="generative",
+                  jit_compile=False)}
     straight = experiment.run(Config(**cfg, tasks=3), str(tmp_path / "a"),
                               export_dir=str(tmp_path / "ea"), verbose=False)
     experiment.run(Config(**cfg, tasks=2), str(tmp_path / "b"),
@@ -206,7 +217,7 @@ def run_here(tmp_path, method: str, **over) -> Path:
     from bir_keras.config import Config, method_settings
 
     base = {**dict(experiment="split_digits", scenario="class", iters=25, batch=32,
-                   fc_units=40, z_dim=8, keep_label_order=True), **over}
+                   fc_units=40, z_dim=8, keep_label_order=True, jit_compile=False), **over}
     cfg = Config(**{**method_settings(method, "split_digits", base["scenario"]), **base,
                     "method": method})
     experiment.run(cfg, str(tmp_path / "o"), export_dir=str(tmp_path / "export"),

@@ -179,7 +179,10 @@ def test_incompatible_flags_refused(tiny_setup, kw, msg):
         tiny_setup(scenario, tasks=2, **kw)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(replay="generative", brain_inspired=True, si=True)])
+# BI-R + SI with --run-slow (40 s in the suite): its XLA step is also checked against a
+# record by test_equivalence.py (class_bir_si) and through apps.train by test_train_app.py
+@pytest.mark.parametrize("kw", [dict(), pytest.param(
+    dict(replay="generative", brain_inspired=True, si=True), marks=pytest.mark.slow)])
 def test_xla_step_trains_like_the_plain_step(tiny_setup, kw):
     """--jit_compile runs the same step. On a CPU, TensorFlow 2.21's stateless random ops
     draw other numbers under XLA than without it (README, "Running an experiment"), so the
