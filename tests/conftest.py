@@ -8,6 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import gzip
 import pickle
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,16 @@ def _pattern(index: int, shape: tuple[int, int, int]) -> np.ndarray:
     """Deterministic uint8 image number ``index``: (7*index + 3*row + 5*col + 11*ch) % 256."""
     rows, cols, chans = np.indices(shape)
     return ((7 * index + 3 * rows + 5 * cols + 11 * chans) % 256).astype(np.uint8)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ctrl_c_reaches_python():
+    """Ctrl-C handled as in a terminal, also where the suite was started with SIGINT ignored
+    (a background job of a script, nohup): Python keeps an inherited SIG_IGN, and the
+    processes the tests start would inherit it too, so the interrupt tests would see no
+    Ctrl-C. Python's own handler here gives each child the default disposition at exec."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
