@@ -19,13 +19,14 @@ warm-up, as the median over ``--repeats`` timings of ``--steps`` iterations, two
 Both with and without XLA (``Config.jit_compile``); a method whose step fails to compile
 under XLA is reported with the error and measured without it. ``--precisions`` times each
 ``--precision`` (``--xla=default``: XLA as ``apps.train`` chooses it, not for bfloat16 on a
-CPU), and ``--seeds_at_once``
-times K seeds packed into one step (``strategies.pack.SeedPack``, seeds 0..K-1, no XLA)
-as ``apps.train --seeds_at_once=K`` runs them: the time per iteration and per seed is the
-pack's time divided by K. Also the wall time and peak
-memory of a whole protocol run (split MNIST Class-IL BI-R, 5 tasks x ``--protocol_iters``
-iterations, through ``experiment.run`` with its evaluation, exports and TensorBoard logs) in
-a fresh process, and this machine's dense matmul rate (2048 x 2048 float32).
+CPU, where the update alone is compiled, ``strategies.base.xla_update``), and
+``--seeds_at_once`` times K seeds packed into one step (``strategies.pack.SeedPack``, seeds
+0..K-1; the step without XLA, its update with XLA unless ``--xla=off``) as
+``apps.train --seeds_at_once=K`` runs them: the time per iteration and per seed is the
+pack's time divided by K. Also the wall time and peak memory of a whole protocol run (split
+MNIST Class-IL BI-R, 5 tasks x ``--protocol_iters`` iterations, through ``experiment.run``
+with its evaluation, exports and TensorBoard logs) in a fresh process, and this machine's
+dense matmul rate (2048 x 2048 float32).
 
 Experiments (the paper's sizes): split MNIST, batch 128 (+128 replayed), 2 x 400 units,
 Class-IL (Task-IL for XdG, which needs task identity); permuted MNIST, batch 256 (+256),
@@ -136,11 +137,13 @@ class PackedStep:
     ``run_steps(run, k) -> (losses, count)`` of a trainer, so ``time_trainer`` times it."""
 
     def __init__(self, experiment: str, method: str, quick: bool, dataset, precision: str,
-                 k: int):
+                 k: int, xla: bool | None = None):
         from bir_keras.strategies.base import _pad_samples
         from bir_keras.strategies.pack import SeedPack, check_packable
 
-        made = [make_replay_step(experiment, method, quick, False, dataset, precision, s)
+        # ``xla`` is each seed's --jit_compile: None (auto) or False; the packed step runs
+        # without XLA either way, its update with XLA under auto (strategies.base.xla_update)
+        made = [make_replay_step(experiment, method, quick, xla, dataset, precision, s)
                 for s in range(k)]
         self.trainers = [tr for tr, _ in made]
         check_packable(self.trainers)
@@ -296,6 +299,8 @@ def bench_method(experiment: str, method: str, xla: bool, dataset, steps: int, r
                  warmup: int, quick: bool, precision: str = "float32", k: int = 1) -> dict:
     """One row: its/s (of the pack: K iterations, one per seed), GFLOP/s, or the error that
     stopped it."""
+    from bir_keras.strategies.base import xla_update
+
     rec: dict = {"experiment": experiment, "method": method, "xla": xla,
                  "precision": precision, "seeds_at_once": k}
     trainer = run = None
@@ -305,9 +310,13 @@ def bench_method(experiment: str, method: str, xla: bool, dataset, steps: int, r
                                             precision)
             first = trainer
         else:
-            trainer = PackedStep(experiment, method, quick, dataset, precision, k)
+            trainer = PackedStep(experiment, method, quick, dataset, precision, k, xla)
             first = trainer.trainers[0]
-        rec["xla"] = first.jit_compile   # what the step runs with (--xla=default decides)
+        # what the step runs with (--xla=default decides): XLA for the whole step, or for
+        # its update alone (strategies.base.xla_update; a pack's step never has XLA)
+        packed_update = xla_update(first.config.jit_compile, False, first.replicas)
+        rec["xla"] = first.jit_compile if k == 1 else False
+        rec["xla_update"] = first.xla_update if k == 1 else packed_update
         rec["scenario"] = first.config.scenario
         rec["batch"], rec["batch_replay"] = first.config.batch, first.config.batch_replay
         rec["flops"] = {n: k * f for n, f in flops_per_iteration(first).items()}
@@ -413,6 +422,13 @@ def machine() -> dict:
             "keras": keras.__version__}
 
 
+def _xla_cell(r: dict) -> str:
+    """XLA column: the whole step, or without XLA but with an XLA-compiled update."""
+    if r["xla"] is None:
+        return "default"
+    return "on" if r["xla"] else "off, update on" if r.get("xla_update") else "off"
+
+
 def markdown(results: dict) -> str:
     """The table of step speeds and the protocol run."""
     mm = results["matmul_gflops"]
@@ -428,7 +444,7 @@ def markdown(results: dict) -> str:
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results["methods"]:
         head = (f"| {r['experiment']} | {r['method']} | {r.get('precision', 'float32')} | "
-                f"{ {True: 'on', False: 'off', None: 'default'}[r['xla']]} | "
+                f"{_xla_cell(r)} | "
                 f"{r.get('seeds_at_once', 1)} |")
         if "error" in r:
             lines.append(f"{head} failed: {r['error'][:120]} | | | | | | | |")
@@ -490,9 +506,13 @@ def main(argv: list[str]) -> None:
     if bad or min(packs) < 1:
         raise app.UsageError(f"--precisions takes float32, mixed_bfloat16 (got {bad}) and "
                              f"--seeds_at_once integers >= 1 (got {FLAGS.seeds_at_once})")
-    # one seed: each --xla mode; a pack runs without XLA (strategies.pack), once
+    # one seed: each --xla mode; a pack's step runs without XLA (strategies.pack), its
+    # update with XLA under auto (None): --xla=off times it without, default and on with
+    # it, both both ways
+    pack_modes = {"both": [False, None], "on": [None], "off": [False],
+                  "default": [None]}[FLAGS.xla]
     variants = [(p, k, x) for p in precisions for k in packs
-                for x in (xla_modes if k == 1 else [False])]
+                for x in (xla_modes if k == 1 else pack_modes)]
     results: dict = {"machine": machine(), "quick": quick, "steps": steps, "repeats": repeats,
                      "warmup": warmup}
     results["matmul_n"] = QUICK["matmul"] if quick else FLAGS.matmul_n

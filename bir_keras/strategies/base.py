@@ -37,6 +37,41 @@ from bir_keras.models.layers import dense_gradients, masked_logits
 from bir_keras.strategies.regularizers import Regularizer, apply_regularized, make_regularizers
 
 
+def apply_updates(regularizers: list[Regularizer], groups: list[OptimGroup],
+                  grads: list[list[tf.Tensor]]) -> None:
+    """Each group's optimiser applies its gradients (through the regularisers where the
+    group is regularised: SI follows the update)."""
+    for group, g in zip(groups, grads):
+        apply = functools.partial(group.optimizer.apply, g, group.variables)
+        if group.regularized:
+            apply_regularized(regularizers, apply, g, group.variables)
+        else:
+            apply()
+
+
+def xla_update(asked: bool | None, step_xla: bool, replicas: int) -> bool:
+    """Whether a step that runs without XLA (``step_xla`` False) has its update (every
+    optimiser's and regulariser's element-wise arithmetic, ``run_update``) compiled by XLA:
+    on one device, unless ``--nojit_compile`` (``asked`` False) asked for no XLA at all. Run
+    op by op, Adam's update is a dozen passes over every weight; XLA fuses them into one.
+    Measured on a 2-core Xeon with AMX (2026-12-04, README, Speed): BI-R in mixed_bfloat16,
+    ms per iteration without / with replay, 57 / 104 -> 46 / 91 on permuted MNIST, and
+    11.7 -> 10.4 (replay) on split MNIST; 10 packed seeds 4-10% less."""
+    return not step_xla and replicas == 1 and asked is None
+
+
+def run_update(update: Callable[[], None], xla: bool) -> None:
+    """``update()`` inside the step being traced; with ``xla`` as one XLA cluster of its
+    own (a nested ``tf.function(jit_compile=True)``, traced with the step) while the rest of
+    the step runs without XLA (``xla_update``). Every group's gradient is taken before any
+    update: the gradients use the values the forward pass read, so the order does not
+    change them."""
+    if xla:
+        tf.function(update, jit_compile=True, autograph=False)()
+    else:
+        update()
+
+
 def make_adam(lr: float) -> keras.optimizers.Adam:
     """Adam as the authors' code has it: PyTorch's defaults, betas (0.9, 0.999) and epsilon
     1e-8 (Keras' default is 1e-7; fidelity.md item 7)."""
@@ -286,6 +321,7 @@ class Trainer:
             self._epoch_key = tf.Variable(tf.zeros([0], tf.int64), shape=tf.TensorShape([None]),
                                           trainable=False, name="epoch_key")
         self.jit_compile = self._use_xla(config.jit_compile)
+        self.xla_update = xla_update(config.jit_compile, self.jit_compile, self.replicas)
         # No AutoGraph: the step's control flow is written as TF ops (tf.while_loop, tf.cond,
         # tf.where), so converting its Python (and Keras') code changes no graph; the
         # conversion was 8 of the 34 s of a 2-iteration BI-R split MNIST run. A Python `if` on
@@ -513,13 +549,8 @@ class Trainer:
                 pen = reg.penalty()
                 losses[f"penalty_{reg.name}"] = pen
                 losses["total"] = losses["total"] + pen / float(self.replicas)
-        for group in groups:
-            grads = dense_gradients(tape.gradient(losses[group.loss], group.variables))
-            apply = functools.partial(group.optimizer.apply, grads, group.variables)
-            if group.regularized:
-                apply_regularized(self.regularizers, apply, grads, group.variables)
-            else:
-                apply()
+        grads = [dense_gradients(tape.gradient(losses[g.loss], g.variables)) for g in groups]
+        run_update(lambda: apply_updates(self.regularizers, groups, grads), self.xla_update)
         # "total" first; penalties are not per-sample: report them once (the replicas' sum)
         return {k: losses[k] / self.replicas if k.startswith("penalty_") else losses[k]
                 for k in ["total", *(k for k in losses if k != "total")]}

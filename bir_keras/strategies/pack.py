@@ -58,9 +58,11 @@ from bir_keras.strategies.base import (
     TaskRun,
     Trainer,
     _pad_samples,
+    apply_updates,
     chunk_loop,
+    run_update,
+    xla_update,
 )
-from bir_keras.strategies.regularizers import apply_regularized
 
 
 def check_packable(trainers: list[Trainer]) -> None:
@@ -304,16 +306,22 @@ class SeedPack:
                 losses["total"] = losses["total"] + pen
             # seeds share no weight: the gradient of the sum is each seed's own gradient
             sums = {g.loss: tf.reduce_sum(losses[g.loss]) for g in groups[0].values()}
+        # each seed's gradients, group by group: one gradient call per group for all seeds
+        mine: list[list[list[tf.Tensor]]] = [[] for _ in trs]
         for name, group in groups[0].items():
             per_seed = [g[name].variables for g in groups]
             grads = dense_gradients(tape.gradient(sums[group.loss],
                                                   [v for vs in per_seed for v in vs]))
             at = 0
-            for tr, g, vs in zip(trs, groups, per_seed):
-                mine, at = grads[at:at + len(vs)], at + len(vs)
-                apply = lambda o=g[name].optimizer, gr=mine, v=vs: o.apply(gr, v)  # noqa: E731
-                if g[name].regularized:
-                    apply_regularized(tr.regularizers, apply, mine, vs)
-                else:
-                    apply()
+            for i, vs in enumerate(per_seed):
+                mine[i].append(grads[at:at + len(vs)])
+                at += len(vs)
+
+        def update():   # every seed's optimisers (and regularisers), one cluster under XLA
+            for tr, g, gr in zip(trs, groups, mine):
+                apply_updates(tr.regularizers, list(g.values()), gr)
+
+        # the packed step runs without XLA (the module's docstring); its update with XLA
+        # unless --nojit_compile
+        run_update(update, xla_update(first.config.jit_compile, False, first.replicas))
         return {k: losses[k] for k in ["total", *(k for k in losses if k != "total")]}
