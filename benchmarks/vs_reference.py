@@ -2,7 +2,8 @@
 
     python -m benchmarks.vs_reference --reference=PATH --data_dir=DIR \\
         --reference_python=/path/to/venv_ref/bin/python [--rows=split_mnist,permuted_mnist] \\
-        [--iters_scale=0.05] [--out=benchmarks/results/vs_reference.json]
+        [--iters_scale=0.05] [--precision=mixed_bfloat16] \\
+        [--out=benchmarks/results/vs_reference.json]
 
 ``--reference`` is a checkout of the authors' repository (``GMvandeVen/brain-inspired-replay``,
 PyTorch), fetched by the user: it is never a dependency of this project and nothing of it is
@@ -276,11 +277,14 @@ def scaled_iters(row: Row, scale: float) -> int:
     return max(1, round(row.iters * scale))
 
 
-def ours_command(row: Row, iters: int, data_dir: Path, work: Path) -> list[str]:
+def ours_command(row: Row, iters: int, data_dir: Path, work: Path,
+                 precision: str = "float32") -> list[str]:
+    # --precision is ours alone: their code computes in float32
     return [sys.executable, "-m", "apps.train", *row.ours, f"--tasks={row.tasks}",
             f"--iters={iters}", f"--batch={row.batch}", f"--lr={row.lr:g}",
-            f"--fc_units={row.fc_units}", f"--seed={SEED}", f"--data_dir={data_dir}",
-            f"--output_dir={work / 'out'}", f"--export_dir={work / 'export'}"]
+            f"--fc_units={row.fc_units}", f"--seed={SEED}", f"--precision={precision}",
+            f"--data_dir={data_dir}", f"--output_dir={work / 'out'}",
+            f"--export_dir={work / 'export'}"]
 
 
 def reference_command(python: str, reference: Path, row: Row, iters: int, data_root: Path,
@@ -441,8 +445,9 @@ def ratio(ours: Side | None, theirs: Side | None) -> float | None:
     return theirs.wall_s / ours.wall_s
 
 
-def row_label(row: Row, iters: int) -> str:
-    return f"{row.title}, {row.tasks} tasks x {iters} iters, seed {SEED}"
+def row_label(row: Row, iters: int, precision: str = "float32") -> str:
+    ours = "" if precision == "float32" else f", bir_keras in {precision}"
+    return f"{row.title}, {row.tasks} tasks x {iters} iters, seed {SEED}{ours}"
 
 
 def format_table(results: list[dict], info: dict) -> str:
@@ -474,7 +479,8 @@ def format_table(results: list[dict], info: dict) -> str:
     ]
     for res in results:
         q = ratio(res["ours"], res["reference"])
-        cells = [row_label(res["row"], res["iters"]), *_cells(res["ours"]),
+        cells = [row_label(res["row"], res["iters"], info.get("precision", "float32")),
+                 *_cells(res["ours"]),
                  *_cells(res["reference"]), "n/a" if q is None else f"{q:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -484,7 +490,8 @@ def to_json(results: list[dict], info: dict) -> dict:
     rows = []
     for res in results:
         row = res["row"]
-        rows.append({"row": row.name, "label": row_label(row, res["iters"]), "tasks": row.tasks,
+        label = row_label(row, res["iters"], info.get("precision", "float32"))
+        rows.append({"row": row.name, "label": label, "tasks": row.tasks,
                      "iters": res["iters"], "batch": row.batch, "lr": row.lr,
                      "fc_units": row.fc_units, "seed": SEED,
                      "ours": res["ours"].as_dict() if res["ours"] else None,
@@ -509,6 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated: {', '.join(ROWS)}")
     p.add_argument("--iters_scale", type=float, default=1.0,
                    help="multiply the iterations per task (quick check; default 1)")
+    p.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"],
+                   help="bir_keras' --precision (default float32, its default; their code "
+                        "runs in float32 either way)")
     p.add_argument("--reference_python", default="python3",
                    help="a Python with torch and torchvision for their code (default python3)")
     p.add_argument("--out", default=None, help="also write the numbers to this JSON file")
@@ -543,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine(),
         "iters_scale": args.iters_scale,
+        "precision": args.precision,
         "ours": {"commit": git_commit(REPO_ROOT, "bir_keras", "apps"),
                  "python": platform.python_version(), "tensorflow": _version("tensorflow"),
                  "keras": _version("keras")},
@@ -567,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
 
             ours_work = work / row.name / "ours"
             ours_work.mkdir(parents=True)
-            cmd = ours_command(row, iters, data_dir, ours_work)
+            cmd = ours_command(row, iters, data_dir, ours_work, args.precision)
             print(f"[{row.name}] bir_keras: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
             side = run_timed(cmd, REPO_ROOT, ours_env, ours_work / "log.txt")
             side.final_average_accuracy = parse_ours_accuracy(Path(side.log).read_text(

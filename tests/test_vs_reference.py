@@ -168,6 +168,13 @@ def test_commands_same_seed_iters_and_files(tmp_path):
     theirs = vr.reference_command("py", tmp_path, perm, 200, tmp_path, tmp_path)
     assert "--experiment=permMNIST" in theirs and "--scenario=domain" in theirs
     assert "--tasks=2" in theirs and "--lr=0.0001" in theirs
+    # --precision is bir_keras' alone, and the table says which it ran
+    assert "--precision=float32" in ours
+    assert "--precision=mixed_bfloat16" in vr.ours_command(perm, 200, tmp_path, tmp_path,
+                                                           "mixed_bfloat16")
+    assert not any("precision" in c for c in theirs)
+    assert vr.row_label(perm, 200, "mixed_bfloat16").endswith("bir_keras in mixed_bfloat16")
+    assert vr.row_label(perm, 200) == "BI-R permuted MNIST Domain-IL, 2 tasks x 200 iters, seed 12"
 
 
 def test_reference_data_layout(tmp_path):
@@ -222,6 +229,8 @@ def test_bad_flags_refused(tmp_path, capsys, no_process):
     assert code == 2 and "unknown cifar" in err
     code, err = _main(capsys, f"--reference={ref}", f"--data_dir={data}", "--iters_scale=-1")
     assert code == 2 and "--iters_scale" in err
+    code, err = _main(capsys, f"--reference={ref}", f"--data_dir={data}", "--precision=float16")
+    assert code == 2 and "--precision" in err and "\n" not in err
     code, err = _main(capsys, f"--data_dir={data}")
     assert code == 2 and err.startswith("error:") and "--reference" in err
 
