@@ -314,7 +314,7 @@ def bench_method(experiment: str, method: str, xla: bool, dataset, steps: int, r
             first = trainer.trainers[0]
         # what the step runs with (--xla=default decides): XLA for the whole step, or for
         # its update alone (strategies.base.xla_update; a pack's step never has XLA)
-        packed_update = xla_update(first.config.jit_compile, False, first.replicas)
+        packed_update = xla_update(first.config.jit_compile, False, first.distributed)
         rec["xla"] = first.jit_compile if k == 1 else False
         rec["xla_update"] = first.xla_update if k == 1 else packed_update
         rec["scenario"] = first.config.scenario

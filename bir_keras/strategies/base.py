@@ -49,15 +49,17 @@ def apply_updates(regularizers: list[Regularizer], groups: list[OptimGroup],
             apply()
 
 
-def xla_update(asked: bool | None, step_xla: bool, replicas: int) -> bool:
+def xla_update(asked: bool | None, step_xla: bool, distributed: bool) -> bool:
     """Whether a step that runs without XLA (``step_xla`` False) has its update (every
     optimiser's and regulariser's element-wise arithmetic, ``run_update``) compiled by XLA:
-    on one device, unless ``--nojit_compile`` (``asked`` False) asked for no XLA at all. Run
+    under TensorFlow's default strategy (not ``distributed``: a MirroredStrategy, even over
+    one device, applies the update through ``merge_call``, which a nested function cannot),
+    unless ``--nojit_compile`` (``asked`` False) asked for no XLA at all. Run
     op by op, Adam's update is a dozen passes over every weight; XLA fuses them into one.
     Measured on a 2-core Xeon with AMX (2026-12-04, README, Speed): BI-R in mixed_bfloat16,
     ms per iteration without / with replay, 57 / 104 -> 46 / 91 on permuted MNIST, and
     11.7 -> 10.4 (replay) on split MNIST; 10 packed seeds 4-10% less."""
-    return not step_xla and replicas == 1 and asked is None
+    return not step_xla and not distributed and asked is None
 
 
 def run_update(update: Callable[[], None], xla: bool) -> None:
@@ -281,6 +283,9 @@ class Trainer:
         self.protocol = protocol
         self.config = config
         self.trunk_weights = trunk_weights
+        # distributed: a tf.distribute strategy given or in scope (apps' --strategy), even
+        # over one device; not: TensorFlow's default strategy
+        self.distributed = strategy is not None or tf.distribute.has_strategy()
         self.strategy = strategy or tf.distribute.get_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
         self.verbose = verbose
@@ -321,7 +326,7 @@ class Trainer:
             self._epoch_key = tf.Variable(tf.zeros([0], tf.int64), shape=tf.TensorShape([None]),
                                           trainable=False, name="epoch_key")
         self.jit_compile = self._use_xla(config.jit_compile)
-        self.xla_update = xla_update(config.jit_compile, self.jit_compile, self.replicas)
+        self.xla_update = xla_update(config.jit_compile, self.jit_compile, self.distributed)
         # No AutoGraph: the step's control flow is written as TF ops (tf.while_loop, tf.cond,
         # tf.where), so converting its Python (and Keras') code changes no graph; the
         # conversion was 8 of the 34 s of a 2-iteration BI-R split MNIST run. A Python `if` on

@@ -323,5 +323,5 @@ class SeedPack:
 
         # the packed step runs without XLA (the module's docstring); its update with XLA
         # unless --nojit_compile
-        run_update(update, xla_update(first.config.jit_compile, False, first.replicas))
+        run_update(update, xla_update(first.config.jit_compile, False, first.distributed))
         return {k: losses[k] for k in ["total", *(k for k in losses if k != "total")]}

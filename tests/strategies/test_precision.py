@@ -57,15 +57,30 @@ def test_float32_is_the_default_and_other_precisions_are_refused(tiny_setup):
         tiny_setup("class", tasks=2, precision="float16")
 
 
-@pytest.mark.parametrize("asked, step_xla, replicas, expected", [
-    (None, False, 1, True),     # auto, a step without XLA (bfloat16 on a CPU, a pack)
-    (False, False, 1, False),   # --nojit_compile: no XLA at all
-    (None, True, 1, False),     # the whole step is compiled already
-    (True, True, 1, False),
-    (None, False, 2, False),    # across replicas nothing is compiled (Trainer._use_xla)
-    (True, False, 2, False)])
-def test_when_the_update_alone_is_compiled(asked, step_xla, replicas, expected):
-    assert xla_update(asked, step_xla, replicas) is expected
+@pytest.mark.parametrize("asked, step_xla, distributed, expected", [
+    (None, False, False, True),     # auto, a step without XLA (bfloat16 on a CPU, a pack)
+    (False, False, False, False),   # --nojit_compile: no XLA at all
+    (None, True, False, False),     # the whole step is compiled already
+    (True, True, False, False),
+    (None, False, True, False),     # a tf.distribute strategy, even over one device
+    (True, False, True, False)])
+def test_when_the_update_alone_is_compiled(asked, step_xla, distributed, expected):
+    assert xla_update(asked, step_xla, distributed) is expected
+
+
+def test_a_one_device_mirrored_strategy_updates_without_xla(tiny_setup):
+    """MirroredStrategy applies the update through merge_call, which a nested XLA function
+    cannot hold (a RuntimeError at tracing): under any strategy the update runs op by op,
+    even over one device, and the step trains."""
+    cfg, proto = tiny_setup("class", tasks=1, iters=3, precision="mixed_bfloat16",
+                            jit_compile=None, replay="generative", brain_inspired=True)
+    strategy = tf.distribute.MirroredStrategy(devices=["/cpu:0"])
+    tr = make_trainer(cfg, proto, strategy=strategy, verbose=False)
+    assert tr.distributed and tr.replicas == 1 and not tr.xla_update
+    tr.fit()
+    assert all(np.isfinite(v) for v in tr.history.losses[0].values())
+    plain = make_trainer(cfg, proto, verbose=False)
+    assert not plain.distributed and plain.xla_update != bool(plain.jit_compile)
 
 
 def test_xla_update_trains_like_the_plain_update(tiny_setup):
