@@ -299,8 +299,6 @@ def bench_method(experiment: str, method: str, xla: bool, dataset, steps: int, r
                  warmup: int, quick: bool, precision: str = "float32", k: int = 1) -> dict:
     """One row: its/s (of the pack: K iterations, one per seed), GFLOP/s, or the error that
     stopped it."""
-    from bir_keras.strategies.base import xla_update
-
     rec: dict = {"experiment": experiment, "method": method, "xla": xla,
                  "precision": precision, "seeds_at_once": k}
     trainer = run = None
@@ -314,9 +312,8 @@ def bench_method(experiment: str, method: str, xla: bool, dataset, steps: int, r
             first = trainer.trainers[0]
         # what the step runs with (--xla=default decides): XLA for the whole step, or for
         # its update alone (strategies.base.xla_update; a pack's step never has XLA)
-        packed_update = xla_update(first.config.jit_compile, False, first.distributed)
         rec["xla"] = first.jit_compile if k == 1 else False
-        rec["xla_update"] = first.xla_update if k == 1 else packed_update
+        rec["xla_update"] = first.xla_update if k == 1 else trainer.pack.xla_update
         rec["scenario"] = first.config.scenario
         rec["batch"], rec["batch_replay"] = first.config.batch, first.config.batch_replay
         rec["flops"] = {n: k * f for n, f in flops_per_iteration(first).items()}

@@ -171,6 +171,11 @@ class SeedPack:
             raise ValueError("a SeedPack needs at least one trainer")
         self.trainers = list(trainers)
         self._loss_names: dict[tuple, list[str]] = {}
+        # one seed steps as its trainer; a pack's step runs without XLA (the module's
+        # docstring), its update with XLA unless --nojit_compile
+        first = self.trainers[0]
+        self.xla_update = first.xla_update if len(self.trainers) == 1 else xla_update(
+            first.config.jit_compile, False, first.distributed)
         if len(self.trainers) > 1:
             check_packable(self.trainers)
             self._vars = [_network_variables(tr) for tr in self.trainers]
@@ -321,7 +326,5 @@ class SeedPack:
             for tr, g, gr in zip(trs, groups, mine):
                 apply_updates(tr.regularizers, list(g.values()), gr)
 
-        # the packed step runs without XLA (the module's docstring); its update with XLA
-        # unless --nojit_compile
-        run_update(update, xla_update(first.config.jit_compile, False, first.distributed))
+        run_update(update, self.xla_update)
         return {k: losses[k] for k in ["total", *(k for k in losses if k != "total")]}
