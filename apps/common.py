@@ -7,8 +7,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import errno
 import json
-import math
 import os
 import re
 import sys
@@ -30,7 +30,6 @@ from bir_keras.config import (
     check_method_flags,
     method_label,
     method_settings,
-    unpackable,
 )
 from bir_keras.data.sources import DataError
 from bir_keras.xla_cache import CacheError
@@ -40,24 +39,75 @@ EXIT_REFUSED = 2
 EXIT_FAILED = 1
 
 
+OS_ERRORS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOENT: "no such file or directory",
+    errno.ENOTDIR: "a part of the path is not a directory",
+    errno.EISDIR: "is a directory",
+    errno.EIO: "input/output error (a failing disk or network file system)",
+}
+
+
+def os_error_text(e: OSError) -> str:
+    """What an ``OSError`` is, in words (``OS_ERRORS``, else its own message), with the path
+    it names if any."""
+    what = OS_ERRORS.get(e.errno) or e.strerror or str(e)
+    path = e.filename if e.filename is not None else None
+    return f"{path}: {what}" if path else what
+
+
 class TrainingFailed(RuntimeError):
     """Work that started and could not finish (a diverged loss, out of memory): exit 1 with
     one ``error:`` line."""
 
 
+# what TensorFlow's own file system says when it cannot write (it reports a full disk as
+# RESOURCE_EXHAUSTED, the code of an out-of-memory error too)
+TF_OS_MESSAGES = {
+    "No space left on device": OS_ERRORS[errno.ENOSPC],
+    "Disk quota exceeded": OS_ERRORS[errno.EDQUOT],
+    "File name too long": OS_ERRORS[errno.ENAMETOOLONG],
+    "Read-only file system": OS_ERRORS[errno.EROFS],
+    "Permission denied": OS_ERRORS[errno.EACCES],
+}
+
+
 @contextlib.contextmanager
 def out_of_memory_names(hint: str):
-    """Turn running out of memory (TensorFlow's ``ResourceExhaustedError``, numpy's or
-    Python's ``MemoryError``) into ``TrainingFailed`` whose line names what to lower."""
+    """Name what ran out or failed during the work, as ``TrainingFailed`` (exit 1, one
+    line): out of memory (TensorFlow's ``ResourceExhaustedError``, ``MemoryError``) names
+    what to lower; a file that could not be written (Python's ``OSError``, or TensorFlow's
+    file errors, which report a full disk as resource exhausted too) names the path and
+    the reason (no space left, name too long, permission denied, read-only file system),
+    never memory."""
     try:
         yield
     except MemoryError:
         raise TrainingFailed(f"out of memory: lower {hint}") from None
-    except Exception as e:  # noqa: BLE001 - only TensorFlow's out-of-memory error is mapped
+    except OSError as e:
+        raise TrainingFailed(f"cannot write or read {os_error_text(e)}") from None
+    except Exception as e:  # noqa: BLE001 - only TensorFlow's resource and file errors are mapped
         tf = sys.modules.get("tensorflow")
-        if tf is None or not isinstance(e, tf.errors.ResourceExhaustedError):
+        if tf is None or not isinstance(e, tf.errors.OpError):
             raise
-        raise TrainingFailed(f"out of memory: lower {hint}") from None
+        message = str(getattr(e, "message", "") or e)
+        for text, what in TF_OS_MESSAGES.items():
+            if text in message:
+                raise TrainingFailed(f"cannot write: {what} ({one_line(message)})") from None
+        if isinstance(e, tf.errors.ResourceExhaustedError):
+            raise TrainingFailed(f"out of memory: lower {hint}") from None
+        raise
+
+
+def one_line(text: str, most: int = 300) -> str:
+    """``text`` on one line, cut to ``most`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= most else text[:most - 3] + "..."
 
 
 def memory_estimate(c: Config) -> tuple[int, str]:
@@ -85,23 +135,13 @@ def _gib(n: float) -> str:
     return f"{n / 2 ** 30:,.0f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:,.0f} MiB"
 
 
-def check_seeds_at_once(c: Config, k: int, resume_from: str | None) -> None:
-    """Refuse (``ConfigError``) what ``--seeds_at_once=K`` > 1 cannot pack, from the flags
-    alone (``strategies.pack.check_packable`` checks the rest once the networks exist)."""
-    if resume_from:
-        raise ConfigError("--seeds_at_once does not combine with --resume_from: resume each "
-                          "seed's export (<export_dir>/seed<s>) on its own")
-    why = unpackable(c)
-    if why:
-        raise ConfigError(why)
-
-
-def check_memory(c: Config, seeds: int = 1) -> str:
+def check_memory(c: Config, seeds: int = 1, replicas: int = 1) -> str:
     """Refuse (``TrainingFailed``: exit 1, before any work) a config whose estimate (times
-    the seeds trained at once) is more than the memory available; else the hint that an
-    out-of-memory error later names."""
+    the seeds trained at once, and the replicas on this machine, each of which holds the
+    networks) is more than the memory available; else the hint that an out-of-memory error
+    later names."""
     need, hint = memory_estimate(c)
-    need *= seeds
+    need *= seeds * max(replicas, 1)
     from bir_keras.appfiles import available_memory
 
     free = available_memory()
@@ -143,14 +183,31 @@ def _flagfile_of(arg: str, argv: list[str]) -> str | None:
     return None
 
 
+def check_flagfile(path: str) -> None:
+    """Refuse (exit 2, one line) a ``--flagfile`` that cannot be read as text: absl would
+    raise a traceback for a binary file and a cryptic line for a folder."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            f.read(1 << 20)
+    except UnicodeDecodeError:
+        refuse(f"--flagfile={path} is not a text file of --name=value lines")
+    except OSError as e:
+        refuse(f"--flagfile={path} cannot be read ({OS_ERRORS.get(e.errno) or e.strerror})")
+
+
 def parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
     """absl's flag parsing, but a bad flag, a value out of range, a flagfile line without
     its leading ``--`` or a stray argument exits 2 with one ``error:`` line, and ``--help``
     exits 0."""
+    for path in [a.split("=", 1)[1] for a in argv[1:] if a.lstrip("-").startswith("flagfile=")]:
+        check_flagfile(path)
     try:
         rest = flags.FLAGS(argv, known_only=known_only)
     except flags.Error as e:
         refuse(str(e))
+    except UnicodeDecodeError:
+        # a flagfile named inside a flagfile that is not text
+        refuse("a --flagfile named in a flagfile is not a text file of --name=value lines")
     except SystemExit as e:
         # absl's --help, --helpfull and --helpxml print the usage and exit 1
         raise SystemExit(0 if e.code in (0, 1, None) else e.code) from None
@@ -284,7 +341,7 @@ def define_train_flags() -> None:
     d.DEFINE_bool("overwrite", False, "replace an existing --output_dir (default false)")
     d.DEFINE_string("replay", _D.replay, "none (fine-tune), offline (Joint), current (LwF), "
                     "generative (GR / BI-R), buffer = experience replay of stored samples, "
-                    f"--budget per class (default {_D.replay})")
+                    "--budget per class (default: as --method sets it, else none)")
     d.DEFINE_integer("budget", _D.budget, "buffer replay: stored training samples per class, "
                      "class-balanced, kept from the end of each task (default "
                      f"{BUFFER_BUDGET} with --replay=buffer)")
@@ -293,19 +350,20 @@ def define_train_flags() -> None:
     d.DEFINE_bool("distill", _D.distill, "soft targets (distillation) for replay (default: on "
                   "with --brain_inspired, else off)")
     d.DEFINE_float("temp", _D.temp, f"distillation temperature (default {_D.temp:g})")
-    d.DEFINE_bool("ewc", _D.ewc, f"EWC penalty (default {_on(_D.ewc)})")
+    d.DEFINE_bool("ewc", _D.ewc, "EWC penalty (default: as --method sets it, else false)")
     d.DEFINE_float("ewc_lambda", _D.ewc_lambda, "EWC strength lambda (default: the paper's grid "
                    "value)")
     d.DEFINE_integer("fisher_n", _D.fisher_n, f"samples for EWC's Fisher (default {_D.fisher_n})")
-    d.DEFINE_bool("online", _D.online, f"online EWC: one running Fisher (default "
-                  f"{_on(_D.online)})")
+    d.DEFINE_bool("online", _D.online, "online EWC: one running Fisher (default: as --method "
+                  "sets it, else false)")
     d.DEFINE_float("gamma", _D.gamma, "online EWC decay of the running Fisher, in (0, 1] "
                    f"(default {_D.gamma:g})")
-    d.DEFINE_bool("si", _D.si, f"synaptic intelligence penalty (default {_on(_D.si)})")
+    d.DEFINE_bool("si", _D.si, "synaptic intelligence penalty (default: as --method sets it, "
+                  "else false)")
     d.DEFINE_float("si_c", _D.si_c, "SI strength c (default: the paper's grid value)")
     d.DEFINE_float("epsilon", _D.epsilon, f"SI damping xi (default {_D.epsilon:g})")
-    d.DEFINE_bool("xdg", _D.xdg, f"context-dependent gating, Task-IL only (default "
-                  f"{_on(_D.xdg)})")
+    d.DEFINE_bool("xdg", _D.xdg, "context-dependent gating, Task-IL only (default: as "
+                  "--method sets it, else false)")
     d.DEFINE_float("xdg_prop", _D.xdg_prop, "XdG: proportion of hidden units silenced per task, "
                    "[0, 1)")
     d.DEFINE_integer("z_dim", _D.z_dim, f"VAE latent units (default {_D.z_dim})")
@@ -318,7 +376,7 @@ def define_train_flags() -> None:
                   f"freezing what is replayed (Fig. 4, default {_on(_D.reinit)})")
     d.DEFINE_bool("brain_inspired", _D.brain_inspired, "BI-R: --feedback --prior=gmm "
                   "--dg_gates --distill (+ --hidden on CIFAR); switch parts off with "
-                  f"--nofeedback etc. (default {_on(_D.brain_inspired)})")
+                  "--nofeedback etc. (default: as --method sets it, else false)")
     d.DEFINE_bool("feedback", _D.feedback, "replay through feedback: the VAE on top of the "
                   "classifier")
     d.DEFINE_string("prior", _D.prior, f"VAE prior, {' or '.join(PRIORS)}; gmm = a mode per "
@@ -366,15 +424,30 @@ def define_train_flags() -> None:
     validate_train_flags()
 
 
+# logical devices a CPU is split into for --strategy=mirrored (a test of several replicas
+# without GPUs): each replica holds a copy of every network and traces its own step
+MAX_LOGICAL_CPUS = 16
+
+
+def check_replicas(f, c: Config) -> None:
+    """Refuse batch sizes that the replicas known from the flags cannot share equally
+    (``--strategy=mirrored --num_logical_cpus=N``); the trainer checks the same once the
+    devices are known (GPUs, workers of TF_CONFIG)."""
+    n = f.num_logical_cpus if c.strategy == "mirrored" else 0
+    for name in ("batch", "batch_replay"):
+        size = getattr(c, name)
+        if n and size is not None and size % n:
+            raise ConfigError(f"--{name}={size} must be divisible by the {n} replicas of "
+                              f"--num_logical_cpus={n} (each takes an equal share of a batch)")
+
+
 def validate_train_flags() -> None:
     """Ranges of the flags that are not ``Config`` fields, checked while parsing (before any
     data or TensorFlow loads). The flags that set a ``Config`` field have no validator:
     ``bir_keras.config.resolve`` checks them, each rule once (the apps call it before
     TensorFlow loads)."""
-    validate("num_logical_cpus", lambda v: v >= 0, ">= 0")
-    validate("seeds_at_once", lambda v: v >= 1, ">= 1")
-    validate("progress_every", lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
-    validate("checkpoint_every", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+    validate("num_logical_cpus", lambda v: 0 <= v <= MAX_LOGICAL_CPUS,
+             f"in [0, {MAX_LOGICAL_CPUS}] (0: off)")
 
 
 def config_from_flags(f) -> Config:
@@ -399,6 +472,15 @@ def run_name(c: Config) -> str:
     return f"{c.experiment}-{c.scenario}-{method_label(c).replace('+', '-')}-s{c.seed}"
 
 
+def check_not_empty(f, names: tuple[str, ...]) -> None:
+    """Refuse a path flag given empty (``--output_dir=``): it would otherwise fall back to the
+    default, or name the working directory."""
+    for name in names:
+        if name in f and f[name].present and not (f[name].value or "").strip():
+            raise ConfigError(f"--{name} is empty: name a path, or leave the flag out for "
+                              "its default")
+
+
 def check_data_dir(path: str | None) -> None:
     """Refuse a ``--data_dir`` that does not exist (before TensorFlow or any data loads)."""
     if path and not os.path.exists(path):
@@ -416,7 +498,8 @@ def make_strategy(name: str, num_logical_cpus: int = 0):
     if name == "default":
         return None, True
     if name == "mirrored":
-        gpus = tf.config.list_logical_devices("GPU")
+        # the logical CPUs when asked for (--num_logical_cpus), else the GPUs, else the CPU
+        gpus = [] if num_logical_cpus else tf.config.list_logical_devices("GPU")
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
         return tf.distribute.MirroredStrategy(devices=devices), True
     try:

@@ -46,13 +46,15 @@ def check_flags():
     """Everything the flags alone decide, before TensorFlow or any data loads:
     (config, resolved config, output_dir, export_dir)."""
     from bir_keras import rundirs
-    from bir_keras.config import resolve
+    from bir_keras.config import check_intervals, check_seeds_at_once, resolve
 
+    common.check_not_empty(FLAGS, ("output_dir", "export_dir", "resume_from", "data_dir",
+                                   "conv_weights", "xla_cache_dir"))
     config = common.config_from_flags(FLAGS)
     resolved = resolve(config)  # every rule about the settings (bir_keras.config.check)
     k = FLAGS.seeds_at_once
-    if k > 1:
-        common.check_seeds_at_once(resolved, k, FLAGS.resume_from)
+    check_seeds_at_once(resolved, k, FLAGS.resume_from)
+    check_intervals(FLAGS.progress_every, FLAGS.checkpoint_every)
     name = common.run_name(resolved) if k == 1 else \
         common.run_name(resolved) + f"-{k}seeds"
     out = FLAGS.output_dir or os.path.join("runs", name)
@@ -62,7 +64,9 @@ def check_flags():
         rundirs.check_run_paths(o, e, FLAGS.resume_from, FLAGS.overwrite)
     if FLAGS.resume_from:
         rundirs.read_resume_record(FLAGS.resume_from, resolved.to_dict())
-    common.check_memory(resolved, k)
+    common.check_replicas(FLAGS, resolved)
+    common.check_memory(resolved, k, FLAGS.num_logical_cpus if resolved.strategy == "mirrored"
+                        else 1)
     return config, resolved, out, export_dir
 
 

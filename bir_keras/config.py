@@ -31,22 +31,24 @@ class Config:
     keep_label_order: bool = False
     data_dir: str | None = None
     # replay: none | offline (Joint) | current (LwF) | generative (GR, BI-R) | buffer
-    replay: str = "none"
+    # None: off, or as ``method`` sets it (``resolve`` fills the off value): so that
+    # ``Config(method="bir", replay="none")`` is refused as ``--method=bir --replay=none`` is
+    replay: str | None = None
     batch_replay: int | None = None
     # buffer replay: stored training samples per class (default BUFFER_BUDGET)
     budget: int | None = None
     distill: bool | None = None
     temp: float = 2.0
     # regularisers
-    ewc: bool = False
+    ewc: bool | None = None
     ewc_lambda: float | None = None
     fisher_n: int = 1000
-    online: bool = False
+    online: bool | None = None
     gamma: float = 1.0
-    si: bool = False
+    si: bool | None = None
     si_c: float | None = None
     epsilon: float = 0.1
-    xdg: bool = False
+    xdg: bool | None = None
     xdg_prop: float | None = None
     # generative replay and BI-R
     z_dim: int = 100
@@ -54,7 +56,7 @@ class Config:
     g_iters: int | None = None
     lr_gen: float | None = None
     reinit: bool = False
-    brain_inspired: bool = False
+    brain_inspired: bool | None = None
     feedback: bool | None = None
     prior: str | None = None
     dg_gates: bool | None = None
@@ -196,26 +198,34 @@ def method_label(c: Config) -> str:
     brain_inspired joined by ``+``, or ``none``."""
     if c.method:
         return c.method
-    parts = [c.replay] if c.replay != "none" else []
+    parts = [c.replay] if c.replay not in (None, "none") else []
     for k in ("ewc", "online", "si", "xdg", "distill", "brain_inspired"):
         if getattr(c, k):
             parts.append(k)
     return "+".join(parts) or "none"
 
 
+# the value of each field a method switches on (``METHODS``) when neither the field nor a
+# method sets it (its ``Config`` default is None, so that a value given is told from one not)
+METHOD_FIELDS_OFF: dict[str, Any] = dict(replay="none", ewc=False, online=False, si=False,
+                                         xdg=False, brain_inspired=False)
+
+
 def with_method(config: Config) -> Config:
     """A copy of ``config`` with its named method's flags (``METHODS``) set where they are
-    at their defaults: ``Config(method="bir")`` is BI-R, as ``--method=bir`` is, not a
-    plain classifier under BI-R's name. A flag set otherwise than the method has it is
-    refused (``check_method_flags``)."""
+    not given (None): ``Config(method="bir")`` is BI-R, as ``--method=bir`` is, not a plain
+    classifier under BI-R's name. A flag given otherwise than the method has it, at any
+    value (``Config(method="bir", replay="none")``), is refused (``check_method_flags``);
+    the fields no method sets take their off value (``METHOD_FIELDS_OFF``)."""
     c = dataclasses.replace(config)
-    if c.method is None:
-        return c
-    defaults = Config()
-    check_method_flags(c.method, {k: getattr(c, k) for k in METHODS.get(c.method, {})
-                                  if getattr(c, k) != getattr(defaults, k)})
-    for k, v in METHODS[c.method].items():
-        setattr(c, k, v)
+    if c.method is not None:
+        check_method_flags(c.method, {k: getattr(c, k) for k in METHODS.get(c.method, {})
+                                      if getattr(c, k) is not None})
+        for k, v in METHODS[c.method].items():
+            setattr(c, k, v)
+    for k, off in METHOD_FIELDS_OFF.items():
+        if getattr(c, k) is None:
+            setattr(c, k, off)
     return c
 
 
@@ -318,6 +328,13 @@ def resolve(config: Config, conv_protocol: bool | None = None) -> Config:
         c.notes = tuple(c.notes) + (f"decoder gates are off: the gate proportion for this variant on "
                              f"{c.experiment} {c.scenario}-IL is 0 (the paper's grid "
                              "search), so it runs without them",)
+    unread = []
+    if c.data_dir and c.experiment == "split_digits":
+        unread.append("--data_dir (split_digits is scikit-learn's bundled digits)")
+    if c.conv_weights and not conv_protocol:
+        unread.append(f"--conv_weights ({c.experiment} has no conv layers)")
+    if unread:
+        c.notes = tuple(c.notes) + (f"{' and '.join(unread)}: not read by this run",)
     if c.dg_type is None:
         c.dg_type = hp.get("dg_type", "task" if c.scenario == "domain" else "class")
     if c.freeze_convE is None:
@@ -382,28 +399,37 @@ def check(c: Config, conv_protocol: bool) -> None:
     if c.distill and c.replay not in ("current", "generative", "buffer"):
         raise ConfigError("--distill labels replayed samples: it needs --replay=current, "
                           "generative or buffer")
-    for name in ("iters", "batch", "fc_units", "batch_replay", "z_dim", "g_fc_units", "fisher_n",
-                 "budget", "log_every"):
+    for name, (low, high) in INT_RANGES.items():
         v = getattr(c, name)
-        if v is not None and v < 1:
-            raise ConfigError(f"--{name} must be at least 1, got {v}")
-    if c.eval_batch < 1:
-        # a Config field without a flag
-        raise ConfigError(f"eval_batch must be at least 1, got {c.eval_batch}")
-    for name in ("fc_layers", "g_iters"):
-        v = getattr(c, name)
-        if v is not None and v < 0:
-            raise ConfigError(f"--{name} must be >= 0, got {v}")
+        flag = "eval_batch" if name == "eval_batch" else f"--{name}"  # eval_batch: no flag
+        if v is not None and v < low:
+            raise ConfigError(f"{flag} must be at least 1, got {v}" if low == 1 else
+                              f"{flag} must be >= {low}, got {v}")
+        if v is not None and v > high:
+            why = f"; {INT_RANGE_WHY[name]}" if name in INT_RANGE_WHY else ""
+            raise ConfigError(f"{flag} must be at most {high:,}, got {v:,} (far past any use; "
+                              f"see bir_keras.config.INT_RANGES{why})")
     if c.replay == "current" and c.batch_replay != c.batch:
         raise ConfigError("LwF replays the current batch: --batch_replay must equal --batch")
     for name in ("lr", "lr_gen", "temp", "epsilon"):
         v = getattr(c, name)
         if v is not None and not (math.isfinite(v) and v > 0):
             raise ConfigError(f"--{name} must be a positive finite number, got {v}")
+        if v is not None and not FLOAT32_TINY <= v <= FLOAT32_MAX:
+            raise ConfigError(f"--{name}={v} is {'0' if v < 1 else 'infinite'} in float32, in "
+                              "which the networks compute: use a value in "
+                              f"[{FLOAT32_TINY:.3g}, {FLOAT32_MAX:.3g}]")
+    if not TEMP_RANGE[0] <= c.temp <= TEMP_RANGE[1]:
+        raise ConfigError(f"--temp must be in [{TEMP_RANGE[0]:g}, {TEMP_RANGE[1]:g}] (outside it "
+                          "the float32 soft targets are one-hot or uniform and the T^2 factor "
+                          f"of the distillation loss overflows), got {c.temp}")
     for name in ("ewc_lambda", "si_c"):
         v = getattr(c, name)
         if v is not None and not (math.isfinite(v) and v >= 0):
             raise ConfigError(f"--{name} must be a finite number >= 0, got {v}")
+        if v is not None and v > FLOAT32_MAX:
+            raise ConfigError(f"--{name}={v} is infinite in float32, in which the penalty is "
+                              f"computed: use at most {FLOAT32_MAX:.3g}")
     if not 0.0 < c.gamma <= 1.0:
         raise ConfigError(f"--gamma must be in (0, 1], got {c.gamma}")
     if not 0 <= c.seed < 2 ** 32:
@@ -414,9 +440,64 @@ def check(c: Config, conv_protocol: bool) -> None:
         raise ConfigError(f"--precision must be {_one_of(PRECISIONS)}, got {c.precision!r}")
 
 
+# float32's smallest normal and largest finite numbers: a rate or strength outside them is 0
+# or infinite once the networks (float32) use it
+FLOAT32_TINY = 1.1754943508222875e-38
+FLOAT32_MAX = 3.4028234663852886e38
+TEMP_RANGE = (1e-6, 1e6)
+# (lowest, highest) of each integer setting: the highest is far above any use in the paper
+# (at most 5000 iterations, 2x2000 units, batch 256) and keeps a typo (an extra digit or
+# ten) from running for days or being killed for memory; the memory estimate of the apps
+# (``apps.common.check_memory``) refuses sizes within them that this machine cannot hold
+INT_RANGES: dict[str, tuple[int, int]] = dict(
+    iters=(1, 10_000_000), g_iters=(0, 10_000_000), batch=(1, 1_000_000),
+    batch_replay=(1, 1_000_000), fc_units=(1, 100_000), g_fc_units=(1, 100_000),
+    fc_layers=(0, 32), z_dim=(1, 10_000), fisher_n=(1, 10_000_000), budget=(1, 1_000_000),
+    log_every=(1, 10_000_000), eval_batch=(1, 1_000_000))
+INT_RANGE_WHY = dict(fc_layers="each layer is traced into every step: deeper than this takes "
+                               "minutes to compile before the first iteration")
+
+
 def _one_of(names: tuple[str, ...]) -> str:
     """``a, b or c``."""
     return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+
+
+def check_seeds_at_once(c: Config, k: int, resume_from: str | None = None) -> None:
+    """Refuse (``ConfigError``) what ``--seeds_at_once=K`` cannot pack, from the resolved
+    settings alone (``strategies.pack.check_packable`` checks the rest once the networks
+    exist): the one home of these rules (``apps.train`` and ``experiment.run`` call it)."""
+    if not 1 <= k <= MAX_SEEDS_AT_ONCE:
+        raise ConfigError(f"--seeds_at_once must be in [1, {MAX_SEEDS_AT_ONCE}], got {k}")
+    if c.seed + k - 1 >= 2 ** 32:
+        raise ConfigError(f"--seeds_at_once={k} from --seed={c.seed} reaches seed "
+                          f"{c.seed + k - 1}, past the last seed 2^32 - 1: lower --seed")
+    if k == 1:
+        return
+    if resume_from:
+        raise ConfigError("--seeds_at_once does not combine with --resume_from: resume each "
+                          "seed's export (<export_dir>/seed<s>) on its own")
+    why = unpackable(c)
+    if why:
+        raise ConfigError(why)
+
+
+def check_intervals(progress_every: float | None, checkpoint_every: float | None) -> None:
+    """Refuse (``ConfigError``) a progress interval (seconds; None: no progress lines) or a
+    checkpoint interval (minutes; None or 0: only after each task) that is not a finite
+    number in range: the one home of this rule (``apps.train``, ``experiment.run``)."""
+    if progress_every is not None and not (math.isfinite(progress_every)
+                                           and 0.1 <= progress_every <= 1e7):
+        raise ConfigError("--progress_every must be a number of seconds in [0.1, 1e7], got "
+                          f"{progress_every}")
+    if checkpoint_every is not None and not (math.isfinite(checkpoint_every)
+                                             and 0 <= checkpoint_every <= 1e7):
+        raise ConfigError("--checkpoint_every must be a number of minutes in [0, 1e7] (0: only "
+                          f"after each task), got {checkpoint_every}")
+
+
+# seeds trained in one step: each is a full copy of the networks and their activations
+MAX_SEEDS_AT_ONCE = 64
 
 
 def unpackable(c: Config) -> str | None:

@@ -16,7 +16,14 @@ import numpy as np
 import tensorflow as tf
 
 from bir_keras import export, interrupts, rundirs, salvage, tensorboard_log
-from bir_keras.config import Config, ConfigError, method_label, resolve
+from bir_keras.config import (
+    Config,
+    ConfigError,
+    check_intervals,
+    check_seeds_at_once,
+    method_label,
+    resolve,
+)
 from bir_keras.data.protocols import Protocol, make_protocol, max_tasks
 from bir_keras.evaluation.metrics import summarize
 from bir_keras.evaluation.plots import plot_accuracy_matrix, plot_average_accuracy
@@ -124,15 +131,23 @@ def resume(trainer: Trainer, setup: Setup, resume_from: str):
     if theirs["class_order"][:len(mine["class_order"])] != mine["class_order"][:len(theirs["class_order"])]:
         raise ConfigError(f"--resume_from={resume_from} used a different class order (seed)")
     learned, n = old["tasks_learned"], setup.protocol.num_tasks
-    if learned >= n:
-        most = max_tasks(setup.config.experiment)
-        if most is not None and learned >= most:
-            raise ConfigError(f"--resume_from={resume_from} already learned all {learned} "
-                              f"tasks of {setup.config.experiment}: there is nothing left to "
-                              "learn")
+    _check_record(resume_from, old)
+    most = max_tasks(setup.config.experiment)
+    if learned == n and old.get("task_progress") is None:
+        # nothing left to learn (a run stopped after its last export, before its results
+        # were written): the run writes its output directory without training
+        if trainer.verbose:
+            more = "" if most is not None and n >= most else \
+                f" (ask for more with --tasks={n + 1})"
+            print(f"note: --resume_from={resume_from} already learned the {n} tasks asked "
+                  f"for: writing its results, plots and TensorBoard without training{more}",
+                  flush=True)
+    elif learned >= n:
+        more = "" if most is not None and learned >= most else \
+            f"; ask for more with --tasks={learned + 1}{'' if most is None else f' (up to {most})'}"
         raise ConfigError(f"--resume_from={resume_from} already learned {learned} tasks and "
-                          f"this run asks for --tasks={n}; ask for more with --tasks="
-                          f"{learned + 1}{'' if most is None else f' (up to {most})'}")
+                          f"this run asks for --tasks={n}{more} (or --tasks={learned} to write "
+                          "its results without training)")
     progress = old.get("task_progress")
     try:
         if progress is None:
@@ -145,8 +160,8 @@ def resume(trainer: Trainer, setup: Setup, resume_from: str):
             trainer.tasks_done.assign(learned)   # fit() starts with the task in progress
     except (export.CheckpointUnreadable, export.CheckpointMismatch) as e:
         raise ConfigError(str(e)) from None
-    trainer.history.accuracy_matrix = [list(r) + [None] * (n - len(r))
-                                       for r in old["accuracy_matrix"]]
+    # n >= learned here, so every filled entry (row i: tasks 1..i+1) fits in n columns
+    trainer.history.accuracy_matrix = [(list(r) + [None] * n)[:n] for r in old["accuracy_matrix"]]
     trainer.history.task_times = list(old.get("task_times_s", []))
     trainer.history.losses = list(old.get("losses", []))
     trainer.global_step = int(old.get("global_step", 0))
@@ -154,6 +169,53 @@ def resume(trainer: Trainer, setup: Setup, resume_from: str):
         return None
     at = TaskProgress(**progress)
     return at, lambda tr: export.restore_progress(tr, path)
+
+
+def _check_record(resume_from: str, old: dict) -> None:
+    """Refuse (``ConfigError``) a run.json whose accuracy matrix does not fit the tasks it
+    says were learned (one row per task, row i filled for tasks 1..i+1 with accuracies in
+    [0, 1]): an edited or mixed-up export, which would otherwise fail after loading."""
+    learned, rows = old["tasks_learned"], old.get("accuracy_matrix")
+    ok = isinstance(rows, list) and len(rows) == learned and learned >= 0
+    for i, row in enumerate(rows if ok else []):
+        ok = ok and isinstance(row, list) and len(row) > i and all(
+            (isinstance(a, (int, float)) and 0 <= a <= 1) if j <= i else a is None
+            for j, a in enumerate(row))
+    if not ok:
+        raise ConfigError(f"--resume_from={resume_from}: its run.json says {learned} tasks were "
+                          "learned, but its accuracy matrix does not have one filled row per "
+                          "task: not an export this package wrote as it is (edited or mixed "
+                          "up with another run's files)")
+
+
+def _packed_resume(setup: Setup, resume_from: str, verbose: bool) -> Setup:
+    """A seed trained in a pack (``--seeds_at_once``) stepped without XLA, which draws other
+    batches and random numbers than the default XLA step on a CPU: resumed alone with
+    ``jit_compile`` left to choose, it steps without XLA too, so that it goes on with the
+    draws it was trained with; asked for XLA, it says that its numbers will differ. An
+    export trained with ``--nojit_compile`` (such a resumed seed's, too) continues so."""
+    old = rundirs.read_resume_record(resume_from)
+    packed = int(old.get("seeds_at_once") or 1)
+    c = setup.config
+    if packed == 1 and old["flags"].get("jit_compile") is not False:
+        return setup
+    if c.jit_compile is False:
+        return setup
+    if c.jit_compile is None:
+        # (and a seed resumed so before: its record says --nojit_compile)
+        if verbose and packed > 1:
+            print(f"note: --resume_from={resume_from} was trained in a pack of {packed} seeds, "
+                  "whose step runs without XLA: it continues without XLA too (--nojit_compile), "
+                  "drawing the batches it was trained with", flush=True)
+        return dataclasses.replace(setup, config=dataclasses.replace(c, jit_compile=False))
+    if packed == 1:
+        return setup  # asked for XLA after a --nojit_compile run: as asked
+    if verbose:
+        print(f"note: --resume_from={resume_from} was trained in a pack of {packed} seeds "
+              "without XLA: with --jit_compile it draws other batches and random numbers, so "
+              "its numbers will differ from the packed run's (--nojit_compile matches them)",
+              flush=True)
+    return setup
 
 
 def run(config: Config, output_dir: str, export_dir: str | None = None,
@@ -173,14 +235,14 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
 
     ``seeds_at_once`` = K > 1 trains seeds ``config.seed`` .. ``config.seed + K - 1`` in one
     compiled step (``strategies.pack``), each writing what a separate run writes into
-    ``rundirs.seed_dirs``; it returns their records (one record for K = 1). A packed run saves no
-    progress inside a task and does not resume (each seed's export resumes on its own)."""
+    ``rundirs.seed_dirs`` (its checkpoints inside a task included); it returns their records
+    (one record for K = 1). A pack does not resume as a whole: each seed's export resumes on
+    its own, stepping without XLA as the pack did (``_packed_resume``)."""
     if export_dir is None:
         export_dir = str(rundirs.default_export_dir(output_dir))
+    check_intervals(progress_every, checkpoint_every)
+    check_seeds_at_once(resolve(config), seeds_at_once, resume_from)
     seeds = [config.seed + i for i in range(seeds_at_once)]
-    if seeds_at_once > 1 and resume_from:
-        raise ConfigError("--seeds_at_once does not combine with --resume_from: resume each "
-                          "seed's export (<export_dir>/seed<s>) on its own")
     if seeds_at_once > 1 and setup is not None:
         raise ValueError("a packed run prepares each seed's data itself: pass no setup")
     dirs = rundirs.seed_dirs(output_dir, export_dir, seeds)
@@ -194,8 +256,7 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
         for s, (out, exp) in zip(seeds, dirs):
             cfg = dataclasses.replace(config, seed=s)
             runs.append(_SeedRun(cfg, out, exp, resume_from, strategy, is_chief, verbose,
-                                 setup, checkpoint_every if seeds_at_once == 1 else None,
-                                 seeds_at_once))
+                                 setup, checkpoint_every, seeds_at_once))
         recs = _run(runs, progress_every if verbose else None)
     return recs[0] if seeds_at_once == 1 else recs
 
@@ -212,7 +273,10 @@ class _SeedRun:
         self.pack_size = pack_size
         self.out, self.export_dir = Path(output_dir), export_dir
         self.resume_from, self.is_chief = resume_from, is_chief
-        self.setup = setup = setup or prepare(config)
+        setup = setup or prepare(config)
+        if resume_from:
+            setup = _packed_resume(setup, resume_from, verbose)
+        self.setup = setup
         self.trainer = trainer = build(setup, strategy=strategy, verbose=verbose)
         self.midtask = resume(trainer, setup, resume_from) if resume_from else None
         self.start = time.time()
@@ -266,6 +330,12 @@ class _SeedRun:
             tr.summary_writer = tf.summary.create_file_writer(str(self.work / "tensorboard"))
             tensorboard_log.log_hparams(tr, self.setup)
             tensorboard_log.log_about(tr, self.setup)
+            if self.resume_from:
+                # the accuracy after the tasks learned before (their losses are in the
+                # TensorBoard of the run that learned them); with nothing left to learn,
+                # the replay samples of the final model too
+                tensorboard_log.log_learned(tr, self.setup,
+                                            samples=tr.tasks_learned >= tr.protocol.num_tasks)
 
     def interrupted(self, resumable_ok: bool) -> RunInterrupted:
         """What Ctrl-C leaves of this seed (``salvage.save_interrupted``)."""
@@ -286,6 +356,13 @@ class _SeedRun:
             shutil.rmtree(work, ignore_errors=True)
             return rec
         try:
+            if self.saved["export"] is not None and \
+                    not rundirs.same_path(self.saved["export"], self.export_dir):
+                # resumed with nothing left to learn, into another --export_dir: the export
+                # of the final model goes there as after a task
+                export.export_run(tr, self.export_dir, rec, pixels=setup.pixels,
+                                  trunk=setup.trunk if setup.protocol.features else None)
+                self.saved["export"] = Path(self.export_dir)
             tr.summary_writer.close()
             atomic_write_json(work / "results.json", rec)
             plot_average_accuracy({method_label(setup.config): (rec["average_accuracy"], None)},
@@ -300,8 +377,11 @@ class _SeedRun:
         except BaseException as e:
             if not caused_by_interrupt(e):
                 raise
+            again = "" if self.saved["export"] is None else (
+                "; write it without training by running the same command with "
+                f"--resume_from={self.saved['export']}")
             raise RunInterrupted(f"interrupted while writing {out} (not written); "
-                                 f"{salvage.last_export_note(self.saved)}", None,
+                                 f"{salvage.last_export_note(self.saved)}{again}", None,
                                  self.saved["export"]) from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -344,7 +424,8 @@ def _run(runs: list[_SeedRun], progress_every: float | None) -> list[dict]:
             if caused_by_interrupt(e):
                 if len(runs) == 1:
                     raise runs[0].interrupted(resumable_ok=True) from None
-                saved = [r.interrupted(resumable_ok=False) for r in runs]
+                # the seeds stopped at one step (``SeedPack``): each saves its progress
+                saved = [r.interrupted(resumable_ok=True) for r in runs]
                 raise RunInterrupted("; ".join(f"seed {r.trainer.config.seed}: {s}"
                                                for r, s in zip(runs, saved)),
                                      saved[0].saved, saved[0].last_complete) from None

@@ -5,7 +5,9 @@ Everything is written atomically: into a temporary sibling directory, then renam
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import keras
@@ -186,10 +188,36 @@ def export_run(trainer: Trainer, export_dir: str | os.PathLike, record: dict,
         tf.saved_model.save(module, str(tmp / SAVED_MODEL), signatures=sigs)
         checkpoint_for(trainer).write(str(tmp / CHECKPOINT / "ckpt"))
         atomic_write_json(tmp / RUN_JSON, record)
+        _keep_quality_scores(Path(export_dir), tmp, trainer.verbose)
         rundirs.write_marker(tmp, rundirs.EXPORT)
 
     return atomic_dir(export_dir, write, overwrite=True,
                       check=rundirs.replace_check(rundirs.EXPORT, "--export_dir", "run's export"))
+
+
+QUALITY = "quality.json"
+
+
+def _keep_quality_scores(old: Path, new: Path, verbose: bool) -> None:
+    """Carry ``apps.evaluate_generator``'s scores from the export being replaced into the
+    new one: its ``quality.json`` (of the model after the tasks the old export had learned)
+    as ``quality-after-task<K>.json``, and those kept before; they describe an earlier
+    model, so the new export has no ``quality.json`` until it is scored again."""
+    try:
+        learned = int(json.loads((old / RUN_JSON).read_text())["tasks_learned"])
+    except (OSError, ValueError, KeyError, TypeError):
+        learned = None
+    kept = [p for p in old.glob("quality-after-task*.json")
+            if rundirs.CONTENT_PATTERNS[rundirs.EXPORT].match(p.name)]
+    if (old / QUALITY).is_file() and learned is not None:
+        shutil.copyfile(old / QUALITY, new / f"quality-after-task{learned}.json")
+        if verbose:
+            print(f"note: {old / QUALITY} scores the model after task {learned}; kept as "
+                  f"quality-after-task{learned}.json (score the new export with "
+                  "apps.evaluate_generator)", flush=True)
+    for p in kept:
+        if not (new / p.name).exists():
+            shutil.copyfile(p, new / p.name)
 
 
 def save_progress(trainer: Trainer, export_dir: str | os.PathLike, record: dict) -> Path:

@@ -47,6 +47,17 @@ CONTENTS = {
 }
 
 
+# names a run writes under a pattern: the scores of apps.evaluate_generator that an export
+# kept from before it learned more tasks (``export.export_run``)
+CONTENT_PATTERNS = {EXPORT: re.compile(r"^quality-after-task\d+\.json$")}
+
+
+def _ours(name: str, kind: str) -> bool:
+    """Whether a run of ``kind`` writes a top-level entry called ``name``."""
+    pattern = CONTENT_PATTERNS.get(kind)
+    return name in CONTENTS[kind] or (pattern is not None and bool(pattern.match(name)))
+
+
 class PathRefused(ConfigError):
     """A path a run may not write to (exists and is not ours, unwritable, ...)."""
 
@@ -109,7 +120,7 @@ def foreign_entries(folder: str | os.PathLike, kind: str) -> list[str]:
     def self_marked(p: str) -> bool:
         return p.endswith("/") and (folder / p / MARKER).is_file()
 
-    foreign = [p for p in found if p.split("/", 1)[0] not in CONTENTS[kind]
+    foreign = [p for p in found if not _ours(p.split("/", 1)[0], kind)
                or (p not in listed and not self_marked(p))]
     # sub-folders that vouch for themselves (their contents were not listed above)
     for p in found:
@@ -270,9 +281,7 @@ def check_writable(path: str | os.PathLike, flag: str) -> None:
     probes the nearest existing folder on the path with a real file (so that read-only
     file systems are caught even for root) and removes it again."""
     p = Path(os.path.abspath(path))
-    existing = p.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = _nearest_existing(p)
     if not existing.is_dir():
         raise PathRefused(f"{flag}={path}: cannot create it, {existing} is not a directory")
     try:
@@ -282,6 +291,48 @@ def check_writable(path: str | os.PathLike, flag: str) -> None:
                           f"({e.strerror or e})") from None
     os.close(fd)
     os.remove(probe)
+
+
+# what the temporary and sibling names add to a directory's name (".NAME.tmp-12345678.x",
+# "NAME-interrupted-12"), so that they fit wherever the name itself fits
+NAME_ROOM = 24
+
+
+def _nearest_existing(path: Path) -> Path:
+    """The nearest folder on the absolute ``path`` that exists (a name too long to exist
+    is skipped like any missing one)."""
+    existing = path.parent
+    while existing != existing.parent:
+        try:
+            if existing.exists():
+                break
+        except OSError:
+            pass
+        existing = existing.parent
+    return existing
+
+
+def check_name_lengths(path: Path, flag: str) -> None:
+    """Refuse an absolute ``path`` whose last name (with the room ``NAME_ROOM`` for the
+    names written beside it), another name on it, or its whole length is longer than the
+    file system of its nearest existing folder allows (errno 36 later)."""
+    existing = _nearest_existing(path)
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+        path_max = os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    for i, part in enumerate(path.parts[1:]):
+        room = NAME_ROOM if i == len(path.parts) - 2 else 0
+        if len(os.fsencode(part)) + room > name_max:
+            raise PathRefused(f"{flag}={path}: the name {part[:40]!r}... is "
+                              f"{len(os.fsencode(part))} bytes, longer than the "
+                              f"{name_max - room} this file system allows there: choose a "
+                              "shorter one")
+    if len(os.fsencode(str(path))) + NAME_ROOM > path_max:
+        raise PathRefused(f"{flag}={path}: the path is {len(os.fsencode(str(path)))} bytes, "
+                          f"longer than the {path_max - NAME_ROOM} this file system allows: "
+                          "choose a shorter one")
 
 
 def default_export_dir(output_dir: str | os.PathLike) -> Path:
@@ -297,20 +348,33 @@ def default_export_dir(output_dir: str | os.PathLike) -> Path:
 
 
 def nested(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """Whether one of two paths is the other or lies inside it."""
-    pa, pb = Path(os.path.abspath(a)), Path(os.path.abspath(b))
-    return pa == pb or pa in pb.parents or pb in pa.parents
+    """Whether one of two paths is the other or lies inside it, as written or where their
+    symbolic links lead (two names of one folder are the same directory)."""
+    for where in (os.path.abspath, os.path.realpath):
+        pa, pb = Path(where(a)), Path(where(b))
+        if pa == pb or pa in pb.parents or pb in pa.parents:
+            return True
+    return False
+
+
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file or folder (through symbolic links too)."""
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def check_run_paths(output_dir: str, export_dir: str, resume_from: str | None,
                     overwrite: bool) -> None:
     """Everything about a run's paths that can be checked before any data loads."""
+    for path, flag in ((output_dir, "--output_dir"), (export_dir, "--export_dir")):
+        if not str(path):
+            raise PathRefused(f"{flag} is empty: name a folder, or leave the flag out for "
+                              "the default")
+        check_name_lengths(Path(os.path.abspath(path)), flag)
     if nested(output_dir, export_dir):
         raise PathRefused(f"--output_dir={output_dir} and --export_dir={export_dir} must not "
                           "be the same directory or inside one another")
     replaceable(output_dir, OUTPUT, "--output_dir", overwrite, "run's output directory")
-    continuing_in_place = resume_from is not None and \
-        os.path.abspath(resume_from) == os.path.abspath(export_dir)
+    continuing_in_place = resume_from is not None and same_path(resume_from, export_dir)
     replaceable(export_dir, EXPORT, "--export_dir", overwrite or continuing_in_place,
                 "run's export")
     if resume_from is not None and nested(resume_from, output_dir):
@@ -335,9 +399,10 @@ def free_sibling(path: str | os.PathLike, kind: str) -> Path:
 # settings a continued run may change: how much more to learn, where the data lies, how the
 # step executes; every other setting shapes the networks or the training and must match
 RESUME_MAY_CHANGE = {"tasks", "data_dir", "method", "strategy", "jit_compile", "eval_batch",
-                     "log_every"}
-# what a refusal lists (eval_batch is a Config field without a flag)
-_RESUME_FLAGS = sorted(RESUME_MAY_CHANGE - {"method", "eval_batch"})
+                     "log_every", "notes"}
+# what a refusal lists (eval_batch is a Config field without a flag; notes are what resolve
+# told the user, such as a --data_dir that the experiment does not read)
+_RESUME_FLAGS = sorted(RESUME_MAY_CHANGE - {"method", "eval_batch", "notes"})
 
 
 def read_resume_record(resume_from: str, flags: dict | None = None) -> dict:

@@ -42,6 +42,12 @@ def save_interrupted(trainer: Trainer, setup: Setup, export_dir: str, saved: dic
     done = trainer.tasks_learned
     last = last_export_note(saved)
     if done == saved["tasks"] and trainer.global_step == saved["step"]:
+        if done == trainer.protocol.num_tasks and saved["export"] is not None:
+            return RunInterrupted(
+                f"interrupted after the last task's export, before the results were written: "
+                f"{last}; write the results, plots and TensorBoard without training by "
+                f"running the same command with --resume_from={saved['export']}",
+                None, saved["export"])
         return RunInterrupted(f"interrupted between tasks, nothing new to save: {last}",
                               None, saved["export"])
     if not is_chief:

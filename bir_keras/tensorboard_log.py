@@ -135,3 +135,22 @@ def log_samples(trainer: Trainer, setup: Setup, t: int) -> None:
                 f"{n} replayable samples of dataset class {label} ({name}), learned in "
                 f"{where}; one row per task" if len(rows) > 1 else
                 f"{n} replayable samples of dataset class {label} ({name}), learned in {where}"))
+
+
+def log_learned(trainer: Trainer, setup: Setup, samples: bool = False) -> None:
+    """For a resumed run: the accuracy after each task learned before it (scalars as
+    ``Trainer.log_task`` writes them, and the curves image) and, with ``samples``, the
+    replay samples of the model as it is (the final model of a run with nothing left to
+    learn)."""
+    matrix = trainer.history.accuracy_matrix
+    with trainer.summary_writer.as_default():
+        for t, (row, average) in enumerate(zip(matrix, trainer.history.average_accuracy)):
+            for j, a in enumerate(row):
+                if a is not None:
+                    tf.summary.scalar(f"accuracy/task{j + 1}", a, step=t + 1)
+            tf.summary.scalar("accuracy/average", average, step=t + 1)
+    if matrix:
+        log_accuracy_curves(trainer, setup, len(matrix) - 1)
+        if samples:
+            log_samples(trainer, setup, len(matrix) - 1)
+    trainer.summary_writer.flush()

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from bir_keras import interrupts
-from bir_keras.config import Config
+from bir_keras.config import Config, ConfigError
 from bir_keras.data.protocols import Protocol
 from bir_keras.models.layers import dense_gradients, masked_logits
 from bir_keras.strategies.regularizers import Regularizer, apply_regularized, make_regularizers
@@ -300,7 +300,8 @@ class Trainer:
         self.global_step = 0
         for name, size in (("batch", config.batch), ("batch_replay", config.batch_replay)):
             if size % self.replicas:
-                raise ValueError(f"--{name}={size} must be divisible by the {self.replicas} replicas")
+                raise ConfigError(f"--{name}={size} must be divisible by the {self.replicas} "
+                                  "replicas (each takes an equal share of a batch)")
         # One generator for every random number of training; part of the checkpoint.
         self.rng = tf.random.Generator.from_seed(config.seed)
         keras.utils.set_random_seed(config.seed)
@@ -684,14 +685,17 @@ class Trainer:
         except StopIteration as done:
             return done.value
 
-    def task_loop(self, run: TaskRun, names: list[str], at: TaskProgress | None = None):
+    def task_loop(self, run: TaskRun, names: list[str], at: TaskProgress | None = None,
+                  interruptible: bool = True):
         """The bookkeeping of one task's training, as a generator: it yields ``(plan, k)``,
         a chunk of up to ``steps_per_call`` iterations (chunks never span a change of plan),
         is sent back the chunk's losses ``[k, terms]`` (columns in the order of ``names``),
         logs them (TensorBoard, progress bar), stops at a non-finite loss, runs
-        ``chunk_callbacks`` after each chunk, and returns the task's mean losses. Whoever
-        runs the step drives it: ``train_task`` for one trainer, a ``SeedPack`` for several
-        in lockstep. ``run`` has its data padded (``_pad_samples``)."""
+        ``chunk_callbacks`` after each chunk, lets a Ctrl-C land after them (unless not
+        ``interruptible``: a ``SeedPack`` checks once every seed has had its chunk, so the
+        seeds stop at one step), and returns the task's mean losses. Whoever runs the step
+        drives it: ``train_task`` for one trainer, a ``SeedPack`` for several in lockstep.
+        ``run`` has its data padded (``_pad_samples``)."""
         t = run.task
         n = self.iterations(t)
         sums = np.array(at.sums, np.float64) if at else np.zeros(len(names))
@@ -729,7 +733,8 @@ class Trainer:
             for cb in self.chunk_callbacks:
                 cb(self, TaskProgress(t, i, sums.tolist(), window.tolist(),
                                       time.time() - started))
-            interrupts.raise_if_requested()  # Ctrl-C lands here, between compiled calls
+            if interruptible:
+                interrupts.raise_if_requested()  # Ctrl-C lands here, between compiled calls
         return {nm: float(v / max(n, 1)) for nm, v in zip(names, sums)}
 
     # -- evaluation ------------------------------------------------------------------

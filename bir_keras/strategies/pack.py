@@ -34,7 +34,9 @@ with the trainer's own compiled step (``Trainer.fit`` is a pack of one).
 Not packed (``check_packable`` refuses them with one line): buffer replay (its memory is
 written inside the step), conv layers that train inside the step (pixel-level CIFAR:
 batch-norm statistics are state the step updates), several replicas, and resuming a run
-part-way through a task.
+part-way through a task (each seed saves its own checkpoints inside a task, and its export
+resumes alone: ``experiment`` then steps it without XLA, as the pack did, so that it draws
+what it was trained with).
 """
 
 from __future__ import annotations
@@ -226,7 +228,9 @@ class SeedPack:
             return [trs[0].train_task(runs[0], at)]
         runs = [r._replace(data=_pad_samples(r.data)) for r in runs]
         names = self.loss_names(runs, trs[0].plan_for_iteration(runs[0].plan, 0))
-        loops = [tr.task_loop(run, names) for tr, run in zip(trs, runs)]
+        # a Ctrl-C lands once every seed has had its chunk (and its checkpoint callbacks):
+        # the seeds stop at one step, each resumable from its own progress
+        loops = [tr.task_loop(run, names, interruptible=False) for tr, run in zip(trs, runs)]
         requests = [next(loop) for loop in loops]
         means: list[dict | None] = [None] * len(trs)
         while requests:
@@ -242,6 +246,7 @@ class SeedPack:
                     means[s] = done.value
                 except NonFiniteLoss as e:
                     raise NonFiniteLoss(f"seed {tr.config.seed}: {e}") from None
+            interrupts.raise_if_requested()
         return means
 
     # -- the packed step -------------------------------------------------------------

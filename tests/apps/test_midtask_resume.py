@@ -6,6 +6,7 @@ the export directory at that moment stands for the killed run."""
 
 import json
 import shutil
+from dataclasses import replace as dataclass_replace
 
 import numpy as np
 import pytest
@@ -65,3 +66,76 @@ def test_resume_mid_task_gives_the_straight_run(tmp_path, monkeypatch, method, x
     # the task's export replaced the progress checkpoint
     assert not (killed / "task_progress").exists()
     np.testing.assert_array_equal(resumed["average_accuracy"], straight["average_accuracy"])
+
+
+def test_a_pack_checkpoints_inside_a_task_and_a_seed_resumes_alone(tmp_path, monkeypatch):
+    # --seeds_at_once packs save each seed's progress inside a task as single runs do (they
+    # saved none); a packed seed's export, resumed alone with XLA left to choose, steps
+    # without XLA as the pack did, so it goes on with the batches it was trained with
+    cfg = config("bir", seed=12)
+    real = export.save_progress
+    saves = []
+
+    def save_and_copy(trainer, export_dir, record):
+        path = real(trainer, export_dir, record)
+        seed, at = record["flags"]["seed"], record["task_progress"]
+        saves.append((seed, at["task"], at["iterations"]))
+        if seed == 13 and at["task"] == 1 and not (tmp_path / "killed").exists():
+            shutil.copytree(export_dir, tmp_path / "killed")
+        return path
+
+    monkeypatch.setattr(export, "save_progress", save_and_copy)
+    straight = experiment.run(cfg, str(tmp_path / "a"), export_dir=str(tmp_path / "ea"),
+                              verbose=False, checkpoint_every=1e-9, seeds_at_once=2)
+    monkeypatch.setattr(export, "save_progress", real)
+    assert sorted(saves) == [(12, 0, 50), (12, 1, 50), (13, 0, 50), (13, 1, 50)]
+    killed = tmp_path / "killed"
+    assert (killed / "task_progress" / "progress.json").is_file()
+    resumed = experiment.run(dataclass_replace(cfg, seed=13), str(tmp_path / "c"),
+                             export_dir=str(killed), resume_from=str(killed), verbose=False,
+                             checkpoint_every=0)
+    assert resumed["flags"]["jit_compile"] is False
+    # the same draws; the packed step's batched matmuls round otherwise than one seed's, so
+    # the floats agree to rounding (first iterations within 1e-5: tests/strategies/test_pack.py)
+    # and the accuracies to a test image or two
+    test_images = 1 / 72
+    np.testing.assert_allclose(np.array(resumed["accuracy_matrix"], dtype=float),
+                               np.array(straight[1]["accuracy_matrix"], dtype=float),
+                               atol=2 * test_images)
+    for a, b in zip(resumed["losses"], straight[1]["losses"]):
+        assert a.keys() == b.keys()
+        np.testing.assert_allclose(list(a.values()), list(b.values()), rtol=1e-3, atol=1e-4)
+
+
+def test_ctrl_c_stops_the_seeds_of_a_pack_at_one_step(tmp_path, monkeypatch):
+    # Ctrl-C lands once every seed has had its chunk: both seeds are saved at the same
+    # iteration, each resumable from its own progress (seed 12 used to be a chunk ahead)
+    from bir_keras import interrupts
+    from bir_keras.salvage import RunInterrupted
+
+    cfg = config("none", seed=12, iters=120)
+    real = export.save_progress
+    monkeypatch.setattr(export, "save_progress", real)
+    calls = []
+
+    def request_once(trainer, at):
+        calls.append((trainer.config.seed, at.iterations))
+        if trainer.config.seed == 12 and at.task == 1 and at.iterations == 50:
+            interrupts._requested = True
+
+    from bir_keras.strategies.base import Trainer
+    real_init = Trainer.__init__
+
+    def init(self, *a, **k):
+        real_init(self, *a, **k)
+        self.chunk_callbacks.append(request_once)
+
+    monkeypatch.setattr(Trainer, "__init__", init)
+    with pytest.raises(RunInterrupted):
+        experiment.run(cfg, str(tmp_path / "a"), export_dir=str(tmp_path / "ea"),
+                       verbose=False, checkpoint_every=0, seeds_at_once=2)
+    for seed in (12, 13):
+        progress = json.loads((tmp_path / "ea" / f"seed{seed}" / "task_progress" /
+                               "progress.json").read_text())
+        assert progress["task_progress"]["task"] == 1
+        assert progress["task_progress"]["iterations"] == 50, (seed, progress["task_progress"])

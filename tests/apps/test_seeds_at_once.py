@@ -54,7 +54,7 @@ def test_packed_seeds_write_separate_runs_that_resume_alone(tmp_path):
 
 
 @pytest.mark.parametrize("bad, says", [
-    (["--seeds_at_once=0"], "--seeds_at_once must be >= 1"),
+    (["--seeds_at_once=0"], "--seeds_at_once must be in [1, 64], got 0"),
     (["--seeds_at_once=2", "--resume_from=SOMEWHERE"], "resume each seed's export"),
     (["--seeds_at_once=2", "--method=none", "--replay=buffer"], "--replay=buffer"),
     (["--seeds_at_once=2", "--strategy=mirrored"], "one device"),

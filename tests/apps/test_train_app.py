@@ -365,12 +365,15 @@ def test_resume_from_a_broken_checkpoint_says_which(bir_run, tmp_path):
         f.unlink()
     with pytest.raises(ConfigError, match="holds no checkpoint"):
         experiment.resume(trainer, setup, str(gone))
-    done = _copy_export(exp, tmp_path / "done")
-    rec = json.loads((done / "run.json").read_text())
-    (done / "run.json").write_text(json.dumps({**rec, "tasks_learned": 5}))
+    # a run.json whose tasks learned do not match its accuracy matrix (edited, mixed up)
+    mixed = _copy_export(exp, tmp_path / "mixed")
+    rec = json.loads((mixed / "run.json").read_text())
+    (mixed / "run.json").write_text(json.dumps({**rec, "tasks_learned": 5}))
     setup5 = experiment.prepare(Config(**{**run["flags"], "tasks": 5}))
-    with pytest.raises(ConfigError, match="already learned all 5 tasks of split_digits: "
-                                          "there is nothing left to learn"):
-        experiment.resume(trainer, setup5, str(done))
-    with pytest.raises(ConfigError, match="asks for --tasks=3; ask for more with --tasks=4"):
-        experiment.resume(trainer, experiment.prepare(Config(**run["flags"])), str(exp))
+    with pytest.raises(ConfigError, match="says 5 tasks were learned, but its accuracy matrix "
+                                          "does not have one filled row per task"):
+        experiment.resume(trainer, setup5, str(mixed))
+    with pytest.raises(ConfigError, match="already learned 3 tasks and this run asks for "
+                                          "--tasks=2; ask for more with --tasks=4"):
+        experiment.resume(trainer, experiment.prepare(Config(**{**run["flags"], "tasks": 2})),
+                          str(exp))
