@@ -1,6 +1,6 @@
 """Speed and memory of every method's training step (a benchmark, not a test).
 
-    python -m benchmarks.speed --quick                       # tiny sizes: does it run?
+    python -m benchmarks.speed --quick     # tiny sizes: does it run? (runs/benchmarks/)
     python -m benchmarks.speed                               # everything, paper sizes
     python -m benchmarks.speed --methods=bir,none --experiments=split_mnist --xla=off
     python -m benchmarks.speed --experiments=split_mnist --xla=default \

@@ -232,6 +232,12 @@ def test_numeric_flags_are_checked_before_tensorflow_loads(tmp_path):
                  "--lr=1e-45")
     assert "--lr" in one_error_line(r)
     assert list(tmp_path.iterdir()) == []
+    # and TensorFlow was never imported (python -X importtime lists every import)
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "apps.pretrain",
+                        "--batch=0"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "error: --batch" in r.stderr
+    assert not [ln for ln in r.stderr.splitlines() if ln.rstrip().endswith("| tensorflow")]
 
 
 @pytest.mark.parametrize("lr", ["1e10", "1e30"])
