@@ -15,7 +15,7 @@ Two sets of cases, each run with ``make_trainer(config, protocol).fit()``:
 
 Record (at the commit whose numbers are the reference) and check::
 
-    python -m benchmarks.equivalence --record [--data_dir=../shared/data/mnist]
+    python -m benchmarks.equivalence --record --overwrite [--data_dir=../shared/data/mnist]
     python -m benchmarks.equivalence [--data_dir=../shared/data/mnist]
 
 The cases with the mixture prior (``--prior=gmm``: BI-R and its variants, GR with
