@@ -20,13 +20,16 @@ default) are never an output. An existing ``--out`` (or its record) is replaced 
 program and holds the weights' digest; any other file is never replaced.
 
 Exit codes: 0 done, 2 refused input (one ``error:`` line, before the data or TensorFlow
-load), 1 out of memory, 130 Ctrl-C (the weights and record hold the last whole epoch).
+load: also a numeric flag out of its range), 1 out of memory or a diverged run (a loss or
+weights that are not finite: one ``error:`` line naming ``--lr``; nothing of that epoch is
+written), 130 Ctrl-C (the weights and record hold the last whole epoch).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shlex
 import sys
@@ -135,6 +138,28 @@ def check_out(out: Path, overwrite: bool) -> None:
         raise rundirs.PathRefused(f"{e} (the record that goes beside --out={out})") from None
 
 
+# the ranges of the numeric flags, checked before the data or TensorFlow load
+LIMITS = {"epochs": (1, 100_000), "batch": (1, 1 << 20), "head_units": (1, 1 << 16),
+          "head_layers": (0, 100), "limit": (1, 1 << 31), "test_limit": (1, 1 << 31)}
+# the learning rate: a float32 (the optimizer's dtype) that is neither 0 nor subnormal there
+# (the smallest normal float32), nor infinite
+LR_MIN, LR_MAX = 2.0 ** -126, 3.4e38
+
+
+def check_numbers() -> None:
+    """``UsageError`` (one line) for a numeric flag out of its range."""
+    for name, (low, high) in LIMITS.items():
+        v = getattr(FLAGS, name)
+        if v is not None and not low <= v <= high:
+            raise UsageError(f"--{name} must be in [{low}, {high}], got {v}")
+    lr = FLAGS.lr
+    if not (math.isfinite(lr) and LR_MIN <= lr <= LR_MAX):  # also NaN
+        raise UsageError(f"--lr must be a finite number in [{LR_MIN:.4g}, {LR_MAX:.4g}] (a "
+                         f"float32 that is not 0), got {lr}")
+    if not 0 <= FLAGS.seed < 2 ** 32:
+        raise UsageError(f"--seed must be in [0, 2^32), got {FLAGS.seed}")
+
+
 def build_model(num_classes: int, head_units: int, head_layers: int):
     """(full model, its conv trunk): conv_trunk() -> [Dense(head_units, relu)] x layers -> 10."""
     import keras
@@ -178,19 +203,7 @@ def _main(command: str, written: dict) -> int:
         out = Path(FLAGS.out)
         if not out.name.endswith(".weights.h5"):
             raise UsageError(f"--out={FLAGS.out} must end with .weights.h5 (Keras weights file)")
-        for name in ("epochs", "batch"):
-            if getattr(FLAGS, name) < 1:
-                raise UsageError(f"--{name} must be at least 1, got {getattr(FLAGS, name)}")
-        if not FLAGS.lr > 0 or FLAGS.lr == float("inf"):  # also NaN
-            raise UsageError(f"--lr must be a finite number > 0, got {FLAGS.lr}")
-        if not 0 <= FLAGS.seed < 2 ** 32:
-            raise UsageError(f"--seed must be in [0, 2^32), got {FLAGS.seed}")
-        if FLAGS.head_layers < 0 or FLAGS.head_units < 1:
-            raise UsageError("--head_layers must be >= 0 and --head_units >= 1")
-        for name in ("limit", "test_limit"):
-            v = getattr(FLAGS, name)
-            if v is not None and v < 1:
-                raise UsageError(f"--{name} must be at least 1, got {v}")
+        check_numbers()
         check_out(out, FLAGS.overwrite)
         with contextlib.ExitStack() as claims:
             # one writer per path: a second apps.pretrain on these files is refused now
@@ -212,6 +225,17 @@ def _main(command: str, written: dict) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def diverged(what: str, out: Path, written: dict | None) -> None:
+    """Raise ``TrainingFailed``: pre-training diverged; no weights of it are written."""
+    from apps.common import TrainingFailed
+
+    done = (written or {}).get("epochs")
+    kept = (f"{out} holds epoch {done}, the last whole epoch with finite numbers" if done
+            else "no weights were written")
+    raise TrainingFailed(f"pre-training diverged: {what}; lower --lr (now {FLAGS.lr:g}) and "
+                         f"run again ({kept})")
 
 
 def train(data, out: Path, command: str, written: dict | None = None) -> None:
@@ -305,6 +329,9 @@ def train(data, out: Path, command: str, written: dict | None = None) -> None:
         for s in range(0, n, FLAGS.batch):
             idx = np.sort(perm[s:s + FLAGS.batch])
             loss, c = train_step(tf.constant(x_train[idx]), tf.constant(y_train[idx]))
+            if not math.isfinite(float(loss)):
+                diverged(f"the training loss became {float(loss)} at epoch {epoch}, step "
+                         f"{s // FLAGS.batch + 1}", out, written)
             loss_sum += float(loss) * len(idx)
             correct += int(c)
             seen += len(idx)
@@ -316,6 +343,8 @@ def train(data, out: Path, command: str, written: dict | None = None) -> None:
                         "seconds": epoch_s})
         print(f"epoch {epoch}/{FLAGS.epochs}: train loss {loss_sum / seen:.4f}, train accuracy "
               f"{correct / seen:.4f}, test accuracy {acc:.4f} ({epoch_s:.1f}s)", flush=True)
+        if not all(np.isfinite(w).all() for w in model.get_weights()):
+            diverged(f"the weights became non-finite in epoch {epoch}", out, written)
         # after every epoch: an interrupted run still leaves usable weights and their record
 
         def write_weights(tmp: str, epoch=epoch, acc=acc) -> None:

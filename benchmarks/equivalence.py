@@ -15,7 +15,7 @@ Two sets of cases, each run with ``make_trainer(config, protocol).fit()``:
 
 Record (at the commit whose numbers are the reference) and check::
 
-    python -m benchmarks.equivalence --record [--data_dir=../shared/data/mnist]
+    python -m benchmarks.equivalence --record --overwrite [--data_dir=../shared/data/mnist]
     python -m benchmarks.equivalence [--data_dir=../shared/data/mnist]
 
 The cases with the mixture prior (``--prior=gmm``: BI-R and its variants, GR with
@@ -28,6 +28,12 @@ over the split MNIST cases (the paper's networks, 500 iterations) grows past the
 tolerances. To check a change on a machine of your own, record at the reference commit on
 that machine into a folder of your own (``--record_dir``), then check the change against it
 on the same machine.
+
+``--record`` writes ``digits.npz``, ``digits.json`` and (with ``--data_dir``) ``mnist.json``
+into ``--record_dir``, each atomically. An existing one is replaced only with
+``--overwrite`` and only if it is a record of this benchmark (recognised by its content:
+the case names and the record's layout); any other file is never replaced. Both are
+checked before any case runs (one ``error:`` line, exit 2).
 """
 
 from __future__ import annotations
@@ -36,9 +42,14 @@ import argparse
 import json
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks import PathRefused, check_file, write_file
+
+PROGRAM = "benchmarks.equivalence"
 
 RECORD_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "equivalence"
 SEED = 12   # from 10 up the tasks are the authors' relabelled ones (protocols.class_order)
@@ -116,9 +127,9 @@ def record_digits() -> None:
         for i, w in enumerate(weights):
             arrays[f"{name}/{i}"] = w
         print(f"{name}: {matrix[-1]} ({time.time() - t0:.1f}s)", flush=True)
-    RECORD_DIR.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(RECORD_DIR / "digits.npz", **arrays)
-    (RECORD_DIR / "digits.json").write_text(json.dumps(matrices, indent=1) + "\n")
+    _write("digits.npz", lambda tmp: _savez(tmp, arrays))
+    text = json.dumps(matrices, indent=1) + "\n"
+    _write("digits.json", lambda tmp: Path(tmp).write_text(text))
 
 
 def record_mnist(data_dir: str) -> None:
@@ -128,8 +139,67 @@ def record_mnist(data_dir: str) -> None:
         matrix, weights = run_case(scenario, over, MNIST, data_dir=data_dir)
         out[name] = {"matrix": matrix, "weights": [fingerprint(w) for w in weights]}
         print(f"{name}: {matrix[-1]} ({time.time() - t0:.1f}s)", flush=True)
-    RECORD_DIR.mkdir(parents=True, exist_ok=True)
-    (RECORD_DIR / "mnist.json").write_text(json.dumps(out, indent=1) + "\n")
+    text = json.dumps(out, indent=1) + "\n"
+    _write("mnist.json", lambda tmp: Path(tmp).write_text(text))
+
+
+def _savez(tmp: str, arrays: dict) -> None:
+    with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+        np.savez_compressed(f, **arrays)
+
+
+def _write(name: str, write) -> None:
+    """One record file into ``RECORD_DIR``, atomically, never over a file not ours."""
+    write_file(RECORD_DIR / name, write, "--record_dir", RECORDS[name], PROGRAM)
+
+
+# -- what a record of this benchmark looks like (an existing file is replaced only if it is one)
+_CASE_NAMES = {c[0] for c in CASES}
+_MNIST_NAMES = {c[0] for c in MNIST_CASES}
+
+
+def _json_record(path: Path, names: set, entry_ok) -> bool:
+    try:
+        rec = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(rec, dict) and bool(rec) and set(rec) <= names
+            and all(entry_ok(v) for v in rec.values()))
+
+
+def digits_json_ours(path: Path) -> bool:
+    """A ``digits.json`` record: case name -> accuracy matrix (a list of rows)."""
+    return _json_record(path, _CASE_NAMES, lambda v: isinstance(v, list))
+
+
+def mnist_json_ours(path: Path) -> bool:
+    """A ``mnist.json`` record: case name -> {"matrix", "weights"}."""
+    return _json_record(path, _MNIST_NAMES,
+                        lambda v: isinstance(v, dict) and {"matrix", "weights"} <= set(v))
+
+
+def digits_npz_ours(path: Path) -> bool:
+    """A ``digits.npz`` record: arrays named ``<case>/<variable index>`` only."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (OSError, zipfile.BadZipFile, EOFError):
+        return False
+    keys = [n[:-len(".npy")] for n in names if n.endswith(".npy")]
+    return bool(keys) and len(keys) == len(names) and all(
+        k.rpartition("/")[0] in _CASE_NAMES and k.rpartition("/")[2].isdigit() for k in keys)
+
+
+RECORDS = {"digits.npz": digits_npz_ours, "digits.json": digits_json_ours,
+           "mnist.json": mnist_json_ours}
+
+
+def check_record_dir(record_dir: Path, names: list[str], overwrite: bool) -> None:
+    """Refuse (``PathRefused``) a ``--record_dir`` whose record files may not be written."""
+    if record_dir.exists() and not record_dir.is_dir():
+        raise PathRefused(f"--record_dir={record_dir} is not a directory")
+    for name in names:
+        check_file(record_dir / name, "--record_dir", overwrite, RECORDS[name], PROGRAM)
 
 
 # How far a run may drift from its record on another CPU. oneDNN picks its kernels (and so
@@ -214,13 +284,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record_dir", default=str(RECORD_DIR),
                         help="where the record is written and read (default: the shipped "
                              "record, tests/data/equivalence)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="with --record: replace the record files of an earlier record "
+                             "in --record_dir (any other file is never replaced)")
     args = parser.parse_args(argv)
     RECORD_DIR = Path(args.record_dir)
     if args.record:
-        if not args.skip_digits:
-            record_digits()
-        if args.data_dir:
-            record_mnist(args.data_dir)
+        names = ([] if args.skip_digits else ["digits.npz", "digits.json"]) + \
+            (["mnist.json"] if args.data_dir else [])
+        try:
+            check_record_dir(RECORD_DIR, names, args.overwrite)
+        except PathRefused as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        try:
+            if not args.skip_digits:
+                record_digits()
+            if args.data_dir:
+                record_mnist(args.data_dir)
+        except (PathRefused, OSError) as e:  # changed meanwhile, or the disk refused
+            print(f"error: the record was not written: {e}", file=sys.stderr)
+            return 1
         return 0
     problems = [] if args.skip_digits else check_digits()
     if args.data_dir:

@@ -117,13 +117,21 @@ def main(argv: list[str] | None = None) -> int:
             for method in methods:
                 for seed in (int(s) for s in args.seeds.split(",")):
                     for prec in PRECISIONS:
-                        r = run_one(row, method, seed, prec, args.data_dir, Path(scratch),
-                                    args.extra.split())
+                        try:
+                            r = run_one(row, method, seed, prec, args.data_dir,
+                                        Path(scratch), args.extra.split())
+                        except RuntimeError as e:  # a run failed: its last line says why
+                            print(f"error: {e}", file=sys.stderr)
+                            return 1
                         results.append(r)
                         print(json.dumps(r), flush=True)
     print(table(results))
     if args.out:
-        write_out(Path(args.out), {"cpu": _cpu(), "results": results}, PROGRAM)
+        try:
+            write_out(Path(args.out), {"cpu": _cpu(), "results": results}, PROGRAM)
+        except (PathRefused, OSError) as e:
+            print(f"error: {args.out} not written: {e}", file=sys.stderr)
+            return 1
     return 0
 
 

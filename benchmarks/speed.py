@@ -1,6 +1,6 @@
 """Speed and memory of every method's training step (a benchmark, not a test).
 
-    python -m benchmarks.speed --quick                       # tiny sizes: does it run?
+    python -m benchmarks.speed --quick     # tiny sizes: does it run? (runs/benchmarks/)
     python -m benchmarks.speed                               # everything, paper sizes
     python -m benchmarks.speed --methods=bir,none --experiments=split_mnist --xla=off
     python -m benchmarks.speed --experiments=split_mnist --xla=default \
@@ -32,7 +32,12 @@ Experiments (the paper's sizes): split MNIST, batch 128 (+128 replayed), 2 x 400
 Class-IL (Task-IL for XdG, which needs task identity); permuted MNIST, batch 256 (+256),
 2 x 2000 units, Domain-IL (Task-IL for XdG).
 
-Writes a Markdown table to stdout and JSON to ``--out`` (atomically).
+Writes a Markdown table to stdout and JSON to ``--out`` (atomically; by default
+``benchmarks/results/speed.json``, with ``--quick`` ``runs/benchmarks/speed_quick.json``, so
+that a smoke check never touches a shipped record). An existing ``--out`` is replaced only
+with ``--overwrite`` and only if it is this benchmark's JSON (``written_by``, or the keys of
+the records written before it carried one), a ``--quick`` run's only over another
+``--quick`` run's; anything else is refused before any work starts (``benchmarks``' rule).
 """
 
 from __future__ import annotations
@@ -54,8 +59,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from bir_keras.fileio import atomic_write_text  # noqa: E402
+from benchmarks import PathRefused, check_out, write_out  # noqa: E402
 
+PROGRAM = "benchmarks.speed"
+DEFAULT_OUT = os.path.join("benchmarks", "results", "speed.json")
+DEFAULT_OUT_QUICK = os.path.join("runs", "benchmarks", "speed_quick.json")
+# the keys of every JSON this benchmark writes (the shipped records predate written_by)
+RECORD_KEYS = ("machine", "quick", "steps", "repeats", "methods", "protocol", "markdown")
 METHOD_NAMES = ["none", "joint", "ewc", "online_ewc", "si", "lwf", "xdg", "generative",
                 "generative_distill", "bir", "bir_si"]
 EXPERIMENTS = {
@@ -85,7 +95,12 @@ flags.DEFINE_string("data_dir", None, "real MNIST IDX files for the protocol run
                     "random images of MNIST's size)")
 flags.DEFINE_integer("matmul_n", 2048, "side of the square matmul that measures the machine "
                      "(default 2048)")
-flags.DEFINE_string("out", "benchmarks/results/speed.json", "JSON results (written atomically)")
+flags.DEFINE_string("out", None, "JSON results, written atomically (default "
+                    f"{DEFAULT_OUT}, with --quick {DEFAULT_OUT_QUICK}); an existing file only "
+                    "with --overwrite and only if this benchmark wrote it")
+flags.DEFINE_bool("overwrite", False, "replace --out if an earlier run of this benchmark wrote "
+                  "it (a --quick run only an earlier --quick run's); any other file is never "
+                  "replaced")
 flags.DEFINE_bool("protocol_child", False, "internal: run the protocol in this process and "
                   "print its JSON")
 flags.DEFINE_bool("protocol_xla", False, "internal: the protocol run's jit_compile")
@@ -472,7 +487,35 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
+def speed_record(path: Path, quick: bool) -> bool:
+    """Whether ``path`` is a JSON this benchmark wrote (``written_by``, or for the records
+    written before that mark, all of ``RECORD_KEYS``) and, for a ``quick`` run, one of a
+    ``--quick`` run: a smoke check never replaces a measurement."""
+    try:
+        rec = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(rec, dict):
+        return False
+    mine = rec.get("written_by") == PROGRAM if "written_by" in rec else all(
+        k in rec for k in RECORD_KEYS)
+    return mine and (not quick or rec.get("quick") is True)
+
+
+def out_path(out: str | None, quick: bool, overwrite: bool) -> Path:
+    """``--out`` (or its default) checked: ``PathRefused`` for a file this run may not write."""
+    path = out or (DEFAULT_OUT_QUICK if quick else DEFAULT_OUT)
+    what = "a --quick run of benchmarks.speed" if quick else PROGRAM
+    try:
+        return check_out(path, overwrite, PROGRAM, lambda p: speed_record(p, quick))
+    except PathRefused:
+        if quick and speed_record(Path(path), False) and not speed_record(Path(path), True):
+            raise PathRefused(f"--out={path} holds a measurement of {PROGRAM} (not a --quick "
+                              f"run): {what} never replaces it; choose another --out") from None
+        raise
+
+
+def main(argv: list[str]) -> int | None:
     """Time the steps, run the protocol, print the table, write the JSON."""
     del argv
     quick = FLAGS.quick
@@ -485,8 +528,8 @@ def main(argv: list[str]) -> None:
     unknown = [m for m in FLAGS.methods if m not in METHOD_NAMES]
     bad_exp = [e for e in FLAGS.experiments if e not in EXPERIMENTS]
     if unknown or bad_exp:
-        raise app.UsageError(f"unknown methods {unknown} or experiments {bad_exp}; choose "
-                             f"from {METHOD_NAMES} and {list(EXPERIMENTS)}")
+        return _refuse(f"unknown methods {unknown} or experiments {bad_exp}; choose from "
+                       f"{METHOD_NAMES} and {list(EXPERIMENTS)}")
     steps, repeats, warmup = FLAGS.steps, FLAGS.repeats, FLAGS.warmup
     if quick:
         steps, repeats, warmup = QUICK["steps"], QUICK["repeats"], QUICK["warmup"]
@@ -500,9 +543,21 @@ def main(argv: list[str]) -> None:
         packs = [int(k) for k in FLAGS.seeds_at_once]
     except ValueError:
         packs = [0]
-    if bad or min(packs) < 1:
-        raise app.UsageError(f"--precisions takes float32, mixed_bfloat16 (got {bad}) and "
-                             f"--seeds_at_once integers >= 1 (got {FLAGS.seeds_at_once})")
+    if bad or not packs or min(packs) < 1:
+        return _refuse(f"--precisions takes float32, mixed_bfloat16 (got {bad}) and "
+                       f"--seeds_at_once integers >= 1 (got {FLAGS.seeds_at_once})")
+    small = [f"--{n}={getattr(FLAGS, n)}" for n in ("steps", "repeats", "warmup", "matmul_n")
+             if getattr(FLAGS, n) < (0 if n == "warmup" else 1)]
+    if small or iters < 0:
+        return _refuse(f"{', '.join(small) or f'--protocol_iters={iters}'}: --steps, --repeats "
+                       "and --matmul_n must be at least 1, --warmup and --protocol_iters at "
+                       "least 0")
+    if FLAGS.data_dir and not os.path.exists(FLAGS.data_dir):
+        return _refuse(f"--data_dir={FLAGS.data_dir} does not exist")
+    try:  # before any work: the file it may write
+        out = out_path(FLAGS.out, quick, FLAGS.overwrite)
+    except PathRefused as e:
+        return _refuse(str(e))
     # one seed: each --xla mode; a pack's step runs without XLA (strategies.pack), its
     # update with XLA under auto (None): --xla=off times it without, default and on with
     # it, both both ways
@@ -545,7 +600,19 @@ def main(argv: list[str]) -> None:
     table = markdown(results)
     print(table)
     results["markdown"] = table
-    atomic_write_text(FLAGS.out, json.dumps(results, indent=2))
+    try:
+        write_out(out, results, PROGRAM, lambda p: speed_record(p, quick))
+    except (PathRefused, OSError) as e:
+        print(f"error: {out} not written: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _refuse(message: str) -> int:
+    """Bad input: one ``error:`` line on stderr, exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -613,7 +613,11 @@ def main(argv: list[str] | None = None) -> int:
         # a record with a failed side measures nothing: the earlier one stays
         print(f"{out} not written (a side failed)", file=sys.stderr)
     elif out is not None:
-        write_out(out, to_json(results, info), PROGRAM)
+        try:
+            write_out(out, to_json(results, info), PROGRAM)
+        except (PathRefused, OSError) as e:  # it changed meanwhile, or the disk refused
+            print(f"error: {out} not written: {e}", file=sys.stderr)
+            return 1
         print(f"wrote {out}", file=sys.stderr)
     return 1 if failed else 0
 

@@ -23,6 +23,18 @@ What this module adds to it:
   only ever holds complete entries. The private folder is then removed; one left by a killed
   run on this host is removed by the next run.
 
+* **Damaged entries are removed before TensorFlow reads them.** TensorFlow fails a run on an
+  entry it cannot parse (``OutOfRangeError: Read less bytes than requested``, ``DataLossError:
+  Can't parse ... as binary proto``), so one truncated or overwritten file would break every
+  later run sharing the cache. ``enabled`` therefore checks each shared entry first
+  (``check_entry``: the file parses, to its last byte, as the binary
+  ``tensorflow.XlaSerializedCacheEntry`` TensorFlow writes, with the key its name spells, an
+  HLO module and an executable) and removes one that does not, with one ``warning:`` line on
+  stderr; the run compiles that step again and stores it anew, so it gets the numbers of a
+  run without the entry. Only files named as TensorFlow names its entries, in the folder of
+  this TensorFlow version and CPU, are ever removed. New entries are checked the same way
+  before they are published.
+
 It has to be set before TensorFlow compiles anything (TensorFlow reads ``TF_XLA_FLAGS`` once
 per process), so ``enabled`` refuses to start once TensorFlow is imported.
 """
@@ -98,7 +110,124 @@ def _remove_stale_runs(shared: Path, host: str) -> None:
 
 
 def _entries(folder: Path) -> dict[str, Path]:
-    return {p.name: p for p in folder.glob(f"{ENTRY_PREFIX}*") if p.is_file()}
+    """TensorFlow's finished entries in ``folder`` (``<prefix>__<signature>__<cluster>__
+    <device>[...].pb``; its temporary files end in ``.tmp``), plain files only."""
+    return {p.name: p for p in folder.glob(f"{ENTRY_PREFIX}*{ENTRY_SUFFIX}")
+            if p.is_file() and not p.is_symlink()}
+
+
+# -- the entry file: a binary tensorflow.XlaSerializedCacheEntry (compiler/jit/
+# xla_compilation_cache.proto): 1 key (XlaSerializedCacheKey: 1 signature_fingerprint uint64,
+# 2 cluster_fingerprint uint64, 3 device_type string, 4 prefix string, 5 compiled_using_pjrt
+# bool), 2 hlo_module (xla.HloModuleProto), 3 executable (bytes)
+ENTRY_SUFFIX = ".pb"
+_VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
+
+
+class DamagedEntry(ValueError):
+    """A cache entry that TensorFlow could not read."""
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data):
+            raise DamagedEntry("truncated (a number runs past the end)")
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise DamagedEntry("not a protocol buffer (a number longer than 10 bytes)")
+
+
+def _fields(data: bytes, what: str) -> dict[int, list]:
+    """The fields of one protocol-buffer message in wire format: number -> values (ints
+    for numbers, bytes for length-delimited ones). ``DamagedEntry`` unless it parses to the
+    last byte."""
+    found: dict[int, list] = {}
+    pos = 0
+    while pos < len(data):
+        tag, pos = _varint(data, pos)
+        number, kind = tag >> 3, tag & 7
+        if number == 0:
+            raise DamagedEntry(f"not a protocol buffer ({what}: field number 0)")
+        if kind == _VARINT:
+            value, pos = _varint(data, pos)
+        elif kind in (_FIXED64, _FIXED32):
+            end = pos + (8 if kind == _FIXED64 else 4)
+            if end > len(data):
+                raise DamagedEntry(f"truncated ({what}: {end - len(data)} bytes missing)")
+            value, pos = int.from_bytes(data[pos:end], "little"), end
+        elif kind == _LENGTH:
+            size, pos = _varint(data, pos)
+            if pos + size > len(data):
+                raise DamagedEntry(f"truncated ({what}: {pos + size - len(data)} bytes "
+                                   "missing)")
+            value, pos = data[pos:pos + size], pos + size
+        else:  # groups (3, 4) are not used by these messages; 6, 7 do not exist
+            raise DamagedEntry(f"not a protocol buffer ({what}: wire type {kind})")
+        found.setdefault(number, []).append(value)
+    return found
+
+
+def check_entry(path: str | os.PathLike, data: bytes | None = None) -> None:
+    """Raise ``DamagedEntry`` (saying why) unless ``path`` holds a whole binary
+    ``XlaSerializedCacheEntry`` whose key is the one its file name spells, with an HLO
+    module and an executable. Pure Python: usable before TensorFlow loads."""
+    name = Path(path).name
+    if data is None:
+        data = Path(path).read_bytes()
+    if not data:
+        raise DamagedEntry("empty")
+    entry = _fields(data, "entry")
+    for number, field in ((1, "key"), (2, "hlo_module"), (3, "executable")):
+        values = entry.get(number, [])
+        if len(values) != 1 or not isinstance(values[0], bytes):
+            raise DamagedEntry(f"no {field}" if not values else f"a bad {field} field")
+    key = _fields(entry[1][0], "key")
+    _fields(entry[2][0], "hlo_module")  # its own fields whole (not parsed deeper)
+    if not entry[3][0]:
+        raise DamagedEntry("an empty executable")
+    parts = name[:-len(ENTRY_SUFFIX)].split("__")
+    spelt = (key.get(4, [b""])[-1], key.get(1, [None])[-1], key.get(2, [None])[-1],
+             key.get(3, [b""])[-1])
+    try:
+        want = (parts[0].encode(), int(parts[1]), int(parts[2]), parts[3].encode())
+    except (IndexError, ValueError):
+        raise DamagedEntry(f"a file name TensorFlow does not write ({name})") from None
+    if spelt != want:
+        raise DamagedEntry("its key is not the one its file name spells")
+
+
+def _check_entries(folder: Path, label: str) -> list[str]:
+    """Remove the damaged entries of ``folder`` (a file that changed while it was read is
+    left alone); returns ``"<name>: <why>"`` of each one removed."""
+    removed = []
+    for name, path in sorted(_entries(folder).items()):
+        try:
+            with open(path, "rb") as f:
+                before = os.fstat(f.fileno())
+                data = f.read()
+        except OSError:
+            continue  # gone meanwhile, or unreadable: TensorFlow will not get further
+        try:
+            check_entry(path, data)
+        except DamagedEntry as e:
+            try:
+                now = os.stat(path, follow_symlinks=False)
+                if (now.st_ino, now.st_dev) == (before.st_ino, before.st_dev):
+                    os.remove(path)
+                    removed.append(f"{name}: {e}")
+            except OSError:
+                pass
+    if removed:
+        print(f"warning: {label}: removed {len(removed)} damaged XLA cache "
+              f"entr{'y' if len(removed) == 1 else 'ies'} ({'; '.join(removed)}); the steps "
+              "are compiled again", file=sys.stderr, flush=True)
+    return removed
 
 
 def _publish(private: Path, shared: Path, known: set[str]) -> int:
@@ -108,6 +237,10 @@ def _publish(private: Path, shared: Path, known: set[str]) -> int:
     for name, path in _entries(private).items():
         if name in known:
             continue
+        try:
+            check_entry(path)
+        except (DamagedEntry, OSError):
+            continue  # a half-written entry (a full disk): not shared, compiled next time
         os.replace(path, shared / name)
         n += 1
     return n
@@ -139,6 +272,7 @@ def enabled(root: str | os.PathLike) -> Iterator[Path]:
         raise CacheError(f"--xla_cache_dir {text}: {shared} is not writable")
     host = socket.gethostname().replace("-", "_") or "host"
     _remove_stale_runs(shared, host)
+    _check_entries(shared, f"--xla_cache_dir {text}")
     private = shared / f"{RUN_PREFIX}{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     private.mkdir()
     known = set()

@@ -14,6 +14,10 @@ One entry point, :func:`load_dataset`, returns a :class:`Dataset` of uint8 image
 Every problem (missing, unreadable, truncated or ill-shaped data) is a one-line
 :class:`DataError`; an OS refusal is never called corruption.
 
+Images of an image folder become the dataset's 8-bit grey or RGB: 16-bit grey PNGs are
+scaled to 8 bits (their high byte); grey, colour, alpha and palette images that need a
+conversion to the dataset's channels are converted and counted, in one ``note:`` line per
+load (``Dataset.notes``); a mode that cannot be converted faithfully is a ``DataError``.
 Decoded image folders are cached as ``.npz`` under ``~/.cache/bir_keras/``
 (or ``$BIR_KERAS_CACHE_DIR``), never next to the user's data.
 
@@ -89,7 +93,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 _IDX_IMAGES_MAGIC = 0x00000803
 _IDX_LABELS_MAGIC = 0x00000801
-_CACHE_VERSION = 1
+# 2: 16-bit grey PNGs scaled to 8 bits (version 1 clipped them to white), with the notes
+_CACHE_VERSION = 2
 _ZIP_LOCAL_HEADER_MAGIC = b"PK\x03\x04"
 # Seconds to wait for a TCP connection to the TFDS download host before calling it unreachable.
 NETWORK_PROBE_TIMEOUT_S = 3.0
@@ -115,6 +120,9 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     class_names: list[str]
+    # what loading changed that the user should know (images converted to the dataset's
+    # channels), printed once per load as "note: ..." lines
+    notes: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -587,13 +595,61 @@ def _group_entries(
     return classes["train"], grouped
 
 
+# image modes PIL opens, and how each becomes the experiment's 8-bit grey ("L") or RGB:
+# a conversion the experiment's images do not need is counted under its kind and named in
+# one note per dataset; the 16-bit grey modes are scaled to 8 bits (their high byte, as PIL
+# itself reduces 16-bit colour PNGs); a mode missing here is refused.
+_MODE_KINDS = {"1": "black-and-white (1)", "L": "grey (L)", "LA": "grey with alpha (LA, "
+               "alpha dropped)", "La": "grey with alpha (La, alpha dropped)",
+               "P": "palette (P)", "PA": "palette with alpha (PA, alpha dropped)",
+               "RGB": "colour (RGB)", "RGBA": "colour with alpha (RGBA, alpha dropped)",
+               "RGBa": "colour with alpha (RGBa, alpha dropped)", "RGBX": "colour (RGBX)",
+               "CMYK": "CMYK", "YCbCr": "YCbCr"}
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _image_pixels(img, mode: str, key: str, where: str) -> tuple[np.ndarray, str | None]:
+    """``img`` as uint8 ``[H, W]`` (``mode`` "L") or ``[H, W, 3]`` ("RGB"), and the kind of
+    conversion that took (None: the image already was that)."""
+    if img.mode in _SIXTEEN_BIT:
+        values = np.asarray(img)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise DataError(
+                f"{where}: image {key} holds {img.mode} values outside 0..65535, which "
+                f"cannot be made 8-bit faithfully; save it as an 8- or 16-bit PNG")
+        grey = (values.astype(np.uint32) >> 8).astype(np.uint8)  # 16 bits -> 8: high byte
+        kind = "16-bit grey (scaled to 8 bits)"
+        if mode == "L":
+            return grey, kind
+        return np.repeat(grey[..., None], 3, axis=-1), kind
+    if img.mode == mode:
+        return np.asarray(img, dtype=np.uint8), None
+    if img.mode not in _MODE_KINDS:
+        raise DataError(
+            f"{where}: image {key} has PIL mode {img.mode}, which cannot be converted to "
+            f"8-bit {'grey' if mode == 'L' else 'RGB'} faithfully; save it as an 8- or "
+            f"16-bit grey or RGB PNG (or a JPEG)")
+    return np.asarray(img.convert(mode), dtype=np.uint8), _MODE_KINDS[img.mode]
+
+
+def _conversion_note(where: str, mode: str, counts: dict[str, int]) -> str | None:
+    """The one note about the images that were converted (None: none was)."""
+    if not counts:
+        return None
+    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+    target = "8-bit grey" if mode == "L" else "8-bit RGB"
+    return f"{where}: images converted to the experiment's {target}: {kinds}"
+
+
 def _decode_images(
     name: str,
     items: list[tuple[str, int]],
     read: Callable[[str], bytes],
     where: str,
+    counts: dict[str, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decode images with PIL into a uint8 array of the dataset's expected shape."""
+    """Decode images with PIL into a uint8 array of the dataset's expected shape; the
+    images that needed a conversion are counted by kind in ``counts``."""
     from PIL import Image, UnidentifiedImageError
 
     height, width, channels = EXPECTED_SHAPES[name]
@@ -607,7 +663,7 @@ def _decode_images(
                 found = (img.height, img.width, len(img.getbands()))
                 if found[:2] != (height, width):
                     raise _shape_error(name, found, f"{where}: {key}")
-                pixels = np.asarray(img.convert(mode), dtype=np.uint8)
+                pixels, kind = _image_pixels(img, mode, key, where)
         except DataError:
             raise
         except (OSError, UnidentifiedImageError, ValueError, zlib.error) as err:  # decoding only
@@ -615,8 +671,15 @@ def _decode_images(
                 f"{where}: cannot decode image {key} ({err}); the file is truncated, corrupt "
                 f"or not an image, remove or replace it"
             ) from err
+        if kind is not None and counts is not None:
+            counts[kind] = counts.get(kind, 0) + 1
         x[i] = pixels.reshape(height, width, channels)
     return x, y
+
+
+def _notes(name: str, where: str, counts: dict[str, int]) -> tuple[str, ...]:
+    note = _conversion_note(where, "L" if EXPECTED_SHAPES[name][2] == 1 else "RGB", counts)
+    return (note,) if note else ()
 
 
 def _file_state(path: str) -> dict:
@@ -668,9 +731,11 @@ def _load_image_dir(name: str, root: str) -> Dataset:
             except OSError as err:
                 raise _unreadable(path, err) from err
 
-        x_train, y_train = _decode_images(name, grouped["train"], read, root)
-        x_test, y_test = _decode_images(name, grouped["test"], read, root)
-        return Dataset(name, x_train, y_train, x_test, y_test, class_names)
+        counts: dict[str, int] = {}
+        x_train, y_train = _decode_images(name, grouped["train"], read, root, counts)
+        x_test, y_test = _decode_images(name, grouped["test"], read, root, counts)
+        return Dataset(name, x_train, y_train, x_test, y_test, class_names,
+                       _notes(name, root, counts))
 
     return _cached(name, root, {"kind": "dir", "fingerprint": fingerprint}, build)
 
@@ -707,9 +772,11 @@ def _load_image_zip(name: str, zip_path: str) -> Dataset:
         with zf:
             entries = _zip_entries(zf, zip_path)
             class_names, grouped = _group_entries(entries, zip_path)
-            x_train, y_train = _decode_images(name, grouped["train"], read, zip_path)
-            x_test, y_test = _decode_images(name, grouped["test"], read, zip_path)
-        return Dataset(name, x_train, y_train, x_test, y_test, class_names)
+            counts: dict[str, int] = {}
+            x_train, y_train = _decode_images(name, grouped["train"], read, zip_path, counts)
+            x_test, y_test = _decode_images(name, grouped["test"], read, zip_path, counts)
+        return Dataset(name, x_train, y_train, x_test, y_test, class_names,
+                       _notes(name, zip_path, counts))
 
     return _cached(name, zip_path, {"kind": "zip", **_file_state(zip_path)}, build)
 
@@ -764,11 +831,12 @@ def _cached(name: str, source: str, state: dict, build: Callable[[], Dataset]) -
     path = os.path.join(folder, f"{prefix}{state_key}.npz")
 
     dataset = _read_cache(name, path)
-    if dataset is not None:
-        return dataset
-    dataset = build()
-    _validate(dataset, source)
-    _write_cache(dataset, folder, path, prefix)
+    if dataset is None:
+        dataset = build()
+        _validate(dataset, source)
+        _write_cache(dataset, folder, path, prefix)
+    for note in dataset.notes:  # once per load, from the cache too
+        print(f"note: {note}", flush=True)
     return dataset
 
 
@@ -785,6 +853,7 @@ def _read_cache(name: str, path: str) -> Dataset | None:
                 x_test=npz["x_test"],
                 y_test=npz["y_test"],
                 class_names=[str(c) for c in npz["class_names"]],
+                notes=tuple(str(n) for n in npz["notes"]),
             )
         _validate(dataset, path)
     except Exception as err:  # a corrupt cache is rebuilt, never fatal
@@ -805,6 +874,7 @@ def _write_cache(dataset: Dataset, folder: str, path: str, prefix: str) -> None:
                 x_test=dataset.x_test,
                 y_test=dataset.y_test,
                 class_names=np.array(dataset.class_names, dtype=str),
+                notes=np.array(dataset.notes, dtype=str),
             )
 
     try:

@@ -76,7 +76,11 @@ def test_json_record(trained):
 
 
 @pytest.mark.parametrize("bad", [["--data_dir=MISSING"], ["--out=OUT.h5"], ["--epochs=0"],
-                                 ["--lr=nan"], ["--seed=-1"], ["stray"]])
+                                 ["--lr=nan"], ["--seed=-1"], ["stray"], ["--lr=inf"],
+                                 ["--lr=-1e-4"], ["--lr=0"], ["--lr=1e-40"], ["--lr=1e39"],
+                                 ["--epochs=1000000"], ["--batch=0"], ["--batch=10000000"],
+                                 ["--head_layers=-1"], ["--head_layers=1000"],
+                                 ["--head_units=0"], ["--limit=0"], ["--test_limit=0"]])
 def test_refused_input_exits_2_and_keeps_weights(trained, tmp_path, bad):
     root, out, _ = trained
     before = out.read_bytes()
@@ -219,3 +223,40 @@ def test_ctrl_c_keeps_the_last_whole_epoch(trained, tmp_path):
     assert rec["weights_sha256"] == sha256(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conv_trunk.json",
                                                          "conv_trunk.weights.h5"]
+
+
+def test_numeric_flags_are_checked_before_tensorflow_loads(tmp_path):
+    """A flag out of its range is refused in the flag checks, before the data or TensorFlow
+    load: with no data at all and a missing --data_dir it is still the flag that is named."""
+    r = pretrain(f"--data_dir={tmp_path / 'none'}", f"--out={tmp_path / 'w.weights.h5'}",
+                 "--lr=1e-45")
+    assert "--lr" in one_error_line(r)
+    assert list(tmp_path.iterdir()) == []
+    # and TensorFlow was never imported (python -X importtime lists every import)
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "apps.pretrain",
+                        "--batch=0"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "error: --batch" in r.stderr
+    assert not [ln for ln in r.stderr.splitlines() if ln.rstrip().endswith("| tensorflow")]
+
+
+@pytest.mark.parametrize("lr", ["1e10", "1e30"])
+def test_diverged_loss_is_one_error_line_and_writes_nothing(trained, tmp_path, lr):
+    """A learning rate that makes the loss non-finite (issue 46): exit 1, one error line
+    naming --lr, no weights or record written."""
+    root, _, _ = trained
+    out = tmp_path / "w.weights.h5"
+    r = pretrain(f"--data_dir={root / 'data'}", f"--out={out}", f"--lr={lr}",
+                 "--epochs=3", "--limit=16", "--batch=8", "--head_units=16")
+    assert r.returncode == 1, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    assert "Traceback" not in r.stderr
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("error: pre-training diverged") and "lower --lr" in line
+    assert "train loss nan" not in r.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pretrained_weights_pass_the_weights_file_check(trained):
+    from bir_keras.weightsfile import check_weights_file
+
+    check_weights_file(trained[1])

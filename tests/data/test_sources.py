@@ -636,3 +636,115 @@ def test_download_hosts_and_probe_on_loopback(monkeypatch):
         assert _REAL_PROBE([("127.0.0.1", port)], timeout=2) is None
     reason = _REAL_PROBE([("127.0.0.1", port)], timeout=2)  # now closed
     assert reason is not None and reason.startswith(f"127.0.0.1:{port}: ")
+
+
+# --------------------------------------------------------- 16-bit and converted images
+
+
+def _resave(folder: Path, convert) -> None:
+    """Rewrite every PNG of an image folder as ``convert(8-bit pixels)`` -> PIL image."""
+    from PIL import Image
+
+    for png in sorted(folder.rglob("*.png")):
+        with Image.open(png) as img:
+            pixels = np.asarray(img)
+        convert(pixels).save(png)
+
+
+def test_16_bit_grey_pngs_are_scaled_not_clipped(make_image_folder, tmp_path, tiny_image):
+    """16-bit grey PNGs (PIL mode I;16) decode to the same 8-bit images, in a folder and a
+    zip (issue 46: convert() clipped them to white), with one note counting them."""
+    from PIL import Image
+
+    root = make_image_folder(tmp_path / "grey16", (28, 28, 1), (2, 1))
+    want = load_dataset("mnist", root).x_train
+    # v * 257 maps 0..255 onto 0..65535; its high byte is v again
+    _resave(root, lambda p: Image.fromarray(p.astype(np.uint16) * 257))
+    with Image.open(next(root.rglob("*.png"))) as img:
+        assert img.mode == "I;16"
+    zip_path = _zip_folder(root, tmp_path / "grey16.zip", "")
+    for source in (root, zip_path):
+        ds = load_dataset("mnist", source)
+        np.testing.assert_array_equal(ds.x_train, want)
+        assert (ds.x_train == 255).mean() < 0.1
+        assert len(ds.notes) == 1 and "30 16-bit grey (scaled to 8 bits)" in ds.notes[0]
+
+
+def test_16_bit_grey_pngs_become_rgb_for_cifar(make_image_folder, tmp_path, capsys):
+    from PIL import Image
+
+    grey8 = make_image_folder(tmp_path / "grey8", (32, 32, 3), (3, 2))
+    _resave(grey8, lambda p: Image.fromarray(p[..., 1]))  # 8-bit grey ("L")
+    want = load_dataset("cifar10", grey8)
+    assert "50 grey (L)" in want.notes[0]
+    capsys.readouterr()
+    grey16 = make_image_folder(tmp_path / "grey16", (32, 32, 3), (3, 2))
+    # high byte g, low byte 255: 16 bits scale to g (clipping made them all 255)
+    _resave(grey16, lambda p: Image.fromarray(p[..., 1].astype(np.uint16) * 256 + 255))
+    ds = load_dataset("cifar10", grey16)
+    np.testing.assert_array_equal(ds.x_train, want.x_train)
+    np.testing.assert_array_equal(ds.x_test, want.x_test)
+    assert (ds.x_train == 255).mean() < 0.1
+    out = capsys.readouterr().out
+    assert out.count("note: ") == 1 and "50 16-bit grey" in out
+    load_dataset("cifar10", grey16)  # from the cache: the note again, once
+    out = capsys.readouterr().out
+    assert out.count("note: ") == 1 and "50 16-bit grey" in out
+
+
+def test_a_cache_of_the_old_decoding_is_not_reused(make_image_folder, tmp_path, monkeypatch):
+    """A cache written by the clipping decoder (cache version 1) is not read again."""
+    from PIL import Image
+
+    root = make_image_folder(tmp_path / "old", (28, 28, 1), (2, 1))
+    _resave(root, lambda p: Image.fromarray(p.astype(np.uint16) * 257))
+    with monkeypatch.context() as m:
+        m.setattr(sources, "_CACHE_VERSION", 1)
+        m.setattr(sources, "_image_pixels",
+                  lambda img, mode, key, where: (np.full((28, 28), 255, np.uint8), None))
+        assert (load_dataset("mnist", root).x_train == 255).all()  # the old, white images
+    assert len(list(Path(sources.cache_dir()).glob("mnist-*.npz"))) == 1
+    ds = load_dataset("mnist", root)
+    assert (ds.x_train == 255).mean() < 0.1
+    # the stale cache of the same source was replaced by the new one
+    assert len(list(Path(sources.cache_dir()).glob("mnist-*.npz"))) == 1
+
+
+def test_converted_images_are_counted_in_one_note(image_folder_dir, capsys):
+    from PIL import Image
+
+    pngs = sorted(image_folder_dir.rglob("*.png"))
+    for i, png in enumerate(pngs):
+        with Image.open(png) as img:
+            rgb = img.convert("RGB")
+        if i % 5 == 0:
+            rgb.convert("L").save(png)
+        elif i % 5 == 1:
+            rgb.convert("RGBA").save(png)
+        elif i % 5 == 2:
+            rgb.convert("P").save(png)
+    ds = load_dataset("cifar10", image_folder_dir)
+    assert ds.x_train.shape == (30, 32, 32, 3)
+    [note] = ds.notes
+    assert "8-bit RGB" in note
+    for kind in ("10 grey (L)", "10 colour with alpha (RGBA, alpha dropped)",
+                 "10 palette (P)"):
+        assert kind in note
+    out = capsys.readouterr().out
+    assert out.count("note: ") == 1
+
+
+def test_no_note_when_nothing_is_converted(image_folder_dir, capsys):
+    assert load_dataset("cifar10", image_folder_dir).notes == ()
+    assert "note:" not in capsys.readouterr().out
+
+
+def test_an_image_mode_that_cannot_be_converted_is_refused(make_image_folder, tmp_path):
+    from PIL import Image
+
+    root = make_image_folder(tmp_path / "float", (28, 28, 1), (2, 1))
+    png = sorted(root.rglob("*.png"))[0]
+    tiff = png.with_suffix(".png")
+    Image.fromarray(np.zeros((28, 28), np.float32)).save(tiff, format="TIFF")
+    with pytest.raises(DataError, match="mode F.*cannot be converted"):
+        load_dataset("mnist", root)
