@@ -487,6 +487,16 @@ def check_data_dir(path: str | None) -> None:
         raise DataError(f"--data_dir={path} does not exist")
 
 
+def check_conv_weights(c: Config) -> None:
+    """Refuse (``DataError``) a ``--conv_weights`` file that the run would read (a CIFAR
+    protocol) and that is not the conv trunk's weights, before TensorFlow loads."""
+    from bir_keras.data.protocols import EXPERIMENTS
+    from bir_keras.weightsfile import check_weights_file
+
+    if c.conv_weights and c.conv_weights != "random" and not EXPERIMENTS[c.experiment][3]:
+        check_weights_file(c.conv_weights, "--conv_weights")
+
+
 def make_strategy(name: str, num_logical_cpus: int = 0):
     """(strategy or None for the default one, whether this process is the chief)."""
     import tensorflow as tf

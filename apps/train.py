@@ -60,6 +60,7 @@ def check_flags():
     out = FLAGS.output_dir or os.path.join("runs", name)
     export_dir = FLAGS.export_dir or str(rundirs.default_export_dir(out))
     common.check_data_dir(FLAGS.data_dir)
+    common.check_conv_weights(resolved)
     for o, e in rundirs.seed_dirs(out, export_dir, [resolved.seed + i for i in range(k)]):
         rundirs.check_run_paths(o, e, FLAGS.resume_from, FLAGS.overwrite)
     if FLAGS.resume_from:

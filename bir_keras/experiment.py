@@ -34,6 +34,7 @@ from bir_keras.salvage import RunInterrupted
 from bir_keras.strategies import make_trainer
 from bir_keras.strategies.base import NonFiniteLoss, TaskProgress, Trainer
 from bir_keras.strategies.pack import SeedPack
+from bir_keras.weightsfile import check_weights_file
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONV_WEIGHTS = PACKAGE_ROOT / "saved_models" / "cifar10_conv" / "conv_trunk.weights.h5"
@@ -55,10 +56,12 @@ def load_trunk(path: str | None):
     trunk = conv_trunk()
     if path == "random":
         return trunk
+    flag = "--conv_weights" if path else "the shipped --conv_weights default"
     path = Path(path) if path else DEFAULT_CONV_WEIGHTS
     if not path.exists():
         raise ConfigError(f"pre-trained conv weights not found at {path}; run "
                           "`python -m apps.pretrain` or pass --conv_weights=FILE")
+    check_weights_file(path, flag)  # one line for a file that is not the trunk's weights
     trunk.load_weights(str(path))
     return trunk
 

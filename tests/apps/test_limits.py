@@ -202,3 +202,12 @@ def test_experiment_run_checks_its_options_before_any_work(kwargs, expect, tmp_p
     with pytest.raises(ConfigError, match=expect.replace("[", r"\[")):
         experiment.run(Config(experiment="split_digits"), str(tmp_path / "out"), **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_conv_weights_that_are_not_weights_are_one_line(tmp_path, mnist_idx_dir):
+    # an IDX .gz given as --conv_weights: Keras' "File format not supported" traceback before
+    gz = next(mnist_idx_dir.glob("*.gz"))
+    line = one_error_line(train("--experiment=split_cifar10", "--scenario=class",
+                                f"--conv_weights={gz}", f"--output_dir={tmp_path / 'o'}",
+                                env=no_tensorflow_env(tmp_path), timeout=60))
+    assert f"--conv_weights={gz}" in line or str(gz) in line, line
