@@ -114,7 +114,7 @@ def memory_estimate(c: Config) -> tuple[int, str]:
     """(bytes, what to lower): a rough upper estimate of what a resolved config asks of
     memory, from the networks' weights (``--fc_units``) or one iteration's activations
     (``--batch``, ``--batch_replay``), whichever is larger."""
-    from bir_keras.data.protocols import EXPERIMENTS
+    from bir_keras.config import EXPERIMENTS
 
     units = c.fc_units or EXPERIMENT_DEFAULTS.get(c.experiment, {}).get("fc_units", 400)
     batch = (c.batch or EXPERIMENT_DEFAULTS.get(c.experiment, {}).get("batch", 128)) \
@@ -490,7 +490,7 @@ def check_data_dir(path: str | None) -> None:
 def check_conv_weights(c: Config) -> None:
     """Refuse (``DataError``) a ``--conv_weights`` file that the run would read (a CIFAR
     protocol) and that is not the conv trunk's weights, before TensorFlow loads."""
-    from bir_keras.data.protocols import EXPERIMENTS
+    from bir_keras.config import EXPERIMENTS
     from bir_keras.weightsfile import check_weights_file
 
     if c.conv_weights and c.conv_weights != "random" and not EXPERIMENTS[c.experiment][3]:

@@ -80,6 +80,55 @@ class Config:
         return dataclasses.asdict(self)
 
 
+SCENARIOS = ("task", "domain", "class")
+
+# experiment -> (dataset, tasks, classes per task, flattened input?)
+EXPERIMENTS: dict[str, tuple[str, int, int, bool]] = {
+    "split_mnist": ("mnist", 5, 2, True),
+    "permuted_mnist": ("mnist", 10, 10, True),
+    "split_cifar100": ("cifar100", 10, 10, False),
+    "split_cifar10": ("cifar10", 5, 2, False),
+    "split_fashion_mnist": ("fashion_mnist", 5, 2, True),
+    "split_digits": ("digits", 5, 2, True),
+}
+
+# permuted MNIST's tasks are drawn, not cut from a dataset: ten times the paper's longest run
+PERMUTED_MAX_TASKS = 1000
+
+
+def max_tasks(experiment: str) -> int | None:
+    """The most tasks ``experiment`` has (its dataset's classes split ``classes_per_task`` at a
+    time; known before any data loads); permuted MNIST makes a task of any number from one
+    dataset and stops at ``PERMUTED_MAX_TASKS``."""
+    _, default_tasks, _, _ = EXPERIMENTS[experiment]
+    return PERMUTED_MAX_TASKS if experiment == "permuted_mnist" else default_tasks
+
+
+def check_setting(experiment: str, scenario: str, tasks: int | None = None) -> None:
+    """Refuse (``ConfigError``) an experiment, a scenario or a number of tasks that no protocol
+    has, before any data loads. The one home of these rules: ``make_protocol`` and
+    ``bir_keras.config.resolve`` call it."""
+    if experiment not in EXPERIMENTS:
+        raise ConfigError(f"--experiment must be one of {', '.join(EXPERIMENTS)}, "
+                          f"got {experiment!r}")
+    if scenario not in SCENARIOS:
+        raise ConfigError(f"--scenario must be one of {', '.join(SCENARIOS)}, got {scenario!r}")
+    if tasks is None:
+        return
+    if tasks < 1:
+        raise ConfigError(f"--tasks must be at least 1, got {tasks}")
+    most = max_tasks(experiment)
+    if experiment == "permuted_mnist" and tasks > most:
+        raise ConfigError(f"--tasks={tasks}: permuted MNIST runs at most {most} tasks here (the "
+                          "paper's longest run has 100; each task is a permutation drawn before "
+                          "training and a set of output units)")
+    if tasks > most:
+        _, _, cpt, _ = EXPERIMENTS[experiment]
+        raise ConfigError(f"--tasks={tasks}: {experiment} has {most} tasks of {cpt} classes "
+                          f"(ask for at most --tasks={most})")
+
+
+
 # method.md 2: iterations per task, learning rate, batch size, hidden units.
 EXPERIMENT_DEFAULTS: dict[str, dict[str, Any]] = {
     "split_mnist": dict(iters=2000, lr=0.001, batch=128, fc_units=400),
@@ -289,8 +338,6 @@ def resolve(config: Config, conv_protocol: bool | None = None) -> Config:
 
     The experiment, scenario and number of tasks are checked by the protocols'
     ``check_setting`` (which ``make_protocol`` calls too), every other field by ``check``."""
-    from bir_keras.data.protocols import EXPERIMENTS, check_setting
-
     check_setting(config.experiment, config.scenario, config.tasks)
     if conv_protocol is None:
         conv_protocol = not EXPERIMENTS[config.experiment][3]
@@ -503,8 +550,6 @@ MAX_SEEDS_AT_ONCE = 64
 def unpackable(c: Config) -> str | None:
     """Why the seeds of the resolved setting ``c`` cannot be trained together in one step
     (``--seeds_at_once``, ``strategies.pack``), or None if they can."""
-    from bir_keras.data.protocols import EXPERIMENTS
-
     if c.replay == "buffer":
         return ("--seeds_at_once does not pack --replay=buffer yet (its memory is written "
                 "inside the step): run its seeds separately")

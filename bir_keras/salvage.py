@@ -5,14 +5,11 @@ which ``--resume_from`` continues mid-task (``RunInterrupted`` says what went wh
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bir_keras import export, rundirs
 from bir_keras.interrupts import caused_by_interrupt
+from bir_keras.setup import Setup
 from bir_keras.strategies.base import Trainer
-
-if TYPE_CHECKING:
-    from bir_keras.experiment import Setup
 
 INTERRUPTED_SUFFIX = "-interrupted"
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
@@ -14,10 +13,8 @@ import tensorflow as tf
 from bir_keras import export
 from bir_keras.config import method_label
 from bir_keras.evaluation.plots import accuracy_curves_png
+from bir_keras.setup import Setup
 from bir_keras.strategies.base import Trainer
-
-if TYPE_CHECKING:
-    from bir_keras.experiment import Setup
 
 
 def log_hparams(trainer: Trainer, setup: Setup) -> None:

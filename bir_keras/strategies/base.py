@@ -34,7 +34,9 @@ from bir_keras import interrupts
 from bir_keras.config import Config, ConfigError
 from bir_keras.data.protocols import Protocol
 from bir_keras.models.layers import dense_gradients, masked_logits
-from bir_keras.strategies.regularizers import Regularizer, apply_regularized, make_regularizers
+from bir_keras.strategies import loop
+from bir_keras.strategies.penalties import make_regularizers
+from bir_keras.strategies.regularizers import Regularizer, apply_regularized
 
 
 def apply_updates(regularizers: list[Regularizer], groups: list[OptimGroup],
@@ -224,7 +226,7 @@ def _local(x: tf.Tensor | None) -> tf.Tensor | None:
     return x[rid * b:(rid + 1) * b]
 
 
-def _pad_samples(data: TaskData) -> TaskData:
+def pad_samples(data: TaskData) -> TaskData:
     """The data with x, y and tid zero-padded to the next power of two of samples.
 
     The step draws indices from ``offsets`` and ``sizes`` only, so padding changes no number;
@@ -513,7 +515,7 @@ class Trainer:
             idx = tf.gather(idx, np.argsort(slots))
         return idx
 
-    def _size_draw_cache(self, data: TaskData, plan: Plan) -> None:
+    def size_draw_cache(self, data: TaskData, plan: Plan) -> None:
         """Give the epoch-order cache the shapes of this task's padded data and parts before
         a compiled call (XLA compiles for the variables' shapes; eager calls need nothing)."""
         n_pad, n_parts = int(data.x.shape[0]), plan.parts
@@ -629,7 +631,7 @@ class Trainer:
         # the terms depend on the plan and the shapes (a task's data and context)
         key = (plan, tuple(tf.nest.map_structure(lambda v: tuple(v.shape), (run.data, run.ctx))))
         if key not in self._loss_names:
-            self._size_draw_cache(run.data, plan)
+            self.size_draw_cache(run.data, plan)
             fn = self._steps_fn.get_concrete_function(run.data, run.ctx, plan,
                                                       tf.constant(1, tf.int32))
             self._loss_names[key] = list(fn.structured_outputs[0])
@@ -640,24 +642,23 @@ class Trainer:
         iterations run [count, terms] in the order of ``loss_names``, count); it stops
         after a non-finite loss."""
         plan = plan or run.plan
-        self._size_draw_cache(run.data, plan)
+        self.size_draw_cache(run.data, plan)
         terms, count = self._steps_fn(run.data, run.ctx, plan, tf.constant(k, tf.int32))
         rows = np.stack([terms[k].numpy() for k in self.loss_names(run, plan)], axis=1)
         return rows[:int(count)], int(count)
 
     def fit(self, until: int | None = None,
             resume: tuple[TaskProgress, Callable[[Trainer], None]] | None = None) -> History:
-        """Train on the tasks not yet learned (up to ``until``), evaluating after each: a
-        ``SeedPack`` of this one trainer (``pack.py``), the one task loop of every run.
+        """Train on the tasks not yet learned (up to ``until``), evaluating after each: the
+        one task loop of every run (``loop.fit``) over this trainer's own step.
 
         ``resume=(progress, restore)`` continues a task part-way through: after the task's
         ``start_task`` (its frozen copies, regulariser resets), ``restore(self)`` loads the
         state saved at ``progress`` (weights, optimisers, frozen copies, regulariser sums,
         the random generator, the batch counter), and training goes on from that iteration,
         so the run gives the numbers of one that was never stopped."""
-        from bir_keras.strategies.pack import SeedPack  # the pack builds on this module
-
-        return SeedPack([self]).fit(until, resume)[0]
+        return loop.fit([self], lambda runs, at: [self.train_task(runs[0], at)], until,
+                        resume)[0]
 
     def end_task(self, run: TaskRun, means: dict[str, float], start: float) -> None:
         """After training on ``run.task`` (its mean losses ``means``, started at time
@@ -675,7 +676,7 @@ class Trainer:
     def train_task(self, run: TaskRun, at: TaskProgress | None = None) -> dict[str, float]:
         """Run the compiled step ``iterations(t)`` times (``task_loop``), from ``at`` on if
         given: the task's mean losses."""
-        run = run._replace(data=_pad_samples(run.data))
+        run = run._replace(data=pad_samples(run.data))
         names = self.loss_names(run, self.plan_for_iteration(run.plan, at.iterations if at else 0))
         loop = self.task_loop(run, names, at)
         try:
@@ -695,7 +696,7 @@ class Trainer:
         ``interruptible``: a ``SeedPack`` checks once every seed has had its chunk, so the
         seeds stop at one step), and returns the task's mean losses. Whoever runs the step
         drives it: ``train_task`` for one trainer, a ``SeedPack`` for several in lockstep.
-        ``run`` has its data padded (``_pad_samples``)."""
+        ``run`` has its data padded (``pad_samples``)."""
         t = run.task
         n = self.iterations(t)
         sums = np.array(at.sums, np.float64) if at else np.zeros(len(names))
@@ -756,14 +757,14 @@ class Trainer:
 
     def task_accuracy(self, j: int, active_row: np.ndarray) -> float:
         """Test accuracy on task ``j`` with the given active units."""
-        task = self.protocol.task(j)
+        x_test, y_test = self.protocol.test_set(j)
         correct, bs = 0, self.config.eval_batch
         active = tf.constant(active_row)
-        for s in range(0, len(task.y_test), bs):
-            x = task.x_test[s:s + bs]
-            correct += int(self._eval_fn(tf.constant(x), tf.constant(task.y_test[s:s + bs]),
+        for s in range(0, len(y_test), bs):
+            x = x_test[s:s + bs]
+            correct += int(self._eval_fn(tf.constant(x), tf.constant(y_test[s:s + bs]),
                                          tf.fill([len(x)], tf.constant(j, tf.int32)), active))
-        return correct / len(task.y_test)
+        return correct / len(y_test)
 
     # -- logging -----------------------------------------------------------------------
     def log_scalars(self, values: dict[str, float], step: int) -> None:

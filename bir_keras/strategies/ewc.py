@@ -15,17 +15,12 @@ RtF) use one vectorised Jacobian per chunk of samples (``fisher_diagonal``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import tensorflow as tf
 
 from bir_keras.models.classifier import Classifier
 from bir_keras.models.layers import masked_logits
-from bir_keras.strategies.regularizers import Regularizer, state_variable
-
-if TYPE_CHECKING:
-    from bir_keras.strategies.base import Trainer
+from bir_keras.strategies.regularizers import Regularizer, TrainerView, state_variable
 
 
 def dense_fisher(model, variables: list, x: tf.Tensor, tid: tf.Tensor,
@@ -149,7 +144,7 @@ class EWC(Regularizer):
                 "tasks_seen": self.tasks_seen}
 
 
-def task_fisher(trainer: Trainer, t: int) -> list[tf.Tensor]:
+def task_fisher(trainer: TrainerView, t: int) -> list[tf.Tensor]:
     """Diagonal Fisher of task ``t`` for the trainer's protected variables, from
     ``fisher_n`` training samples, with the model's own predicted distribution over the
     active classes (method.md 3)."""

@@ -42,8 +42,6 @@ what it was trained with).
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -52,6 +50,7 @@ import tensorflow as tf
 from bir_keras import interrupts
 from bir_keras.config import ConfigError, unpackable
 from bir_keras.models.layers import dense_gradients
+from bir_keras.strategies import loop
 from bir_keras.strategies.base import (
     Batch,
     NonFiniteLoss,
@@ -59,9 +58,9 @@ from bir_keras.strategies.base import (
     TaskProgress,
     TaskRun,
     Trainer,
-    _pad_samples,
     apply_updates,
     chunk_loop,
+    pad_samples,
     run_update,
     xla_update,
 )
@@ -194,31 +193,14 @@ class SeedPack:
         return [tr.config.seed for tr in self.trainers]
 
     # -- the task loop ---------------------------------------------------------------
-    def fit(self, until: int | None = None,
-            resume: tuple[TaskProgress, Callable[[Trainer], None]] | None = None) -> list:
+    def fit(self, until: int | None = None) -> list:
         """Train every seed on the tasks not yet learned (up to ``until``), evaluating
-        after each (``Trainer.fit``; ``resume`` only for a pack of one): the histories."""
-        trs = self.trainers
-        first = trs[0]
-        if len({tr.tasks_learned for tr in trs}) != 1:
-            raise ValueError("the seeds of a pack must have learned the same tasks")
-        if resume is not None and len(trs) > 1:
-            raise ConfigError("a packed run does not resume part-way through a task")
-        n = first.protocol.num_tasks
-        last = n if until is None else min(until, n)
-        for t in range(first.tasks_learned, last):
-            start = time.time()
-            runs = [tr.start_task(t) for tr in trs]
-            at = None
-            if resume is not None and resume[0].task == t:
-                at, restore = resume
-                restore(first)
-                start -= at.elapsed
-            means = self.train_task(runs, at)
-            for tr, run, m in zip(trs, runs, means):
-                tr.end_task(run, m, start)
-            interrupts.raise_if_requested()
-        return [tr.history for tr in trs]
+        after each, in the one task loop (``loop.fit``) over the packed step: the
+        histories. A pack does not resume part-way through a task (each seed's export
+        resumes alone)."""
+        if len(self.trainers) == 1:
+            return [self.trainers[0].fit(until)]
+        return loop.fit(self.trainers, self.train_task, until)
 
     def train_task(self, runs: list[TaskRun], at: TaskProgress | None = None) -> list[dict]:
         """Every seed's ``Trainer.task_loop`` driven by one step over all of them: each
@@ -226,7 +208,7 @@ class SeedPack:
         trs = self.trainers
         if len(trs) == 1:
             return [trs[0].train_task(runs[0], at)]
-        runs = [r._replace(data=_pad_samples(r.data)) for r in runs]
+        runs = [r._replace(data=pad_samples(r.data)) for r in runs]
         names = self.loss_names(runs, trs[0].plan_for_iteration(runs[0].plan, 0))
         # a Ctrl-C lands once every seed has had its chunk (and its checkpoint callbacks):
         # the seeds stop at one step, each resumable from its own progress
@@ -239,9 +221,9 @@ class SeedPack:
                 raise RuntimeError("the seeds of a pack went out of step")
             rows = self.run_steps(runs, k, plan)
             requests = []
-            for s, (loop, tr) in enumerate(zip(loops, trs)):
+            for s, (seed_loop, tr) in enumerate(zip(loops, trs)):
                 try:
-                    requests.append(loop.send(rows[s]))
+                    requests.append(seed_loop.send(rows[s]))
                 except StopIteration as done:
                     means[s] = done.value
                 except NonFiniteLoss as e:
@@ -264,7 +246,7 @@ class SeedPack:
 
     def _size_draw_caches(self, runs: list[TaskRun], plan: Plan) -> None:
         for tr, run in zip(self.trainers, runs):
-            tr._size_draw_cache(run.data, plan)
+            tr.size_draw_cache(run.data, plan)
 
     def run_steps(self, runs: list[TaskRun], k: int, plan: Plan) -> list[np.ndarray]:
         """Up to ``k`` iterations of every seed in one call: per seed, the losses of the

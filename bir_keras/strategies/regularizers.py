@@ -10,13 +10,26 @@ update of the variables it protects (``apply_regularized``), and ``before_task``
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import tensorflow as tf
 
-if TYPE_CHECKING:
-    from bir_keras.config import Config
-    from bir_keras.strategies.base import Trainer
+from bir_keras.config import Config
+
+
+class TrainerView(Protocol):
+    """What a regulariser reads of the trainer it serves after a task
+    (``strategies.base.Trainer`` is one): its settings, protocol, networks and the
+    variables it protects (EWC's Fisher is taken through them)."""
+
+    config: Config
+    protocol: Any
+
+    def preprocess(self, x: tf.Tensor) -> tf.Tensor: ...
+    def protected_variables(self) -> list[tf.Variable]: ...
+    def networks(self) -> dict[str, Any]: ...
+    def logits(self, model, x: tf.Tensor, task_ids: tf.Tensor,
+               training: bool = False) -> tf.Tensor: ...
 
 
 def state_variable(v, name: str) -> tf.Variable:
@@ -47,7 +60,7 @@ class Regularizer:
     def before_task(self, task: int) -> None:
         """Called before training on ``task`` (0-based)."""
 
-    def after_task(self, task: int, trainer: Trainer) -> None:
+    def after_task(self, task: int, trainer: TrainerView) -> None:
         """Called after training on ``task`` with the trainer (its model, data, settings)."""
 
     def state(self) -> dict[str, object]:
@@ -74,16 +87,3 @@ def global_sum(grads: Sequence[tf.Tensor]) -> list[tf.Tensor]:
     if ctx is None or ctx.num_replicas_in_sync == 1:
         return list(grads)
     return ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(grads))
-
-
-def make_regularizers(config: Config) -> list[Regularizer]:
-    """EWC / online EWC / SI as the config asks for."""
-    from bir_keras.strategies.ewc import EWC
-    from bir_keras.strategies.si import SI
-
-    regs: list[Regularizer] = []
-    if config.ewc:
-        regs.append(EWC(config.ewc_lambda, online=config.online, gamma=config.gamma))
-    if config.si:
-        regs.append(SI(config.si_c, config.epsilon))
-    return regs

@@ -144,3 +144,24 @@ def test_bad_inputs_raise_clear_errors():
                     small.class_names)
     with pytest.raises(DataError, match="needs 8 classes, the data has 6"):
         make_protocol("split_mnist", "class", tasks=4, dataset=small)
+
+
+def test_a_long_permuted_stream_keeps_only_the_task_being_learned():
+    # memory flat in the number of tasks: a task's permuted training data exists while it is
+    # learned; earlier tasks' test sets are made again when evaluated (the same arrays)
+    ds = _mnist_like()
+    p = make_protocol("permuted_mnist", "domain", tasks=30, dataset=ds, seed=12)
+    first = p.task(0)
+    x0, y0 = first.x_test.copy(), first.y_test.copy()
+    for t in range(30):
+        p.task(t)
+        assert list(p._tasks) == [t]
+    x, y = p.test_set(0)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(y, y0)
+    assert list(p._tasks) == [29]  # a test set alone is not kept, nor its training data
+    # protocols whose tasks are costly to make (conv features) keep every task
+    split = make_protocol("split_mnist", "class", dataset=ds, seed=12)
+    for t in range(3):
+        split.task(t)
+    assert sorted(split._tasks) == [0, 1, 2]

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from bir_keras import experiment
+from bir_keras import setup as run_setup
 from bir_keras.config import Config, ConfigError, method_settings
 from bir_keras.data.protocols import CIFAR_MEAN, CIFAR_STD, make_protocol
 from bir_keras.data.sources import Dataset
@@ -32,7 +33,7 @@ def cifar100():
 @pytest.fixture
 def with_data(monkeypatch, cifar100):
     """``experiment.prepare`` reads the generated dataset instead of loading CIFAR-100."""
-    monkeypatch.setattr(experiment, "make_protocol",
+    monkeypatch.setattr(run_setup, "make_protocol",
                         functools.partial(make_protocol, dataset=cifar100))
 
 
@@ -110,7 +111,7 @@ def test_hidden_refused_without_conv_layers(monkeypatch):
     calls = []
     ds = make_blobs(10, 20, 10, shape=(28, 28, 1))
     mnist = Dataset("mnist", ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.class_names)
-    monkeypatch.setattr(experiment, "make_protocol",
+    monkeypatch.setattr(run_setup, "make_protocol",
                         functools.partial(make_protocol, dataset=mnist))
     monkeypatch.setattr(experiment, "make_trainer", lambda *a, **k: calls.append(a))
     for kw in (dict(hidden=True), dict(brain_inspired=True, hidden=True)):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bir_keras import experiment
+from bir_keras import setup as run_setup
 from bir_keras.config import Config, ConfigError, method_settings
 from bir_keras.data.protocols import make_protocol
 from bir_keras.data.sources import Dataset
@@ -50,7 +51,7 @@ CASES = [pytest.param(m, f, id=f"{m}-{'frozen' if f else 'trained'}",
 
 @pytest.mark.parametrize("method, frozen", CASES)
 def test_method_with_regularizers_trains_on_the_conv_trunk(monkeypatch, cifar10, method, frozen):
-    monkeypatch.setattr(experiment, "make_protocol",
+    monkeypatch.setattr(run_setup, "make_protocol",
                         functools.partial(make_protocol, dataset=cifar10))
     # SI and EWC together: each sees the step (SI its updates, EWC its Fisher of the task)
     flags = {**method_settings(method, "split_cifar10", "class"), "si": True, "ewc": True,

@@ -11,7 +11,7 @@ import pytest
 
 from bir_keras.config import ConfigError, method_settings
 from bir_keras.strategies import make_trainer
-from bir_keras.strategies.base import _pad_samples
+from bir_keras.strategies.base import pad_samples
 from bir_keras.strategies.pack import SeedPack
 
 SEEDS = (12, 13)  # seeds below 10 keep the label order (protocols.class_order)
@@ -44,13 +44,13 @@ def _trainer(tiny_setup, scenario, over, seed):
 
 def _separate_rows(tr, t, k=3):
     run = tr.start_task(t)
-    run = run._replace(data=_pad_samples(run.data))
+    run = run._replace(data=pad_samples(run.data))
     return tr.run_steps(run, k, run.plan)[0], tr.loss_names(run)
 
 
 def _packed_rows(pack, t, k=3):
     runs = [tr.start_task(t) for tr in pack.trainers]
-    runs = [r._replace(data=_pad_samples(r.data)) for r in runs]
+    runs = [r._replace(data=pad_samples(r.data)) for r in runs]
     return pack.run_steps(runs, k, runs[0].plan), pack.loss_names(runs, runs[0].plan)
 
 

@@ -1,0 +1,65 @@
+"""What a run is made of before it trains: a resolved config, its protocol (conv features
+cached once where the conv layers are frozen) and the pre-trained conv trunk (``prepare``);
+the run itself is ``bir_keras.experiment``, and what it saves on Ctrl-C and logs to
+TensorBoard (``salvage``, ``tensorboard_log``) reads a ``Setup`` from here."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from bir_keras.config import Config, ConfigError, resolve
+from bir_keras.data.protocols import Protocol, make_protocol
+from bir_keras.models.layers import CONV_FEATURES, conv_trunk
+from bir_keras.weightsfile import check_weights_file
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONV_WEIGHTS = PACKAGE_ROOT / "saved_models" / "cifar10_conv" / "conv_trunk.weights.h5"
+
+
+@dataclasses.dataclass
+class Setup:
+    """A resolved config, its protocol (features if conv layers are frozen and cached), the
+    pixel-level protocol and the pre-trained conv trunk (CIFAR only)."""
+
+    config: Config
+    protocol: Protocol
+    pixels: Protocol
+    trunk: object | None
+
+
+def load_trunk(path: str | None):
+    """The CIFAR conv trunk with pre-trained weights (``path='random'``: untrained, for tests)."""
+    trunk = conv_trunk()
+    if path == "random":
+        return trunk
+    flag = "--conv_weights" if path else "the shipped --conv_weights default"
+    path = Path(path) if path else DEFAULT_CONV_WEIGHTS
+    if not path.exists():
+        raise ConfigError(f"pre-trained conv weights not found at {path}; run "
+                          "`python -m apps.pretrain` or pass --conv_weights=FILE")
+    check_weights_file(path, flag)  # one line for a file that is not the trunk's weights
+    trunk.load_weights(str(path))
+    return trunk
+
+
+def prepare(config: Config) -> Setup:
+    """Load the data, fill the paper's defaults, check flags, cache frozen conv features."""
+    pixels = make_protocol(config.experiment, config.scenario, tasks=config.tasks,
+                           data_dir=config.data_dir, seed=config.seed,
+                           keep_label_order=config.keep_label_order)
+    c = resolve(config, pixels.conv)
+    protocol, trunk = pixels, None
+    if pixels.conv:
+        trunk = load_trunk(c.conv_weights)
+        trunk.trainable = False
+        # Frozen layers give the same output for the same input: compute the features of
+        # each dataset once (internal replay, method.md 4.3.4) and train the FC part on them.
+        if c.hidden or (c.freeze_convE and c.replay != "generative"):
+            def features(x: np.ndarray) -> np.ndarray:
+                return np.concatenate([trunk(x[s:s + 1000], training=False).numpy()
+                                       for s in range(0, len(x), 1000)])
+            protocol = pixels.with_features(features, CONV_FEATURES)
+    return Setup(c, protocol, pixels, trunk)
