@@ -41,6 +41,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -173,9 +174,29 @@ def parse_sweep(spec: str | None) -> tuple[str | None, list[str | None]]:
     return name, out
 
 
+# what a sweep value may keep in a file name as it is (nothing else: no '/', no NUL, no
+# leading '.', no '..'); a value with anything else, or longer than NAME_PART, is written as
+# a slug of it, '~' and a hash of the value ('~' never appears in a value kept as it is)
+KEPT = re.compile(r"[A-Za-z0-9_+=-][A-Za-z0-9_+=.-]*")
+NAME_PART = 40
+
+
+def name_part(value: str) -> str:
+    """``value`` (a sweep value) as a part of a file name: itself where it is a safe, short
+    name (``KEPT``, ``NAME_PART`` characters at most, no ``..``), else a readable slug of it
+    with ``~`` and a hash of the value, so that two values never give one name."""
+    if len(value) <= NAME_PART and KEPT.fullmatch(value) and ".." not in value:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    slug = re.sub(r"[^A-Za-z0-9_+=-]+", "_", value).strip("_")
+    return f"{slug[:NAME_PART - len(digest) - 1]}~{digest}"
+
+
 def plan(methods: list[str], seeds: list[int], experiment: str, scenario: str,
          passthrough: list[str], root: Path, sweep: str | None = None) -> list[dict]:
-    """One entry per (method, sweep value, seed): its arguments, stamp and run directory."""
+    """One entry per (method, sweep value, seed): its arguments, stamp and run directory
+    (``<root>/runs/<name>``, a single path component whatever the sweep value is: see
+    ``name_part``)."""
     name, values = parse_sweep(sweep)
     if not methods:
         raise ValueError("--methods is empty: name at least one method")
@@ -190,23 +211,41 @@ def plan(methods: list[str], seeds: list[int], experiment: str, scenario: str,
                 args = [f"--experiment={experiment}", f"--scenario={scenario}", f"--method={m}",
                         f"--seed={s}", *passthrough] + ([f"--{name}={v}"] if name else [])
                 st = stamp(args)
-                tag = f"{m}-{name}{v}" if name else m
+                # key: how tables and messages name the setting; tag: how file names do
+                key = f"{m}-{name}{v}" if name else m
+                tag = f"{m}-{name}{name_part(v)}" if name else m
                 d = root / "runs" / f"{tag}-s{s}-{st}"
-                runs.append({"method": m, "value": v, "key": tag, "seed": s, "args": args,
-                             "stamp": st, "dir": d})
+                runs.append({"method": m, "value": v, "key": key, "tag": tag, "seed": s,
+                             "args": args, "stamp": st, "dir": d})
     return runs
 
 
 def check_run(args: list[str]) -> None:
-    """Refuse (``ConfigError``) a run's arguments that apps.train would refuse before
-    training: a flag's value, incompatible settings, a protocol without that many tasks."""
+    """Refuse (``ConfigError``, ``DataError``) a run's arguments that apps.train would
+    refuse: a flag's value, incompatible settings, a protocol without that many tasks, a
+    ``--data_dir`` or (with conv layers) ``--conv_weights`` that does not exist."""
     from bir_keras.config import resolve
 
     try:
         fv = train_flag_values(args)
     except flags.Error as e:
         raise ConfigError(str(e)) from None
-    resolve(common.config_from_flags(fv))  # as apps.train: bir_keras.config.check
+    c = resolve(common.config_from_flags(fv))  # as apps.train: bir_keras.config.check
+    common.check_data_dir(fv.data_dir)         # as apps.train, before any data loads
+    check_conv_weights(c)
+
+
+def check_conv_weights(c) -> None:
+    """Refuse (``ConfigError``) the ``--conv_weights`` of a resolved config that apps.train
+    refuses once its data are loaded (``bir_keras.experiment.load_trunk``, on a protocol
+    with conv layers): a path that does not exist (``random`` is an untrained trunk)."""
+    from bir_keras.data.protocols import EXPERIMENTS
+
+    conv = not EXPERIMENTS[c.experiment][3]
+    if conv and c.conv_weights and c.conv_weights != "random" \
+            and not os.path.exists(c.conv_weights):
+        raise ConfigError(f"--conv_weights={c.conv_weights} does not exist (pre-trained conv "
+                          "weights: a file of apps.pretrain, or 'random')")
 
 
 def pack_size(args: list[str], explicit: int | None, seeds: int, workers: int) -> int:
@@ -324,23 +363,64 @@ def write_tables(stats: dict, experiment: str, scenario: str, root: Path,
 
 
 # -- the output folder: apps.compare's own -------------------------------------------------
+# the folder of a pack of seeds (``Runner._execute``): <tag>-s<first>-s<last>-pack-<stamp>
+PACK_NAME = re.compile(r".+-s[0-9]+-s[0-9]+-pack-[0-9a-f]{12}")
+
+
 def _expected(entry: str) -> bool:
     """Whether an entry the marker does not list is one that apps.compare (or an apps.train
     run of it) may have left since the marker was last written: ``runs/``, a run directory
-    in it, its ``log.txt`` or ``stamp.json``, a temporary file of an atomic write."""
+    in it, its ``log.txt`` or ``stamp.json``, a temporary file of an atomic write, and the
+    ``out/`` and ``export/`` folders of a pack of seeds, in which each seed's directories
+    (``seed<s>``, ``seed<s>-interrupted`` after Ctrl-C) carry markers of their own, checked
+    against them."""
     parts = entry.rstrip("/").split("/")
     base = parts[-1]
     if appfiles.TEMP_NAME.match(base):
         return True
     if parts[0] != "runs":
         return False
+    if len(parts) == 3 and entry.endswith("/") and PACK_NAME.fullmatch(parts[1]) \
+            and base in ("out", "export"):
+        return True
     return (len(parts) <= 2 and entry.endswith("/")) or \
         (len(parts) == 3 and base in ("log.txt", "stamp.json"))
 
 
 def unexpected_entries(root: Path) -> list[str]:
-    """What ``root`` (a compare folder) holds that apps.compare did not write."""
-    return [e for e in rundirs.foreign_entries(root, rundirs.COMPARE) if not _expected(e)]
+    """What ``root`` (a compare folder) holds that apps.compare did not write (looking into
+    the folders it may have left unlisted: what they hold must be expected too)."""
+    out = []
+    for e in rundirs.foreign_entries(root, rundirs.COMPARE):
+        if not _expected(e):
+            out.append(e)
+        elif e.endswith("/") and not appfiles.TEMP_NAME.match(e.rstrip("/").split("/")[-1]):
+            out += _unlisted(root, e)
+    return out
+
+
+def _unlisted(root: Path, folder: str) -> list[str]:
+    """What the folder ``folder`` (relative to ``root``, expected but not listed by the
+    marker) holds that is not expected; a sub-folder with a marker of its own is checked
+    against it (``rundirs.foreign_entries``)."""
+    try:
+        names = sorted(os.listdir(root / folder))
+    except OSError as e:
+        return [f"{folder} (unreadable: {e.strerror or e})"]
+    out = []
+    for name in names:
+        path = root / folder / name
+        is_dir = path.is_dir() and not path.is_symlink()
+        entry = f"{folder}{name}{'/' if is_dir else ''}"
+        if is_dir and (path / rundirs.MARKER).is_file():
+            kind = rundirs.marker_kind(path)
+            out += [f"{entry}{q}" for q in rundirs.foreign_entries(path, kind)] \
+                if kind in rundirs.CONTENTS else [entry]
+        elif not _expected(entry):
+            out.append(entry)
+        elif is_dir and not appfiles.TEMP_NAME.match(name):
+            out += _unlisted(root, entry)
+    return out
 
 
 def check_output_dir(root: Path) -> None:
@@ -452,7 +532,7 @@ class Runner:
         # one seed: its own run directory; a pack: one directory for the pack, whose seeds
         # are moved into their run directories once it has finished
         d = first["dir"] if len(group) == 1 else first["dir"].with_name(
-            f"{first['key']}-s{first['seed']}-s{group[-1]['seed']}-pack-{first['stamp']}")
+            f"{first['tag']}-s{first['seed']}-s{group[-1]['seed']}-pack-{first['stamp']}")
         log_path = d / "log.txt"
         with self.lock:
             if self.stopping:
@@ -638,10 +718,24 @@ def check_flags() -> tuple[Path, list[dict], list[str], dict[str, int], int]:
             check_run(r["args"])
             sizes[r["key"]] = pack_size(r["args"], explicit, FLAGS.seeds, workers)
         except common.USER_ERRORS as e:
-            raise ConfigError(f"{_name(r)} ({' '.join(r['args'][2:])}) would be refused by "
-                              f"apps.train: {e}") from None
+            raise ConfigError(refusal(r, e)) from None
     check_output_dir(root)
     return root, runs, passthrough, sizes, workers
+
+
+def refusal(run: dict, e: Exception) -> str:
+    """Why apps.train would refuse a planned run: its sweep value where that alone makes the
+    difference (the run without it would be accepted), else its settings."""
+    if run["value"] is not None:
+        swept = run["args"][-1]   # --<flag>=<value>, last: it wins over a passed-through one
+        try:
+            check_run(run["args"][:-1])
+        except common.USER_ERRORS:
+            pass
+        else:
+            return (f"--sweep value {swept}: {run['method']} seed {run['seed']} with it would "
+                    f"be refused by apps.train: {e}")
+    return f"{_name(run)} ({' '.join(run['args'][2:])}) would be refused by apps.train: {e}"
 
 
 def _main(state: dict) -> int:

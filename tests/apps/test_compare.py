@@ -15,16 +15,21 @@ from pathlib import Path
 import pytest
 
 from apps.compare import (
+    Folder,
     changed_settings,
+    check_output_dir,
     check_run,
     is_cached,
+    name_part,
     plan,
+    refusal,
     stamp,
     unexpected_entries,
     write_tables,
 )
 from bir_keras import rundirs
 from bir_keras.config import ConfigError
+from bir_keras.data.sources import DataError
 from tests.apps.test_refusals import no_tensorflow_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -258,3 +263,153 @@ def test_ctrl_c_stops_runs_and_keeps_finished_ones_cached(finished, tmp_path):
     assert again.returncode == 0 and "wrote" in again.stdout, again.stderr
     rows = list(csv.DictReader((root / "table.csv").open()))
     assert rows[0]["seeds"] == "2"
+
+
+def test_sweep_values_become_safe_names_inside_output_dir(tmp_path):
+    # values that are paths (up and out of the folder, absolute), hidden, long, and values
+    # that differ only in the characters a name cannot keep
+    values = ["../../../../elsewhere/w1", "/abs/w1", "..", ".hidden", "a/b", "a?b", "a_b",
+              "a\\b", "x" * 300, "x" * 299 + "y", "-1.5e-05", "ok"]
+    root = tmp_path / "cmp"
+    runs = plan(["none"], [0, 4294967295], "split_mnist", "class", [], root,
+                sweep="conv_weights:" + ",".join(values))
+    assert [r["value"] for r in runs[::2]] == values   # the runs get the values as given
+    names = [r["dir"].name for r in runs]
+    assert len(set(names)) == len(runs)
+    for r in runs:
+        assert r["dir"].parent == root / "runs", r["dir"]
+        name = r["dir"].name
+        assert "/" not in name and "\\" not in name and "\0" not in name and ".." not in name
+        assert not name.startswith(".") and len(name.encode()) <= 120, name
+        assert r["args"][-1] == f"--conv_weights={r['value']}"
+    parts = [name_part(v) for v in values]
+    assert len(set(parts)) == len(values)
+    assert all(len(p) <= 40 and "/" not in p and ".." not in p and not p.startswith(".")
+               for p in parts)
+    # a value that is a safe name stays readable as it is (earlier compares' runs keep
+    # their names); one that is not keeps a readable part and a hash of the value
+    assert [name_part(v) for v in ("a_b", "-1.5e-05", "ok", "0.001")] == \
+        ["a_b", "-1.5e-05", "ok", "0.001"]
+    assert name_part("../../../../elsewhere/w1").startswith("elsewhere_w1~")
+    assert name_part("a/b") != name_part("a?b") and name_part("a/b") != "a_b"
+
+
+def test_a_sweep_of_paths_writes_only_inside_output_dir(tmp_path):
+    # the swept values are paths out of --output_dir: the runs stay inside it (split digits
+    # has no conv layers, so --conv_weights is not read)
+    root = tmp_path / "a" / "cmp"
+    far = tmp_path / "far"
+    r = compare(*TINY, "--seeds=2", f"--output_dir={root}",
+                f"--sweep=conv_weights:../../../../../far/w1,{far}/w2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not far.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["cmp"]
+    runs = sorted(p.name for p in (root / "runs").iterdir())
+    assert len(runs) == 4 and all("~" in n for n in runs), runs
+    assert unexpected_entries(root) == []
+    assert "none-conv_weights../../../../../far/w1" in (root / "table.md").read_text()
+
+
+@pytest.mark.parametrize("case", ["absolute", "relative"])
+def test_a_sweep_value_apps_train_refuses_is_named(tmp_path, case):
+    value = {"absolute": str(tmp_path / "nonexistent"), "relative": "no/such/dir"}[case]
+    [run] = plan(["none"], [0], "split_digits", "class", [], tmp_path / "cmp",
+                 sweep=f"data_dir:{value}")
+    with pytest.raises(DataError, match=f"--data_dir={value} does not exist") as e:
+        check_run(run["args"])
+    line = refusal(run, e.value)
+    assert line.startswith(f"--sweep value --data_dir={value}: none seed 0")
+    # on a protocol with conv layers, pre-trained weights that do not exist ('random': an
+    # untrained trunk)
+    runs = plan(["none"], [0], "split_cifar10", "class", [], tmp_path / "cmp",
+                sweep=f"conv_weights:random,{value}")
+    check_run(runs[0]["args"])
+    with pytest.raises(ConfigError, match=f"--conv_weights={value} does not exist"):
+        check_run(runs[1]["args"])
+
+
+@pytest.mark.parametrize("case", ["data_dir", "data_dir_relative", "conv_weights"])
+def test_a_sweep_value_is_refused_before_any_run(tmp_path, case):
+    args = {"data_dir": [f"--sweep=data_dir:{tmp_path / 'nonexistent'}"],
+            "data_dir_relative": ["--sweep=data_dir:no/such/dir"],
+            "conv_weights": ["--experiment=split_cifar10",
+                             f"--sweep=conv_weights:random,{tmp_path / 'w.h5'}"]}[case]
+    out = tmp_path / "cmp"
+    line = one_error_line(compare(*TINY, *args, f"--output_dir={out}",
+                                  env=no_tensorflow_env(tmp_path)))
+    flag, values = args[-1][len("--sweep="):].split(":", 1)
+    assert line.startswith(f"error: --sweep value --{flag}={values.split(',')[-1]}: ")
+    assert "does not exist" in line
+    assert not out.exists()
+
+
+def _interrupted_pack(root: Path) -> Path:
+    """The state a packed compare (seeds 0 and 1 in one apps.train) leaves after Ctrl-C
+    stopped it in training: the pack's folder with its log, an empty out/ and each seed's
+    partly trained model (``<export>/seed<s>-interrupted``, marked as an export)."""
+    root.mkdir()
+    pack = root / "runs" / "none-s0-s1-pack-0123456789ab"
+    (pack / "out").mkdir(parents=True)
+    (pack / "log.txt").write_text("apps.train's log\n")
+    rundirs.write_marker(root, rundirs.COMPARE)   # as when the pack started
+    for s in (0, 1):
+        exp = pack / "export" / f"seed{s}-interrupted"
+        exp.mkdir(parents=True)
+        (exp / "run.json").write_text("{}")
+        rundirs.write_marker(exp, rundirs.EXPORT)
+    return pack
+
+
+@pytest.mark.parametrize("foreign", [None, "out/notes.txt", "export/notes.txt",
+                                     "export/seed0-interrupted/notes.txt", "export/mine/",
+                                     "notes.txt", "../none-s2-0123456789ab/notes.txt"])
+def test_an_interrupted_pack_is_compares_own(tmp_path, foreign):
+    # (the last: a run folder that the marker does not list yet, holding a file of yours)
+    root = tmp_path / "cmp"
+    pack = _interrupted_pack(root)
+    (root / "runs" / "none-s2-0123456789ab").mkdir()
+    if foreign is None:
+        check_output_dir(root)   # the rerun takes the folder
+        assert unexpected_entries(root) == []
+        assert Folder(root).mark()   # and lists the pack's folders in its marker
+        check_output_dir(root)
+        return
+    if foreign.endswith("/"):
+        (pack / foreign).mkdir()
+    else:
+        (pack / foreign).write_text("mine")
+    with pytest.raises(rundirs.PathRefused, match="holds files apps.compare did not write"):
+        check_output_dir(root)
+    assert not Folder(root).mark()
+
+
+def test_a_packed_compare_stopped_by_ctrl_c_is_continued(tmp_path):
+    root = tmp_path / "cmp"
+    args = [*TINY[:-1], "--iters=1000", "--seeds=2", f"--output_dir={root}"]
+    proc = subprocess.Popen([sys.executable, "-m", "apps.compare", *args], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 120
+        # until both seeds of the pack have their scratch output folders (in training)
+        while len(list(root.glob("runs/*-pack-*/out/.seed*"))) < 2:
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, "the pack did not start"
+            time.sleep(0.02)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, (proc.returncode, stderr[-3000:])
+    assert "not cached: none seed 0, none seed 1" in stderr
+    [pack] = root.glob("runs/*-pack-*")
+    assert (pack / "out").is_dir()
+    # the same command again takes its folder and trains the seeds that did not finish
+    again = compare(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 cached, 2 to run" in again.stdout and "none seed 1: ok" in again.stdout
+    assert unexpected_entries(root) == []
+    assert rundirs.foreign_entries(root, rundirs.COMPARE) == []
