@@ -59,37 +59,53 @@ from bir_keras.config import METHODS, ConfigError, unpackable
 from bir_keras.fileio import atomic_dir, atomic_write_json, atomic_write_text
 
 FLAGS = flags.FLAGS
-flags.adopt_module_key_flags(common)  # --help lists apps.train's flags too
+# apps.train flags that apps.compare sets for each run itself (given, they are refused)
+SET_PER_RUN = {"method": "list methods in --methods", "seed": "use --seeds and --first_seed",
+               "output_dir": "", "export_dir": "each run's directories are under "
+               "--output_dir/runs/", "resume_from": "each run's directories are under "
+               "--output_dir/runs/", "overwrite": "apps.compare replaces only its own runs"}
 # apps.train's flags (defined by apps.common): checked here, passed through to each run
 TRAIN_FLAGS = frozenset(f.name for f in FLAGS.flags_by_module_dict().get("apps.common", [])
                         if f.name != "tf_log")
+# --help lists apps.train's flags too, but those that apps.compare sets itself
+for _key_flag in sorted(TRAIN_FLAGS | {"tf_log"}):
+    if _key_flag not in SET_PER_RUN or _key_flag == "output_dir":
+        flags.declare_key_flag(_key_flag)
+MAX_RUNS = 10_000       # runs one compare may plan (methods x sweep values x seeds)
+MAX_PARALLEL = 256      # runs at once
+MAX_TITLE = 200         # characters of --title
+NAME_MAX, PATH_MAX = 255, 4096  # bytes of a file name, of a path (Linux)
+# the longest path a compare folder holds beyond its own (runs/<run folder name, up to ~160>
+# /export/seed<s>-interrupted/saved_model/variables/..., temporaries): the rest is its own
+PATH_ROOM = PATH_MAX - 640
 flags.DEFINE_list("methods", ["none", "joint"], f"methods to compare: {', '.join(METHODS)}")
 flags.DEFINE_integer("seeds", 3, "number of seeds (first_seed, first_seed + 1, ...) per method "
-                     "(default 3)")
+                     f"(default 3; at most {MAX_RUNS:,} runs in all: methods x sweep values x "
+                     "seeds)")
 flags.DEFINE_integer("first_seed", 0, "first seed (default 0)")
-flags.DEFINE_integer("parallel", 0, "runs at once (default: cores // 2, at least 1)")
-flags.DEFINE_string("title", None, "plot title (default: experiment and scenario)")
+flags.DEFINE_integer("parallel", 0, f"runs at once, 0 to {MAX_PARALLEL}; 0: cores // 2, at "
+                     "least 1")
+flags.DEFINE_string("title", None, f"plot title, at most {MAX_TITLE} characters (default: "
+                    "experiment and scenario)")
 flags.DEFINE_bool("only_cached", False, "tabulate the finished runs, run nothing")
 flags.DEFINE_string("sweep", None, "sweep an apps.train flag over values, e.g. "
                     "batch_replay:1,4,16,128 (Fig. 4) or g_fc_units:10,25,100,400")
 FLAGS["seeds_at_once"].help = ("seeds of one method trained together in one apps.train "
-                                "process and step (default: as many as fit in memory; 1 for "
-                                "the settings that cannot be packed)")
+                                "process and step, at least 1 (more than --seeds packs them "
+                                "all)")
+# its default here is not apps.train's 1 (the flag is apps.train's: say what compare does)
+FLAGS["seeds_at_once"].default_as_str = ("as many as fit in memory; 1 for the settings that "
+                                         "cannot be packed")
 FLAGS["output_dir"].help = ("apps.compare's folder (required): runs/, table.md, table.csv, "
                             "accuracy.png, sweep.png; a new or empty folder, or one an earlier "
                             "compare wrote (its runs are reused); anything else is refused")
 common.validate("seeds", lambda v: v >= 1, "at least 1")
 common.validate("first_seed", lambda v: 0 <= v < 2 ** 32, "in [0, 2^32)")
-common.validate("parallel", lambda v: v >= 0, ">= 0 (0: cores // 2)")
+common.validate("parallel", lambda v: 0 <= v <= MAX_PARALLEL,
+                f"in [0, {MAX_PARALLEL}] (0: cores // 2)")
 flags.register_multi_flags_validator(
     ["first_seed", "seeds"], lambda d: d["first_seed"] + d["seeds"] <= 2 ** 32,
     message="--first_seed + --seeds must be at most 2^32 (seeds are in [0, 2^32))")
-
-# apps.train flags that apps.compare sets for each run itself
-SET_PER_RUN = {"method": "list methods in --methods", "seed": "use --seeds and --first_seed",
-               "output_dir": "", "export_dir": "each run's directories are under "
-               "--output_dir/runs/", "resume_from": "each run's directories are under "
-               "--output_dir/runs/", "overwrite": "apps.compare replaces only its own runs"}
 
 # The paper's published final average accuracies (method.md 6), shown beside ours.
 PUBLISHED = {
@@ -143,24 +159,29 @@ def train_flag_values(args: list[str]) -> flags.FlagValues:
 
 def parse_sweep(spec: str | None) -> tuple[str | None, list[str | None]]:
     """``flag:v1,v2,...`` -> (flag, values as apps.train reads them); None -> (None, [None]).
-    Raises ``ValueError`` for a flag apps.train does not have (or apps.compare sets), a
-    value that is not of the flag's type, a repeated value (a value out of range is refused
-    with the planned run's settings, ``check_run``)."""
-    if not spec:
+    Raises ``ValueError`` for a flag apps.train does not have (or apps.compare sets, or one
+    that cannot change a run's numbers), an empty value, a value that is not of the flag's
+    type, a repeated value (a value out of range is refused with the planned run's
+    settings, ``check_run``)."""
+    if spec is None:
         return None, [None]
     if ":" not in spec:
         raise ValueError(f"--sweep must look like flag:v1,v2 (got {spec!r})")
     name, values = spec.split(":", 1)
     name = name.strip().lstrip("-")
-    if name not in TRAIN_FLAGS or name in SET_PER_RUN \
+    if name not in TRAIN_FLAGS or name in SET_PER_RUN or name in NOT_STAMPED \
             or name in ("experiment", "scenario", "seeds_at_once"):
-        why = "it is set by apps.compare" if name in TRAIN_FLAGS else "no such apps.train flag"
+        why = ("it does not change a run's numbers" if name in NOT_STAMPED or name == "tf_log"
+               else "it is set by apps.compare" if name in TRAIN_FLAGS
+               else "no such apps.train flag")
         raise ValueError(f"--sweep={spec}: cannot sweep --{name} ({why}); sweep an apps.train "
                          "flag such as batch_replay, g_fc_units, iters")
     out: list[str | None] = []
     for v in (v.strip() for v in values.split(",")):
         if not v:
-            continue
+            raise ValueError(f"--sweep={spec}: an empty value (values are separated by "
+                             "single commas)" if values.strip() else
+                             f"--sweep={spec}: no values to sweep over")
         try:
             f = train_flag_values([f"--{name}={v}"])[name]
         except flags.Error as e:
@@ -169,9 +190,13 @@ def parse_sweep(spec: str | None) -> tuple[str | None, list[str | None]]:
         if shown in out:
             raise ValueError(f"--sweep={spec}: --{name}={shown} is listed twice")
         out.append(shown)
-    if not out:
-        raise ValueError(f"--sweep={spec}: no values to sweep over")
     return name, out
+
+
+def sweep_size(spec: str | None) -> int:
+    """How many values ``--sweep`` lists (1 without a sweep), counted before they are
+    parsed."""
+    return 1 if spec is None or ":" not in spec else spec.split(":", 1)[1].count(",") + 1
 
 
 # what a sweep value may keep in a file name as it is (nothing else: no '/', no NUL, no
@@ -424,8 +449,16 @@ def _unlisted(root: Path, folder: str) -> list[str]:
 
 
 def check_output_dir(root: Path) -> None:
-    """Refuse an ``--output_dir`` that apps.compare may not write into: absent, empty or
-    marked as a compare folder holding only what compare writes."""
+    """Refuse (``PathRefused``) an ``--output_dir`` that apps.compare may not write into:
+    absent, empty or marked as a compare folder holding only what compare writes."""
+    try:
+        _check_output_dir(root)
+    except OSError as e:   # e.g. a name too long for the file system
+        raise rundirs.PathRefused(f"--output_dir={root}: cannot check it "
+                                  f"({e.strerror or e})") from None
+
+
+def _check_output_dir(root: Path) -> None:
     flag = f"--output_dir={root}"
     if not os.path.lexists(root):
         rundirs.check_writable(root, "--output_dir")
@@ -701,6 +734,17 @@ def check_flags() -> tuple[Path, list[dict], list[str], dict[str, int], int]:
             raise ConfigError(f"--{name} is set by apps.compare for each run; {hint}")
     common.check_data_dir(FLAGS.data_dir)
     root = Path(os.path.abspath(FLAGS.output_dir))
+    check_output_path(root)
+    check_title(FLAGS.title)
+    if FLAGS["sweep"].present > 1:
+        raise ConfigError(f"--sweep is given {FLAGS['sweep'].present} times: apps.compare "
+                          "sweeps one flag, --sweep=flag:v1,v2,...")
+    count = len(FLAGS.methods) * sweep_size(FLAGS.sweep) * FLAGS.seeds
+    if count > MAX_RUNS:
+        raise ConfigError(f"this compare would start {count:,} runs ({len(FLAGS.methods)} "
+                          f"method(s) x {sweep_size(FLAGS.sweep):,} sweep value(s) x "
+                          f"{FLAGS.seeds:,} seed(s)); at most {MAX_RUNS:,} are allowed: "
+                          "lower --seeds or the methods or values")
     passthrough = passthrough_args()
     seeds = list(range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds))
     try:
@@ -708,6 +752,10 @@ def check_flags() -> tuple[Path, list[dict], list[str], dict[str, int], int]:
                     FLAGS.sweep)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    swept = FLAGS.sweep and runs[0]["args"][-1][2:].split("=", 1)[0]  # (parsed by plan)
+    if swept and FLAGS[swept].present:
+        raise ConfigError(f"{FLAGS[swept].serialize()} and --sweep={FLAGS.sweep} both set "
+                          f"--{swept}: give it once")
     workers = FLAGS.parallel or max(1, (os.cpu_count() or 2) // 2)
     explicit = FLAGS.seeds_at_once if FLAGS["seeds_at_once"].present else None
     sizes: dict[str, int] = {}
@@ -721,6 +769,47 @@ def check_flags() -> tuple[Path, list[dict], list[str], dict[str, int], int]:
             raise ConfigError(refusal(r, e)) from None
     check_output_dir(root)
     return root, runs, passthrough, sizes, workers
+
+
+def check_output_path(root: Path) -> None:
+    """Refuse (``PathRefused``) an ``--output_dir`` with a NUL character, whose name, or a
+    name in it, is too long for the file system, or too long for the runs it will hold."""
+    if "\0" in str(root):
+        raise rundirs.PathRefused(f"--output_dir={str(root)!r} holds a NUL character")
+    for part in root.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise rundirs.PathRefused(
+                f"--output_dir={root}: the name {part[:40]}... is {len(os.fsencode(part))} "
+                f"bytes long, the file system allows at most {NAME_MAX}")
+    if len(os.fsencode(str(root))) > PATH_ROOM:
+        raise rundirs.PathRefused(
+            f"--output_dir={root} is {len(os.fsencode(str(root)))} bytes long: the runs in it "
+            f"need paths of up to {PATH_MAX - PATH_ROOM} bytes more than it, the file system "
+            f"allows {PATH_MAX}; choose a shorter path")
+
+
+def check_title(title: str | None) -> None:
+    """Refuse (``ConfigError``) a ``--title`` that the plots could not draw: too long, with
+    control characters, or matplotlib math (``$...$``) it cannot parse."""
+    if not title:
+        return
+    if len(title) > MAX_TITLE:
+        raise ConfigError(f"--title is {len(title):,} characters long: at most {MAX_TITLE}")
+    if any(ord(c) < 32 and c != "\n" for c in title):
+        raise ConfigError(f"--title={title!r} holds control characters")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    fig.add_subplot().set_title(title)
+    try:
+        fig.canvas.draw()
+    except ValueError as e:
+        why = [ln for ln in str(e).splitlines() if ln.strip()]
+        raise ConfigError(f"--title={title!r} cannot be drawn by matplotlib "
+                          f"({why[-1] if why else 'a math expression it cannot parse'}); "
+                          "write a $ that is not math as \\$") from None
 
 
 def refusal(run: dict, e: Exception) -> str:
@@ -744,7 +833,11 @@ def _main(state: dict) -> int:
         state["root"], state["runs"] = root, runs
         with rundirs.claim(root, "--output_dir"):  # one compare per folder
             check_output_dir(root)
-            root.mkdir(parents=True, exist_ok=True)
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise rundirs.PathRefused(f"--output_dir={root}: cannot create it "
+                                          f"({e.strerror or e})") from None
             folder = Folder(root)
             folder.mark()
             try:
@@ -801,7 +894,9 @@ def _run(state: dict, folder: Folder, root: Path, runs: list[dict],
     from bir_keras.evaluation.plots import plot_average_accuracy, plot_sweep
 
     title = FLAGS.title or f"{FLAGS.experiment} ({FLAGS.scenario}-IL)"
-    curves = {m: (e["curve_mean"], e["curve_sem"]) for m, e in stats.items()}
+    # (a '$' of a sweep value in a legend is a dollar sign, not matplotlib math)
+    curves = {m.replace("$", r"\$"): (e["curve_mean"], e["curve_sem"])
+              for m, e in stats.items()}
     folder.write("accuracy.png", lambda tmp: plot_average_accuracy(curves, tmp, title=title))
     name, values = parse_sweep(FLAGS.sweep)
     if name:

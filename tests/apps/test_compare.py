@@ -157,29 +157,103 @@ def test_published_number_marked_when_settings_differ(tmp_path):
     assert "| 19.90 |" in md and "differ" not in md
 
 
-@pytest.mark.parametrize("case", ["seeds0", "unknown_sweep_flag", "sweep_value", "lr_nan",
-                                  "unknown_flag", "seed_set_by_compare", "methods_twice",
-                                  "too_many_tasks", "incompatible", "no_output_dir",
-                                  "sweep_out_of_range"])
+REFUSED = {  # case: (arguments, what the error line says)
+    "seeds0": (["--seeds=0"], "--seeds"),
+    "unknown_sweep_flag": (["--sweep=bogus:1,2"], "--bogus"),
+    "sweep_value": (["--sweep=batch_replay:1,abc"], "'abc'"),
+    "lr_nan": (["--lr=nan"], "--lr"),
+    "unknown_flag": (["--no_such_flag=1"], "no_such_flag"),
+    "seed_set_by_compare": (["--seed=3"], "--seed"),
+    "overwrite": (["--overwrite"], "--overwrite is set by apps.compare"),
+    "methods_twice": (["--methods=none,none"], "twice"),
+    "methods_empty_name": (["--methods=none,,joint"], "unknown method ''"),
+    "too_many_tasks": (["--tasks=9"], "--tasks=9"),
+    "incompatible": (["--xdg"], "XdG"),
+    "no_output_dir": ([], "--output_dir"),
+    "sweep_out_of_range": (["--sweep=lr:0.001,nan"],
+                           "--lr must be a positive finite number, got nan"),
+    # the numeric flags of apps.compare
+    "seeds_negative": (["--seeds=-1"], "--seeds must be at least 1"),
+    "too_many_runs": (["--seeds=1000000000"], "would start 1,000,000,000 runs"),
+    "too_many_runs_methods": (["--methods=none,joint", "--seeds=5001"], "would start 10,002 runs"),
+    "parallel_negative": (["--parallel=-1"], "--parallel must be in [0, 256]"),
+    "parallel_huge": (["--parallel=100000000"], "--parallel must be in [0, 256]"),
+    "seeds_at_once0": (["--seeds_at_once=0"], "--seeds_at_once must be >= 1"),
+    "first_seed": (["--first_seed=-1"], "--first_seed must be in [0, 2^32)"),
+    "seed_range": (["--first_seed=4294967295", "--seeds=2"], "at most 2^32"),
+    # the syntax of --sweep
+    "sweep_empty": (["--sweep="], "--sweep must look like flag:v1,v2 (got '')"),
+    "sweep_no_colon": (["--sweep=batch_replay"], "--sweep must look like flag:v1,v2"),
+    "sweep_no_flag": (["--sweep=:1,2"], "cannot sweep --"),
+    "sweep_no_values": (["--sweep=batch_replay:"], "no values to sweep over"),
+    "sweep_empty_value": (["--sweep=batch_replay:1,,2"], "an empty value"),
+    "sweep_trailing_comma": (["--sweep=batch_replay:1,2,"], "an empty value"),
+    "sweep_value_twice": (["--sweep=batch_replay:1,01"], "--batch_replay=1 is listed twice"),
+    "sweep_twice": (["--sweep=batch_replay:1,2", "--sweep=lr:0.1,0.2"],
+                    "--sweep is given 2 times"),
+    "swept_and_given": (["--sweep=iters:4,8"], "--iters=8 and --sweep=iters:4,8 both set"),
+    "sweep_not_stamped": (["--sweep=checkpoint_every:1,2"],
+                          "it does not change a run's numbers"),
+    "sweep_set_by_compare": (["--sweep=seed:1,2"], "it is set by apps.compare"),
+    "title_math": (["--title=cost: $$"], "--title='cost: $$' cannot be drawn by matplotlib"),
+    "title_long": (["--title=" + "t" * 201], "--title is 201 characters long: at most 200"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
 def test_refused_before_any_run(tmp_path, case):
     # before TensorFlow loads and before any run starts: nothing is created
     out = tmp_path / "cmp"
-    args = {"seeds0": ["--seeds=0"], "unknown_sweep_flag": ["--sweep=bogus:1,2"],
-            "sweep_value": ["--sweep=batch_replay:1,abc"], "lr_nan": ["--lr=nan"],
-            "unknown_flag": ["--no_such_flag=1"], "seed_set_by_compare": ["--seed=3"],
-            "methods_twice": ["--methods=none,none"], "too_many_tasks": ["--tasks=9"],
-            "incompatible": ["--xdg"], "no_output_dir": [],
-            "sweep_out_of_range": ["--sweep=lr:0.001,nan"]}[case]
+    args, expect = REFUSED[case]
     target = [] if case == "no_output_dir" else [f"--output_dir={out}"]
     line = one_error_line(compare(*TINY, *args, *target, env=no_tensorflow_env(tmp_path)))
     assert "no run finished" not in line
-    expect = {"seeds0": "--seeds", "unknown_sweep_flag": "--bogus", "sweep_value": "'abc'",
-              "lr_nan": "--lr", "unknown_flag": "no_such_flag", "seed_set_by_compare": "--seed",
-              "methods_twice": "twice", "too_many_tasks": "--tasks=9", "incompatible": "XdG",
-              "no_output_dir": "--output_dir",
-              "sweep_out_of_range": "--lr must be a positive finite number, got nan"}[case]
     assert expect in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["name_too_long", "path_too_long", "under_a_file",
+                                  "nul_in_flagfile", "huge_sweep_in_flagfile"])
+def test_bad_output_dir_or_flagfile_is_refused(tmp_path, case):
+    if case == "name_too_long":
+        out, expect = tmp_path / ("x" * 300) / "cmp", "is 300 bytes long, the file system"
+    elif case == "path_too_long":
+        out = tmp_path.joinpath(*["y" * 200] * 18)
+        expect = "the runs in it need paths of up to 640 bytes more"
+    else:
+        (tmp_path / "file").write_text("mine")
+        out, expect = tmp_path / "file" / "cmp", "/file is not a directory"
+    args = [f"--output_dir={out}"]
+    if case == "nul_in_flagfile":
+        (tmp_path / "flags").write_text(f"--output_dir={tmp_path}/a\0b\n")
+        args, expect = [f"--flagfile={tmp_path / 'flags'}"], "holds a NUL character"
+    elif case == "huge_sweep_in_flagfile":   # 10^6 values: refused before they are parsed
+        values = ",".join(str(v) for v in range(1, 10 ** 6 + 1))
+        (tmp_path / "flags").write_text(f"--sweep=batch_replay:{values}\n")
+        args.append(f"--flagfile={tmp_path / 'flags'}")
+        expect = "would start 3,000,000 runs (1 method(s) x 1,000,000 sweep value(s) x 3 seed(s))"
+    env = no_tensorflow_env(tmp_path)
+    before = sorted(tmp_path.iterdir())
+    line = one_error_line(compare(*TINY, *args, env=env))
+    assert expect in line
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_help_lists_only_what_compare_takes():
+    r = subprocess.run([sys.executable, "-m", "apps.compare", "--help"], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    listed = {ln.split(":")[0].strip() for ln in r.stdout.splitlines()
+              if ln.startswith("  --")}
+    # apps.train's flags pass through, but not those that compare sets for each run
+    assert {"--iters", "--data_dir", "--output_dir", "--seeds", "--seeds_at_once",
+            "--[no]jit_compile", "--[no]tf_log"} <= listed
+    assert not listed & {"--[no]overwrite", "--export_dir", "--resume_from", "--method",
+                         "--seed"}, listed
+    text = " ".join(r.stdout.split())
+    at_once = text[text.index("--seeds_at_once:"):]
+    at_once = at_once[:at_once.index("(an integer)")]
+    assert "default: '1'" not in at_once and "(default: as many as fit in memory" in at_once
 
 
 @pytest.mark.parametrize("case", ["foreign_folder", "foreign_file_in_ours", "a_file"])
