@@ -370,11 +370,12 @@ def test_sweep_values_become_safe_names_inside_output_dir(tmp_path):
 
 def test_a_sweep_of_paths_writes_only_inside_output_dir(tmp_path):
     # the swept values are paths out of --output_dir: the runs stay inside it (split digits
-    # has no conv layers, so --conv_weights is not read)
+    # has no conv layers, so --conv_weights is not read); a '$' in a value is no
+    # matplotlib math in the plot's legend
     root = tmp_path / "a" / "cmp"
     far = tmp_path / "far"
     r = compare(*TINY, "--seeds=2", f"--output_dir={root}",
-                f"--sweep=conv_weights:../../../../../far/w1,{far}/w2")
+                f"--sweep=conv_weights:../../../../../far/w1,{far}/w$$2")
     assert r.returncode == 0, r.stderr[-3000:]
     assert not far.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["a"]
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["cmp"]
