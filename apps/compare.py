@@ -245,10 +245,11 @@ def plan(methods: list[str], seeds: list[int], experiment: str, scenario: str,
     return runs
 
 
-def check_run(args: list[str]) -> None:
+def check_run(args: list[str]):
     """Refuse (``ConfigError``, ``DataError``) a run's arguments that apps.train would
     refuse: a flag's value, incompatible settings, a protocol without that many tasks, a
-    ``--data_dir`` or (with conv layers) ``--conv_weights`` that does not exist."""
+    ``--data_dir`` or (with conv layers) ``--conv_weights`` that does not exist, a run that
+    needs more memory than is available; else its resolved config."""
     from bir_keras.config import resolve
 
     try:
@@ -258,6 +259,19 @@ def check_run(args: list[str]) -> None:
     c = resolve(common.config_from_flags(fv))  # as apps.train: bir_keras.config.check
     common.check_data_dir(fv.data_dir)         # as apps.train, before any data loads
     check_conv_weights(c)
+    check_memory(c, 1)
+    return c
+
+
+def check_memory(c, seeds: int) -> None:
+    """apps.train's check that a run (of ``seeds`` seeds at once) fits in the memory
+    available (``common.check_memory``; apps.train stops such a run before anything loads),
+    as a refusal (``ConfigError``)."""
+    try:
+        common.check_memory(c, seeds)
+    except common.TrainingFailed as e:
+        more = f" or --seeds_at_once ({seeds} seeds at once)" if seeds > 1 else ""
+        raise ConfigError(f"{e}{more}") from None
 
 
 def check_conv_weights(c) -> None:
@@ -763,8 +777,10 @@ def check_flags() -> tuple[Path, list[dict], list[str], dict[str, int], int]:
         if r["key"] in sizes:
             continue
         try:
-            check_run(r["args"])
+            c = check_run(r["args"])
             sizes[r["key"]] = pack_size(r["args"], explicit, FLAGS.seeds, workers)
+            if sizes[r["key"]] > 1:
+                check_memory(c, min(sizes[r["key"]], FLAGS.seeds))
         except common.USER_ERRORS as e:
             raise ConfigError(refusal(r, e)) from None
     check_output_dir(root)

@@ -403,6 +403,21 @@ def test_a_sweep_value_apps_train_refuses_is_named(tmp_path, case):
         check_run(runs[1]["args"])
 
 
+def test_a_run_that_does_not_fit_in_memory_is_refused(tmp_path, monkeypatch):
+    # apps.train's memory check (it stops such a run before anything loads), made here
+    # before any run
+    from bir_keras import appfiles
+
+    monkeypatch.setattr(appfiles, "available_memory", lambda: 2 ** 30)
+    runs = plan(["none"], [0], "split_digits", "class", [], tmp_path / "cmp",
+                sweep="fc_units:20,1000000")
+    check_run(runs[0]["args"])
+    with pytest.raises(ConfigError, match="out of memory: this run needs more than the 1 "
+                                          "GiB available; lower --fc_units") as e:
+        check_run(runs[1]["args"])
+    assert refusal(runs[1], e.value).startswith("--sweep value --fc_units=1000000: ")
+
+
 @pytest.mark.parametrize("case", ["data_dir", "data_dir_relative", "conv_weights"])
 def test_a_sweep_value_is_refused_before_any_run(tmp_path, case):
     args = {"data_dir": [f"--sweep=data_dir:{tmp_path / 'nonexistent'}"],
