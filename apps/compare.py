@@ -428,10 +428,11 @@ def _expected(entry: str) -> bool:
 
 def unexpected_entries(root: Path) -> list[str]:
     """What ``root`` (a compare folder) holds that apps.compare did not write (looking into
-    the folders it may have left unlisted: what they hold must be expected too)."""
+    the folders it may have left unlisted: what they hold must be expected too; a symbolic
+    link is never apps.compare's)."""
     out = []
     for e in rundirs.foreign_entries(root, rundirs.COMPARE):
-        if not _expected(e):
+        if not _expected(e) or (root / e).is_symlink():
             out.append(e)
         elif e.endswith("/") and not appfiles.TEMP_NAME.match(e.rstrip("/").split("/")[-1]):
             out += _unlisted(root, e)
@@ -455,7 +456,7 @@ def _unlisted(root: Path, folder: str) -> list[str]:
             kind = rundirs.marker_kind(path)
             out += [f"{entry}{q}" for q in rundirs.foreign_entries(path, kind)] \
                 if kind in rundirs.CONTENTS else [entry]
-        elif not _expected(entry):
+        elif not _expected(entry) or path.is_symlink():
             out.append(entry)
         elif is_dir and not appfiles.TEMP_NAME.match(name):
             out += _unlisted(root, entry)

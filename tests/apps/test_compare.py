@@ -452,12 +452,24 @@ def _interrupted_pack(root: Path) -> Path:
 
 @pytest.mark.parametrize("foreign", [None, "out/notes.txt", "export/notes.txt",
                                      "export/seed0-interrupted/notes.txt", "export/mine/",
-                                     "notes.txt", "../none-s2-0123456789ab/notes.txt"])
+                                     "notes.txt", "../none-s2-0123456789ab/notes.txt",
+                                     "../none-s2-0123456789ab/log.txt@", "export@"])
 def test_an_interrupted_pack_is_compares_own(tmp_path, foreign):
-    # (the last: a run folder that the marker does not list yet, holding a file of yours)
+    # (the last three: a run folder that the marker does not list yet, holding a file of
+    # yours, or a link where a run writes its log; a link for a pack's export/)
     root = tmp_path / "cmp"
     pack = _interrupted_pack(root)
     (root / "runs" / "none-s2-0123456789ab").mkdir()
+    if foreign and foreign.endswith("@"):
+        (tmp_path / "elsewhere").mkdir()
+        link = pack / foreign[:-1]
+        if link.exists():
+            shutil.rmtree(link)
+        link.symlink_to(tmp_path / "elsewhere")
+        with pytest.raises(rundirs.PathRefused, match="holds files apps.compare did not write"):
+            check_output_dir(root)
+        assert not Folder(root).mark()
+        return
     if foreign is None:
         check_output_dir(root)   # the rerun takes the folder
         assert unexpected_entries(root) == []
