@@ -41,6 +41,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -58,37 +59,53 @@ from bir_keras.config import METHODS, ConfigError, unpackable
 from bir_keras.fileio import atomic_dir, atomic_write_json, atomic_write_text
 
 FLAGS = flags.FLAGS
-flags.adopt_module_key_flags(common)  # --help lists apps.train's flags too
+# apps.train flags that apps.compare sets for each run itself (given, they are refused)
+SET_PER_RUN = {"method": "list methods in --methods", "seed": "use --seeds and --first_seed",
+               "output_dir": "", "export_dir": "each run's directories are under "
+               "--output_dir/runs/", "resume_from": "each run's directories are under "
+               "--output_dir/runs/", "overwrite": "apps.compare replaces only its own runs"}
 # apps.train's flags (defined by apps.common): checked here, passed through to each run
 TRAIN_FLAGS = frozenset(f.name for f in FLAGS.flags_by_module_dict().get("apps.common", [])
                         if f.name != "tf_log")
+# --help lists apps.train's flags too, but those that apps.compare sets itself
+for _key_flag in sorted(TRAIN_FLAGS | {"tf_log"}):
+    if _key_flag not in SET_PER_RUN or _key_flag == "output_dir":
+        flags.declare_key_flag(_key_flag)
+MAX_RUNS = 10_000       # runs one compare may plan (methods x sweep values x seeds)
+MAX_PARALLEL = 256      # runs at once
+MAX_TITLE = 200         # characters of --title
+NAME_MAX, PATH_MAX = 255, 4096  # bytes of a file name, of a path (Linux)
+# the longest path a compare folder holds beyond its own (runs/<run folder name, up to ~160>
+# /export/seed<s>-interrupted/saved_model/variables/..., temporaries): the rest is its own
+PATH_ROOM = PATH_MAX - 640
 flags.DEFINE_list("methods", ["none", "joint"], f"methods to compare: {', '.join(METHODS)}")
 flags.DEFINE_integer("seeds", 3, "number of seeds (first_seed, first_seed + 1, ...) per method "
-                     "(default 3)")
+                     f"(default 3; at most {MAX_RUNS:,} runs in all: methods x sweep values x "
+                     "seeds)")
 flags.DEFINE_integer("first_seed", 0, "first seed (default 0)")
-flags.DEFINE_integer("parallel", 0, "runs at once (default: cores // 2, at least 1)")
-flags.DEFINE_string("title", None, "plot title (default: experiment and scenario)")
+flags.DEFINE_integer("parallel", 0, f"runs at once, 0 to {MAX_PARALLEL}; 0: cores // 2, at "
+                     "least 1")
+flags.DEFINE_string("title", None, f"plot title, at most {MAX_TITLE} characters (default: "
+                    "experiment and scenario)")
 flags.DEFINE_bool("only_cached", False, "tabulate the finished runs, run nothing")
 flags.DEFINE_string("sweep", None, "sweep an apps.train flag over values, e.g. "
                     "batch_replay:1,4,16,128 (Fig. 4) or g_fc_units:10,25,100,400")
 FLAGS["seeds_at_once"].help = ("seeds of one method trained together in one apps.train "
-                                "process and step (default: as many as fit in memory; 1 for "
-                                "the settings that cannot be packed)")
+                                "process and step, at least 1 (more than --seeds packs them "
+                                "all)")
+# its default here is not apps.train's 1 (the flag is apps.train's: say what compare does)
+FLAGS["seeds_at_once"].default_as_str = ("as many as fit in memory; 1 for the settings that "
+                                         "cannot be packed")
 FLAGS["output_dir"].help = ("apps.compare's folder (required): runs/, table.md, table.csv, "
                             "accuracy.png, sweep.png; a new or empty folder, or one an earlier "
                             "compare wrote (its runs are reused); anything else is refused")
 common.validate("seeds", lambda v: v >= 1, "at least 1")
 common.validate("first_seed", lambda v: 0 <= v < 2 ** 32, "in [0, 2^32)")
-common.validate("parallel", lambda v: v >= 0, ">= 0 (0: cores // 2)")
+common.validate("parallel", lambda v: 0 <= v <= MAX_PARALLEL,
+                f"in [0, {MAX_PARALLEL}] (0: cores // 2)")
 flags.register_multi_flags_validator(
     ["first_seed", "seeds"], lambda d: d["first_seed"] + d["seeds"] <= 2 ** 32,
     message="--first_seed + --seeds must be at most 2^32 (seeds are in [0, 2^32))")
-
-# apps.train flags that apps.compare sets for each run itself
-SET_PER_RUN = {"method": "list methods in --methods", "seed": "use --seeds and --first_seed",
-               "output_dir": "", "export_dir": "each run's directories are under "
-               "--output_dir/runs/", "resume_from": "each run's directories are under "
-               "--output_dir/runs/", "overwrite": "apps.compare replaces only its own runs"}
 
 # The paper's published final average accuracies (method.md 6), shown beside ours.
 PUBLISHED = {
@@ -142,24 +159,29 @@ def train_flag_values(args: list[str]) -> flags.FlagValues:
 
 def parse_sweep(spec: str | None) -> tuple[str | None, list[str | None]]:
     """``flag:v1,v2,...`` -> (flag, values as apps.train reads them); None -> (None, [None]).
-    Raises ``ValueError`` for a flag apps.train does not have (or apps.compare sets), a
-    value that is not of the flag's type, a repeated value (a value out of range is refused
-    with the planned run's settings, ``check_run``)."""
-    if not spec:
+    Raises ``ValueError`` for a flag apps.train does not have (or apps.compare sets, or one
+    that cannot change a run's numbers), an empty value, a value that is not of the flag's
+    type, a repeated value (a value out of range is refused with the planned run's
+    settings, ``check_run``)."""
+    if spec is None:
         return None, [None]
     if ":" not in spec:
         raise ValueError(f"--sweep must look like flag:v1,v2 (got {spec!r})")
     name, values = spec.split(":", 1)
     name = name.strip().lstrip("-")
-    if name not in TRAIN_FLAGS or name in SET_PER_RUN \
+    if name not in TRAIN_FLAGS or name in SET_PER_RUN or name in NOT_STAMPED \
             or name in ("experiment", "scenario", "seeds_at_once"):
-        why = "it is set by apps.compare" if name in TRAIN_FLAGS else "no such apps.train flag"
+        why = ("it does not change a run's numbers" if name in NOT_STAMPED or name == "tf_log"
+               else "it is set by apps.compare" if name in TRAIN_FLAGS
+               else "no such apps.train flag")
         raise ValueError(f"--sweep={spec}: cannot sweep --{name} ({why}); sweep an apps.train "
                          "flag such as batch_replay, g_fc_units, iters")
     out: list[str | None] = []
     for v in (v.strip() for v in values.split(",")):
         if not v:
-            continue
+            raise ValueError(f"--sweep={spec}: an empty value (values are separated by "
+                             "single commas)" if values.strip() else
+                             f"--sweep={spec}: no values to sweep over")
         try:
             f = train_flag_values([f"--{name}={v}"])[name]
         except flags.Error as e:
@@ -168,14 +190,38 @@ def parse_sweep(spec: str | None) -> tuple[str | None, list[str | None]]:
         if shown in out:
             raise ValueError(f"--sweep={spec}: --{name}={shown} is listed twice")
         out.append(shown)
-    if not out:
-        raise ValueError(f"--sweep={spec}: no values to sweep over")
     return name, out
+
+
+def sweep_size(spec: str | None) -> int:
+    """How many values ``--sweep`` lists (1 without a sweep), counted before they are
+    parsed."""
+    return 1 if spec is None or ":" not in spec else spec.split(":", 1)[1].count(",") + 1
+
+
+# what a sweep value may keep in a file name as it is (nothing else: no '/', no NUL, no
+# leading '.', no '..'); a value with anything else, or longer than NAME_PART, is written as
+# a slug of it, '~' and a hash of the value ('~' never appears in a value kept as it is)
+KEPT = re.compile(r"[A-Za-z0-9_+=-][A-Za-z0-9_+=.-]*")
+NAME_PART = 40
+
+
+def name_part(value: str) -> str:
+    """``value`` (a sweep value) as a part of a file name: itself where it is a safe, short
+    name (``KEPT``, ``NAME_PART`` characters at most, no ``..``), else a readable slug of it
+    with ``~`` and a hash of the value, so that two values never give one name."""
+    if len(value) <= NAME_PART and KEPT.fullmatch(value) and ".." not in value:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    slug = re.sub(r"[^A-Za-z0-9_+=-]+", "_", value).strip("_")
+    return f"{slug[:NAME_PART - len(digest) - 1]}~{digest}"
 
 
 def plan(methods: list[str], seeds: list[int], experiment: str, scenario: str,
          passthrough: list[str], root: Path, sweep: str | None = None) -> list[dict]:
-    """One entry per (method, sweep value, seed): its arguments, stamp and run directory."""
+    """One entry per (method, sweep value, seed): its arguments, stamp and run directory
+    (``<root>/runs/<name>``, a single path component whatever the sweep value is: see
+    ``name_part``)."""
     name, values = parse_sweep(sweep)
     if not methods:
         raise ValueError("--methods is empty: name at least one method")
@@ -190,23 +236,55 @@ def plan(methods: list[str], seeds: list[int], experiment: str, scenario: str,
                 args = [f"--experiment={experiment}", f"--scenario={scenario}", f"--method={m}",
                         f"--seed={s}", *passthrough] + ([f"--{name}={v}"] if name else [])
                 st = stamp(args)
-                tag = f"{m}-{name}{v}" if name else m
+                # key: how tables and messages name the setting; tag: how file names do
+                key = f"{m}-{name}{v}" if name else m
+                tag = f"{m}-{name}{name_part(v)}" if name else m
                 d = root / "runs" / f"{tag}-s{s}-{st}"
-                runs.append({"method": m, "value": v, "key": tag, "seed": s, "args": args,
-                             "stamp": st, "dir": d})
+                runs.append({"method": m, "value": v, "key": key, "tag": tag, "seed": s,
+                             "args": args, "stamp": st, "dir": d})
     return runs
 
 
-def check_run(args: list[str]) -> None:
-    """Refuse (``ConfigError``) a run's arguments that apps.train would refuse before
-    training: a flag's value, incompatible settings, a protocol without that many tasks."""
+def check_run(args: list[str]):
+    """Refuse (``ConfigError``, ``DataError``) a run's arguments that apps.train would
+    refuse: a flag's value, incompatible settings, a protocol without that many tasks, a
+    ``--data_dir`` or (with conv layers) ``--conv_weights`` that does not exist, a run that
+    needs more memory than is available; else its resolved config."""
     from bir_keras.config import resolve
 
     try:
         fv = train_flag_values(args)
     except flags.Error as e:
         raise ConfigError(str(e)) from None
-    resolve(common.config_from_flags(fv))  # as apps.train: bir_keras.config.check
+    c = resolve(common.config_from_flags(fv))  # as apps.train: bir_keras.config.check
+    common.check_data_dir(fv.data_dir)         # as apps.train, before any data loads
+    check_conv_weights(c)
+    check_memory(c, 1)
+    return c
+
+
+def check_memory(c, seeds: int) -> None:
+    """apps.train's check that a run (of ``seeds`` seeds at once) fits in the memory
+    available (``common.check_memory``; apps.train stops such a run before anything loads),
+    as a refusal (``ConfigError``)."""
+    try:
+        common.check_memory(c, seeds)
+    except common.TrainingFailed as e:
+        more = f" or --seeds_at_once ({seeds} seeds at once)" if seeds > 1 else ""
+        raise ConfigError(f"{e}{more}") from None
+
+
+def check_conv_weights(c) -> None:
+    """Refuse (``ConfigError``) the ``--conv_weights`` of a resolved config that apps.train
+    refuses once its data are loaded (``bir_keras.experiment.load_trunk``, on a protocol
+    with conv layers): a path that does not exist (``random`` is an untrained trunk)."""
+    from bir_keras.data.protocols import EXPERIMENTS
+
+    conv = not EXPERIMENTS[c.experiment][3]
+    if conv and c.conv_weights and c.conv_weights != "random" \
+            and not os.path.exists(c.conv_weights):
+        raise ConfigError(f"--conv_weights={c.conv_weights} does not exist (pre-trained conv "
+                          "weights: a file of apps.pretrain, or 'random')")
 
 
 def pack_size(args: list[str], explicit: int | None, seeds: int, workers: int) -> int:
@@ -324,28 +402,78 @@ def write_tables(stats: dict, experiment: str, scenario: str, root: Path,
 
 
 # -- the output folder: apps.compare's own -------------------------------------------------
+# the folder of a pack of seeds (``Runner._execute``): <tag>-s<first>-s<last>-pack-<stamp>
+PACK_NAME = re.compile(r".+-s[0-9]+-s[0-9]+-pack-[0-9a-f]{12}")
+
+
 def _expected(entry: str) -> bool:
     """Whether an entry the marker does not list is one that apps.compare (or an apps.train
     run of it) may have left since the marker was last written: ``runs/``, a run directory
-    in it, its ``log.txt`` or ``stamp.json``, a temporary file of an atomic write."""
+    in it, its ``log.txt`` or ``stamp.json``, a temporary file of an atomic write, and the
+    ``out/`` and ``export/`` folders of a pack of seeds, in which each seed's directories
+    (``seed<s>``, ``seed<s>-interrupted`` after Ctrl-C) carry markers of their own, checked
+    against them."""
     parts = entry.rstrip("/").split("/")
     base = parts[-1]
     if appfiles.TEMP_NAME.match(base):
         return True
     if parts[0] != "runs":
         return False
+    if len(parts) == 3 and entry.endswith("/") and PACK_NAME.fullmatch(parts[1]) \
+            and base in ("out", "export"):
+        return True
     return (len(parts) <= 2 and entry.endswith("/")) or \
         (len(parts) == 3 and base in ("log.txt", "stamp.json"))
 
 
 def unexpected_entries(root: Path) -> list[str]:
-    """What ``root`` (a compare folder) holds that apps.compare did not write."""
-    return [e for e in rundirs.foreign_entries(root, rundirs.COMPARE) if not _expected(e)]
+    """What ``root`` (a compare folder) holds that apps.compare did not write (looking into
+    the folders it may have left unlisted: what they hold must be expected too; a symbolic
+    link is never apps.compare's)."""
+    out = []
+    for e in rundirs.foreign_entries(root, rundirs.COMPARE):
+        if not _expected(e) or (root / e).is_symlink():
+            out.append(e)
+        elif e.endswith("/") and not appfiles.TEMP_NAME.match(e.rstrip("/").split("/")[-1]):
+            out += _unlisted(root, e)
+    return out
+
+
+def _unlisted(root: Path, folder: str) -> list[str]:
+    """What the folder ``folder`` (relative to ``root``, expected but not listed by the
+    marker) holds that is not expected; a sub-folder with a marker of its own is checked
+    against it (``rundirs.foreign_entries``)."""
+    try:
+        names = sorted(os.listdir(root / folder))
+    except OSError as e:
+        return [f"{folder} (unreadable: {e.strerror or e})"]
+    out = []
+    for name in names:
+        path = root / folder / name
+        is_dir = path.is_dir() and not path.is_symlink()
+        entry = f"{folder}{name}{'/' if is_dir else ''}"
+        if is_dir and (path / rundirs.MARKER).is_file():
+            kind = rundirs.marker_kind(path)
+            out += [f"{entry}{q}" for q in rundirs.foreign_entries(path, kind)] \
+                if kind in rundirs.CONTENTS else [entry]
+        elif not _expected(entry) or path.is_symlink():
+            out.append(entry)
+        elif is_dir and not appfiles.TEMP_NAME.match(name):
+            out += _unlisted(root, entry)
+    return out
 
 
 def check_output_dir(root: Path) -> None:
-    """Refuse an ``--output_dir`` that apps.compare may not write into: absent, empty or
-    marked as a compare folder holding only what compare writes."""
+    """Refuse (``PathRefused``) an ``--output_dir`` that apps.compare may not write into:
+    absent, empty or marked as a compare folder holding only what compare writes."""
+    try:
+        _check_output_dir(root)
+    except OSError as e:   # e.g. a name too long for the file system
+        raise rundirs.PathRefused(f"--output_dir={root}: cannot check it "
+                                  f"({e.strerror or e})") from None
+
+
+def _check_output_dir(root: Path) -> None:
     flag = f"--output_dir={root}"
     if not os.path.lexists(root):
         rundirs.check_writable(root, "--output_dir")
@@ -452,7 +580,7 @@ class Runner:
         # one seed: its own run directory; a pack: one directory for the pack, whose seeds
         # are moved into their run directories once it has finished
         d = first["dir"] if len(group) == 1 else first["dir"].with_name(
-            f"{first['key']}-s{first['seed']}-s{group[-1]['seed']}-pack-{first['stamp']}")
+            f"{first['tag']}-s{first['seed']}-s{group[-1]['seed']}-pack-{first['stamp']}")
         log_path = d / "log.txt"
         with self.lock:
             if self.stopping:
@@ -621,6 +749,17 @@ def check_flags() -> tuple[Path, list[dict], list[str], dict[str, int], int]:
             raise ConfigError(f"--{name} is set by apps.compare for each run; {hint}")
     common.check_data_dir(FLAGS.data_dir)
     root = Path(os.path.abspath(FLAGS.output_dir))
+    check_output_path(root)
+    check_title(FLAGS.title)
+    if FLAGS["sweep"].present > 1:
+        raise ConfigError(f"--sweep is given {FLAGS['sweep'].present} times: apps.compare "
+                          "sweeps one flag, --sweep=flag:v1,v2,...")
+    count = len(FLAGS.methods) * sweep_size(FLAGS.sweep) * FLAGS.seeds
+    if count > MAX_RUNS:
+        raise ConfigError(f"this compare would start {count:,} runs ({len(FLAGS.methods)} "
+                          f"method(s) x {sweep_size(FLAGS.sweep):,} sweep value(s) x "
+                          f"{FLAGS.seeds:,} seed(s)); at most {MAX_RUNS:,} are allowed: "
+                          "lower --seeds or the methods or values")
     passthrough = passthrough_args()
     seeds = list(range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds))
     try:
@@ -628,6 +767,10 @@ def check_flags() -> tuple[Path, list[dict], list[str], dict[str, int], int]:
                     FLAGS.sweep)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    swept = FLAGS.sweep and runs[0]["args"][-1][2:].split("=", 1)[0]  # (parsed by plan)
+    if swept and FLAGS[swept].present:
+        raise ConfigError(f"{FLAGS[swept].serialize()} and --sweep={FLAGS.sweep} both set "
+                          f"--{swept}: give it once")
     workers = FLAGS.parallel or max(1, (os.cpu_count() or 2) // 2)
     explicit = FLAGS.seeds_at_once if FLAGS["seeds_at_once"].present else None
     sizes: dict[str, int] = {}
@@ -635,13 +778,70 @@ def check_flags() -> tuple[Path, list[dict], list[str], dict[str, int], int]:
         if r["key"] in sizes:
             continue
         try:
-            check_run(r["args"])
+            c = check_run(r["args"])
             sizes[r["key"]] = pack_size(r["args"], explicit, FLAGS.seeds, workers)
+            if sizes[r["key"]] > 1:
+                check_memory(c, min(sizes[r["key"]], FLAGS.seeds))
         except common.USER_ERRORS as e:
-            raise ConfigError(f"{_name(r)} ({' '.join(r['args'][2:])}) would be refused by "
-                              f"apps.train: {e}") from None
+            raise ConfigError(refusal(r, e)) from None
     check_output_dir(root)
     return root, runs, passthrough, sizes, workers
+
+
+def check_output_path(root: Path) -> None:
+    """Refuse (``PathRefused``) an ``--output_dir`` with a NUL character, whose name, or a
+    name in it, is too long for the file system, or too long for the runs it will hold."""
+    if "\0" in str(root):
+        raise rundirs.PathRefused(f"--output_dir={str(root)!r} holds a NUL character")
+    for part in root.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise rundirs.PathRefused(
+                f"--output_dir={root}: the name {part[:40]}... is {len(os.fsencode(part))} "
+                f"bytes long, the file system allows at most {NAME_MAX}")
+    if len(os.fsencode(str(root))) > PATH_ROOM:
+        raise rundirs.PathRefused(
+            f"--output_dir={root} is {len(os.fsencode(str(root)))} bytes long: the runs in it "
+            f"need paths of up to {PATH_MAX - PATH_ROOM} bytes more than it, the file system "
+            f"allows {PATH_MAX}; choose a shorter path")
+
+
+def check_title(title: str | None) -> None:
+    """Refuse (``ConfigError``) a ``--title`` that the plots could not draw: too long, with
+    control characters, or matplotlib math (``$...$``) it cannot parse."""
+    if not title:
+        return
+    if len(title) > MAX_TITLE:
+        raise ConfigError(f"--title is {len(title):,} characters long: at most {MAX_TITLE}")
+    if any(ord(c) < 32 and c != "\n" for c in title):
+        raise ConfigError(f"--title={title!r} holds control characters")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    fig.add_subplot().set_title(title)
+    try:
+        fig.canvas.draw()
+    except ValueError as e:
+        why = [ln for ln in str(e).splitlines() if ln.strip()]
+        raise ConfigError(f"--title={title!r} cannot be drawn by matplotlib "
+                          f"({why[-1] if why else 'a math expression it cannot parse'}); "
+                          "write a $ that is not math as \\$") from None
+
+
+def refusal(run: dict, e: Exception) -> str:
+    """Why apps.train would refuse a planned run: its sweep value where that alone makes the
+    difference (the run without it would be accepted), else its settings."""
+    if run["value"] is not None:
+        swept = run["args"][-1]   # --<flag>=<value>, last: it wins over a passed-through one
+        try:
+            check_run(run["args"][:-1])
+        except common.USER_ERRORS:
+            pass
+        else:
+            return (f"--sweep value {swept}: {run['method']} seed {run['seed']} with it would "
+                    f"be refused by apps.train: {e}")
+    return f"{_name(run)} ({' '.join(run['args'][2:])}) would be refused by apps.train: {e}"
 
 
 def _main(state: dict) -> int:
@@ -650,7 +850,11 @@ def _main(state: dict) -> int:
         state["root"], state["runs"] = root, runs
         with rundirs.claim(root, "--output_dir"):  # one compare per folder
             check_output_dir(root)
-            root.mkdir(parents=True, exist_ok=True)
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise rundirs.PathRefused(f"--output_dir={root}: cannot create it "
+                                          f"({e.strerror or e})") from None
             folder = Folder(root)
             folder.mark()
             try:
@@ -707,7 +911,9 @@ def _run(state: dict, folder: Folder, root: Path, runs: list[dict],
     from bir_keras.evaluation.plots import plot_average_accuracy, plot_sweep
 
     title = FLAGS.title or f"{FLAGS.experiment} ({FLAGS.scenario}-IL)"
-    curves = {m: (e["curve_mean"], e["curve_sem"]) for m, e in stats.items()}
+    # (a '$' of a sweep value in a legend is a dollar sign, not matplotlib math)
+    curves = {m.replace("$", r"\$"): (e["curve_mean"], e["curve_sem"])
+              for m, e in stats.items()}
     folder.write("accuracy.png", lambda tmp: plot_average_accuracy(curves, tmp, title=title))
     name, values = parse_sweep(FLAGS.sweep)
     if name:

@@ -15,16 +15,21 @@ from pathlib import Path
 import pytest
 
 from apps.compare import (
+    Folder,
     changed_settings,
+    check_output_dir,
     check_run,
     is_cached,
+    name_part,
     plan,
+    refusal,
     stamp,
     unexpected_entries,
     write_tables,
 )
 from bir_keras import rundirs
 from bir_keras.config import ConfigError
+from bir_keras.data.sources import DataError
 from tests.apps.test_refusals import no_tensorflow_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,29 +157,103 @@ def test_published_number_marked_when_settings_differ(tmp_path):
     assert "| 19.90 |" in md and "differ" not in md
 
 
-@pytest.mark.parametrize("case", ["seeds0", "unknown_sweep_flag", "sweep_value", "lr_nan",
-                                  "unknown_flag", "seed_set_by_compare", "methods_twice",
-                                  "too_many_tasks", "incompatible", "no_output_dir",
-                                  "sweep_out_of_range"])
+REFUSED = {  # case: (arguments, what the error line says)
+    "seeds0": (["--seeds=0"], "--seeds"),
+    "unknown_sweep_flag": (["--sweep=bogus:1,2"], "--bogus"),
+    "sweep_value": (["--sweep=batch_replay:1,abc"], "'abc'"),
+    "lr_nan": (["--lr=nan"], "--lr"),
+    "unknown_flag": (["--no_such_flag=1"], "no_such_flag"),
+    "seed_set_by_compare": (["--seed=3"], "--seed"),
+    "overwrite": (["--overwrite"], "--overwrite is set by apps.compare"),
+    "methods_twice": (["--methods=none,none"], "twice"),
+    "methods_empty_name": (["--methods=none,,joint"], "unknown method ''"),
+    "too_many_tasks": (["--tasks=9"], "--tasks=9"),
+    "incompatible": (["--xdg"], "XdG"),
+    "no_output_dir": ([], "--output_dir"),
+    "sweep_out_of_range": (["--sweep=lr:0.001,nan"],
+                           "--lr must be a positive finite number, got nan"),
+    # the numeric flags of apps.compare
+    "seeds_negative": (["--seeds=-1"], "--seeds must be at least 1"),
+    "too_many_runs": (["--seeds=1000000000"], "would start 1,000,000,000 runs"),
+    "too_many_runs_methods": (["--methods=none,joint", "--seeds=5001"], "would start 10,002 runs"),
+    "parallel_negative": (["--parallel=-1"], "--parallel must be in [0, 256]"),
+    "parallel_huge": (["--parallel=100000000"], "--parallel must be in [0, 256]"),
+    "seeds_at_once0": (["--seeds_at_once=0"], "--seeds_at_once must be >= 1"),
+    "first_seed": (["--first_seed=-1"], "--first_seed must be in [0, 2^32)"),
+    "seed_range": (["--first_seed=4294967295", "--seeds=2"], "at most 2^32"),
+    # the syntax of --sweep
+    "sweep_empty": (["--sweep="], "--sweep must look like flag:v1,v2 (got '')"),
+    "sweep_no_colon": (["--sweep=batch_replay"], "--sweep must look like flag:v1,v2"),
+    "sweep_no_flag": (["--sweep=:1,2"], "cannot sweep --"),
+    "sweep_no_values": (["--sweep=batch_replay:"], "no values to sweep over"),
+    "sweep_empty_value": (["--sweep=batch_replay:1,,2"], "an empty value"),
+    "sweep_trailing_comma": (["--sweep=batch_replay:1,2,"], "an empty value"),
+    "sweep_value_twice": (["--sweep=batch_replay:1,01"], "--batch_replay=1 is listed twice"),
+    "sweep_twice": (["--sweep=batch_replay:1,2", "--sweep=lr:0.1,0.2"],
+                    "--sweep is given 2 times"),
+    "swept_and_given": (["--sweep=iters:4,8"], "--iters=8 and --sweep=iters:4,8 both set"),
+    "sweep_not_stamped": (["--sweep=checkpoint_every:1,2"],
+                          "it does not change a run's numbers"),
+    "sweep_set_by_compare": (["--sweep=seed:1,2"], "it is set by apps.compare"),
+    "title_math": (["--title=cost: $$"], "--title='cost: $$' cannot be drawn by matplotlib"),
+    "title_long": (["--title=" + "t" * 201], "--title is 201 characters long: at most 200"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
 def test_refused_before_any_run(tmp_path, case):
     # before TensorFlow loads and before any run starts: nothing is created
     out = tmp_path / "cmp"
-    args = {"seeds0": ["--seeds=0"], "unknown_sweep_flag": ["--sweep=bogus:1,2"],
-            "sweep_value": ["--sweep=batch_replay:1,abc"], "lr_nan": ["--lr=nan"],
-            "unknown_flag": ["--no_such_flag=1"], "seed_set_by_compare": ["--seed=3"],
-            "methods_twice": ["--methods=none,none"], "too_many_tasks": ["--tasks=9"],
-            "incompatible": ["--xdg"], "no_output_dir": [],
-            "sweep_out_of_range": ["--sweep=lr:0.001,nan"]}[case]
+    args, expect = REFUSED[case]
     target = [] if case == "no_output_dir" else [f"--output_dir={out}"]
     line = one_error_line(compare(*TINY, *args, *target, env=no_tensorflow_env(tmp_path)))
     assert "no run finished" not in line
-    expect = {"seeds0": "--seeds", "unknown_sweep_flag": "--bogus", "sweep_value": "'abc'",
-              "lr_nan": "--lr", "unknown_flag": "no_such_flag", "seed_set_by_compare": "--seed",
-              "methods_twice": "twice", "too_many_tasks": "--tasks=9", "incompatible": "XdG",
-              "no_output_dir": "--output_dir",
-              "sweep_out_of_range": "--lr must be a positive finite number, got nan"}[case]
     assert expect in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["name_too_long", "path_too_long", "under_a_file",
+                                  "nul_in_flagfile", "huge_sweep_in_flagfile"])
+def test_bad_output_dir_or_flagfile_is_refused(tmp_path, case):
+    if case == "name_too_long":
+        out, expect = tmp_path / ("x" * 300) / "cmp", "is 300 bytes long, the file system"
+    elif case == "path_too_long":
+        out = tmp_path.joinpath(*["y" * 200] * 18)
+        expect = "the runs in it need paths of up to 640 bytes more"
+    else:
+        (tmp_path / "file").write_text("mine")
+        out, expect = tmp_path / "file" / "cmp", "/file is not a directory"
+    args = [f"--output_dir={out}"]
+    if case == "nul_in_flagfile":
+        (tmp_path / "flags").write_text(f"--output_dir={tmp_path}/a\0b\n")
+        args, expect = [f"--flagfile={tmp_path / 'flags'}"], "holds a NUL character"
+    elif case == "huge_sweep_in_flagfile":   # 10^6 values: refused before they are parsed
+        values = ",".join(str(v) for v in range(1, 10 ** 6 + 1))
+        (tmp_path / "flags").write_text(f"--sweep=batch_replay:{values}\n")
+        args.append(f"--flagfile={tmp_path / 'flags'}")
+        expect = "would start 3,000,000 runs (1 method(s) x 1,000,000 sweep value(s) x 3 seed(s))"
+    env = no_tensorflow_env(tmp_path)
+    before = sorted(tmp_path.iterdir())
+    line = one_error_line(compare(*TINY, *args, env=env))
+    assert expect in line
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_help_lists_only_what_compare_takes():
+    r = subprocess.run([sys.executable, "-m", "apps.compare", "--help"], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    listed = {ln.split(":")[0].strip() for ln in r.stdout.splitlines()
+              if ln.startswith("  --")}
+    # apps.train's flags pass through, but not those that compare sets for each run
+    assert {"--iters", "--data_dir", "--output_dir", "--seeds", "--seeds_at_once",
+            "--[no]jit_compile", "--[no]tf_log"} <= listed
+    assert not listed & {"--[no]overwrite", "--export_dir", "--resume_from", "--method",
+                         "--seed"}, listed
+    text = " ".join(r.stdout.split())
+    at_once = text[text.index("--seeds_at_once:"):]
+    at_once = at_once[:at_once.index("(an integer)")]
+    assert "default: '1'" not in at_once and "(default: as many as fit in memory" in at_once
 
 
 @pytest.mark.parametrize("case", ["foreign_folder", "foreign_file_in_ours", "a_file"])
@@ -258,3 +337,181 @@ def test_ctrl_c_stops_runs_and_keeps_finished_ones_cached(finished, tmp_path):
     assert again.returncode == 0 and "wrote" in again.stdout, again.stderr
     rows = list(csv.DictReader((root / "table.csv").open()))
     assert rows[0]["seeds"] == "2"
+
+
+def test_sweep_values_become_safe_names_inside_output_dir(tmp_path):
+    # values that are paths (up and out of the folder, absolute), hidden, long, and values
+    # that differ only in the characters a name cannot keep
+    values = ["../../../../elsewhere/w1", "/abs/w1", "..", ".hidden", "a/b", "a?b", "a_b",
+              "a\\b", "x" * 300, "x" * 299 + "y", "-1.5e-05", "ok"]
+    root = tmp_path / "cmp"
+    runs = plan(["none"], [0, 4294967295], "split_mnist", "class", [], root,
+                sweep="conv_weights:" + ",".join(values))
+    assert [r["value"] for r in runs[::2]] == values   # the runs get the values as given
+    names = [r["dir"].name for r in runs]
+    assert len(set(names)) == len(runs)
+    for r in runs:
+        assert r["dir"].parent == root / "runs", r["dir"]
+        name = r["dir"].name
+        assert "/" not in name and "\\" not in name and "\0" not in name and ".." not in name
+        assert not name.startswith(".") and len(name.encode()) <= 120, name
+        assert r["args"][-1] == f"--conv_weights={r['value']}"
+    parts = [name_part(v) for v in values]
+    assert len(set(parts)) == len(values)
+    assert all(len(p) <= 40 and "/" not in p and ".." not in p and not p.startswith(".")
+               for p in parts)
+    # a value that is a safe name stays readable as it is (earlier compares' runs keep
+    # their names); one that is not keeps a readable part and a hash of the value
+    assert [name_part(v) for v in ("a_b", "-1.5e-05", "ok", "0.001")] == \
+        ["a_b", "-1.5e-05", "ok", "0.001"]
+    assert name_part("../../../../elsewhere/w1").startswith("elsewhere_w1~")
+    assert name_part("a/b") != name_part("a?b") and name_part("a/b") != "a_b"
+
+
+def test_a_sweep_of_paths_writes_only_inside_output_dir(tmp_path):
+    # the swept values are paths out of --output_dir: the runs stay inside it (split digits
+    # has no conv layers, so --conv_weights is not read); a '$' in a value is no
+    # matplotlib math in the plot's legend
+    root = tmp_path / "a" / "cmp"
+    far = tmp_path / "far"
+    r = compare(*TINY, "--seeds=2", f"--output_dir={root}",
+                f"--sweep=conv_weights:../../../../../far/w1,{far}/w$$2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not far.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["cmp"]
+    runs = sorted(p.name for p in (root / "runs").iterdir())
+    assert len(runs) == 4 and all("~" in n for n in runs), runs
+    assert unexpected_entries(root) == []
+    assert "none-conv_weights../../../../../far/w1" in (root / "table.md").read_text()
+
+
+@pytest.mark.parametrize("case", ["absolute", "relative"])
+def test_a_sweep_value_apps_train_refuses_is_named(tmp_path, case):
+    value = {"absolute": str(tmp_path / "nonexistent"), "relative": "no/such/dir"}[case]
+    [run] = plan(["none"], [0], "split_digits", "class", [], tmp_path / "cmp",
+                 sweep=f"data_dir:{value}")
+    with pytest.raises(DataError, match=f"--data_dir={value} does not exist") as e:
+        check_run(run["args"])
+    line = refusal(run, e.value)
+    assert line.startswith(f"--sweep value --data_dir={value}: none seed 0")
+    # on a protocol with conv layers, pre-trained weights that do not exist ('random': an
+    # untrained trunk)
+    runs = plan(["none"], [0], "split_cifar10", "class", [], tmp_path / "cmp",
+                sweep=f"conv_weights:random,{value}")
+    check_run(runs[0]["args"])
+    with pytest.raises(ConfigError, match=f"--conv_weights={value} does not exist"):
+        check_run(runs[1]["args"])
+
+
+def test_a_run_that_does_not_fit_in_memory_is_refused(tmp_path, monkeypatch):
+    # apps.train's memory check (it stops such a run before anything loads), made here
+    # before any run
+    from bir_keras import appfiles
+
+    monkeypatch.setattr(appfiles, "available_memory", lambda: 2 ** 30)
+    runs = plan(["none"], [0], "split_digits", "class", [], tmp_path / "cmp",
+                sweep="fc_units:20,1000000")
+    check_run(runs[0]["args"])
+    with pytest.raises(ConfigError, match="out of memory: this run needs more than the 1 "
+                                          "GiB available; lower --fc_units") as e:
+        check_run(runs[1]["args"])
+    assert refusal(runs[1], e.value).startswith("--sweep value --fc_units=1000000: ")
+
+
+@pytest.mark.parametrize("case", ["data_dir", "data_dir_relative", "conv_weights"])
+def test_a_sweep_value_is_refused_before_any_run(tmp_path, case):
+    args = {"data_dir": [f"--sweep=data_dir:{tmp_path / 'nonexistent'}"],
+            "data_dir_relative": ["--sweep=data_dir:no/such/dir"],
+            "conv_weights": ["--experiment=split_cifar10",
+                             f"--sweep=conv_weights:random,{tmp_path / 'w.h5'}"]}[case]
+    out = tmp_path / "cmp"
+    line = one_error_line(compare(*TINY, *args, f"--output_dir={out}",
+                                  env=no_tensorflow_env(tmp_path)))
+    flag, values = args[-1][len("--sweep="):].split(":", 1)
+    assert line.startswith(f"error: --sweep value --{flag}={values.split(',')[-1]}: ")
+    assert "does not exist" in line
+    assert not out.exists()
+
+
+def _interrupted_pack(root: Path) -> Path:
+    """The state a packed compare (seeds 0 and 1 in one apps.train) leaves after Ctrl-C
+    stopped it in training: the pack's folder with its log, an empty out/ and each seed's
+    partly trained model (``<export>/seed<s>-interrupted``, marked as an export)."""
+    root.mkdir()
+    pack = root / "runs" / "none-s0-s1-pack-0123456789ab"
+    (pack / "out").mkdir(parents=True)
+    (pack / "log.txt").write_text("apps.train's log\n")
+    rundirs.write_marker(root, rundirs.COMPARE)   # as when the pack started
+    for s in (0, 1):
+        exp = pack / "export" / f"seed{s}-interrupted"
+        exp.mkdir(parents=True)
+        (exp / "run.json").write_text("{}")
+        rundirs.write_marker(exp, rundirs.EXPORT)
+    return pack
+
+
+@pytest.mark.parametrize("foreign", [None, "out/notes.txt", "export/notes.txt",
+                                     "export/seed0-interrupted/notes.txt", "export/mine/",
+                                     "notes.txt", "../none-s2-0123456789ab/notes.txt",
+                                     "../none-s2-0123456789ab/log.txt@", "export@"])
+def test_an_interrupted_pack_is_compares_own(tmp_path, foreign):
+    # (the last three: a run folder that the marker does not list yet, holding a file of
+    # yours, or a link where a run writes its log; a link for a pack's export/)
+    root = tmp_path / "cmp"
+    pack = _interrupted_pack(root)
+    (root / "runs" / "none-s2-0123456789ab").mkdir()
+    if foreign and foreign.endswith("@"):
+        (tmp_path / "elsewhere").mkdir()
+        link = pack / foreign[:-1]
+        if link.exists():
+            shutil.rmtree(link)
+        link.symlink_to(tmp_path / "elsewhere")
+        with pytest.raises(rundirs.PathRefused, match="holds files apps.compare did not write"):
+            check_output_dir(root)
+        assert not Folder(root).mark()
+        return
+    if foreign is None:
+        check_output_dir(root)   # the rerun takes the folder
+        assert unexpected_entries(root) == []
+        assert Folder(root).mark()   # and lists the pack's folders in its marker
+        check_output_dir(root)
+        return
+    if foreign.endswith("/"):
+        (pack / foreign).mkdir()
+    else:
+        (pack / foreign).write_text("mine")
+    with pytest.raises(rundirs.PathRefused, match="holds files apps.compare did not write"):
+        check_output_dir(root)
+    assert not Folder(root).mark()
+
+
+def test_a_packed_compare_stopped_by_ctrl_c_is_continued(tmp_path):
+    root = tmp_path / "cmp"
+    args = [*TINY[:-1], "--iters=1000", "--seeds=2", f"--output_dir={root}"]
+    proc = subprocess.Popen([sys.executable, "-m", "apps.compare", *args], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 120
+        # until both seeds of the pack have their scratch output folders (in training)
+        while len(list(root.glob("runs/*-pack-*/out/.seed*"))) < 2:
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, "the pack did not start"
+            time.sleep(0.02)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, (proc.returncode, stderr[-3000:])
+    assert "not cached: none seed 0, none seed 1" in stderr
+    [pack] = root.glob("runs/*-pack-*")
+    assert (pack / "out").is_dir()
+    # the same command again takes its folder and trains the seeds that did not finish
+    again = compare(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 cached, 2 to run" in again.stdout and "none seed 1: ok" in again.stdout
+    assert unexpected_entries(root) == []
+    assert rundirs.foreign_entries(root, rundirs.COMPARE) == []
