@@ -258,7 +258,7 @@ def check_run(args: list[str]):
         raise ConfigError(str(e)) from None
     c = resolve(common.config_from_flags(fv))  # as apps.train: bir_keras.config.check
     common.check_data_dir(fv.data_dir)         # as apps.train, before any data loads
-    check_conv_weights(c)
+    common.check_conv_weights(c)
     check_memory(c, 1)
     return c
 
@@ -272,19 +272,6 @@ def check_memory(c, seeds: int) -> None:
     except common.TrainingFailed as e:
         more = f" or --seeds_at_once ({seeds} seeds at once)" if seeds > 1 else ""
         raise ConfigError(f"{e}{more}") from None
-
-
-def check_conv_weights(c) -> None:
-    """Refuse (``ConfigError``) the ``--conv_weights`` of a resolved config that apps.train
-    refuses once its data are loaded (``bir_keras.experiment.load_trunk``, on a protocol
-    with conv layers): a path that does not exist (``random`` is an untrained trunk)."""
-    from bir_keras.data.protocols import EXPERIMENTS
-
-    conv = not EXPERIMENTS[c.experiment][3]
-    if conv and c.conv_weights and c.conv_weights != "random" \
-            and not os.path.exists(c.conv_weights):
-        raise ConfigError(f"--conv_weights={c.conv_weights} does not exist (pre-trained conv "
-                          "weights: a file of apps.pretrain, or 'random')")
 
 
 def pack_size(args: list[str], explicit: int | None, seeds: int, workers: int) -> int:

@@ -52,7 +52,7 @@ def check_weights_file(path: str | os.PathLike, flag: str = "--conv_weights") ->
     ``.weights.h5`` whose variables fit the conv trunk."""
     where = f"{flag}={os.fspath(path)}"
     if not os.path.lexists(path):
-        raise DataError(f"{where}: no such file; run `python -m apps.pretrain` or name its "
+        raise DataError(f"{where} does not exist; run `python -m apps.pretrain` or name its "
                         f"output ({_WHAT})")
     if os.path.isdir(path):
         raise DataError(f"{where} is a directory; name the weights file ({_WHAT})")

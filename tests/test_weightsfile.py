@@ -42,7 +42,7 @@ def _refused(path, match, flag="--conv_weights"):
 
 
 def test_refusals(tmp_path, mnist_idx_dir):
-    _refused(tmp_path / "none.weights.h5", "no such file")
+    _refused(tmp_path / "none.weights.h5", "does not exist")
     _refused(tmp_path, "is a directory")
     idx = next(Path(mnist_idx_dir).glob("*.gz"))  # an IDX .gz, as in the issue
     assert "gzip" in _refused(idx, "not an HDF5 file")

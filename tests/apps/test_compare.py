@@ -399,7 +399,7 @@ def test_a_sweep_value_apps_train_refuses_is_named(tmp_path, case):
     runs = plan(["none"], [0], "split_cifar10", "class", [], tmp_path / "cmp",
                 sweep=f"conv_weights:random,{value}")
     check_run(runs[0]["args"])
-    with pytest.raises(ConfigError, match=f"--conv_weights={value} does not exist"):
+    with pytest.raises(DataError, match=f"--conv_weights={value} does not exist"):
         check_run(runs[1]["args"])
 
 
