@@ -117,9 +117,9 @@ class RunModule(tf.Module):
     def _check_class_ids(self, class_ids):
         """``class_ids`` itself, once each is a class id of a task learned (0 to
         tasks_learned * classes_per_task - 1); else an ``InvalidArgumentError`` naming the
-        bad ids and the ids learned with their dataset labels."""
+        bad ids (each once) and the ids learned with their dataset labels."""
         n = self.tasks_learned * self.classes_per_task
-        bad = tf.boolean_mask(class_ids, (class_ids < 0) | (class_ids >= n))
+        bad, _ = tf.unique(tf.boolean_mask(class_ids, (class_ids < 0) | (class_ids >= n)))
         message = tf.strings.format(
             "class_ids {} not learned: this model has learned {} task(s), class ids 0 to {} "
             "(ids in the order the classes were learned, not dataset labels: id m is "

@@ -24,7 +24,7 @@ def _error(fn, **kwargs) -> str:
 
 
 @pytest.mark.parametrize("ids, bad", [([4, 5, 9], "[4 5 9]"), ([0, -1, 3], "[-1]"),
-                                      ([2, 10], "[10]")])
+                                      ([2, 10, 10, 4, 10], "[10 4]")])
 def test_sample_refuses_class_ids_not_learned(loaded, ids, bad):
     import tensorflow as tf
 
