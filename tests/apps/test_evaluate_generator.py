@@ -195,23 +195,56 @@ def test_corrupt_export_one_line_exit_2(tmp_path_factory, tmp_path, case):
     assert not (exp / "quality.json").exists()
 
 
+# apps.evaluate_generator and apps.sample define the same flags: in-process checks of
+# this program run in a process of their own (a test worker may have imported apps.sample)
+FAILING = """
+import errno, os, sys, tempfile
+from pathlib import Path
+from bir_keras import appfiles
+import apps.evaluate_generator as app
+code = getattr(errno, sys.argv[3])
+
+def failing(*args, **kwargs):
+    raise OSError(code, os.strerror(code), str(args[0]) if args else None)
+
+if sys.argv[1] == "write":
+    appfiles.write_file = failing
+    sys.exit(app._write(Path(sys.argv[2]), {"written_by": app.WRITTEN_BY, "fid": 1.5}))
+tempfile.mkstemp = failing
+try:
+    app.check_out(Path(sys.argv[2]), False)
+except app.rundirs.PathRefused as e:
+    print(e)
+"""
+
+
+def _failing(tmp_path: Path, what: str, out: Path, err: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", FAILING, what, str(out), err], cwd=ROOT,
+                          env=no_tensorflow_env(tmp_path), capture_output=True, text=True,
+                          timeout=120)
+
+
 @pytest.mark.parametrize("err", ["ENOSPC", "EROFS", "EACCES"])
-def test_failed_write_of_the_scores_exit_1(tmp_path, monkeypatch, capsys, err):
+def test_failed_write_of_the_scores_exit_1(tmp_path, err):
     import errno
 
-    import apps.evaluate_generator as app
-    from bir_keras import appfiles
-
-    code = getattr(errno, err)
-
-    def failing(path, write, check=None):
-        raise OSError(code, os.strerror(code), str(path))
-
-    monkeypatch.setattr(appfiles, "write_file", failing)
     out = tmp_path / "q.json"
-    assert app._write(out, {"written_by": app.WRITTEN_BY, "fid": 1.5}) == 1
-    captured = capsys.readouterr()
-    assert json.loads(captured.out)["fid"] == 1.5   # the work is not lost
-    assert captured.err == (f"error: --out={out}: cannot write it ({os.strerror(code)}); the "
-                            "scores are printed above\n")
+    r = _failing(tmp_path, "write", out, err)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert json.loads(r.stdout)["fid"] == 1.5   # the work is not lost
+    assert r.stderr == (f"error: --out={out}: cannot write it "
+                        f"({os.strerror(getattr(errno, err))}); the scores are printed above\n")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("err", ["EROFS", "EACCES", "ENOSPC"])
+def test_out_in_a_folder_that_cannot_be_written_refused(tmp_path, err):
+    # a read-only file system, a folder without write permission (root passes chmod, so
+    # the probe's error is injected), a full disk: refused before any work, naming why
+    import errno
+
+    out = tmp_path / "q.json"
+    r = _failing(tmp_path, "check", out, err)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout == (f"--out={out}: cannot write in {tmp_path} "
+                        f"({os.strerror(getattr(errno, err))})\n")

@@ -458,3 +458,24 @@ def test_write_failure_exit_1_names_path_and_problem(bir_export, tmp_path, monke
     assert err_text == (f"error: --out={out}: cannot write it ({os.strerror(code)}); nothing "
                         "was written\n")
     assert "memory" not in err_text and not out.exists()
+
+
+@pytest.mark.parametrize("err", ["EROFS", "EACCES", "ENOSPC"])
+def test_out_in_a_folder_that_cannot_be_written_refused(tmp_path, monkeypatch, err):
+    # a read-only file system, a folder without write permission (root passes chmod, so
+    # the probe's error is injected), a full disk: refused before any work, naming why
+    import errno
+    import tempfile
+
+    from apps.sample import check_out
+
+    code = getattr(errno, err)
+
+    def refused(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(rundirs.PathRefused) as e:
+        check_out(str(tmp_path / "sub" / "g.jpg"), False)
+    assert str(e.value) == (f"--out={tmp_path / 'sub' / 'g.jpg'}: cannot write in {tmp_path} "
+                            f"({os.strerror(code)})")
