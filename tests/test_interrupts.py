@@ -168,8 +168,7 @@ def test_apps_train_second_ctrl_c_line_reaches_a_file(tmp_path):
             proc.send_signal(signal.SIGINT)
             time.sleep(0.05)
             proc.send_signal(signal.SIGINT)
-            proc.stdout.read()
-            proc.wait(timeout=30)
+            proc.communicate(timeout=30)
         finally:
             if proc.poll() is None:
                 proc.kill()
