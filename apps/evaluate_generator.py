@@ -141,10 +141,17 @@ def read_run(export_dir: str, complete: bool = True) -> dict:
     if not isinstance(run.get("protocol", {}), dict):
         raise bad("its protocol is not a JSON object")
     protocol = run.get("protocol", {})
-    for key, value in (("tasks_learned", run.get("tasks_learned")),
-                       ("protocol.num_tasks", protocol.get("num_tasks"))):
-        if complete and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise bad(f"{key} is {value!r}, not a count of tasks")
+    if complete:
+        learned, tasks = run.get("tasks_learned"), protocol.get("num_tasks")
+        for key, value, least in (("tasks_learned", learned, 0),
+                                  ("protocol.num_tasks", tasks, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise bad(f"{key} is {value!r}, not a count of tasks")
+        if learned > tasks:
+            raise bad(f"tasks_learned is {learned}, more than its {tasks} tasks")
+        if learned == 0:
+            raise ConfigError(f"{export_dir}: this run has not completed a task yet: there "
+                              "are no classes learned to score its generator on")
     shape = protocol.get("input_shape")
     if shape is not None and not (isinstance(shape, list) and shape and all(
             isinstance(d, int) and not isinstance(d, bool) and 0 < d < 2 ** 31 for d in shape)):

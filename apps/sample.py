@@ -301,6 +301,9 @@ def _sample(saved_model: str, classes: list[int] | None, n: int, out: str, scale
     learned = None
     if run is not None:
         learned = int(run.get("tasks_learned", 0)) * int(protocol.get("classes_per_task", 0))
+        if run.get("tasks_learned") == 0:
+            raise SampleError(f"{run_json}: this run has not completed a task yet: no class "
+                              "learned to draw")
     if classes is None:
         if not learned:
             raise SampleError("pass --classes (no run.json with the classes learned next to "
@@ -312,8 +315,8 @@ def _sample(saved_model: str, classes: list[int] | None, n: int, out: str, scale
             raise SampleError(f"class id(s) {', '.join(map(str, bad))} out of range: this run "
                               f"learned {run['tasks_learned']} task(s), class ids "
                               f"0..{learned - 1}")
-    elif any(c < 0 for c in classes):
-        raise SampleError(f"class ids must be >= 0, got {classes}")
+    elif any(not 0 <= c < 2 ** 31 for c in classes):
+        raise SampleError(f"class ids must be >= 0 and below 2^31, got {classes}")
     if protocol.get("input_shape"):  # the layout is known before anything loads
         h, w, c = image_layout(protocol["input_shape"])
         check_fits(n, classes, h, w, c, scale or max(1, 64 // max(h, w)), fmt)

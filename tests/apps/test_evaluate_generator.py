@@ -171,7 +171,8 @@ def test_malformed_run_json_exit_2_before_tensorflow(tmp_path, run_json, words):
     assert words in line
 
 
-@pytest.mark.parametrize("case", ["garbage_pb", "no_variables", "tasks_learned_not_a_count"])
+@pytest.mark.parametrize("case", ["garbage_pb", "no_variables", "tasks_learned_not_a_count",
+                                  "more_learned_than_tasks", "nothing_learned"])
 def test_corrupt_export_one_line_exit_2(tmp_path_factory, tmp_path, case):
     exp = tmp_path / "export"
     shutil.copytree(tiny_bir_run(tmp_path_factory)[1], exp, symlinks=True)
@@ -181,7 +182,8 @@ def test_corrupt_export_one_line_exit_2(tmp_path_factory, tmp_path, case):
         shutil.rmtree(exp / "saved_model" / "variables")
     else:
         run_ = json.loads((exp / "run.json").read_text())
-        run_["tasks_learned"] = "two"
+        run_["tasks_learned"] = {"tasks_learned_not_a_count": "two",
+                                 "more_learned_than_tasks": 7, "nothing_learned": 0}[case]
         (exp / "run.json").write_text(json.dumps(run_))
     r = run("apps.evaluate_generator", f"--export_dir={exp}", "--n=20", "--clusters=4",
             "--embedding_epochs=1", "--fc_units=8", "--runs=1")
@@ -190,6 +192,12 @@ def test_corrupt_export_one_line_exit_2(tmp_path_factory, tmp_path, case):
     if case == "tasks_learned_not_a_count":
         assert line == (f"error: {exp / 'run.json'}: not a run record of apps.train "
                         "(tasks_learned is 'two', not a count of tasks)")
+    elif case == "more_learned_than_tasks":
+        assert line == (f"error: {exp / 'run.json'}: not a run record of apps.train "
+                        "(tasks_learned is 7, more than its 2 tasks)")
+    elif case == "nothing_learned":
+        assert line == f"error: {exp}: this run has not completed a task yet: there are no " \
+            "classes learned to score its generator on"
     else:
         assert line.startswith(f"error: cannot load the SavedModel in {exp / 'saved_model'}: ")
     assert not (exp / "quality.json").exists()

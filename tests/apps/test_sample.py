@@ -375,6 +375,8 @@ def test_absurd_n_refused_without_run_json_before_tensorflow(tmp_path):
 
 @pytest.mark.parametrize("run_json, words", [
     ("{not json", "not JSON"), ("[1, 2]", "not a JSON object"),
+    ('{"tasks_learned": 0, "protocol": {"classes_per_task": 2}}',
+     "this run has not completed a task yet"),
     ('{"tasks_learned": "abc", "protocol": {"classes_per_task": 2}}',
      "tasks_learned is 'abc', not a count"),
     ('{"tasks_learned": 2, "protocol": null}', "its protocol is not a JSON object"),
@@ -389,8 +391,17 @@ def test_bad_run_json_exit_2_before_tensorflow(tmp_path, run_json, words):
     r = _no_tf(tmp_path, f"--saved_model={exp}", f"--out={tmp_path / 'g.png'}")
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     [line] = r.stderr.strip().splitlines()
-    assert line.startswith(f"error: {exp / 'run.json'}: not a run record of apps.train (")
+    assert line.startswith(f"error: {exp / 'run.json'}: ")
     assert words in line
+
+
+def test_huge_class_id_without_run_json_exit_2_before_tensorflow(tmp_path):
+    model = _bare_saved_model(tmp_path / "model")
+    r = _no_tf(tmp_path, f"--saved_model={model}", "--classes=0,4294967296",
+               f"--out={tmp_path / 'g.png'}")
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert r.stderr.strip().splitlines() == [
+        "error: class ids must be >= 0 and below 2^31, got [0, 4294967296]"]
 
 
 @pytest.mark.parametrize("case", ["garbage_pb", "no_variables", "export_dir_is_a_file"])
