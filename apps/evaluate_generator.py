@@ -12,8 +12,14 @@ internal replay land in one space; MNIST-like protocols: FC 2000-2000 on the pix
 The scores go to ``--out`` (default ``EXPORT_DIR/quality.json``, which the export's marker
 then lists), a JSON object with ``"written_by": "bir_keras apps.evaluate_generator"``. An
 existing ``--out`` is replaced only with ``--overwrite`` and only if this program wrote it.
-Exit codes: 0 done, 2 refused input (one ``error:`` line, before TensorFlow or any data
-loads where the flags decide it), 1 out of memory, 130 Ctrl-C (nothing written).
+Every numeric flag has a range: ``--embedding_epochs`` and ``--runs`` at most
+``MAX_EPOCHS`` and ``MAX_RUNS``, ``--clusters`` at most ``MAX_CLUSTERS``, ``--n`` at most
+``MAX_N`` and, with ``--fc_units``, no more than the memory available can hold
+(``memory_needed``), all checked before TensorFlow loads. Exit codes: 0 done, 2 refused
+input (one ``error:`` line, before TensorFlow or any data loads where the flags decide it;
+also a malformed run.json or a SavedModel that cannot be loaded), 1 work that could not
+finish (out of memory; ``--out`` not writable once the scores are computed: they are
+printed), 130 Ctrl-C (nothing written).
 """
 
 from __future__ import annotations
@@ -44,8 +50,19 @@ flags.DEFINE_integer("seed", 0, "seed of sampling and clustering (default 0)")
 flags.DEFINE_bool("overwrite", False, "replace an existing --out that apps.evaluate_generator "
                   "wrote (a file it did not write is never replaced; default false)",
                   allow_override=True)
-for _name in ("n", "embedding_epochs", "fc_units", "clusters", "runs"):
-    flags.register_validator(_name, lambda v: v >= 1, message=f"--{_name} must be at least 1")
+# the most the flags may ask: far beyond the paper's settings (n 10000, 20 epochs, 20
+# clusters, 10 runs), short of what would run for days; memory bounds --n and --fc_units
+MAX_N = 10_000_000
+MAX_EPOCHS = 1000
+MAX_CLUSTERS = 1000
+MAX_RUNS = 1000
+for _name, _most in (("n", MAX_N), ("embedding_epochs", MAX_EPOCHS), ("fc_units", None),
+                     ("clusters", MAX_CLUSTERS), ("runs", MAX_RUNS)):
+    if _most is None:
+        flags.register_validator(_name, lambda v: v >= 1, message=f"--{_name} must be at least 1")
+    else:
+        flags.register_validator(_name, lambda v, most=_most: 1 <= v <= most,
+                                 message=f"--{_name} must be in [1, {_most:,}]")
 flags.register_validator("seed", lambda v: 0 <= v < 2 ** 32, message="--seed must be in [0, 2^32)")
 
 WRITTEN_BY = "bir_keras apps.evaluate_generator"
@@ -68,6 +85,85 @@ def check_n(n: int, clusters: int) -> None:
                      "(or lower --clusters)")
 
 
+def memory_needed(values: int, fc_units: int, clusters: int) -> tuple[int, int]:
+    """(bytes for each pair of one generated and one real sample, bytes that do not depend
+    on --n), roughly, for samples of ``values`` numbers: the samples as float32 in their
+    copies (drawn, rescaled, normalised; real ones), the embedding network's features of
+    both as float32 and float64 and the float64 copies precision and recall cluster, the
+    k-means distances to ``clusters`` centres; and the embedding network's weights with
+    Adam's slots and gradients."""
+    per_pair = 32 * values + 56 * fc_units + 16 * clusters
+    fixed = 16 * (values * fc_units + fc_units * fc_units)
+    return per_pair, fixed
+
+
+def check_memory(n: int, values: int, fc_units: int, clusters: int) -> None:
+    """Refuse (``ConfigError``) an ``--n`` or ``--fc_units`` the memory available cannot
+    hold, naming the flag and the most that fits."""
+    free = appfiles.available_memory()
+    if free is None:
+        return
+    per_pair, fixed = memory_needed(values, fc_units, clusters)
+    if fixed > free:
+        raise_config(f"--fc_units={fc_units}: the embedding network's weights (with Adam's "
+                     f"slots) need about {appfiles.gib(fixed)} GiB of memory, "
+                     f"{appfiles.gib(free)} GiB are available; lower --fc_units")
+    need = fixed + n * per_pair
+    if need > free:
+        raise_config(f"--n={n}: {n} generated and {n} real samples of {values} values, "
+                     f"embedded in --fc_units={fc_units} features, need about "
+                     f"{appfiles.gib(need)} GiB of memory, {appfiles.gib(free)} GiB are "
+                     f"available; lower --n (at most about {(free - fixed) // per_pair} "
+                     "here) or --fc_units")
+
+
+def read_run(export_dir: str, complete: bool = True) -> dict:
+    """The export's run.json, refused (``ConfigError``) where it is not one apps.train
+    wrote: unreadable, not JSON, flags or protocol not objects, a malformed input shape;
+    ``complete``: also without the task counts the scores need."""
+    from bir_keras.config import ConfigError
+
+    path = Path(export_dir) / "run.json"
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"{path}: not a run record of apps.train ({why})")
+
+    try:
+        run = json.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from None
+    except ValueError as e:  # not JSON, not UTF-8
+        raise bad(f"not JSON: {e}") from None
+    if not isinstance(run, dict):
+        raise bad("not a JSON object")
+    if not isinstance(run.get("flags"), dict):
+        raise bad("its flags are not a JSON object")
+    if not isinstance(run.get("protocol", {}), dict):
+        raise bad("its protocol is not a JSON object")
+    protocol = run.get("protocol", {})
+    if complete:
+        learned, tasks = run.get("tasks_learned"), protocol.get("num_tasks")
+        for key, value, least in (("tasks_learned", learned, 0),
+                                  ("protocol.num_tasks", tasks, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise bad(f"{key} is {value!r}, not a count of tasks")
+        if learned > tasks:
+            raise bad(f"tasks_learned is {learned}, more than its {tasks} tasks")
+        if learned == 0:
+            raise ConfigError(f"{export_dir}: this run has not completed a task yet: there "
+                              "are no classes learned to score its generator on")
+    shape = protocol.get("input_shape")
+    if shape is not None and not (isinstance(shape, list) and shape and all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 < d < 2 ** 31 for d in shape)):
+        raise bad(f"protocol.input_shape is {shape!r}, not a shape")
+    return run
+
+
+def sample_values(shape) -> int:
+    """Numbers per sample of an input shape."""
+    return int(np.prod([int(d) for d in shape]))
+
+
 def raise_config(message: str) -> None:
     from bir_keras.config import ConfigError
 
@@ -79,9 +175,12 @@ def written_by_us(path: Path) -> bool:
 
 
 def check_out(path: Path, overwrite: bool) -> None:
-    appfiles.check_target(path, "--out", "JSON")
-    appfiles.replaceable_file(path, "--out", overwrite, written_by_us,
-                              "apps.evaluate_generator")
+    try:
+        appfiles.check_target(path, "--out", "JSON")
+        appfiles.replaceable_file(path, "--out", overwrite, written_by_us,
+                                  "apps.evaluate_generator")
+    except OSError as e:  # a name too long for the file system, ...
+        raise_config(f"--out={path}: cannot write it ({e.strerror or e})")
 
 
 def check_paths(export_dir: str | None, out: str | None, overwrite: bool = False) -> Path:
@@ -92,15 +191,15 @@ def check_paths(export_dir: str | None, out: str | None, overwrite: bool = False
     if not export_dir:
         raise ConfigError("--export_dir is required")
     export = Path(export_dir)
-    if not (export / "run.json").is_file():
-        raise ConfigError(f"{export_dir}: no run.json (not an exported run)")
-    if not (export / "saved_model" / "saved_model.pb").is_file():
-        raise ConfigError(f"{export_dir}: no saved_model/ (not an exported run)")
     try:
-        run = json.loads((export / "run.json").read_text())
-        replay = run["flags"].get("replay")
-    except (OSError, ValueError, KeyError, AttributeError) as e:
-        raise ConfigError(f"{export_dir}: unreadable run.json ({e})") from None
+        if not (export / "run.json").is_file():
+            raise ConfigError(f"{export_dir}: no run.json (not an exported run)")
+        if not (export / "saved_model" / "saved_model.pb").is_file():
+            raise ConfigError(f"{export_dir}: no saved_model/ (not an exported run)")
+    except OSError as e:  # a name too long, a folder that may not be read
+        raise ConfigError(f"--export_dir={export_dir}: cannot read it "
+                          f"({e.strerror or e})") from None
+    replay = read_run(export_dir, complete=False)["flags"].get("replay")
     if replay != "generative":
         raise ConfigError(f"{export_dir}: this run has no generator (replay={replay}; only GR "
                           "and BI-R runs have one)")
@@ -136,15 +235,24 @@ def evaluate(export_dir: str, data_dir: str | None, n: int, epochs: int, fc_unit
     from bir_keras.experiment import load_trunk
 
     export = Path(export_dir)
-    run_json = export / "run.json"
-    if not run_json.exists():
-        raise ConfigError(f"{export_dir}: no run.json (not an exported run)")
-    run = json.loads(run_json.read_text())
-    flags_ = Config(**{k: v for k, v in run["flags"].items() if k in Config.__dataclass_fields__})
+    run = read_run(export_dir)
+    try:
+        flags_ = Config(**{k: v for k, v in run["flags"].items()
+                           if k in Config.__dataclass_fields__})
+    except TypeError as e:
+        raise ConfigError(f"{export / 'run.json'}: not a run record of apps.train ({e})") \
+            from None
     proto = make_protocol(flags_.experiment, flags_.scenario, tasks=run["protocol"]["num_tasks"],
                           data_dir=data_dir, seed=flags_.seed,
                           keep_label_order=flags_.keep_label_order)
-    model = tf.saved_model.load(str(export / "saved_model"))
+    # the samples' size from the protocol itself (a run.json may not say it)
+    check_memory(n, sample_values(proto.input_shape), fc_units, clusters)
+    try:
+        model = tf.saved_model.load(str(export / "saved_model"))
+    except Exception as e:  # noqa: BLE001 - a corrupt or foreign SavedModel, any error
+        text = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise ConfigError(f"cannot load the SavedModel in {export / 'saved_model'}: "
+                          f"{text[0] if text else type(e).__name__}") from None
     if "sample" not in model.signatures:
         raise ConfigError(f"{export_dir}: this run has no generator (no `sample` signature)")
     learned = run["tasks_learned"]
@@ -165,7 +273,12 @@ def evaluate(export_dir: str, data_dir: str | None, n: int, epochs: int, fc_unit
     trunk = None
     features = bool(run["protocol"].get("features"))
     if proto.conv:
-        trunk = load_trunk(conv_weights or run["flags"].get("conv_weights"))
+        weights = conv_weights or run["flags"].get("conv_weights")
+        try:
+            trunk = load_trunk(weights)
+        except (OSError, ValueError) as e:  # a truncated or foreign weights file
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ConfigError(f"cannot load the conv weights {weights}: {first}") from None
         trunk.trainable = False
 
     def to_space(x: np.ndarray) -> np.ndarray:
@@ -221,13 +334,23 @@ def main(argv: list[str]) -> int:
 
 
 def _main() -> int:
-    from apps.common import TrainingFailed, out_of_memory_names
+    from apps.common import TrainingFailed, check_data_dir, out_of_memory_names
     from bir_keras.config import ConfigError
     from bir_keras.data.sources import DataError
 
     try:
         check_n(FLAGS.n, FLAGS.clusters)
         out = check_paths(FLAGS.export_dir, FLAGS.out, FLAGS.overwrite)
+        check_data_dir(FLAGS.data_dir)
+        if FLAGS.conv_weights and FLAGS.conv_weights != "random" \
+                and not Path(FLAGS.conv_weights).is_file():
+            raise ConfigError(f"--conv_weights={FLAGS.conv_weights}: no such file")
+        shape = read_run(FLAGS.export_dir, complete=False).get("protocol", {}).get(
+            "input_shape")
+        # without the shape, one value a sample (what no protocol goes below); checked
+        # again with the protocol's shape once it is made, before any work
+        check_memory(FLAGS.n, sample_values(shape) if shape else 1, FLAGS.fc_units,
+                     FLAGS.clusters)
         with contextlib.ExitStack() as claims:
             claims.enter_context(rundirs.claim(out, "--out"))
             if in_export(out, FLAGS.export_dir):
@@ -245,6 +368,10 @@ def _main() -> int:
     except TrainingFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a file that failed during the work
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 def _write(out: Path, res: dict) -> int:
@@ -254,11 +381,13 @@ def _write(out: Path, res: dict) -> int:
                             check=appfiles.replace_check("--out", written_by_us,
                                                          "apps.evaluate_generator"))
     except (OSError, rundirs.PathRefused) as e:
+        # the work is done: print the scores; a path taken meanwhile is a refusal (2), a
+        # write that failed (no space left, a read-only file system, ...) a failure (1)
         print(text)
-        why = e if isinstance(e, (rundirs.PathRefused, FileExistsError)) else \
-            f"--out={out}: cannot write it ({e.strerror or e})"
+        refused = isinstance(e, (rundirs.PathRefused, FileExistsError))
+        why = e if refused else f"--out={out}: cannot write it ({e.strerror or e})"
         print(f"error: {why}; the scores are printed above", file=sys.stderr)
-        return 2
+        return 2 if refused else 1
     if in_export(out, FLAGS.export_dir):
         relist_export(FLAGS.export_dir)
     print(text)

@@ -46,7 +46,10 @@ class RunModule(tf.Module):
 
     Inputs are pixels in [0, 1] in the protocol's layout (flattened for FC protocols,
     32x32x3 for CIFAR); normalisation and, with internal replay, the frozen conv trunk are
-    applied inside."""
+    applied inside. A batch holding a finite value outside [0, 1] (images of 0..255, or
+    already normalised) is refused with ``InvalidArgumentError``; a row holding NaN or inf
+    gets no prediction (``_predict``). ``sample`` refuses, with ``InvalidArgumentError``,
+    class ids outside those of the tasks learned."""
 
     def __init__(self, trainer: Trainer, pixels, trunk=None):
         super().__init__()
@@ -92,11 +95,42 @@ class RunModule(tf.Module):
                 input_signature=[tf.TensorSpec([None, *p.input_shape], tf.float32, name="h")])
 
     def _inputs(self, x):
+        x = self._check_pixels(x)
         if self._pixels.mean is not None:
             x = (x - tf.constant(self._pixels.mean)) / tf.constant(self._pixels.std)
         if self._trunk.obj is not None:
             x = self._trunk.obj(x, training=False)
         return x
+
+    @staticmethod
+    def _check_pixels(x):
+        """``x`` itself, once every finite value in it is known to lie in [0, 1]; else an
+        ``InvalidArgumentError`` naming the range and the values found. NaN and inf pass
+        here: such a row gets no prediction (``_predict``)."""
+        values = tf.where(tf.math.is_finite(x), x, tf.constant(0.5, x.dtype))
+        low, high = tf.reduce_min(values), tf.reduce_max(values)   # +inf, -inf if empty
+        message = tf.strings.format(
+            "x must be pixels in [0, 1] (divide 0..255 images by 255; do not normalise "
+            "them: the model does); this batch holds values from {} to {}", [low, high])
+        check = tf.debugging.Assert((low >= 0.0) & (high <= 1.0), [message])
+        with tf.control_dependencies([check]):
+            return tf.identity(x)
+
+    def _check_class_ids(self, class_ids):
+        """``class_ids`` itself, once each is a class id of a task learned (0 to
+        tasks_learned * classes_per_task - 1); else an ``InvalidArgumentError`` naming the
+        bad ids (each once) and the ids learned with their dataset labels."""
+        n = self.tasks_learned * self.classes_per_task
+        bad, _ = tf.unique(tf.boolean_mask(class_ids, (class_ids < 0) | (class_ids >= n)))
+        message = tf.strings.format(
+            "class_ids {} not learned: this model has learned {} task(s), class ids 0 to {} "
+            "(ids in the order the classes were learned, not dataset labels: id m is "
+            "dataset label mode_dataset_labels[m], for ids 0 to {}: {})",
+            [bad, self.tasks_learned, n - 1, n - 1, self.mode_dataset_labels[:n]],
+            summarize=20)
+        check = tf.debugging.Assert(tf.size(bad) == 0, [message])
+        with tf.control_dependencies([check]):
+            return tf.identity(class_ids)
 
     def _labels(self):
         """The map from the model's ids to the dataset's labels and class names."""
@@ -126,14 +160,17 @@ class RunModule(tf.Module):
 
     def _classify(self, x):
         """Logits over all units, and the prediction among the classes of every task
-        learned, as a dataset label and class name (Domain-IL: read as task 1's classes)."""
+        learned, as a dataset label and class name (Domain-IL: read as task 1's classes).
+        ``x``: pixels in [0, 1] (a finite value outside is an ``InvalidArgumentError``; a
+        row with NaN or inf gets unit and label -1)."""
         task_ids = tf.zeros(tf.shape(x)[:1], tf.int32)
         logits = self._model.obj.classify(self._inputs(x), task_ids)
         return self._predict(logits, task_ids, tf.ones_like(logits) * self._active_any, x)
 
     def _classify_task(self, x, task_ids):
         """Logits with the task identity of each input (needed by XdG's masks), and the
-        prediction among the units of that task (Task-IL) or of every learned task."""
+        prediction among the units of that task (Task-IL) or of every learned task. ``x``
+        as for ``classify``."""
         logits = self._model.obj.classify(self._inputs(x), task_ids)
         return self._predict(logits, task_ids, tf.gather(self._active, task_ids), x)
 
@@ -147,9 +184,13 @@ class RunModule(tf.Module):
         """One sample per requested class id: the output label in Task-IL and Class-IL, the
         (task, class) pair ``task * classes_per_task + class`` in Domain-IL, where the
         generator's mode is the class (shared by the tasks) and a per-task gate, if any,
-        the task's."""
+        the task's. Ids follow the order in which the classes were learned, not the
+        dataset's labels (``dataset_labels`` in the result, and ``labels()``, give those);
+        an id outside 0 .. tasks_learned * classes_per_task - 1 (a class not learned) is
+        an ``InvalidArgumentError`` naming it and the ids learned."""
         p, tr = self._trainer.protocol, self._trainer
         cpt = p.classes_per_task
+        class_ids = self._check_class_ids(class_ids)
         modes = class_ids % cpt if p.scenario == "domain" else class_ids
         eps = tf.random.normal([tf.shape(class_ids)[0], tr.config.z_dim])
         x = tr.sample(modes, class_ids // cpt, eps)

@@ -11,9 +11,16 @@ calls, where the interrupt is an ordinary Python exception.
 A second SIGINT stops the process at once, even while the main thread is inside a long
 compiled call (where no Python signal handler can run until the call returns): the signal's
 wake-up byte (``signal.set_wakeup_fd``) is read by a watcher thread, which runs the
-registered clean-ups (``on_hard_stop``: temporary folders), prints one line and ends the
-process with exit code 130. What was saved before (complete exports, checkpoints inside the
-task) stays: every write is atomic.
+registered clean-ups (``on_hard_stop``: temporary folders), flushes what the program had
+printed to ``sys.stdout`` and ``sys.stderr`` (a file or a pipe holds it in a buffer, which
+``os._exit`` would drop), prints one line and ends the process with exit code 130. What
+was saved before (complete exports, checkpoints inside the task) stays: every write is
+atomic.
+
+Both lines go straight to the file descriptor behind ``sys.stderr``: where the apps filter
+TensorFlow's log lines out of descriptor 2 (``apps.common.quiet_tensorflow``), a line
+written to descriptor 2 waits in that filter's pipe, and the hard stop would end the
+process before the filter passed it on.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 
@@ -39,8 +47,37 @@ def _handler(signum, frame) -> None:
     _requested = True
     # os.write, not print: the main thread may be inside a write to sys.stderr right now,
     # and a buffered stream refuses a re-entrant write (RuntimeError)
-    os.write(2, b"Ctrl-C: stopping after the current steps and saving "
-                b"(press again to stop at once)\n")
+    _say(b"Ctrl-C: stopping after the current steps and saving (press again to stop at "
+         b"once)\n")
+
+
+def _stderr_fd() -> int:
+    """The file descriptor behind ``sys.stderr`` (2 where it has none, as under pytest)."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):   # io.UnsupportedOperation, closed
+        return 2
+
+
+def _say(line: bytes) -> None:
+    """Write ``line`` unbuffered where ``sys.stderr`` writes (never raises)."""
+    with contextlib.suppress(OSError):
+        os.write(_stderr_fd(), line)
+
+
+def _flush_streams(timeout: float = 1.0) -> None:
+    """Flush ``sys.stdout`` and ``sys.stderr``, waiting at most ``timeout`` seconds: from
+    another thread, since the main thread may hold a stream's lock (inside a write, or
+    blocked on a full pipe), where a flush from here would wait for ever or, in the main
+    thread's own signal handler, raise a re-entrant call's RuntimeError."""
+    def flush() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+
+    thread = threading.Thread(target=flush, daemon=True, name="bir_keras-flush")
+    thread.start()
+    thread.join(timeout)
 
 
 def caused_by_interrupt(e: BaseException | None) -> bool:
@@ -69,7 +106,8 @@ def _hard_stop() -> None:
     for fn in list(_cleanups):
         with contextlib.suppress(Exception):
             fn()
-    os.write(2, HARD_STOP_MESSAGE)
+    _flush_streams()
+    _say(HARD_STOP_MESSAGE)
     os._exit(EXIT_INTERRUPTED)
 
 

@@ -101,3 +101,77 @@ def test_an_ignored_sigint_stays_ignored():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _env_without_unbuffered() -> dict:
+    # as a user's shell has it: stdout to a file or pipe is block-buffered
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    return {**env, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3",
+            "CUDA_VISIBLE_DEVICES": ""}
+
+
+FILTERED_AND_BUFFERED = """
+import ctypes, signal, sys
+from apps.common import quiet_tensorflow
+quiet_tensorflow()   # descriptor 2 goes through the apps' log filter, as in every app
+from bir_keras import interrupts
+print("printed before the Ctrl-Cs")   # still in stdout's buffer (a file)
+with interrupts.deferred():
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})   # inside a long C call
+    open(sys.argv[1], "w").close()
+    ctypes.CDLL(None).sleep(20)
+"""
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_second_ctrl_c_line_and_buffered_output_reach_files(tmp_path, attempt):
+    # the hard stop ends the process with os._exit: what stdout's buffer held and the line
+    # written behind the apps' stderr filter were lost when both went to files
+    ready = tmp_path / "ready"
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", FILTERED_AND_BUFFERED, str(ready)],
+                                stdout=out, stderr=err, cwd=ROOT, env=_env_without_unbuffered())
+        try:
+            deadline = time.time() + 60
+            while not ready.exists() and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == interrupts.EXIT_INTERRUPTED, (tmp_path / "err").read_text()
+    assert (tmp_path / "out").read_text() == "printed before the Ctrl-Cs\n"
+    assert (tmp_path / "err").read_text().splitlines() == [
+        interrupts.HARD_STOP_MESSAGE.decode().strip()]
+
+
+def test_apps_train_second_ctrl_c_line_reaches_a_file(tmp_path):
+    from tests.apps.test_train_app import FAST
+
+    err_path = tmp_path / "stderr.txt"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "apps.train", *FAST, "--method=bir", "--tasks=2",
+             "--iters=100000", "--progress_every=0.2", f"--output_dir={tmp_path / 'out'}",
+             f"--export_dir={tmp_path / 'export'}"],
+            stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT,
+            env=_env_without_unbuffered(),
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            # a progress line: the training loop (inside interrupts.deferred) is running
+            for line in proc.stdout:
+                if line.startswith("task 1/2: iteration"):
+                    break
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = err_path.read_text()
+    assert proc.returncode == interrupts.EXIT_INTERRUPTED, text[-2000:]
+    assert "Ctrl-C again: stopped at once" in text and "Traceback" not in text

@@ -104,3 +104,155 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path):
     assert r.returncode == 130, (r.returncode, r.stderr[-2000:])
     assert r.stderr.strip().splitlines() == ["interrupted; nothing written"]
     assert not (exp / "quality.json").exists()
+
+
+def _generative_export(tmp_path: Path, protocol: dict | None = None) -> Path:
+    exp = fake_export(tmp_path / "export", {"replay": "generative"})
+    if protocol is not None:
+        run = json.loads((exp / "run.json").read_text())
+        run["protocol"] = protocol
+        (exp / "run.json").write_text(json.dumps(run))
+    (exp / "saved_model").mkdir()
+    (exp / "saved_model" / "saved_model.pb").write_bytes(b"")
+    return exp
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--n=1000000000"], "--n must be in [1, 10,000,000]"),
+    (["--runs=100000"], "--runs must be in [1, 1,000]"),
+    (["--clusters=100000"], "--clusters must be in [1, 1,000]"),
+    (["--embedding_epochs=1000000000"], "--embedding_epochs must be in [1, 1,000]"),
+    (["--n=10000000"], "error: --n=10000000: 10000000 generated and 10000000 real samples of "
+                       "64 values"),
+    (["--fc_units=10000000"], "error: --fc_units=10000000: the embedding network's weights"),
+    (["--fc_units=10000000", "no input_shape"], "error: --fc_units=10000000: "),
+    (["--out={tmp}/" + "x" * 300 + ".json"], "(File name too long)"),
+    (["--export_dir={tmp}/" + "x" * 300], "(File name too long)"),
+    (["--data_dir={tmp}/nothing"], "--data_dir={tmp}/nothing does not exist"),
+    (["--conv_weights={tmp}/nothing"], "--conv_weights={tmp}/nothing: no such file"),
+])
+def test_absurd_values_and_bad_paths_refused_fast_before_tensorflow(tmp_path, args, words):
+    import time
+
+    shape = "no input_shape" not in args
+    args = [a.format(tmp=tmp_path) for a in args if a != "no input_shape"]
+    protocol = {"experiment": "split_digits", "num_tasks": 5, "classes_per_task": 2}
+    exp = _generative_export(tmp_path, {**protocol, "input_shape": [64]} if shape else None)
+    if not any(a.startswith("--export_dir=") for a in args):
+        args.append(f"--export_dir={exp}")
+    env = no_tensorflow_env(tmp_path)
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    began = time.time()
+    r = subprocess.run([sys.executable, "-m", "apps.evaluate_generator", *args], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("error: ") and words.format(tmp=tmp_path) in line, line
+    if "--n=10000000" in args:
+        assert "lower --n (at most about" in line
+    assert time.time() - began < 10
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
+
+
+@pytest.mark.parametrize("run_json, words", [
+    ("{not json", "not JSON"), ("[1]", "not a JSON object"),
+    ('{"flags": []}', "its flags are not a JSON object"),
+    ('{"flags": {"replay": "generative"}, "protocol": 3}', "its protocol is not a JSON object"),
+    ("\udcff", "not JSON")])
+def test_malformed_run_json_exit_2_before_tensorflow(tmp_path, run_json, words):
+    exp = _generative_export(tmp_path)
+    (exp / "run.json").write_bytes(run_json.encode("utf-8", "surrogateescape"))
+    r = subprocess.run([sys.executable, "-m", "apps.evaluate_generator", f"--export_dir={exp}"],
+                       cwd=ROOT, env=no_tensorflow_env(tmp_path), capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith(f"error: {exp / 'run.json'}: not a run record of apps.train (")
+    assert words in line
+
+
+@pytest.mark.parametrize("case", ["garbage_pb", "no_variables", "tasks_learned_not_a_count",
+                                  "more_learned_than_tasks", "nothing_learned"])
+def test_corrupt_export_one_line_exit_2(tmp_path_factory, tmp_path, case):
+    exp = tmp_path / "export"
+    shutil.copytree(tiny_bir_run(tmp_path_factory)[1], exp, symlinks=True)
+    if case == "garbage_pb":
+        (exp / "saved_model" / "saved_model.pb").write_bytes(b"garbage")
+    elif case == "no_variables":
+        shutil.rmtree(exp / "saved_model" / "variables")
+    else:
+        run_ = json.loads((exp / "run.json").read_text())
+        run_["tasks_learned"] = {"tasks_learned_not_a_count": "two",
+                                 "more_learned_than_tasks": 7, "nothing_learned": 0}[case]
+        (exp / "run.json").write_text(json.dumps(run_))
+    r = run("apps.evaluate_generator", f"--export_dir={exp}", "--n=20", "--clusters=4",
+            "--embedding_epochs=1", "--fc_units=8", "--runs=1")
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    [line] = r.stderr.strip().splitlines()
+    if case == "tasks_learned_not_a_count":
+        assert line == (f"error: {exp / 'run.json'}: not a run record of apps.train "
+                        "(tasks_learned is 'two', not a count of tasks)")
+    elif case == "more_learned_than_tasks":
+        assert line == (f"error: {exp / 'run.json'}: not a run record of apps.train "
+                        "(tasks_learned is 7, more than its 2 tasks)")
+    elif case == "nothing_learned":
+        assert line == f"error: {exp}: this run has not completed a task yet: there are no " \
+            "classes learned to score its generator on"
+    else:
+        assert line.startswith(f"error: cannot load the SavedModel in {exp / 'saved_model'}: ")
+    assert not (exp / "quality.json").exists()
+
+
+# apps.evaluate_generator and apps.sample define the same flags: in-process checks of
+# this program run in a process of their own (a test worker may have imported apps.sample)
+FAILING = """
+import errno, os, sys, tempfile
+from pathlib import Path
+from bir_keras import appfiles
+import apps.evaluate_generator as app
+code = getattr(errno, sys.argv[3])
+
+def failing(*args, **kwargs):
+    raise OSError(code, os.strerror(code), str(args[0]) if args else None)
+
+if sys.argv[1] == "write":
+    appfiles.write_file = failing
+    sys.exit(app._write(Path(sys.argv[2]), {"written_by": app.WRITTEN_BY, "fid": 1.5}))
+tempfile.mkstemp = failing
+try:
+    app.check_out(Path(sys.argv[2]), False)
+except app.rundirs.PathRefused as e:
+    print(e)
+"""
+
+
+def _failing(tmp_path: Path, what: str, out: Path, err: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", FAILING, what, str(out), err], cwd=ROOT,
+                          env=no_tensorflow_env(tmp_path), capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("err", ["ENOSPC", "EROFS", "EACCES"])
+def test_failed_write_of_the_scores_exit_1(tmp_path, err):
+    import errno
+
+    out = tmp_path / "q.json"
+    r = _failing(tmp_path, "write", out, err)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert json.loads(r.stdout)["fid"] == 1.5   # the work is not lost
+    assert r.stderr == (f"error: --out={out}: cannot write it "
+                        f"({os.strerror(getattr(errno, err))}); the scores are printed above\n")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("err", ["EROFS", "EACCES", "ENOSPC"])
+def test_out_in_a_folder_that_cannot_be_written_refused(tmp_path, err):
+    # a read-only file system, a folder without write permission (root passes chmod, so
+    # the probe's error is injected), a full disk: refused before any work, naming why
+    import errno
+
+    out = tmp_path / "q.json"
+    r = _failing(tmp_path, "check", out, err)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout == (f"--out={out}: cannot write in {tmp_path} "
+                        f"({os.strerror(getattr(errno, err))})\n")

@@ -277,3 +277,216 @@ def test_bad_out_or_n_exit_2_without_writing(bir_export, tmp_path, case):
     [line] = r.stderr.strip().splitlines()
     assert line.startswith("error: ") and "--out" in line or "--n" in line
     assert (tmp_path / "file").read_text() == "x" and not (tmp_path / "g.png").exists()
+
+
+def test_jpg_out_writes_a_marked_jpeg(bir_export, tmp_path):
+    from PIL import Image
+
+    from apps.sample import written_by_sample
+
+    out = tmp_path / "grid.jpg"
+    r = python_m("apps.sample", f"--saved_model={bir_export}", "--classes=0,1", "--n=3",
+                 f"--out={out}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert out.read_bytes()[:2] == b"\xff\xd8"   # JPEG, not PNG bytes under a .jpg name
+    with Image.open(out) as im:
+        assert im.format == "JPEG" and im.info["comment"] == b"bir_keras apps.sample"
+    assert written_by_sample(out)
+    # replaced with --overwrite (marked as ours), as a PNG is
+    r = python_m("apps.sample", f"--saved_model={bir_export}", "--classes=1", "--n=2",
+                 f"--out={out}", "--overwrite")
+    assert r.returncode == 0, r.stderr[-3000:]
+    with Image.open(out) as im:
+        assert im.format == "JPEG" and im.size[1] == 64 + 2 * 2
+
+
+def test_written_by_sample_reads_the_mark_of_each_format(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from apps.sample import write_image, written_by_sample
+
+    pixels = np.zeros((6, 6, 1), np.uint8)
+    for name in ("a.png", "b.jpg", "c.JPEG", "d"):
+        assert written_by_sample(write_image(pixels, str(tmp_path / name)))
+    Image.fromarray(pixels[..., 0]).save(tmp_path / "theirs.jpg", comment=b"mine")
+    Image.fromarray(pixels[..., 0]).save(tmp_path / "theirs.png")
+    (tmp_path / "short.jpg").write_bytes(b"\xff\xd8\xff\xfe\x00")
+    assert not any(written_by_sample(tmp_path / n) for n in ("theirs.jpg", "theirs.png",
+                                                             "short.jpg"))
+
+
+def _no_tf(tmp_path, *args):
+    from tests.apps.test_refusals import no_tensorflow_env
+
+    return subprocess.run([sys.executable, "-m", "apps.sample", *args], cwd=ROOT,
+                          env=no_tensorflow_env(tmp_path), capture_output=True, text=True,
+                          timeout=120)
+
+
+def _bare_saved_model(folder: Path) -> Path:
+    """A folder with an (empty) saved_model.pb and no run.json: its layout is unknown."""
+    folder.mkdir()
+    (folder / "saved_model.pb").write_bytes(b"")
+    return folder
+
+
+@pytest.mark.parametrize("args, start, words", [
+    (["--out={tmp}/g.gif"], "error: --out={tmp}/g.gif: cannot write .gif images",
+     ".png, .jpg or .jpeg"),
+    (["--out={tmp}/g.txt"], "error: --out={tmp}/g.txt: cannot write .txt images", ".jpeg"),
+    (["--n=1000000000000"], "error: --n=1000000000000: ", "lower --n"),
+    (["--n=5000", "--out={tmp}/g.jpg"], "error: --n=5000: a row of 5000 samples",
+     "more than a JPEG can hold (65535); lower --n (at most 992)"),
+    (["--scale=1000000000"], "error: --scale=1000000000: one 8x8 sample",
+     "lower --scale"),
+    (["--scale=5000", "--classes=0,1,2,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3"],
+     "error: --scale=5000: ", "lower --scale"),
+    (["--n=-3"], "error: --n=-3: ", "at least 1"),
+    (["--scale=-1"], "error: --scale=-1: ", "0 (auto) or positive"),
+    (["--out={tmp}/" + "x" * 300 + ".png"], "error: --out={tmp}/xxx", "(File name too long)"),
+    (["--out={tmp}/" + "x" * 300 + "/g.png"], "error: --out={tmp}/xxx", "(File name too long)"),
+])
+def test_absurd_values_and_bad_out_refused_fast_before_tensorflow(bir_export, tmp_path, args,
+                                                                  start, words):
+    import time
+
+    args = [a.format(tmp=tmp_path) for a in args]
+    if not any(a.startswith("--out=") for a in args):
+        args.append(f"--out={tmp_path / 'g.png'}")
+    began = time.time()
+    r = _no_tf(tmp_path, f"--saved_model={bir_export}", *args)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith(start.format(tmp=tmp_path)) and words in line, line
+    assert time.time() - began < 10   # no TensorFlow (the fake one raises), no drawing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake_site"]
+
+
+def test_absurd_n_refused_without_run_json_before_tensorflow(tmp_path):
+    # no run.json: the layout is unknown, but no sample is smaller than one pixel
+    model = _bare_saved_model(tmp_path / "model")
+    r = _no_tf(tmp_path, f"--saved_model={model}", "--classes=0", "--n=100000000000",
+               f"--out={tmp_path / 'g.png'}")
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("error: --n=100000000000: a row of") and "lower --n" in line
+
+
+@pytest.mark.parametrize("run_json, words", [
+    ("{not json", "not JSON"), ("[1, 2]", "not a JSON object"),
+    ('{"tasks_learned": 0, "protocol": {"classes_per_task": 2}}',
+     "this run has not completed a task yet"),
+    ('{"tasks_learned": "abc", "protocol": {"classes_per_task": 2}}',
+     "tasks_learned is 'abc', not a count"),
+    ('{"tasks_learned": 2, "protocol": null}', "its protocol is not a JSON object"),
+    ('{"tasks_learned": 2, "protocol": {"classes_per_task": 2, "input_shape": "64"}}',
+     "protocol.input_shape is '64', not a shape"),
+    ("\udcff", "not JSON")])
+def test_bad_run_json_exit_2_before_tensorflow(tmp_path, run_json, words):
+    exp = tmp_path / "export"
+    exp.mkdir()
+    _bare_saved_model(exp / "saved_model")
+    (exp / "run.json").write_bytes(run_json.encode("utf-8", "surrogateescape"))
+    r = _no_tf(tmp_path, f"--saved_model={exp}", f"--out={tmp_path / 'g.png'}")
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith(f"error: {exp / 'run.json'}: ")
+    assert words in line
+
+
+def test_huge_class_id_without_run_json_exit_2_before_tensorflow(tmp_path):
+    model = _bare_saved_model(tmp_path / "model")
+    r = _no_tf(tmp_path, f"--saved_model={model}", "--classes=0,4294967296",
+               f"--out={tmp_path / 'g.png'}")
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert r.stderr.strip().splitlines() == [
+        "error: class ids must be >= 0 and below 2^31, got [0, 4294967296]"]
+
+
+@pytest.mark.parametrize("case", ["garbage_pb", "no_variables", "export_dir_is_a_file"])
+def test_corrupt_saved_model_one_line_exit_2(bir_export, tmp_path, case):
+    import shutil
+
+    exp = tmp_path / "export"
+    if case == "export_dir_is_a_file":
+        exp.write_text("not a folder")
+    else:
+        shutil.copytree(bir_export, exp)
+        if case == "garbage_pb":
+            (exp / "saved_model" / "saved_model.pb").write_bytes(b"garbage")
+        else:
+            shutil.rmtree(exp / "saved_model" / "variables")
+    out = tmp_path / "g.png"
+    r = python_m("apps.sample", f"--saved_model={exp}", "--classes=0", f"--out={out}")
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    [line] = r.stderr.strip().splitlines()
+    start = f"error: --saved_model={exp}: no SavedModel" if case == "export_dir_is_a_file" \
+        else f"error: cannot load the SavedModel in {exp / 'saved_model'}: "
+    assert line.startswith(start), line
+    assert not out.exists()
+
+
+def test_class_ids_refused_by_the_signature_without_run_json(bir_export, tmp_path):
+    # no run.json to check the ids against: the SavedModel's sample signature refuses them
+    model = tmp_path / "model"
+    import shutil
+
+    shutil.copytree(bir_export / "saved_model", model)
+    out = tmp_path / "g.png"
+    r = python_m("apps.sample", f"--saved_model={model}", "--classes=1,7", f"--out={out}")
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("error: class ids [1, 7] refused by the SavedModel: class_ids [7] "
+                           "not learned: this model has learned 2 task(s), class ids 0 to 3")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("err", ["ENOSPC", "EROFS", "EACCES", "ENAMETOOLONG"])
+def test_write_failure_exit_1_names_path_and_problem(bir_export, tmp_path, monkeypatch,
+                                                     capsys, err):
+    import errno
+
+    from absl import flags
+
+    import apps.sample as app
+    from bir_keras import appfiles
+
+    code = getattr(errno, err)
+
+    def full(path, write, check=None):
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr(appfiles, "write_file", full)
+    out = tmp_path / "g.png"
+    flags.FLAGS(["apps.sample", f"--saved_model={bir_export}", f"--out={out}", "--n=2"])
+    try:
+        assert app.main([]) == 1
+    finally:
+        for name in ("saved_model", "out", "n"):
+            flags.FLAGS[name].unparse()
+    err_text = capsys.readouterr().err
+    assert err_text == (f"error: --out={out}: cannot write it ({os.strerror(code)}); nothing "
+                        "was written\n")
+    assert "memory" not in err_text and not out.exists()
+
+
+@pytest.mark.parametrize("err", ["EROFS", "EACCES", "ENOSPC"])
+def test_out_in_a_folder_that_cannot_be_written_refused(tmp_path, monkeypatch, err):
+    # a read-only file system, a folder without write permission (root passes chmod, so
+    # the probe's error is injected), a full disk: refused before any work, naming why
+    import errno
+    import tempfile
+
+    from apps.sample import check_out
+
+    code = getattr(errno, err)
+
+    def refused(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(rundirs.PathRefused) as e:
+        check_out(str(tmp_path / "sub" / "g.jpg"), False)
+    assert str(e.value) == (f"--out={tmp_path / 'sub' / 'g.jpg'}: cannot write in {tmp_path} "
+                            f"({os.strerror(code)})")
