@@ -342,9 +342,11 @@ def _main() -> int:
         check_n(FLAGS.n, FLAGS.clusters)
         out = check_paths(FLAGS.export_dir, FLAGS.out, FLAGS.overwrite)
         check_data_dir(FLAGS.data_dir)
-        if FLAGS.conv_weights and FLAGS.conv_weights != "random" \
-                and not Path(FLAGS.conv_weights).is_file():
-            raise ConfigError(f"--conv_weights={FLAGS.conv_weights}: no such file")
+        if FLAGS.conv_weights and FLAGS.conv_weights != "random":
+            # the one rule of a weights file (bir_keras.weightsfile), as apps.train's
+            from bir_keras.weightsfile import check_weights_file
+
+            check_weights_file(FLAGS.conv_weights, "--conv_weights")
         shape = read_run(FLAGS.export_dir, complete=False).get("protocol", {}).get(
             "input_shape")
         # without the shape, one value a sample (what no protocol goes below); checked
