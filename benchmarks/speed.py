@@ -153,7 +153,7 @@ class PackedStep:
 
     def __init__(self, experiment: str, method: str, quick: bool, dataset, precision: str,
                  k: int, xla: bool | None = None):
-        from bir_keras.strategies.base import _pad_samples
+        from bir_keras.strategies.base import pad_samples
         from bir_keras.strategies.pack import SeedPack, check_packable
 
         # ``xla`` is each seed's --jit_compile: None (auto) or False; the packed step runs
@@ -164,7 +164,7 @@ class PackedStep:
         check_packable(self.trainers)
         self.pack = SeedPack(self.trainers)
         # as SeedPack.train_task runs a task: padded data, the plan of the task's iterations
-        self.runs = [r._replace(data=_pad_samples(r.data)) for _, r in made]
+        self.runs = [r._replace(data=pad_samples(r.data)) for _, r in made]
         self.plan = self.trainers[0].plan_for_iteration(self.runs[0].plan, 0)
         self.steps_per_call = self.trainers[0].steps_per_call
 

@@ -143,7 +143,7 @@ def _step_constants(method: str, seed: int):
                          iters=5, batch=16, fc_units=20, z_dim=4, seed=seed))
     tr = make_trainer(cfg, make_protocol("split_digits", cfg.scenario, seed=seed), verbose=False)
     run = tr.start_task(1)  # a replay task
-    tr._size_draw_cache(run.data, run.plan)
+    tr.size_draw_cache(run.data, run.plan)
     graph = tr._steps_fn.get_concrete_function(run.data, run.ctx, run.plan,
                                                tf.constant(1)).graph.as_graph_def()
     nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]

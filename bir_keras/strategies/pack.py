@@ -237,14 +237,14 @@ class SeedPack:
         key = (plan, tuple(tf.nest.map_structure(lambda v: tuple(v.shape),
                                                  [(r.data, r.ctx) for r in runs])))
         if key not in self._loss_names:
-            self._size_draw_caches(runs, plan)
+            self.size_draw_caches(runs, plan)
             fn = self._steps_fn.get_concrete_function(
                 tuple(r.data for r in runs), tuple(r.ctx for r in runs), plan,
                 tf.constant(1, tf.int32))
             self._loss_names[key] = list(fn.structured_outputs[0])
         return self._loss_names[key]
 
-    def _size_draw_caches(self, runs: list[TaskRun], plan: Plan) -> None:
+    def size_draw_caches(self, runs: list[TaskRun], plan: Plan) -> None:
         for tr, run in zip(self.trainers, runs):
             tr.size_draw_cache(run.data, plan)
 
@@ -252,7 +252,7 @@ class SeedPack:
         """Up to ``k`` iterations of every seed in one call: per seed, the losses of the
         iterations run ``[count, terms]`` (``loss_names``' order); all seeds stop after an
         iteration in which any seed's loss is not finite."""
-        self._size_draw_caches(runs, plan)
+        self.size_draw_caches(runs, plan)
         terms, count = self._steps_fn(tuple(r.data for r in runs), tuple(r.ctx for r in runs),
                                       plan, tf.constant(k, tf.int32))
         table = np.stack([terms[nm].numpy() for nm in self.loss_names(runs, plan)], axis=1)

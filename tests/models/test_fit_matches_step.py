@@ -11,13 +11,13 @@ import pytest
 import tensorflow as tf
 
 from bir_keras.strategies import make_trainer
-from bir_keras.strategies.base import _pad_samples, make_adam
+from bir_keras.strategies.base import make_adam, pad_samples
 
 
 def _first_step(tr):
     """The continual step's losses of the first iteration, and its batch and noise."""
     run = tr.start_task(0)
-    run = run._replace(data=_pad_samples(run.data))
+    run = run._replace(data=pad_samples(run.data))
     state = tr.rng.state.numpy()
     weights = {name: net.get_weights() for name, net in tr.networks().items()}
     rows, count = tr.run_steps(run, 1)

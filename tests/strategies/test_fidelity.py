@@ -17,7 +17,7 @@ from bir_keras.data.protocols import make_protocol
 from bir_keras.data.sources import Dataset
 from bir_keras.models.classifier import Classifier
 from bir_keras.strategies import make_trainer
-from bir_keras.strategies.base import Batch, _pad_samples
+from bir_keras.strategies.base import Batch, pad_samples
 from bir_keras.strategies.ewc import dense_fisher
 from tests.conftest import make_blobs
 
@@ -25,7 +25,7 @@ from tests.conftest import make_blobs
 def _replay(tr, t):
     """One iteration's task run, draws, batch and replay at task ``t`` (eagerly)."""
     run = tr.start_task(t)
-    data = _pad_samples(run.data)
+    data = pad_samples(run.data)
     idx = tr.draw_batch(data, run.ctx, run.plan)
     draws = tr.draw(run.ctx, run.plan)   # the method's own draws
     batch = Batch(x=tr.preprocess(tf.gather(data.x, idx)), y=tf.gather(data.y, idx),
@@ -118,7 +118,7 @@ def test_mixture_prior_takes_adam_steps_of_its_summed_gradient(tiny_setup):
     tr = make_trainer(cfg, proto, verbose=False)
     before = tr.model.prior_means.numpy().copy()
     run = tr.start_task(0)
-    run = run._replace(data=_pad_samples(run.data))
+    run = run._replace(data=pad_samples(run.data))
     tr.run_steps(run, 1, run.plan)
     step = np.abs(tr.model.prior_means.numpy() - before)
     moved = step[step > 0]
@@ -129,7 +129,7 @@ def test_mixture_prior_takes_adam_steps_of_its_summed_gradient(tiny_setup):
 def test_batches_are_shuffled_epochs_without_replacement(tiny_setup):
     cfg, proto = tiny_setup("class", tasks=2, batch=32)
     tr = make_trainer(cfg, proto, verbose=False)
-    data = _pad_samples(tr.task_data(0))
+    data = pad_samples(tr.task_data(0))
     n = int(data.sizes[0])
     per_epoch = n // 32
     ctx, plan = tr.step_context(0), tr.plan(0)
@@ -153,9 +153,9 @@ def test_epoch_order_sorted_once_gives_the_indices_of_sorting_every_batch(tiny_s
     tr = make_trainer(cfg, proto, verbose=False)
     draw = tf.function(lambda data, ctx: tr.draw_batch(data, ctx, plan), jit_compile=True)
     for t in (1, 2):
-        data, ctx, plan = _pad_samples(tr.task_data(t)), tr.step_context(t), tr.plan(t)
+        data, ctx, plan = pad_samples(tr.task_data(t)), tr.step_context(t), tr.plan(t)
         per_epoch = int(tf.reduce_min(data.sizes)) // (32 // plan.parts)
-        tr._size_draw_cache(data, plan)
+        tr.size_draw_cache(data, plan)
         tr.batch_counter.assign(0)
         cached = [draw(data, ctx).numpy() for _ in range(2 * per_epoch + 1)]
         tr.batch_counter.assign(0)
@@ -167,7 +167,7 @@ def test_epoch_order_sorted_once_gives_the_indices_of_sorting_every_batch(tiny_s
         assert not np.array_equal(cached[0], cached[per_epoch])   # a new epoch, a new order
         # before each compiled call the cache is sized, not emptied, when its shapes fit
         kept = tr._epoch_order.numpy()
-        tr._size_draw_cache(data, plan)
+        tr.size_draw_cache(data, plan)
         np.testing.assert_array_equal(tr._epoch_order.numpy(), kept)
         assert (tr._epoch_key.numpy() >= 0).all()
 
@@ -175,7 +175,7 @@ def test_epoch_order_sorted_once_gives_the_indices_of_sorting_every_batch(tiny_s
 def test_joint_task_il_deals_the_batch_over_the_tasks(tiny_setup):
     cfg, proto = tiny_setup("task", tasks=3, batch=32, replay="offline")
     tr = make_trainer(cfg, proto, verbose=False)
-    data = _pad_samples(tr.task_data(2))
+    data = pad_samples(tr.task_data(2))
     tr.batch_counter.assign(0)
     idx = tr.draw_batch(data, tr.step_context(2), tr.plan(2)).numpy()
     tid = data.tid.numpy()[idx]
