@@ -33,7 +33,12 @@ What this module adds to it:
   stderr; the run compiles that step again and stores it anew, so it gets the numbers of a
   run without the entry. Only files named as TensorFlow names its entries, in the folder of
   this TensorFlow version and CPU, are ever removed. New entries are checked the same way
-  before they are published.
+  before they are published. A file can parse and still be damaged (bytes overwritten inside
+  the executable: TensorFlow then stops with ``InternalError: Failed to parse serialized
+  CpuAotCompilationResult``), so each entry is published with its SHA-256 beside it
+  (``<entry>.sha256``, written before the entry's rename) and an entry whose bytes do not
+  match it, or that has none (one from before checksums, or put there by another program),
+  is removed the same way.
 
 It has to be set before TensorFlow compiles anything (TensorFlow reads ``TF_XLA_FLAGS`` once
 per process), so ``enabled`` refuses to start once TensorFlow is imported.
@@ -121,6 +126,7 @@ def _entries(folder: Path) -> dict[str, Path]:
 # 2 cluster_fingerprint uint64, 3 device_type string, 4 prefix string, 5 compiled_using_pjrt
 # bool), 2 hlo_module (xla.HloModuleProto), 3 executable (bytes)
 ENTRY_SUFFIX = ".pb"
+SUM_SUFFIX = ".sha256"  # beside each published entry: the hex SHA-256 of its bytes
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 
 
@@ -215,6 +221,7 @@ def _check_entries(folder: Path, label: str) -> list[str]:
             continue  # gone meanwhile, or unreadable: TensorFlow will not get further
         try:
             check_entry(path, data)
+            check_sum(path, data)
         except DamagedEntry as e:
             try:
                 now = os.stat(path, follow_symlinks=False)
@@ -223,6 +230,10 @@ def _check_entries(folder: Path, label: str) -> list[str]:
                     removed.append(f"{name}: {e}")
             except OSError:
                 pass
+    for stale in folder.glob(f"{ENTRY_PREFIX}*{ENTRY_SUFFIX}{SUM_SUFFIX}"):
+        if not (folder / stale.name[:-len(SUM_SUFFIX)]).exists():
+            with contextlib.suppress(OSError):
+                stale.unlink()  # the checksum of an entry that is gone
     if removed:
         print(f"warning: {label}: removed {len(removed)} damaged XLA cache "
               f"entr{'y' if len(removed) == 1 else 'ies'} ({'; '.join(removed)}); the steps "
@@ -230,15 +241,39 @@ def _check_entries(folder: Path, label: str) -> list[str]:
     return removed
 
 
+def check_sum(path: str | os.PathLike, data: bytes) -> None:
+    """Raise ``DamagedEntry`` unless the checksum beside the entry ``path`` (``seal``) is the
+    SHA-256 of ``data``, its bytes."""
+    try:
+        want = Path(str(path) + SUM_SUFFIX).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        raise DamagedEntry("no checksum beside it (an entry from before checksums, or one "
+                           "bir_keras did not publish)") from None
+    if hashlib.sha256(data).hexdigest() != want:
+        raise DamagedEntry("its bytes do not match their checksum (overwritten)")
+
+
+def seal(path: str | os.PathLike, data: bytes, into: Path) -> None:
+    """Write the checksum of the entry ``path`` (bytes ``data``) beside where it will be
+    published, in ``into``, atomically."""
+    name = Path(path).name + SUM_SUFFIX
+    tmp = into / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.write_text(hashlib.sha256(data).hexdigest() + "\n")
+    os.replace(tmp, into / name)
+
+
 def _publish(private: Path, shared: Path, known: set[str]) -> int:
-    """Move the entries TensorFlow wrote in ``private`` into ``shared``: one rename each, so a
-    reader sees a whole entry or none. Returns how many."""
+    """Move the entries TensorFlow wrote in ``private`` into ``shared``: its checksum first,
+    then the entry, one rename each, so a reader sees a whole entry or none. Returns how
+    many."""
     n = 0
     for name, path in _entries(private).items():
         if name in known:
             continue
         try:
-            check_entry(path)
+            data = path.read_bytes()
+            check_entry(path, data)
+            seal(path, data, shared)
         except (DamagedEntry, OSError):
             continue  # a half-written entry (a full disk): not shared, compiled next time
         os.replace(path, shared / name)

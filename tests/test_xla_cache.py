@@ -41,6 +41,13 @@ def entry(name: str, executable: bytes = b"machine code") -> bytes:
     return _ld(1, key) + _ld(2, hlo) + _ld(3, executable)
 
 
+def put(folder: Path, name: str, data: bytes) -> Path:
+    """An entry as a run publishes it into the shared folder: its checksum beside it."""
+    (folder / name).write_bytes(data)
+    xla_cache.seal(folder / name, data, folder)
+    return folder / name
+
+
 OLD = "xla_compile_cache__1__2__XLA_CPU_JIT.pb"
 NEW = "xla_compile_cache__3__4__XLA_CPU_JIT.pb"
 
@@ -54,8 +61,7 @@ def private_folder() -> str:
 def test_entries_linked_in_and_published_whole(no_tf, tmp_path):
     shared = xla_cache.cache_folder(tmp_path)
     shared.mkdir(parents=True)
-    old = shared / OLD
-    old.write_bytes(entry(OLD, b"old entry"))
+    old = put(shared, OLD, entry(OLD, b"old entry"))
     host = socket.gethostname().replace("-", "_") or "host"
     # a private folder left by a killed run of this host (a pid no process has) goes;
     # one of a live process stays
@@ -84,7 +90,8 @@ def test_entries_linked_in_and_published_whole(no_tf, tmp_path):
     for d in (live, foreign):
         shutil.rmtree(d)
     assert sorted(p.name for p in shared.iterdir()) == [
-        "xla_compile_cache__1__2__XLA_CPU_JIT.pb", "xla_compile_cache__3__4__XLA_CPU_JIT.pb"]
+        "xla_compile_cache__1__2__XLA_CPU_JIT.pb", "xla_compile_cache__1__2__XLA_CPU_JIT.pb.sha256",
+        "xla_compile_cache__3__4__XLA_CPU_JIT.pb", "xla_compile_cache__3__4__XLA_CPU_JIT.pb.sha256"]
 
 
 def test_published_when_the_run_fails(no_tf, tmp_path, monkeypatch):
@@ -97,7 +104,8 @@ def test_published_when_the_run_fails(no_tf, tmp_path, monkeypatch):
                 f.write(entry(name))
             raise RuntimeError("training failed")
     assert os.environ["TF_XLA_FLAGS"] == "--tf_xla_min_cluster_size=4"
-    assert [p.name for p in shared.iterdir()] == ["xla_compile_cache__5__6__X.pb"]
+    assert sorted(p.name for p in shared.iterdir()) == ["xla_compile_cache__5__6__X.pb",
+                                                        "xla_compile_cache__5__6__X.pb.sha256"]
 
 
 def test_one_folder_per_cpu_and_tensorflow(monkeypatch):
@@ -166,9 +174,16 @@ def test_damaged_entries_are_removed_with_one_warning(no_tf, tmp_path, capsys):
     shared = xla_cache.cache_folder(tmp_path)
     shared.mkdir(parents=True)
     names = {k: f"xla_compile_cache__{i}__{i + 1}__XLA_CPU_JIT.pb" for i, k in enumerate(
-        ["good", "truncated", "garbage", "empty", "renamed", "no_executable"], start=10)}
+        ["good", "truncated", "garbage", "empty", "renamed", "no_executable", "overwritten",
+         "unsealed"], start=10)}
     good = entry(names["good"])
-    (shared / names["good"]).write_bytes(good)
+    put(shared, names["good"], good)
+    # parses whole, but its executable's bytes were overwritten after it was published
+    whole = entry(names["overwritten"], b"machine code")
+    put(shared, names["overwritten"], whole)
+    (shared / names["overwritten"]).write_bytes(whole.replace(b"machine code", b"mAchine code"))
+    xla_cache.check_entry(shared / names["overwritten"])
+    (shared / names["unsealed"]).write_bytes(entry(names["unsealed"]))  # no checksum
     (shared / names["truncated"]).write_bytes(entry(names["truncated"])[:-5])
     (shared / names["garbage"]).write_bytes(bytes(range(7, 250)) * 4)
     (shared / names["empty"]).write_bytes(b"")
@@ -184,8 +199,10 @@ def test_damaged_entries_are_removed_with_one_warning(no_tf, tmp_path, capsys):
         linked = sorted(p.name for p in Path(private_folder()).iterdir())
     err = capsys.readouterr().err
     [line] = err.strip().splitlines()
-    assert line.startswith("warning: --xla_cache_dir") and "removed 5 damaged" in line
-    for k in ("truncated", "garbage", "empty", "renamed", "no_executable"):
+    assert line.startswith("warning: --xla_cache_dir") and "removed 7 damaged" in line
+    assert "do not match their checksum" in line and "no checksum beside it" in line
+    for k in ("truncated", "garbage", "empty", "renamed", "no_executable", "overwritten",
+              "unsealed"):
         assert names[k] in line
         assert not (shared / names[k]).exists()
     assert "truncated" in line and "not the one its file name spells" in line
@@ -239,7 +256,10 @@ def test_a_run_survives_a_damaged_entry_tensorflow_wrote(tmp_path):
     [path] = xla_cache.cache_folder(tmp_path).glob("xla_compile_cache__*.pb")
     xla_cache.check_entry(path)
     whole = path.read_bytes()
-    for damage in (whole[:len(whole) // 2], os.urandom(len(whole))):
+    middle = bytearray(whole)  # overwritten inside, its size kept: it may still parse
+    middle[len(whole) // 2:len(whole) // 2 + 4096] = os.urandom(
+        len(middle[len(whole) // 2:len(whole) // 2 + 4096]))
+    for damage in (whole[:len(whole) // 2], os.urandom(len(whole)), bytes(middle)):
         path.write_bytes(damage)
         r = run()
         assert r.returncode == 0, r.stderr[-2000:]
