@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import re
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -183,16 +184,26 @@ def _flagfile_of(arg: str, argv: list[str]) -> str | None:
     return None
 
 
-def check_flagfile(path: str) -> None:
-    """Refuse (exit 2, one line) a ``--flagfile`` that cannot be read as text: absl would
-    raise a traceback for a binary file and a cryptic line for a folder."""
+def check_flagfile(path: str, within: tuple[str, ...]) -> None:
+    """Refuse (exit 2, one line) a ``--flagfile`` that cannot be read as text (absl would
+    raise a traceback for a binary file and a cryptic line for a folder), and one that names
+    itself, directly or through the flagfiles it names (``within``: the chain that led to
+    it; absl would warn and go on without it)."""
+    real = os.path.realpath(path)
+    if real in within:
+        chain = " -> ".join([*within[within.index(real):], real])
+        refuse(f"--flagfile={path} names itself through its flagfiles ({chain}): a loop")
     try:
         with open(path, encoding="utf-8") as f:
-            f.read(1 << 20)
+            lines = f.read(1 << 20).splitlines()
     except UnicodeDecodeError:
         refuse(f"--flagfile={path} is not a text file of --name=value lines")
     except OSError as e:
         refuse(f"--flagfile={path} cannot be read ({OS_ERRORS.get(e.errno) or e.strerror})")
+    for line in lines:
+        line = line.strip()
+        if line.lstrip("-").startswith("flagfile=") and line.startswith("-"):
+            check_flagfile(line.split("=", 1)[1], (*within, real))
 
 
 def parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
@@ -200,7 +211,7 @@ def parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
     its leading ``--`` or a stray argument exits 2 with one ``error:`` line, and ``--help``
     exits 0."""
     for path in [a.split("=", 1)[1] for a in argv[1:] if a.lstrip("-").startswith("flagfile=")]:
-        check_flagfile(path)
+        check_flagfile(path, ())
     try:
         rest = flags.FLAGS(argv, known_only=known_only)
     except flags.Error as e:
@@ -283,6 +294,10 @@ def run_app(main: Callable[[list[str]], int], known_only: bool = False) -> None:
     code."""
 
     def wrapped(argv: list[str]) -> None:
+        # Ctrl-C is Python's again (apps/__init__.py ended the process on one while it
+        # started): main catches it and says what was saved
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         hidden = quiet_tensorflow()
         from absl import logging
 

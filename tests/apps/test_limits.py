@@ -211,3 +211,41 @@ def test_conv_weights_that_are_not_weights_are_one_line(tmp_path, mnist_idx_dir)
                                 f"--conv_weights={gz}", f"--output_dir={tmp_path / 'o'}",
                                 env=no_tensorflow_env(tmp_path), timeout=60))
     assert f"--conv_weights={gz}" in line or str(gz) in line, line
+
+
+def test_a_flagfile_loop_is_refused(tmp_path):
+    # absl warns "Hit circular flagfile dependency" and trains without the file
+    a, b, s = tmp_path / "a.cfg", tmp_path / "b.cfg", tmp_path / "self.cfg"
+    a.write_text(f"--iters=25\n--flagfile={b}\n")
+    b.write_text(f"--batch=32\n--flagfile={a}\n")
+    s.write_text(f"--flagfile={s}\n")
+    env = no_tensorflow_env(tmp_path)
+    line = one_error_line(train(f"--flagfile={a}", env=env, timeout=60))
+    assert "names itself through its flagfiles" in line and f"{a} -> {b} -> {a}" in line
+    line = one_error_line(train(f"--flagfile={s}", env=env, timeout=60))
+    assert "names itself through its flagfiles" in line
+    # one file named by two others is no loop
+    c, d = tmp_path / "c.cfg", tmp_path / "d.cfg"
+    d.write_text("--iters=25\n")
+    c.write_text(f"--flagfile={d}\n--flagfile={d}\n--lr=nan\n")
+    line = one_error_line(train(f"--flagfile={c}", env=env, timeout=60))
+    assert "--lr must be a positive finite number" in line
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.45])
+def test_ctrl_c_while_starting_is_one_line_and_exit_130(delay, tmp_path):
+    # a Ctrl-C while the program still imports its modules printed a KeyboardInterrupt
+    # traceback (and the process died by the signal)
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "apps.train", *FAST,
+                             f"--output_dir={tmp_path / 'o'}", f"--export_dir={tmp_path / 'e'}"],
+                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+    assert [ln for ln in err.splitlines() if ln.strip()][-1].startswith("interrupted")
