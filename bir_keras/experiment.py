@@ -251,8 +251,8 @@ class _SeedRun:
     def record(self, tr: Trainer) -> dict:
         rec = run_record(self.setup, tr, time.time() - self.start)
         rec["resume_from"] = str(self.resume_from) if self.resume_from else None
-        if self.pack_size > 1:   # trained with other seeds in one step: wall times are shared
-            rec["seeds_at_once"] = self.pack_size
+        # how many seeds trained in one step (1: alone); above 1 the wall times are shared
+        rec["seeds_at_once"] = self.pack_size
         return rec
 
     def after_task(self, tr: Trainer, t: int) -> None:
