@@ -55,7 +55,13 @@ from absl import flags
 from apps import common
 from apps import train as _train  # noqa: F401 - defines apps.train's flags, which pass through
 from bir_keras import appfiles, rundirs
-from bir_keras.config import METHODS, ConfigError, unpackable
+from bir_keras.config import (
+    MAX_SEEDS_AT_ONCE,
+    METHODS,
+    ConfigError,
+    check_seeds_at_once,
+    unpackable,
+)
 from bir_keras.fileio import atomic_dir, atomic_write_json, atomic_write_text
 
 FLAGS = flags.FLAGS
@@ -287,13 +293,18 @@ def pack_size(args: list[str], explicit: int | None, seeds: int, workers: int) -
     if explicit is not None:
         if explicit > 1 and why:
             raise ConfigError(why)
-        return explicit
+        # apps.train's rule of a pack (1 <= K <= MAX_SEEDS_AT_ONCE); more than that packs
+        # as many as one apps.train takes
+        k = min(explicit, MAX_SEEDS_AT_ONCE) if explicit >= 1 else explicit
+        check_seeds_at_once(c, k)
+        return k
     if why:
         return 1
     free = available_memory()
     if free is None:
-        return seeds
-    return max(1, min(seeds, int(free // (common.memory_estimate(c)[0] * workers))))
+        return min(seeds, MAX_SEEDS_AT_ONCE)
+    return max(1, min(seeds, MAX_SEEDS_AT_ONCE,
+                      int(free // (common.memory_estimate(c)[0] * workers))))
 
 
 def groups_of(todo: list[dict], sizes: dict[str, int]) -> list[list[dict]]:

@@ -178,7 +178,7 @@ REFUSED = {  # case: (arguments, what the error line says)
     "too_many_runs_methods": (["--methods=none,joint", "--seeds=5001"], "would start 10,002 runs"),
     "parallel_negative": (["--parallel=-1"], "--parallel must be in [0, 256]"),
     "parallel_huge": (["--parallel=100000000"], "--parallel must be in [0, 256]"),
-    "seeds_at_once0": (["--seeds_at_once=0"], "--seeds_at_once must be >= 1"),
+    "seeds_at_once0": (["--seeds_at_once=0"], "--seeds_at_once must be in [1, 64], got 0"),
     "first_seed": (["--first_seed=-1"], "--first_seed must be in [0, 2^32)"),
     "seed_range": (["--first_seed=4294967295", "--seeds=2"], "at most 2^32"),
     # the syntax of --sweep
@@ -410,12 +410,12 @@ def test_a_run_that_does_not_fit_in_memory_is_refused(tmp_path, monkeypatch):
 
     monkeypatch.setattr(appfiles, "available_memory", lambda: 2 ** 30)
     runs = plan(["none"], [0], "split_digits", "class", [], tmp_path / "cmp",
-                sweep="fc_units:20,1000000")
+                sweep="fc_units:20,100000")
     check_run(runs[0]["args"])
     with pytest.raises(ConfigError, match="out of memory: this run needs more than the 1 "
                                           "GiB available; lower --fc_units") as e:
         check_run(runs[1]["args"])
-    assert refusal(runs[1], e.value).startswith("--sweep value --fc_units=1000000: ")
+    assert refusal(runs[1], e.value).startswith("--sweep value --fc_units=100000: ")
 
 
 @pytest.mark.parametrize("case", ["data_dir", "data_dir_relative", "conv_weights"])
