@@ -38,7 +38,6 @@ checked before any case runs (one ``error:`` line, exit 2).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -47,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import PathRefused, check_file, write_file
+from benchmarks import Parser, PathRefused, check_file, write_file
 
 PROGRAM = "benchmarks.equivalence"
 
@@ -277,7 +276,8 @@ def check_digits() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     global RECORD_DIR
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m benchmarks.equivalence",
+                    description=__doc__.split("\n\n")[0], paths=("data_dir", "record_dir"))
     parser.add_argument("--record", action="store_true", help="write the records")
     parser.add_argument("--data_dir", help="MNIST files: also run the split MNIST cases")
     parser.add_argument("--skip_digits", action="store_true")
@@ -288,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --record: replace the record files of an earlier record "
                              "in --record_dir (any other file is never replaced)")
     args = parser.parse_args(argv)
+    if args.data_dir and not Path(args.data_dir).exists():
+        print(f"error: --data_dir={args.data_dir} does not exist", file=sys.stderr)
+        return 2
     RECORD_DIR = Path(args.record_dir)
     if args.record:
         names = ([] if args.skip_digits else ["digits.npz", "digits.json"]) + \

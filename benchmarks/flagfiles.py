@@ -16,11 +16,10 @@ anything is written (one ``error:`` line, exit 2).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from benchmarks import PathRefused, check_file, write_file
+from benchmarks import Parser, PathRefused, check_file, write_file
 from bir_keras.config import METHODS, Config, method_settings, resolve
 
 CONFIGS = Path(__file__).resolve().parent.parent / "apps" / "configs"
@@ -91,8 +90,8 @@ def flagfile_ours(path: Path) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.flagfiles",
-                                     description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m benchmarks.flagfiles",  # bad input: one error: line, exit 2
+                    description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true",
                         help="exit 1 if a flagfile is missing or out of date; write nothing")
     parser.add_argument("--overwrite", action="store_true",

@@ -38,6 +38,9 @@ that a smoke check never touches a shipped record). An existing ``--out`` is rep
 with ``--overwrite`` and only if it is this benchmark's JSON (``written_by``, or the keys of
 the records written before it carried one), a ``--quick`` run's only over another
 ``--quick`` run's; anything else is refused before any work starts (``benchmarks``' rule).
+Bad input (a flag it does not have, a value of the wrong type or out of range, an empty
+``--out`` or ``--data_dir``) is one ``error:`` line with exit code 2, before any work (flags
+parsed as the apps parse them, ``apps.common.parse_flags``).
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from benchmarks import PathRefused, check_out, write_out  # noqa: E402
+from benchmarks import PathRefused, check_out, empty_path_message, write_out  # noqa: E402
 
 PROGRAM = "benchmarks.speed"
 DEFAULT_OUT = os.path.join("benchmarks", "results", "speed.json")
@@ -552,6 +555,14 @@ def main(argv: list[str]) -> int | None:
         return _refuse(f"{', '.join(small) or f'--protocol_iters={iters}'}: --steps, --repeats "
                        "and --matmul_n must be at least 1, --warmup and --protocol_iters at "
                        "least 0")
+    for name in ("out", "data_dir"):
+        if FLAGS[name].present and not (FLAGS[name].value or "").strip():
+            return _refuse(empty_path_message(name))
+    empty = [f"--{n}" for n in ("methods", "experiments", "precisions", "seeds_at_once")
+             if not getattr(FLAGS, n)]
+    if empty:
+        return _refuse(f"{', '.join(empty)} names nothing: give at least one value, or leave "
+                       "the flag out for its default")
     if FLAGS.data_dir and not os.path.exists(FLAGS.data_dir):
         return _refuse(f"--data_dir={FLAGS.data_dir} does not exist")
     try:  # before any work: the file it may write
@@ -615,5 +626,14 @@ def _refuse(message: str) -> int:
     return 2
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """The flags as the apps parse them (``apps.common.parse_flags``): a flag it does not
+    have, a value of the wrong type or out of range, or a stray argument is one ``error:``
+    line and exit code 2, not absl's ``FATAL Flags parsing error`` and exit 1."""
+    from apps.common import parse_flags as parse
+
+    return parse(argv)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -63,7 +63,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import check_out, write_out
+from benchmarks import Parser, check_out, write_out
 from bir_keras.rundirs import PathRefused
 
 PROGRAM = "benchmarks.vs_reference"
@@ -501,15 +501,11 @@ def to_json(results: list[dict], info: dict) -> dict:
 
 
 # -- main -----------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m benchmarks.vs_reference",
-                description="Time bir_keras and the authors' code side by side.")
+    # one error: line and exit 2 for bad input, an empty path flag included
+    p = Parser(prog="python -m benchmarks.vs_reference",
+               description="Time bir_keras and the authors' code side by side.",
+               paths=("reference", "data_dir", "reference_python", "out"))
     p.add_argument("--reference", required=True,
                    help="a checkout of GMvandeVen/brain-inspired-replay")
     p.add_argument("--data_dir", required=True, help="the four MNIST IDX files (.gz or not)")
@@ -532,8 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if not args.iters_scale > 0 or args.iters_scale != args.iters_scale:
-            raise InputError(f"--iters_scale must be > 0, got {args.iters_scale}")
+        if not 0 < args.iters_scale < float("inf"):  # NaN and inf too
+            raise InputError(f"--iters_scale must be a finite number > 0, got "
+                             f"{args.iters_scale}")
         rows = parse_rows(args.rows)
         reference = check_reference(Path(args.reference).expanduser())
         data_dir = Path(args.data_dir).expanduser().resolve()

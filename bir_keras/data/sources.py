@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import socket
 import stat
 import threading
@@ -641,6 +642,20 @@ def _conversion_note(where: str, mode: str, counts: dict[str, int]) -> str | Non
     return f"{where}: images converted to the experiment's {target}: {kinds}"
 
 
+def _decode_problem(err: Exception, data: bytes) -> str:
+    """What is wrong with an image PIL could not decode, in words: PIL's own message names
+    the in-memory file object by its address (``<_io.BytesIO object at 0x...>``), which
+    says nothing."""
+    from PIL import UnidentifiedImageError
+
+    if not data:
+        return "an empty file"
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image PIL can read"
+    text = " ".join(re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(err)).split())
+    return text or type(err).__name__
+
+
 def _decode_images(
     name: str,
     items: list[tuple[str, int]],
@@ -668,8 +683,8 @@ def _decode_images(
             raise
         except (OSError, UnidentifiedImageError, ValueError, zlib.error) as err:  # decoding only
             raise DataError(
-                f"{where}: cannot decode image {key} ({err}); the file is truncated, corrupt "
-                f"or not an image, remove or replace it"
+                f"{where}: cannot decode image {key} ({_decode_problem(err, data)}); the file "
+                f"is truncated, corrupt or not an image, remove or replace it"
             ) from err
         if kind is not None and counts is not None:
             counts[kind] = counts.get(kind, 0) + 1
