@@ -294,14 +294,15 @@ def run_app(main: Callable[[list[str]], int], known_only: bool = False) -> None:
     code."""
 
     def wrapped(argv: list[str]) -> None:
-        # Ctrl-C is Python's again (apps/__init__.py ended the process on one while it
-        # started): main catches it and says what was saved
-        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
         hidden = quiet_tensorflow()
         from absl import logging
 
         logging.set_verbosity(logging.ERROR if hidden else logging.WARNING)
+        # Ctrl-C is Python's again as main starts (apps/__init__.py ended the process on one
+        # while it started, here too: a KeyboardInterrupt in the stderr filter's thread start
+        # would be a traceback): main catches it and says what was saved
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         sys.exit(main(argv))
 
     app.run(wrapped, flags_parser=lambda argv: parse_flags(argv, known_only=known_only))

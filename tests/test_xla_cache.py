@@ -238,7 +238,9 @@ with xla_cache.enabled(sys.argv[1]):
 """
 
 
-def test_a_run_survives_a_damaged_entry_tensorflow_wrote(tmp_path):
+@pytest.mark.parametrize("kinds", [("overwritten inside",), pytest.param(
+    ("truncated", "garbage", "overwritten inside"), marks=pytest.mark.slow)])
+def test_a_run_survives_a_damaged_entry_tensorflow_wrote(tmp_path, kinds):
     """A real entry, truncated and then overwritten with garbage: each later run warns, gets
     the numbers of a run without the entry, and stores it whole again (TensorFlow itself
     stops with OutOfRangeError / DataLossError on such a file)."""
@@ -259,7 +261,9 @@ def test_a_run_survives_a_damaged_entry_tensorflow_wrote(tmp_path):
     middle = bytearray(whole)  # overwritten inside, its size kept: it may still parse
     middle[len(whole) // 2:len(whole) // 2 + 4096] = os.urandom(
         len(middle[len(whole) // 2:len(whole) // 2 + 4096]))
-    for damage in (whole[:len(whole) // 2], os.urandom(len(whole)), bytes(middle)):
+    damages = {"truncated": whole[:len(whole) // 2], "garbage": os.urandom(len(whole)),
+               "overwritten inside": bytes(middle)}
+    for damage in (damages[k] for k in kinds):
         path.write_bytes(damage)
         r = run()
         assert r.returncode == 0, r.stderr[-2000:]

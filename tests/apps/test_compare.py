@@ -368,6 +368,9 @@ def test_sweep_values_become_safe_names_inside_output_dir(tmp_path):
     assert name_part("a/b") != name_part("a?b") and name_part("a/b") != "a_b"
 
 
+# real runs (about 35 s); the names are checked without runs in
+# test_sweep_values_become_safe_names_inside_output_dir
+@pytest.mark.slow
 def test_a_sweep_of_paths_writes_only_inside_output_dir(tmp_path):
     # the swept values are paths out of --output_dir: the runs stay inside it (split digits
     # has no conv layers, so --conv_weights is not read); a '$' in a value is no
@@ -485,6 +488,9 @@ def test_an_interrupted_pack_is_compares_own(tmp_path, foreign):
     assert not Folder(root).mark()
 
 
+# a real Ctrl-C of a real pack (about 40 s); the state it leaves is checked without runs
+# in test_an_interrupted_pack_is_compares_own
+@pytest.mark.slow
 def test_a_packed_compare_stopped_by_ctrl_c_is_continued(tmp_path):
     root = tmp_path / "cmp"
     args = [*TINY[:-1], "--iters=1000", "--seeds=2", f"--output_dir={root}"]

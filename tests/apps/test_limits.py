@@ -148,7 +148,7 @@ def test_a_run_stopped_after_its_last_export_is_finished_without_training(tmp_pa
     # Ctrl-C after the last task's export but before results.json: the export holds every
     # task, the output directory was never written. The same command with --resume_from
     # writes results, plots and TensorBoard from the export, without training.
-    first = [*FAST, "--tasks=2", "--method=bir", f"--export_dir={tmp_path / 'exp'}"]
+    first = [*FAST, "--tasks=2", "--method=lwf", f"--export_dir={tmp_path / 'exp'}"]
     r = train(*first, f"--output_dir={tmp_path / 'straight'}")
     assert r.returncode == 0, r.stderr[-2000:]
     before = (tmp_path / "exp" / "run.json").read_bytes()

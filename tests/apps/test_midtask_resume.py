@@ -72,7 +72,7 @@ def test_a_pack_checkpoints_inside_a_task_and_a_seed_resumes_alone(tmp_path, mon
     # --seeds_at_once packs save each seed's progress inside a task as single runs do (they
     # saved none); a packed seed's export, resumed alone with XLA left to choose, steps
     # without XLA as the pack did, so it goes on with the batches it was trained with
-    cfg = config("bir", seed=12)
+    cfg = config("si", seed=12)
     real = export.save_progress
     saves = []
 

@@ -11,7 +11,7 @@ from tests.apps.test_train_app import FAST
 
 def test_quality_scores_survive_a_continued_export(tmp_path):
     exp = tmp_path / "exp"
-    base = [*FAST, "--method=bir", f"--export_dir={exp}"]
+    base = [*FAST, "--method=none", f"--export_dir={exp}"]
     r = train(*base, "--tasks=1", f"--output_dir={tmp_path / 'o1'}")
     assert r.returncode == 0, r.stderr[-2000:]
     # what apps.evaluate_generator leaves: quality.json in the export, listed by its marker

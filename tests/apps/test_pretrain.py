@@ -240,7 +240,8 @@ def test_numeric_flags_are_checked_before_tensorflow_loads(tmp_path):
     assert not [ln for ln in r.stderr.splitlines() if ln.rstrip().endswith("| tensorflow")]
 
 
-@pytest.mark.parametrize("lr", ["1e10", "1e30"])
+# 1e30 (a loss infinite at once) with --run-slow: each case is a short pre-training
+@pytest.mark.parametrize("lr", ["1e10", pytest.param("1e30", marks=pytest.mark.slow)])
 def test_diverged_loss_is_one_error_line_and_writes_nothing(trained, tmp_path, lr):
     """A learning rate that makes the loss non-finite (issue 46): exit 1, one error line
     naming --lr, no weights or record written."""

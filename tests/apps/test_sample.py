@@ -404,7 +404,9 @@ def test_huge_class_id_without_run_json_exit_2_before_tensorflow(tmp_path):
         "error: class ids must be >= 0 and below 2^31, got [0, 4294967296]"]
 
 
-@pytest.mark.parametrize("case", ["garbage_pb", "no_variables", "export_dir_is_a_file"])
+# no_variables (another way a SavedModel fails to load) with --run-slow
+@pytest.mark.parametrize("case", ["garbage_pb", pytest.param("no_variables", marks=pytest.mark.slow),
+                                  "export_dir_is_a_file"])
 def test_corrupt_saved_model_one_line_exit_2(bir_export, tmp_path, case):
     import shutil
 
