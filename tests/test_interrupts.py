@@ -148,6 +148,9 @@ def test_second_ctrl_c_line_and_buffered_output_reach_files(tmp_path, attempt):
         interrupts.HARD_STOP_MESSAGE.decode().strip()]
 
 
+# a whole apps.train (about 12 s); the mechanism (the stderr filter's pipe, a process in a C
+# call, output to files) is tested above without TensorFlow
+@pytest.mark.slow
 def test_apps_train_second_ctrl_c_line_reaches_a_file(tmp_path):
     from tests.apps.test_train_app import FAST
 

@@ -238,6 +238,8 @@ with xla_cache.enabled(sys.argv[1]):
 """
 
 
+# real TensorFlow runs (about 5 s each); every kind of damage is found without TensorFlow in
+# test_damaged_entries_are_removed_with_one_warning
 @pytest.mark.parametrize("kinds", [("overwritten inside",), pytest.param(
     ("truncated", "garbage", "overwritten inside"), marks=pytest.mark.slow)])
 def test_a_run_survives_a_damaged_entry_tensorflow_wrote(tmp_path, kinds):

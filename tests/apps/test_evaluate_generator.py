@@ -175,7 +175,8 @@ def test_malformed_run_json_exit_2_before_tensorflow(tmp_path, run_json, words):
 # run.json case by default, the rest with --run-slow
 @pytest.mark.parametrize("case", [
     "garbage_pb", pytest.param("no_variables", marks=pytest.mark.slow),
-    "tasks_learned_not_a_count", pytest.param("more_learned_than_tasks", marks=pytest.mark.slow),
+    pytest.param("tasks_learned_not_a_count", marks=pytest.mark.slow),
+    pytest.param("more_learned_than_tasks", marks=pytest.mark.slow),
     pytest.param("nothing_learned", marks=pytest.mark.slow)])
 def test_corrupt_export_one_line_exit_2(tmp_path_factory, tmp_path, case):
     exp = tmp_path / "export"

@@ -127,6 +127,9 @@ def _mount_small_tmpfs(where: Path) -> bool:
     return r.returncode == 0
 
 
+# a whole run on a real 64 KiB tmpfs (about 14 s); the naming of each error is tested above
+# with the errors injected
+@pytest.mark.slow
 def test_a_run_on_a_full_file_system_says_so(tmp_path):
     disk = tmp_path / "disk"
     if not _mount_small_tmpfs(disk):
@@ -148,7 +151,7 @@ def test_a_run_stopped_after_its_last_export_is_finished_without_training(tmp_pa
     # Ctrl-C after the last task's export but before results.json: the export holds every
     # task, the output directory was never written. The same command with --resume_from
     # writes results, plots and TensorBoard from the export, without training.
-    first = [*FAST, "--tasks=2", "--method=lwf", f"--export_dir={tmp_path / 'exp'}"]
+    first = [*FAST, "--tasks=1", "--method=lwf", f"--export_dir={tmp_path / 'exp'}"]
     r = train(*first, f"--output_dir={tmp_path / 'straight'}")
     assert r.returncode == 0, r.stderr[-2000:]
     before = (tmp_path / "exp" / "run.json").read_bytes()
@@ -167,10 +170,8 @@ def test_a_run_stopped_after_its_last_export_is_finished_without_training(tmp_pa
     assert list((tmp_path / "out" / "tensorboard").glob("events.out.tfevents.*"))
     assert (tmp_path / "exp" / "run.json").read_bytes() == before  # the export is untouched
     # asking for fewer tasks than the export learned is still refused
-    r = train(*[a.replace("--tasks=2", "--tasks=1") for a in first],
-              f"--output_dir={tmp_path / 'o1'}", f"--resume_from={tmp_path / 'exp'}")
-    assert r.returncode == 2 and "already learned 2 tasks and this run asks for --tasks=1" \
-        in r.stderr, r.stderr[-2000:]
+    # asking for fewer tasks than the export learned is still refused (tests/apps/
+    # test_train_app.py::test_resume_from_a_broken_checkpoint_says_which)
 
 
 def test_config_refuses_a_method_against_a_flag_given_at_its_default():

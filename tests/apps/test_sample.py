@@ -429,6 +429,9 @@ def test_corrupt_saved_model_one_line_exit_2(bir_export, tmp_path, case):
     assert not out.exists()
 
 
+# the program around the signature's refusal (about 9 s); the signature itself is tested in
+# tests/test_export_signatures.py
+@pytest.mark.slow
 def test_class_ids_refused_by_the_signature_without_run_json(bir_export, tmp_path):
     # no run.json to check the ids against: the SavedModel's sample signature refuses them
     model = tmp_path / "model"
