@@ -30,6 +30,13 @@ class Config:
     seed: int = 0
     keep_label_order: bool = False
     data_dir: str | None = None
+    # your own data (``--experiment=custom``, ``bir_keras.data.streams``): how its classes
+    # form tasks (``classes_per_task`` at a time in the data's class order, or explicit
+    # ``task_classes``, a tuple of tuples of class names) and the most tasks the run may
+    # ever hold (``capacity``; default the data's tasks), so that it can learn more later
+    classes_per_task: int | None = None
+    task_classes: tuple[tuple[str, ...], ...] | None = None
+    capacity: int | None = None
     # replay: none | offline (Joint) | current (LwF) | generative (GR, BI-R) | buffer
     # None: off, or as ``method`` sets it (``resolve`` fills the off value): so that
     # ``Config(method="bir", replay="none")`` is refused as ``--method=bir --replay=none`` is
@@ -92,6 +99,12 @@ EXPERIMENTS: dict[str, tuple[str, int, int, bool]] = {
     "split_digits": ("digits", 5, 2, True),
 }
 
+# your own data as a stream of tasks (``bir_keras.data.streams``; ``--data_dir`` names an
+# ``.npz`` or a folder of task folders): not a row of EXPERIMENTS, its tasks come with the data
+CUSTOM = "custom"
+# the settings that only a stream reads
+STREAM_FIELDS = ("classes_per_task", "task_classes", "capacity")
+
 # permuted MNIST's tasks are drawn, not cut from a dataset: ten times the paper's longest run
 PERMUTED_MAX_TASKS = 1000
 
@@ -100,17 +113,25 @@ def max_tasks(experiment: str) -> int | None:
     """The most tasks ``experiment`` has (its dataset's classes split ``classes_per_task`` at a
     time; known before any data loads); permuted MNIST makes a task of any number from one
     dataset and stops at ``PERMUTED_MAX_TASKS``."""
+    if experiment == CUSTOM:
+        return None   # as many as the data has (and the run's capacity allows)
     _, default_tasks, _, _ = EXPERIMENTS[experiment]
     return PERMUTED_MAX_TASKS if experiment == "permuted_mnist" else default_tasks
+
+
+def has_conv_layers(experiment: str) -> bool:
+    """Whether ``experiment``'s inputs go through conv layers (CIFAR; your own data goes
+    into fully connected networks, flattened)."""
+    return experiment != CUSTOM and not EXPERIMENTS[experiment][3]
 
 
 def check_setting(experiment: str, scenario: str, tasks: int | None = None) -> None:
     """Refuse (``ConfigError``) an experiment, a scenario or a number of tasks that no protocol
     has, before any data loads. The one home of these rules: ``make_protocol`` and
     ``bir_keras.config.resolve`` call it."""
-    if experiment not in EXPERIMENTS:
-        raise ConfigError(f"--experiment must be one of {', '.join(EXPERIMENTS)}, "
-                          f"got {experiment!r}")
+    if experiment not in EXPERIMENTS and experiment != CUSTOM:
+        raise ConfigError(f"--experiment must be one of {', '.join(EXPERIMENTS)} or {CUSTOM} "
+                          f"(your own data), got {experiment!r}")
     if scenario not in SCENARIOS:
         raise ConfigError(f"--scenario must be one of {', '.join(SCENARIOS)}, got {scenario!r}")
     if tasks is None:
@@ -118,6 +139,8 @@ def check_setting(experiment: str, scenario: str, tasks: int | None = None) -> N
     if tasks < 1:
         raise ConfigError(f"--tasks must be at least 1, got {tasks}")
     most = max_tasks(experiment)
+    if most is None:
+        return
     if experiment == "permuted_mnist" and tasks > most:
         raise ConfigError(f"--tasks={tasks}: permuted MNIST runs at most {most} tasks here (the "
                           "paper's longest run has 100; each task is a permutation drawn before "
@@ -139,6 +162,8 @@ EXPERIMENT_DEFAULTS: dict[str, dict[str, Any]] = {
     "split_cifar10": dict(iters=5000, lr=0.0001, batch=256, fc_units=2000),
     # the offline demo: sklearn's 8x8 digits, small and quick
     "split_digits": dict(iters=300, lr=0.001, batch=64, fc_units=100),
+    # your own data: split MNIST's settings, the paper's for fully connected networks
+    CUSTOM: dict(iters=2000, lr=0.001, batch=128, fc_units=400),
 }
 
 # buffer replay's samples per class when --budget is not given
@@ -187,7 +212,7 @@ DG_PROPS: dict[tuple[str, str], dict[str, float]] = {
 
 def _family(experiment: str) -> str:
     return {"split_fashion_mnist": "split_mnist", "split_digits": "split_mnist",
-            "split_cifar10": "split_cifar100"}.get(experiment, experiment)
+            "split_cifar10": "split_cifar100", CUSTOM: "split_mnist"}.get(experiment, experiment)
 
 
 def paper_hparams(experiment: str, scenario: str) -> dict[str, Any]:
@@ -340,7 +365,7 @@ def resolve(config: Config, conv_protocol: bool | None = None) -> Config:
     ``check_setting`` (which ``make_protocol`` calls too), every other field by ``check``."""
     check_setting(config.experiment, config.scenario, config.tasks)
     if conv_protocol is None:
-        conv_protocol = not EXPERIMENTS[config.experiment][3]
+        conv_protocol = has_conv_layers(config.experiment)
     c = with_method(config)
     for k, v in EXPERIMENT_DEFAULTS[c.experiment].items():
         if getattr(c, k) is None:
@@ -410,6 +435,16 @@ def check(c: Config, conv_protocol: bool) -> None:
     for these flags."""
     if c.method is not None:
         check_method(c.method)
+    if c.experiment != CUSTOM:
+        given = [k for k in STREAM_FIELDS if getattr(c, k) is not None]
+        if given:
+            raise ConfigError(f"--{given[0]} is for your own data (--experiment={CUSTOM}); "
+                              f"{c.experiment} has its own tasks")
+    if c.task_classes is not None and (
+            isinstance(c.task_classes, str)
+            or not all(isinstance(t, (tuple, list)) and t for t in c.task_classes)):
+        raise ConfigError("task_classes must be a list of tasks, each a list of class names "
+                          f"(--task_classes=a,b/c,d), got {c.task_classes!r}")
     if c.replay not in REPLAYS:
         raise ConfigError(f"--replay must be {_one_of(REPLAYS)}, got {c.replay!r}")
     if c.budget is not None and c.replay != "buffer":
@@ -500,7 +535,8 @@ INT_RANGES: dict[str, tuple[int, int]] = dict(
     iters=(1, 10_000_000), g_iters=(0, 10_000_000), batch=(1, 1_000_000),
     batch_replay=(1, 1_000_000), fc_units=(1, 100_000), g_fc_units=(1, 100_000),
     fc_layers=(0, 32), z_dim=(1, 10_000), fisher_n=(1, 10_000_000), budget=(1, 1_000_000),
-    log_every=(1, 10_000_000), eval_batch=(1, 1_000_000))
+    log_every=(1, 10_000_000), eval_batch=(1, 1_000_000), classes_per_task=(1, 100_000),
+    capacity=(1, 100_000))
 INT_RANGE_WHY = dict(fc_layers="each layer is traced into every step: deeper than this takes "
                                "minutes to compile before the first iteration")
 
@@ -563,7 +599,7 @@ def unpackable(c: Config) -> str | None:
     # the inputs are conv features cached once (experiment.prepare) or pixels that the
     # step's conv layers see
     features = c.hidden or (c.freeze_convE and c.replay != "generative")
-    if not EXPERIMENTS[c.experiment][3] and not features:
+    if has_conv_layers(c.experiment) and not features:
         return ("--seeds_at_once does not pack conv layers that train in the step "
                 "(pixel-level CIFAR; batch-norm statistics are state of the step): use "
                 "--hidden or --freeze_convE, or run the seeds separately")

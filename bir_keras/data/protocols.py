@@ -104,6 +104,9 @@ class Protocol:
     # ~71 MB per task (60000 x 1024 training pixels and the test set): it keeps the task
     # being learned, and ``test_set`` builds the others' test sets when they are evaluated
     keep_tasks: int | None = None
+    # a protocol of your own data (``bir_keras.data.streams.StreamInfo``): the input's kind
+    # and shape, feature statistics, each task's class names; None for the paper's protocols
+    stream: object | None = None
     _task_fn: Callable[[int], Task] | None = dataclasses.field(default=None, repr=False)
     _test_fn: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = dataclasses.field(
         default=None, repr=False)
@@ -180,7 +183,7 @@ class Protocol:
 
     def preprocess_np(self, x: np.ndarray) -> np.ndarray:
         """Turn stored inputs into model inputs (the numpy twin of the in-graph version)."""
-        if self.features:
+        if x.dtype != np.uint8:
             return x.astype(np.float32)
         return normalise_pixels(x.astype(np.float32), self.mean, self.std)
 
@@ -195,6 +198,8 @@ class Protocol:
             "class_order": [int(c) for c in self.class_order],
             "dataset": self.dataset_name,
             "features": self.features,
+            **({"capacity": self.capacity, "class_names": list(self.class_names),
+                **self.stream.describe()} if self.stream is not None else {}),
         }
 
     def with_features(self, fn: Callable[[np.ndarray], np.ndarray], dim: int) -> Protocol:
