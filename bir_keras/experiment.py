@@ -81,7 +81,11 @@ def resume(trainer: Trainer, setup: Setup, resume_from: str):
     rundirs.check_resume_flags(resume_from, old["flags"], setup.config.to_dict())
     mine = setup.protocol.describe()
     theirs = dict(old["protocol"])
-    for key in ("experiment", "scenario", "classes_per_task", "dataset", "features"):
+    # a run on your own data may continue on new data (another file: its ``dataset``);
+    # ``streams.stream_protocol`` has checked that the new data comes as the old did
+    keys = ("experiment", "scenario", "classes_per_task", "features") + (
+        ("dataset",) if setup.protocol.stream is None else ("kind", "sample_shape", "capacity"))
+    for key in keys:
         if theirs.get(key) != mine.get(key):
             raise ConfigError(f"--resume_from={resume_from} has a different protocol "
                               f"({key}={theirs.get(key)!r}, this run has {mine.get(key)!r})")
@@ -180,7 +184,7 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
         strategy: tf.distribute.Strategy | None = None, is_chief: bool = True,
         verbose: bool = True, setup: Setup | None = None,
         progress_every: float | None = 30.0, checkpoint_every: float | None = 5.0,
-        seeds_at_once: int = 1) -> dict | list[dict]:
+        seeds_at_once: int = 1, data=None) -> dict | list[dict]:
     """Train, evaluate after each task, export after each task, write results atomically.
 
     The chief claims ``output_dir`` and ``export_dir`` for the whole run
@@ -194,7 +198,10 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
     compiled step (``strategies.pack``), each writing what a separate run writes into
     ``rundirs.seed_dirs`` (its checkpoints inside a task included); it returns their records
     (one record for K = 1). A pack does not resume as a whole: each seed's export resumes on
-    its own, stepping without XLA as the pack did (``_packed_resume``)."""
+    its own, stepping without XLA as the pack did (``_packed_resume``).
+
+    ``data``: a ``bir_keras.data.streams.TaskStream`` for ``config.experiment == "custom"``
+    (else the ``.npz`` or folder at ``config.data_dir`` is read)."""
     if export_dir is None:
         export_dir = str(rundirs.default_export_dir(output_dir))
     check_intervals(progress_every, checkpoint_every)
@@ -213,7 +220,7 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
         for s, (out, exp) in zip(seeds, dirs):
             cfg = dataclasses.replace(config, seed=s)
             runs.append(_SeedRun(cfg, out, exp, resume_from, strategy, is_chief, verbose,
-                                 setup, checkpoint_every, seeds_at_once))
+                                 setup, checkpoint_every, seeds_at_once, data))
         recs = _run(runs, progress_every if verbose else None)
     return recs[0] if seeds_at_once == 1 else recs
 
@@ -226,11 +233,11 @@ class _SeedRun:
     disk (``saved``: the tasks whose final state is exported, and where)."""
 
     def __init__(self, config, output_dir, export_dir, resume_from, strategy, is_chief,
-                 verbose, setup, checkpoint_every, pack_size=1):
+                 verbose, setup, checkpoint_every, pack_size=1, data=None):
         self.pack_size = pack_size
         self.out, self.export_dir = Path(output_dir), export_dir
         self.resume_from, self.is_chief = resume_from, is_chief
-        setup = setup or prepare(config)
+        setup = setup or prepare(config, data, resume_from)
         if resume_from:
             setup = _packed_resume(setup, resume_from, verbose)
         self.setup = setup

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from bir_keras import rundirs
+from bir_keras.data.streams import STREAM_FILE, save_learned
 from bir_keras.fileio import atomic_dir, atomic_write_json
 from bir_keras.strategies.base import Trainer, VariableList
 
@@ -61,7 +62,11 @@ class RunModule(tf.Module):
         self.model_variables = list(nets["model"].variables)
         self._trunk = _Ref(trunk)
         self.trunk_variables = list(trunk.variables) if trunk is not None else []
-        spec = tf.TensorSpec([None, *pixels.input_shape], tf.float32, name="x")
+        # a stream's inputs come as the user's samples are shaped (images [H, W(, C)] or
+        # features [D]); the paper's protocols' as the protocol stores them
+        self._stream = p.stream
+        shape = p.stream.sample_shape if p.stream is not None else pixels.input_shape
+        spec = tf.TensorSpec([None, *shape], tf.float32, name="x")
         self.classify = tf.function(self._classify, autograph=False, input_signature=[spec])
         self.classify_task = tf.function(self._classify_task, autograph=False, input_signature=[
             spec, tf.TensorSpec([None], tf.int32, name="task_ids")])
@@ -71,7 +76,8 @@ class RunModule(tf.Module):
         # Task-IL and Class-IL, mode task * cpt + u in Domain-IL.
         labels = mode_dataset_labels(p)
         self.mode_dataset_labels = tf.constant(labels, tf.int32)
-        self.mode_class_names = tf.constant([str(p.class_names[c]) for c in labels])
+        self.mode_class_names = tf.constant([str(p.class_names[c]) if c >= 0 else ""
+                                             for c in labels])
         self.dataset_class_names = tf.constant([str(n) for n in p.class_names])
         self.scenario = tf.constant(p.scenario)
         self.classes_per_task = tf.constant(p.classes_per_task, tf.int32)
@@ -95,6 +101,12 @@ class RunModule(tf.Module):
                 input_signature=[tf.TensorSpec([None, *p.input_shape], tf.float32, name="h")])
 
     def _inputs(self, x):
+        if self._stream is not None:
+            x = tf.reshape(x, [tf.shape(x)[0], -1])
+            if self._stream.feature_mean is not None:
+                # features standardised as in training (``streams.standardise``)
+                return (x - tf.constant(self._stream.feature_mean)) / tf.constant(
+                    self._stream.feature_std)
         x = self._check_pixels(x)
         if self._pixels.mean is not None:
             x = (x - tf.constant(self._pixels.mean)) / tf.constant(self._pixels.std)
@@ -194,7 +206,15 @@ class RunModule(tf.Module):
         modes = class_ids % cpt if p.scenario == "domain" else class_ids
         eps = tf.random.normal([tf.shape(class_ids)[0], tr.config.z_dim])
         x = tr.sample(modes, class_ids // cpt, eps)
-        if not self._trainer.protocol.features:
+        if self._stream is not None:
+            # as the user's samples come: features in their own scale, images in their shape
+            if self._stream.feature_mean is not None:
+                x = x * tf.constant(self._stream.feature_std) + tf.constant(
+                    self._stream.feature_mean)
+            else:
+                x = tf.clip_by_value(x, 0.0, 1.0)
+            x = tf.reshape(x, [tf.shape(x)[0], *self._stream.sample_shape])
+        elif not self._trainer.protocol.features:
             if self._pixels.mean is not None:
                 x = x * tf.constant(self._pixels.std) + tf.constant(self._pixels.mean)
             x = tf.clip_by_value(x, 0.0, 1.0)
@@ -211,6 +231,9 @@ def mode_dataset_labels(protocol) -> list[int]:
     n, cpt = protocol.num_pairs, protocol.classes_per_task
     if len(order) >= n:
         return order[:n]
+    if protocol.stream is not None:
+        # your own data: the classes of tasks not yet learned are not known (-1, no name)
+        return order + [-1] * (n - len(order))
     return [order[m % cpt] for m in range(n)]
 
 
@@ -228,6 +251,9 @@ def export_run(trainer: Trainer, export_dir: str | os.PathLike, record: dict,
             sigs["classify_features"] = module.classify_features
         tf.saved_model.save(module, str(tmp / SAVED_MODEL), signatures=sigs)
         checkpoint_for(trainer).write(str(tmp / CHECKPOINT / "ckpt"))
+        if trainer.protocol.stream is not None:
+            # the learned tasks' test sets and the input statistics, to learn more later
+            save_learned(trainer.protocol, trainer.tasks_learned, tmp / STREAM_FILE)
         atomic_write_json(tmp / RUN_JSON, record)
         _keep_quality_scores(Path(export_dir), tmp, trainer.verbose)
         rundirs.write_marker(tmp, rundirs.EXPORT)

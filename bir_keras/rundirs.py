@@ -40,7 +40,9 @@ CONTENTS = {
     OUTPUT: {MARKER, "results.json", "accuracy.png", "accuracy_matrix.png", "tensorboard"},
     # quality.json: apps.evaluate_generator's scores, written there by default;
     # task_progress: the checkpoint inside a task (--checkpoint_every), marked on its own
-    EXPORT: {MARKER, "saved_model", "checkpoint", "run.json", "quality.json", "task_progress"},
+    # stream.npz: a run on your own data keeps its tasks' test sets there (data.streams)
+    EXPORT: {MARKER, "saved_model", "checkpoint", "run.json", "quality.json", "task_progress",
+             "stream.npz"},
     PROGRESS: {MARKER, "checkpoint", "progress.json"},
     # apps.compare's --output_dir; its runs/ hold output and export directories of their own
     COMPARE: {MARKER, "table.md", "table.csv", "accuracy.png", "sweep.png", "runs"},
@@ -398,8 +400,9 @@ def free_sibling(path: str | os.PathLike, kind: str) -> Path:
 
 # settings a continued run may change: how much more to learn, where the data lies, how the
 # step executes; every other setting shapes the networks or the training and must match
-RESUME_MAY_CHANGE = {"tasks", "data_dir", "method", "strategy", "jit_compile", "eval_batch",
-                     "log_every", "notes"}
+# (a run on your own data may continue on new data: its split into tasks with it)
+RESUME_MAY_CHANGE = {"tasks", "data_dir", "classes_per_task", "task_classes", "method",
+                     "strategy", "jit_compile", "eval_batch", "log_every", "notes"}
 # what a refusal lists (eval_batch is a Config field without a flag; notes are what resolve
 # told the user, such as a --data_dir that the experiment does not read)
 _RESUME_FLAGS = sorted(RESUME_MAY_CHANGE - {"method", "eval_batch", "notes"})
