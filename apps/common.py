@@ -120,7 +120,9 @@ def memory_estimate(c: Config) -> tuple[int, str]:
     units = c.fc_units or EXPERIMENT_DEFAULTS.get(c.experiment, {}).get("fc_units", 400)
     batch = (c.batch or EXPERIMENT_DEFAULTS.get(c.experiment, {}).get("batch", 128)) \
         + (c.batch_replay or 0)
-    inputs = {"split_digits": 64}.get(c.experiment, 784 if EXPERIMENTS[c.experiment][3] else 3072)
+    # (your own data's size is known once it loads: as CIFAR's, 3072)
+    inputs = {"split_digits": 64}.get(c.experiment, 784 if c.experiment in EXPERIMENTS
+                                      and EXPERIMENTS[c.experiment][3] else 3072)
     layers = max(c.fc_layers, 1)
     # weights of classifier and generator, Adam's two slots, frozen copies: ~ x8, float32
     weights = 8 * 4 * (inputs * units + (layers - 1) * units * units)
@@ -325,8 +327,9 @@ def define_train_flags() -> None:
     d = flags
     _D = Config()
     d.DEFINE_string("experiment", _D.experiment, "protocol: split_mnist, permuted_mnist, "
-                    "split_cifar100, split_cifar10, split_fashion_mnist, split_digits "
-                    f"(default {_D.experiment})")
+                    "split_cifar100, split_cifar10, split_fashion_mnist, split_digits, or "
+                    "custom: your own data at --data_dir (an .npz or a folder of task "
+                    f"folders) (default {_D.experiment})")
     d.DEFINE_string("scenario", _D.scenario, "task, domain or class: Task-IL, Domain-IL or "
                     f"Class-IL (default {_D.scenario})")
     d.DEFINE_string("method", _D.method, f"shorthand for a method of the paper with its "
@@ -348,7 +351,17 @@ def define_train_flags() -> None:
                   f"of a seed-dependent permutation (default {_on(_D.keep_label_order)})")
     d.DEFINE_string("data_dir", _D.data_dir, "local data files (IDX .gz, CIFAR pickles, image "
                     "folder or its .zip); default: TFDS (downloads where the internet is "
-                    "reachable)")
+                    "reachable). With --experiment=custom: an .npz (x_train, y_train, x_test, "
+                    "y_test[, class_names]) or a folder DIR/<task>/{train,test}/<class>/*.png")
+    d.DEFINE_integer("classes_per_task", _D.classes_per_task, "--experiment=custom: the data's "
+                     "classes form tasks this many at a time, in their order (sorted labels, "
+                     "or class_names)")
+    d.DEFINE_string("task_classes", None, "--experiment=custom: the classes of each task, "
+                    "tasks separated by / and classes by commas, e.g. 3,5/0,1 (class names, "
+                    "or labels where the data has no class_names)")
+    d.DEFINE_integer("capacity", _D.capacity, "--experiment=custom: the most tasks the run may "
+                     "ever hold, so that its export can learn new classes later with "
+                     "--resume_from and new --data_dir (default: the data's tasks)")
     d.DEFINE_string("output_dir", None, "where results.json, accuracy.png and tensorboard/ go "
                     "(default runs/<run name>); never overwritten without --overwrite")
     d.DEFINE_string("export_dir", None, "SavedModel + checkpoint + run.json, after every task "
@@ -472,6 +485,8 @@ def config_from_flags(f) -> Config:
     for field in dataclasses.fields(Config):
         if field.name in f:
             values[field.name] = f[field.name].value
+    if values.get("task_classes") is not None:
+        values["task_classes"] = parse_task_classes(values["task_classes"])
     if f.method:
         # a flag given against the method is refused, even at its default value (which
         # ``Config`` alone cannot tell from not given)
@@ -480,6 +495,15 @@ def config_from_flags(f) -> Config:
             if not f[k].present:
                 values[k] = v
     return Config(**values)
+
+
+def parse_task_classes(text: str) -> tuple[tuple[str, ...], ...]:
+    """``--task_classes=3,5/0,1`` as ``(("3", "5"), ("0", "1"))``."""
+    tasks = tuple(tuple(c.strip() for c in t.split(",")) for t in text.split("/"))
+    if not text.strip() or any(not c for t in tasks for c in t):
+        raise ConfigError(f"--task_classes={text}: give each task's classes separated by "
+                          "commas and the tasks by /, e.g. 3,5/0,1 (no empty names)")
+    return tasks
 
 
 def run_name(c: Config) -> str:
@@ -506,10 +530,10 @@ def check_data_dir(path: str | None) -> None:
 def check_conv_weights(c: Config) -> None:
     """Refuse (``DataError``) a ``--conv_weights`` file that the run would read (a CIFAR
     protocol) and that is not the conv trunk's weights, before TensorFlow loads."""
-    from bir_keras.config import EXPERIMENTS
+    from bir_keras.config import has_conv_layers
     from bir_keras.weightsfile import check_weights_file
 
-    if c.conv_weights and c.conv_weights != "random" and not EXPERIMENTS[c.experiment][3]:
+    if c.conv_weights and c.conv_weights != "random" and has_conv_layers(c.experiment):
         check_weights_file(c.conv_weights, "--conv_weights")
 
 

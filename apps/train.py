@@ -129,7 +129,8 @@ def _train(config, out: str, export_dir: str, strategy, is_chief: bool, hint: st
 
     with common.out_of_memory_names(hint):
         # one seed: its data loaded here; several: each seed's inside ``run``
-        setup = experiment.prepare(config) if FLAGS.seeds_at_once == 1 else None
+        setup = experiment.prepare(config, resume_from=FLAGS.resume_from) \
+            if FLAGS.seeds_at_once == 1 else None
         try:
             rec = experiment.run(setup.config if setup else config, out, export_dir=export_dir,
                                  resume_from=FLAGS.resume_from, overwrite=FLAGS.overwrite,

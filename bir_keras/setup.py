@@ -95,6 +95,8 @@ def stream_for(config: Config, data: TaskStream | None, resume_from: str | None)
     learned = None
     if resume_from:
         learned = read_learned(resume_from, rundirs.read_resume_record(resume_from))
+        if not learned.tasks:
+            learned = None   # nothing learned yet: the same data starts again
     return stream_protocol(data, config.scenario, classes_per_task=config.classes_per_task,
                            task_classes=config.task_classes, tasks=config.tasks,
                            capacity=config.capacity, learned=learned)

@@ -389,6 +389,10 @@ def read_learned(export_dir, record: dict) -> Learned:
     if proto.get("experiment") != CUSTOM:
         raise DataError(f"{export_dir} is a run of {proto.get('experiment')!r}, not of your "
                         f"own data: continue it with --experiment={proto.get('experiment')}")
+    if n == 0:
+        # stopped inside its first task (a checkpoint there, no export yet): nothing learned
+        return Learned(list(proto["class_names"]), [], [], proto["kind"],
+                       tuple(proto["sample_shape"]), None, None, int(proto["capacity"]))
     try:
         with np.load(path, allow_pickle=False) as z:
             sets = [(z[f"x_test_{t}"], z[f"y_test_{t}"]) for t in range(n)]
