@@ -633,13 +633,15 @@ def _image_pixels(img, mode: str, key: str, where: str) -> tuple[np.ndarray, str
     return np.asarray(img.convert(mode), dtype=np.uint8), _MODE_KINDS[img.mode]
 
 
-def _conversion_note(where: str, mode: str, counts: dict[str, int]) -> str | None:
-    """The one note about the images that were converted (None: none was)."""
+def _conversion_note(where: str, mode: str, counts: dict[str, int],
+                     whose: str = "the experiment's") -> str | None:
+    """The one note about the images that were converted (None: none was) to ``whose``
+    8-bit grey (``mode`` "L") or RGB."""
     if not counts:
         return None
     kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
     target = "8-bit grey" if mode == "L" else "8-bit RGB"
-    return f"{where}: images converted to the experiment's {target}: {kinds}"
+    return f"{where}: images converted to {whose} {target}: {kinds}"
 
 
 def _decode_problem(err: Exception, data: bytes) -> str:
@@ -656,6 +658,23 @@ def _decode_problem(err: Exception, data: bytes) -> str:
     return text or type(err).__name__
 
 
+def _decode_image(data: bytes, key: str, where: str, decode: Callable):
+    """``decode(img)`` of the PIL image in ``data`` (``key`` names it); a decoding failure
+    is a ``DataError`` saying what is wrong with the file, ``DataError`` passes through."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return decode(img)
+    except DataError:
+        raise
+    except (OSError, UnidentifiedImageError, ValueError, zlib.error) as err:  # decoding only
+        raise DataError(
+            f"{where}: cannot decode image {key} ({_decode_problem(err, data)}); the file "
+            f"is truncated, corrupt or not an image, remove or replace it"
+        ) from err
+
+
 def _decode_images(
     name: str,
     items: list[tuple[str, int]],
@@ -665,27 +684,20 @@ def _decode_images(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode images with PIL into a uint8 array of the dataset's expected shape; the
     images that needed a conversion are counted by kind in ``counts``."""
-    from PIL import Image, UnidentifiedImageError
-
     height, width, channels = EXPECTED_SHAPES[name]
     mode = "L" if channels == 1 else "RGB"
     x = np.empty((len(items), height, width, channels), dtype=np.uint8)
     y = np.fromiter((label for _, label in items), dtype=np.int64, count=len(items))
     for i, (key, _) in enumerate(items):
         data = read(key)  # raises DataError itself, saying whether the OS or the data failed
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                found = (img.height, img.width, len(img.getbands()))
-                if found[:2] != (height, width):
-                    raise _shape_error(name, found, f"{where}: {key}")
-                pixels, kind = _image_pixels(img, mode, key, where)
-        except DataError:
-            raise
-        except (OSError, UnidentifiedImageError, ValueError, zlib.error) as err:  # decoding only
-            raise DataError(
-                f"{where}: cannot decode image {key} ({_decode_problem(err, data)}); the file "
-                f"is truncated, corrupt or not an image, remove or replace it"
-            ) from err
+
+        def decode(img, key=key):
+            found = (img.height, img.width, len(img.getbands()))
+            if found[:2] != (height, width):
+                raise _shape_error(name, found, f"{where}: {key}")
+            return _image_pixels(img, mode, key, where)
+
+        pixels, kind = _decode_image(data, key, where, decode)
         if kind is not None and counts is not None:
             counts[kind] = counts.get(kind, 0) + 1
         x[i] = pixels.reshape(height, width, channels)

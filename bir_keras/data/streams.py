@@ -88,6 +88,8 @@ class TaskStream:
         self.y_train, self.y_test = labels["train"], labels["test"]   # indices into names
         self.sample_shape = tuple(int(d) for d in self.x_train.shape[1:])
         self.tasks = None if tasks is None else [[self._name(c) for c in t] for t in tasks]
+        # what reading files changed that the caller may tell the user (``stream_files``)
+        self.notes: tuple[str, ...] = ()
 
     def _name(self, c) -> str:
         """The class name of ``c`` (a name, or a label when the stream's labels are ints)."""
