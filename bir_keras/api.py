@@ -150,7 +150,7 @@ class SavedRun:
         self.export_dir = str(path)
         self._model = tf.saved_model.load(str(path / export.SAVED_MODEL))
         labels = self._model.labels()
-        n = int(self._model.tasks_learned) * int(self._model.classes_per_task)
+        n = int(labels["tasks_learned"]) * int(labels["classes_per_task"])
         self.class_names: list[str] = [s.decode() for s in labels["mode_class_names"].numpy()[:n]]
         self.scenario: str = self.record["protocol"]["scenario"]
         self.tasks_learned: int = int(self.record["tasks_learned"])

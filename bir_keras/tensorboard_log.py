@@ -90,8 +90,9 @@ def log_samples(trainer: Trainer, setup: Setup, t: int) -> None:
     """After each task: one labelled grid of replayable samples per dataset class seen so
     far (its tag and description name the class; Domain-IL: one row per task)."""
     p = setup.protocol
-    if not trainer.can_sample or p.features:
-        return
+    stream = p.stream
+    if not trainer.can_sample or p.features or (stream is not None and stream.kind != "pixels"):
+        return   # features are no images
     n = SAMPLES_PER_CLASS
     cpt = p.classes_per_task
     # Modes are output units. Domain-IL (e.g. 100 permuted tasks) has one per within-task
@@ -116,11 +117,15 @@ def log_samples(trainer: Trainer, setup: Setup, t: int) -> None:
         for i, task in enumerate(id_tasks):
             plain[i, perms[task]] = x[i]
         x = plain
-    side = int(round(np.sqrt(x.shape[1] / (3 if p.conv else 1))))
-    imgs = x.reshape(len(ids), side, side, -1)
+    if stream is not None:  # your images, as they are shaped
+        shape = tuple(stream.sample_shape) + (() if len(stream.sample_shape) == 3 else (1,))
+    else:
+        side = int(round(np.sqrt(x.shape[1] / (3 if p.conv else 1))))
+        shape = (side, side, -1)
+    imgs = x.reshape(len(ids), *shape)
     if p.mean is not None:
         imgs = imgs * np.asarray(p.std) + np.asarray(p.mean)
-    imgs = np.clip(imgs, 0, 1).reshape(len(modes), n, side, side, -1)
+    imgs = np.clip(imgs, 0, 1).reshape(len(modes), n, *imgs.shape[1:])
     with trainer.summary_writer.as_default(step=t + 1):
         for label in sorted(set(labels.tolist())):
             rows = np.flatnonzero(labels == label)

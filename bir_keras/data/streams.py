@@ -280,7 +280,7 @@ def stream_protocol(stream: TaskStream, scenario: str, *, classes_per_task: int 
         return standardise(x[keep], mean, std), label.astype(np.int32)
 
     for t in range(first, len(all_tasks)):
-        for split, (x, y) in (("training", (x_train, y_train)), ("test", (x_test, y_test))):
+        for split, y in (("training", y_train), ("test", y_test)):
             n = int(np.isin(y, [index[c] for c in all_tasks[t]]).sum())
             if n == 0:
                 raise DataError(f"{stream.name}: task {t + 1} (classes {_listed(all_tasks[t])}) "
