@@ -242,6 +242,10 @@ def evaluate(export_dir: str, data_dir: str | None, n: int, epochs: int, fc_unit
     except TypeError as e:
         raise ConfigError(f"{export / 'run.json'}: not a run record of apps.train ({e})") \
             from None
+    if flags_.experiment == "custom":
+        raise ConfigError(f"{export_dir} is a run on your own data: apps.evaluate_generator "
+                          "scores runs of the paper's experiments only (its embedding network "
+                          "and real samples come from their datasets)")
     proto = make_protocol(flags_.experiment, flags_.scenario, tasks=run["protocol"]["num_tasks"],
                           data_dir=data_dir, seed=flags_.seed,
                           keep_label_order=flags_.keep_label_order)

@@ -298,6 +298,12 @@ def _sample(saved_model: str, classes: list[int] | None, n: int, out: str, scale
         raise SampleError(f"{model_dir} is a run with internal replay: its samples are hidden "
                           "features after the frozen conv layers, not images, so there is "
                           "nothing to draw")
+    if protocol.get("kind") == "features":
+        raise SampleError(f"{model_dir} is a run on feature vectors: its samples are features, "
+                          "not images, so there is nothing to draw (bir_keras.load(...).sample "
+                          "gives them as arrays)")
+    # a run on your own images knows their shape; the paper's protocols their input shape
+    layout = protocol.get("sample_shape") or protocol.get("input_shape")
     learned = None
     if run is not None:
         learned = int(run.get("tasks_learned", 0)) * int(protocol.get("classes_per_task", 0))
@@ -317,8 +323,8 @@ def _sample(saved_model: str, classes: list[int] | None, n: int, out: str, scale
                               f"0..{learned - 1}")
     elif any(not 0 <= c < 2 ** 31 for c in classes):
         raise SampleError(f"class ids must be >= 0 and below 2^31, got {classes}")
-    if protocol.get("input_shape"):  # the layout is known before anything loads
-        h, w, c = image_layout(protocol["input_shape"])
+    if layout:  # the layout is known before anything loads
+        h, w, c = image_layout(layout)
         check_fits(n, classes, h, w, c, scale or max(1, 64 // max(h, w)), fmt)
     else:  # at least one pixel a sample: what no layout can make smaller
         check_fits(n, classes, 1, 1, 1, scale or 1, fmt)
@@ -340,7 +346,7 @@ def _sample(saved_model: str, classes: list[int] | None, n: int, out: str, scale
                           "images: nothing to draw")
     draw = loaded.signatures["sample"]
     try:
-        if not protocol.get("input_shape"):  # no run.json: one sample shows the layout
+        if not layout:  # no run.json: one sample shows the layout
             shape = draw(class_ids=tf.constant(classes[:1], tf.int32))["x"].shape[1:]
             h, w, c = image_layout(list(shape))
             check_fits(n, classes, h, w, c, scale or max(1, 64 // max(h, w)), fmt)
@@ -350,7 +356,7 @@ def _sample(saved_model: str, classes: list[int] | None, n: int, out: str, scale
         raise SampleError(f"class ids {classes} refused by the SavedModel: "
                           f"{first_line(e)}") from None
     x = result["x"].numpy()
-    input_shape = protocol.get("input_shape") or list(x.shape[1:])
+    input_shape = layout or list(x.shape[1:])
     h, w, c = image_layout(input_shape)
     if int(np.prod(x.shape[1:])) != h * w * c:
         raise SampleError(f"samples of shape {list(x.shape[1:])} do not match the run's "

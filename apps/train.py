@@ -16,6 +16,7 @@ import sys
 from absl import flags
 
 from apps import common
+from bir_keras.config import CUSTOM
 from bir_keras.interrupts import caused_by_interrupt
 
 FLAGS = flags.FLAGS
@@ -61,6 +62,15 @@ def check_flags():
     export_dir = FLAGS.export_dir or str(rundirs.default_export_dir(out))
     common.check_data_dir(FLAGS.data_dir)
     common.check_conv_weights(resolved)
+    stream = None
+    if resolved.experiment == CUSTOM:
+        # your data is read, cut into tasks and checked before TensorFlow loads; the run
+        # takes it from here
+        from bir_keras.data.stream_files import stream_of
+        from bir_keras.data.streams import check_stream_run, protocol_for
+
+        stream = stream_of(None, FLAGS.data_dir)
+        check_stream_run(resolved, protocol_for(config, stream, FLAGS.resume_from))
     for o, e in rundirs.seed_dirs(out, export_dir, [resolved.seed + i for i in range(k)]):
         rundirs.check_run_paths(o, e, FLAGS.resume_from, FLAGS.overwrite)
     if FLAGS.resume_from:
@@ -68,12 +78,12 @@ def check_flags():
     common.check_replicas(FLAGS, resolved)
     common.check_memory(resolved, k, FLAGS.num_logical_cpus if resolved.strategy == "mirrored"
                         else 1)
-    return config, resolved, out, export_dir
+    return config, resolved, out, export_dir, stream
 
 
 def _main() -> int:
     try:
-        config, resolved, out, export_dir = check_flags()
+        config, resolved, out, export_dir, stream = check_flags()
         from bir_keras import rundirs
 
         with contextlib.ExitStack() as claims:
@@ -98,7 +108,7 @@ def _main() -> int:
             if FLAGS.strategy == "multi_worker" and is_chief:
                 claim_paths()
             hint = common.memory_estimate(resolved)[1]
-            rec, setup = _train(config, out, export_dir, strategy, is_chief, hint)
+            rec, setup = _train(config, out, export_dir, strategy, is_chief, hint, stream)
     except common.USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -119,7 +129,7 @@ def _main() -> int:
     return 0
 
 
-def _train(config, out: str, export_dir: str, strategy, is_chief: bool, hint: str):
+def _train(config, out: str, export_dir: str, strategy, is_chief: bool, hint: str, stream):
     import tensorflow as tf
 
     if FLAGS.deterministic:
@@ -129,7 +139,7 @@ def _train(config, out: str, export_dir: str, strategy, is_chief: bool, hint: st
 
     with common.out_of_memory_names(hint):
         # one seed: its data loaded here; several: each seed's inside ``run``
-        setup = experiment.prepare(config, resume_from=FLAGS.resume_from) \
+        setup = experiment.prepare(config, stream, resume_from=FLAGS.resume_from) \
             if FLAGS.seeds_at_once == 1 else None
         try:
             rec = experiment.run(setup.config if setup else config, out, export_dir=export_dir,
@@ -137,7 +147,7 @@ def _train(config, out: str, export_dir: str, strategy, is_chief: bool, hint: st
                                  strategy=strategy, is_chief=is_chief, setup=setup,
                                  progress_every=FLAGS.progress_every,
                                  checkpoint_every=FLAGS.checkpoint_every,
-                                 seeds_at_once=FLAGS.seeds_at_once)
+                                 seeds_at_once=FLAGS.seeds_at_once, data=stream)
         except NonFiniteLoss as e:
             raise common.TrainingFailed(str(e)) from None
     return rec, setup

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bir_keras import rundirs
 from bir_keras.config import CUSTOM, Config, ConfigError, resolve
 from bir_keras.data.protocols import Protocol, make_protocol
-from bir_keras.data.sources import DataError
-from bir_keras.data.streams import TaskStream, read_learned, stream_protocol
+from bir_keras.data.stream_files import stream_of
+from bir_keras.data.streams import TaskStream, check_stream_run, protocol_for
 from bir_keras.models.layers import CONV_FEATURES, conv_trunk
 from bir_keras.weightsfile import check_weights_file
 
@@ -57,7 +56,8 @@ def prepare(config: Config, data: TaskStream | None = None,
     a run on such data, continues it (its tasks' test sets and input statistics are read
     from there: ``bir_keras.data.streams.read_learned``)."""
     if config.experiment == CUSTOM:
-        pixels = stream_for(config, data, resume_from)
+        resolve(config, False)   # the settings refused before the data is read
+        pixels = protocol_for(config, stream_of(data, config.data_dir), resume_from)
     else:
         if data is not None:
             raise ConfigError(f"data is read by experiment={CUSTOM!r} (your own data); "
@@ -80,40 +80,3 @@ def prepare(config: Config, data: TaskStream | None = None,
                                        for s in range(0, len(x), 1000)])
             protocol = pixels.with_features(features, CONV_FEATURES)
     return Setup(c, protocol, pixels, trunk)
-
-
-def stream_for(config: Config, data: TaskStream | None, resume_from: str | None) -> Protocol:
-    """The protocol of a run on your own data (``prepare``)."""
-    if data is None and not config.data_dir:
-        raise ConfigError(f"--experiment={CUSTOM} reads your data: pass --data_dir=FILE.npz or "
-                          "a folder of task folders (data= in Python)")
-    if data is not None and config.data_dir:
-        raise ConfigError("give the data once: data= or data_dir, not both")
-    if data is None:
-        from bir_keras.data.stream_files import load_stream
-        data = load_stream(config.data_dir)
-    learned = None
-    if resume_from:
-        learned = read_learned(resume_from, rundirs.read_resume_record(resume_from))
-        if not learned.tasks:
-            learned = None   # nothing learned yet: the same data starts again
-    return stream_protocol(data, config.scenario, classes_per_task=config.classes_per_task,
-                           task_classes=config.task_classes, tasks=config.tasks,
-                           capacity=config.capacity, learned=learned)
-
-
-def check_stream_run(c: Config, protocol: Protocol) -> None:
-    """Refuse (``DataError``) a run its stream cannot feed: a task with fewer training
-    samples than a batch, or a continuation (tasks learned before come without their
-    training data) of a method that trains on the old tasks' data (Joint)."""
-    first = protocol.stream.learned_before  # type: ignore[union-attr]
-    if first and c.replay == "offline":
-        raise DataError("Joint training learns from every task's data, which a saved run "
-                        "does not keep: it cannot learn new data later (BI-R and the other "
-                        "methods can)")
-    for t in range(first, protocol.num_tasks):
-        n = len(protocol.task(t).y_train)
-        if n < c.batch:
-            raise DataError(f"{protocol.dataset_name}: task {t + 1} has {n} training samples, "
-                            f"fewer than a batch (--batch={c.batch}): lower --batch or give "
-                            "more data")

@@ -38,7 +38,7 @@ from bir_keras.data.sources import (
 )
 from bir_keras.data.streams import TaskStream
 
-__all__ = ["load_stream", "read_npz", "read_task_folders"]
+__all__ = ["load_stream", "read_npz", "read_task_folders", "stream_of"]
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 NPZ_OPTIONAL = ("class_names",)
@@ -210,3 +210,17 @@ def _decode(root: str, path: str, first: list) -> tuple[np.ndarray, bool, str | 
         return pixels, grey, kind
 
     return _decode_image(data, os.path.relpath(path, root), root, decode)
+
+
+def stream_of(data: TaskStream | None, data_dir: str | None) -> TaskStream:
+    """The data of a run on your own data: ``data`` (Python), else the file or folder at
+    ``data_dir`` (``--data_dir``); ``ConfigError`` where neither is given. ``data`` wins
+    where both are: the apps read ``--data_dir`` before TensorFlow loads and pass it on."""
+    from bir_keras.config import CUSTOM, ConfigError
+
+    if data is not None:
+        return data
+    if not data_dir:
+        raise ConfigError(f"--experiment={CUSTOM} reads your data: pass --data_dir=FILE.npz or "
+                          "a folder of task folders (data= in Python)")
+    return load_stream(data_dir)

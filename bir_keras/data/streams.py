@@ -27,16 +27,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
+from bir_keras import rundirs
+from bir_keras.config import CUSTOM, Config
 from bir_keras.data.protocols import Protocol, Task
 from bir_keras.data.sources import DataError
 
-__all__ = ["CUSTOM", "Learned", "TaskStream", "stream_protocol", "task_split"]
+__all__ = ["CUSTOM", "Learned", "TaskStream", "check_stream_run", "protocol_for",
+           "read_learned", "save_learned", "stream_protocol", "task_split"]
 
-# the experiment name of a run on a stream (``Config.experiment``, ``--experiment``)
-CUSTOM = "custom"
+# CUSTOM: the experiment name of a run on a stream (``Config.experiment``, ``--experiment``)
 PIXELS, FEATURES = "pixels", "features"
 
 
@@ -384,8 +387,6 @@ def read_learned(export_dir, record: dict) -> Learned:
     """What the export at ``export_dir`` (its run.json ``record``) learned, to continue it
     on new data (``stream_protocol(learned=...)``); ``DataError`` if its files do not hold
     it (a run of one of the paper's experiments, or a damaged export)."""
-    from pathlib import Path
-
     proto, n = record.get("protocol", {}), int(record.get("tasks_learned", 0))
     path = Path(export_dir) / STREAM_FILE
     if proto.get("experiment") != CUSTOM:
@@ -407,3 +408,34 @@ def read_learned(export_dir, record: dict) -> Learned:
                    test_sets=sets, kind=proto["kind"],
                    sample_shape=tuple(proto["sample_shape"]), feature_mean=mean,
                    feature_std=std, capacity=int(proto["capacity"]))
+
+
+def protocol_for(config: Config, data: TaskStream, resume_from: str | None = None) -> Protocol:
+    """The protocol of a run on your own data ``data`` (``config.experiment == "custom"``),
+    cut as ``config`` says; ``resume_from``, an export of such a run, continues it. NumPy
+    only, so that the apps refuse bad data before TensorFlow loads."""
+    learned = None
+    if resume_from:
+        learned = read_learned(resume_from, rundirs.read_resume_record(resume_from))
+        if not learned.tasks:
+            learned = None   # nothing learned yet: the same data starts again
+    return stream_protocol(data, config.scenario, classes_per_task=config.classes_per_task,
+                           task_classes=config.task_classes, tasks=config.tasks,
+                           capacity=config.capacity, learned=learned)
+
+
+def check_stream_run(c: Config, protocol: Protocol) -> None:
+    """Refuse (``DataError``) a run, of the resolved settings ``c``, that the stream cannot
+    feed: a task with fewer training samples than a batch, or a continuation (tasks
+    learned before come without their training data) of Joint, which trains on them."""
+    first = protocol.stream.learned_before  # type: ignore[union-attr]
+    if first and c.replay == "offline":
+        raise DataError("Joint training learns from every task's data, which a saved run "
+                        "does not keep: it cannot learn new data later (BI-R and the other "
+                        "methods can)")
+    for t in range(first, protocol.num_tasks):
+        n = len(protocol.task(t).y_train)
+        if n < c.batch:
+            raise DataError(f"{protocol.dataset_name}: task {t + 1} has {n} training samples, "
+                            f"fewer than a batch (--batch={c.batch}): lower --batch or give "
+                            "more data")
