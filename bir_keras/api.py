@@ -75,7 +75,7 @@ class History:
 def train(config: Config, data: TaskStream | None = None, *, output_dir: str,
           export_dir: str | None = None, resume_from: str | None = None,
           overwrite: bool = False, callbacks: Sequence[Callback] = (), verbose: bool = False,
-          seeds_at_once: int = 1) -> History | list[History]:
+          seeds_at_once: int = 1, deterministic: bool = True) -> History | list[History]:
     """Train ``config`` (on ``data`` for ``experiment="custom"``, else the experiment's own
     data), evaluating and exporting after each task, and return its ``History`` (a list
     of them for ``seeds_at_once`` > 1, seeds ``config.seed``, ``config.seed + 1``, ...).
@@ -83,15 +83,21 @@ def train(config: Config, data: TaskStream | None = None, *, output_dir: str,
     ``output_dir`` gets ``results.json``, plots and TensorBoard; ``export_dir`` (default
     ``saved_models/<output_dir name>``) the SavedModel, checkpoint and ``run.json``.
     ``resume_from``: an export to continue, with more tasks of the same data or, for a
-    run on your data, new classes (``data`` holding them only).
+    run on your data, new classes (``data`` holding them only). ``deterministic``: switch
+    on TensorFlow's deterministic ops for this process, as ``apps.train`` does by default
+    (same seed, same numbers).
 
     Example::
 
         history = bk.train(bk.Config(experiment="split_digits", method="bir", iters=50),
                            output_dir="runs/digits")
     """
+    import tensorflow as tf
+
     from bir_keras import experiment
 
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
     hooks = [_call(cb) for cb in callbacks if hasattr(cb, "on_task_end")]
     recs = experiment.run(config, output_dir, export_dir, resume_from=resume_from,
                           overwrite=overwrite, verbose=verbose, seeds_at_once=seeds_at_once,
