@@ -20,7 +20,8 @@ test = np.arange(len(y)) % 5 == 0                                # every fifth i
 stream = bk.TaskStream(x[~test], y[~test], x[test], y[test],
                        class_names=[f"digit {d}" for d in range(10)])
 config = bk.Config(experiment="custom", scenario="class", method="bir",
-                   classes_per_task=2, iters=iters, batch=64, fc_units=100)
+                   classes_per_task=2, iters=iters, batch=64, fc_units=100,
+                   jit_compile=False)   # networks this small: XLA's compile costs more than it saves
 history = bk.train(config, stream, output_dir="runs/numpy_stream",
                    export_dir="saved_models/numpy_stream", overwrite=True)
 print("average accuracy after each task:", np.round(history.history["average_accuracy"], 3))

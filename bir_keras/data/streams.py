@@ -282,12 +282,20 @@ def stream_protocol(stream: TaskStream, scenario: str, *, classes_per_task: int 
         label = within if scenario == "domain" else t * cpt + within
         return standardise(x[keep], mean, std), label.astype(np.int32)
 
+    sizes = []   # training samples of each new task
     for t in range(first, len(all_tasks)):
         for split, y in (("training", y_train), ("test", y_test)):
             n = int(np.isin(y, [index[c] for c in all_tasks[t]]).sum())
             if n == 0:
                 raise DataError(f"{stream.name}: task {t + 1} (classes {_listed(all_tasks[t])}) "
                                 f"has no {split} samples")
+            if split == "training":
+                sizes.append(n)
+        present = set(np.unique(y_train[np.isin(y_train, [index[c] for c in all_tasks[t]])]))
+        missing = [c for c in all_tasks[t] if index[c] not in present]
+        if missing:
+            raise DataError(f"{stream.name}: class {missing[0]!r} of task {t + 1} has no "
+                            "training samples")
 
     def test_set(t: int):
         if t < first:
@@ -309,8 +317,10 @@ def stream_protocol(stream: TaskStream, scenario: str, *, classes_per_task: int 
         input_shape=(width,), class_order=order, class_names=names, dataset_name=stream.name,
         recon_loss="bce" if stream.kind == PIXELS else "mse", input_pixels=width,
         capacity=capacity, _task_fn=build, _test_fn=test_set,
+        # the stream's arrays stay; a task's selection exists while it is learned
+        keep_tasks=1,
         stream=StreamInfo(stream.kind, stream.sample_shape, mean, std,
-                          [list(t) for t in all_tasks], first))
+                          [list(t) for t in all_tasks], first, sizes))
     return proto
 
 
@@ -326,6 +336,8 @@ class StreamInfo:
     feature_std: np.ndarray | None
     tasks: list[list[str]]
     learned_before: int = 0
+    # training samples of each task from ``learned_before`` on
+    train_sizes: list[int] = dataclasses.field(default_factory=list)
 
     def describe(self) -> dict:
         """The JSON-able part of run.json's protocol (the statistics are in the export's
@@ -428,13 +440,13 @@ def check_stream_run(c: Config, protocol: Protocol) -> None:
     """Refuse (``DataError``) a run, of the resolved settings ``c``, that the stream cannot
     feed: a task with fewer training samples than a batch, or a continuation (tasks
     learned before come without their training data) of Joint, which trains on them."""
-    first = protocol.stream.learned_before  # type: ignore[union-attr]
+    info: StreamInfo = protocol.stream  # type: ignore[assignment]
+    first = info.learned_before
     if first and c.replay == "offline":
         raise DataError("Joint training learns from every task's data, which a saved run "
                         "does not keep: it cannot learn new data later (BI-R and the other "
                         "methods can)")
-    for t in range(first, protocol.num_tasks):
-        n = len(protocol.task(t).y_train)
+    for t, n in enumerate(info.train_sizes, start=first):
         if n < c.batch:
             raise DataError(f"{protocol.dataset_name}: task {t + 1} has {n} training samples, "
                             f"fewer than a batch (--batch={c.batch}): lower --batch or give "

@@ -166,3 +166,14 @@ def test_task_classes_flag_parses():
     assert parse_task_classes("3,5/0, 1") == (("3", "5"), ("0", "1"))
     with pytest.raises(ConfigError, match="no empty names"):
         parse_task_classes("3,/0")
+
+
+def test_a_task_without_samples_is_refused_and_sizes_are_known_before_building():
+    x, y = images(range(3))
+    s = TaskStream(x, y, x, y, class_names=["a", "b", "c", "d"])   # "d" has no images
+    with pytest.raises(DataError, match="class 'd' of task 2 has no training samples"):
+        stream_protocol(s, "class", classes_per_task=2)
+    with pytest.raises(DataError, match="task 2 \\(classes d\\) has no training samples"):
+        stream_protocol(s, "class", classes_per_task=1, tasks=2, task_classes=[["a"], ["d"]])
+    p = stream_protocol(s, "domain", task_classes=[["a", "b"], ["c", "a"]])
+    assert p.stream.train_sizes == [8, 8] and p.keep_tasks == 1
