@@ -50,7 +50,12 @@ class RunModule(tf.Module):
     applied inside. A batch holding a finite value outside [0, 1] (images of 0..255, or
     already normalised) is refused with ``InvalidArgumentError``; a row holding NaN or inf
     gets no prediction (``_predict``). ``sample`` refuses, with ``InvalidArgumentError``,
-    class ids outside those of the tasks learned."""
+    class ids outside those of the tasks learned.
+
+    A run on your own data (``data.streams``) takes inputs shaped as its samples: images
+    ``[H, W(, C)]`` as pixels in [0, 1], or raw feature vectors, standardised inside with
+    the training statistics; ``sample`` gives them back in that shape and scale. The
+    export keeps the learned tasks' test sets and the statistics in ``stream.npz``."""
 
     def __init__(self, trainer: Trainer, pixels, trunk=None):
         super().__init__()
