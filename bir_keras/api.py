@@ -35,11 +35,25 @@ __all__ = ["Callback", "Comparison", "History", "SavedRun", "compare", "load", "
 
 class Callback:
     """Called as training goes (Keras' convention, with tasks where Keras has epochs):
-    subclass it and override what you need. ``logs`` holds ``accuracy`` (the test accuracy
-    on each task learned so far), ``average_accuracy`` and ``seed``."""
+    subclass it and override what you need.
+
+    Example::
+
+        class Print(bk.Callback):
+            def on_task_end(self, task, logs):
+                print(f"after task {task + 1}: {logs['average_accuracy']:.3f}")
+    """
+
+    def on_progress(self, task: int, logs: dict) -> None:
+        """Inside task ``task``, after each compiled call (about every ``log_every``
+        iterations): ``logs`` holds ``iterations`` (of the task so far), ``of`` (the task's
+        iterations), ``seconds`` (in the task so far) and ``seed``. The losses are in the
+        run's TensorBoard."""
 
     def on_task_end(self, task: int, logs: dict) -> None:
-        """After task ``task`` (0-based) is learned, evaluated and exported."""
+        """After task ``task`` (0-based) is learned, evaluated and exported: ``logs`` holds
+        ``accuracy`` (the test accuracy on each task learned so far), ``average_accuracy``
+        and ``seed``."""
 
     def on_train_end(self, logs: dict) -> None:
         """After the run's results are written; ``logs`` is the run's record (``History.record``)."""
@@ -98,10 +112,10 @@ def train(config: Config, data: TaskStream | None = None, *, output_dir: str,
 
     if deterministic:
         tf.config.experimental.enable_op_determinism()
-    hooks = [_call(cb) for cb in callbacks if hasattr(cb, "on_task_end")]
     recs = experiment.run(config, output_dir, export_dir, resume_from=resume_from,
                           overwrite=overwrite, verbose=verbose, seeds_at_once=seeds_at_once,
-                          data=data, callbacks=tuple(hooks),
+                          data=data, callbacks=tuple(_after_task(cb) for cb in callbacks),
+                          chunk_callbacks=tuple(_progress(cb) for cb in callbacks),
                           progress_every=None if not verbose else 30.0)
     recs = recs if isinstance(recs, list) else [recs]
     out = []
@@ -123,12 +137,22 @@ def _seed_dirs(output_dir: str, seeds: list[int]):
     return rundirs.seed_dirs(output_dir, output_dir, seeds)
 
 
-def _call(cb: Callback):
+def _after_task(cb: Callback):
     def after_task(trainer, t: int) -> None:
         row = trainer.history.accuracy_matrix[t][:t + 1]
-        cb.on_task_end(t, {"accuracy": list(row), "average_accuracy": float(np.mean(row)),
-                           "seed": trainer.config.seed})
+        if hasattr(cb, "on_task_end"):
+            cb.on_task_end(t, {"accuracy": list(row), "average_accuracy": float(np.mean(row)),
+                               "seed": trainer.config.seed})
     return after_task
+
+
+def _progress(cb: Callback):
+    def progress(trainer, at) -> None:
+        if hasattr(cb, "on_progress"):
+            cb.on_progress(at.task, {"iterations": at.iterations,
+                                     "of": trainer.iterations(at.task),
+                                     "seconds": at.elapsed, "seed": trainer.config.seed})
+    return progress
 
 
 class SavedRun:

@@ -184,8 +184,8 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
         strategy: tf.distribute.Strategy | None = None, is_chief: bool = True,
         verbose: bool = True, setup: Setup | None = None,
         progress_every: float | None = 30.0, checkpoint_every: float | None = 5.0,
-        seeds_at_once: int = 1, data=None,
-        callbacks: tuple = ()) -> dict | list[dict]:
+        seeds_at_once: int = 1, data=None, callbacks: tuple = (),
+        chunk_callbacks: tuple = ()) -> dict | list[dict]:
     """Train, evaluate after each task, export after each task, write results atomically.
 
     The chief claims ``output_dir`` and ``export_dir`` for the whole run
@@ -203,7 +203,9 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
 
     ``data``: a ``bir_keras.data.streams.TaskStream`` for ``config.experiment == "custom"``
     (else the ``.npz`` or folder at ``config.data_dir`` is read). ``callbacks``: functions
-    ``fn(trainer, task)`` called after each task of each seed, once its export is written."""
+    ``fn(trainer, task)`` called after each task of each seed, once its export is written;
+    ``chunk_callbacks``: ``fn(trainer, TaskProgress)`` after each compiled call inside a task
+    (every ``log_every`` iterations or so)."""
     if export_dir is None:
         export_dir = str(rundirs.default_export_dir(output_dir))
     check_intervals(progress_every, checkpoint_every)
@@ -224,6 +226,7 @@ def run(config: Config, output_dir: str, export_dir: str | None = None,
             runs.append(_SeedRun(cfg, out, exp, resume_from, strategy, is_chief, verbose,
                                  setup, checkpoint_every, seeds_at_once, data))
             runs[-1].trainer.callbacks.extend(callbacks)
+            runs[-1].trainer.chunk_callbacks.extend(chunk_callbacks)
         recs = _run(runs, progress_every if verbose else None)
     return recs[0] if seeds_at_once == 1 else recs
 

@@ -63,6 +63,10 @@ def test_a_saved_run_learns_new_classes_later_as_a_straight_run(tmp_path):
 
     class Seen(bk.Callback):
         tasks: list = []
+        steps: list = []
+
+        def on_progress(self, task, logs):
+            self.steps.append((task, logs["iterations"], logs["of"]))
 
         def on_task_end(self, task, logs):
             self.tasks.append((task, len(logs["accuracy"])))
@@ -72,6 +76,7 @@ def test_a_saved_run_learns_new_classes_later_as_a_straight_run(tmp_path):
                      callbacks=[Seen()])
     assert later.accuracy_matrix == straight.accuracy_matrix
     assert Seen.tasks == [(2, 3)] and len(later.history["average_accuracy"]) == 3
+    assert Seen.steps and Seen.steps[-1] == (2, 15, 15)
     run = bk.load(later.export_dir)
     assert run.class_names == ["0", "10", "20", "30", "40", "50"] and run.tasks_learned == 3
     test = pixel_stream([4, 5])
@@ -127,3 +132,19 @@ def test_bad_settings_and_data_are_named_exceptions_before_anything_is_written(t
         bk.compare(["nope"], [0], bk.Config(experiment="custom"), stream,
                    output_dir=str(tmp_path / "d"))
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["none", "joint", "ewc", "online_ewc", "si", "lwf", "buffer",
+                                    "xdg", "generative", "generative_distill", "bir", "bir_si"])
+def test_every_method_runs_on_a_feature_stream(tmp_path, method):
+    rng = np.random.RandomState(0)
+    x = (rng.randn(240, 9) * 3 + 1).astype(np.float32)
+    stream = bk.TaskStream(x[::2], np.repeat(np.arange(6), 20), x[1::2],
+                           np.repeat(np.arange(6), 20))
+    scenario = "task" if method == "xdg" else "class"
+    h = bk.train(bk.Config(experiment="custom", method=method, classes_per_task=2,
+                           fisher_n=10, **{**TINY, "scenario": scenario, "iters": 3,
+                                           "batch": 8}),
+                 stream, output_dir=str(tmp_path / "o"), export_dir=str(tmp_path / "e"))
+    assert len(h.accuracy_matrix) == 3 and bk.load(h.export_dir).tasks_learned == 3
