@@ -261,7 +261,7 @@ def train(data, out: Path, command: str, written: dict | None = None) -> None:
         x_test, y_test = x_test[keep], y_test[keep]
     n = len(x_train)
     model, trunk = build_model(data.num_classes, FLAGS.head_units, FLAGS.head_layers)
-    from bir_keras.strategies.base import make_adam
+    from bir_keras.strategies.execution import make_adam
 
     optimizer = make_adam(FLAGS.lr)  # epsilon 1e-8, as PyTorch (fidelity.md item 7)
     optimizer.build(model.trainable_variables)

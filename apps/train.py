@@ -135,7 +135,7 @@ def _train(config, out: str, export_dir: str, strategy, is_chief: bool, hint: st
     if FLAGS.deterministic:
         tf.config.experimental.enable_op_determinism()
     from bir_keras import experiment
-    from bir_keras.strategies.base import NonFiniteLoss
+    from bir_keras.strategies.records import NonFiniteLoss
 
     with common.out_of_memory_names(hint):
         # one seed: its data loaded here; several: each seed's inside ``run``

@@ -156,7 +156,7 @@ class PackedStep:
 
     def __init__(self, experiment: str, method: str, quick: bool, dataset, precision: str,
                  k: int, xla: bool | None = None):
-        from bir_keras.strategies.base import pad_samples
+        from bir_keras.strategies.execution import pad_samples
         from bir_keras.strategies.pack import SeedPack, check_packable
 
         # ``xla`` is each seed's --jit_compile: None (auto) or False; the packed step runs

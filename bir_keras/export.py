@@ -17,7 +17,8 @@ import tensorflow as tf
 from bir_keras import rundirs
 from bir_keras.data.streams import STREAM_FILE, save_learned
 from bir_keras.fileio import atomic_dir, atomic_write_json
-from bir_keras.strategies.base import Trainer, VariableList
+from bir_keras.strategies.base import Trainer
+from bir_keras.strategies.records import VariableList
 
 SAVED_MODEL = "saved_model"
 CHECKPOINT = "checkpoint"

@@ -141,7 +141,7 @@ def log_samples(trainer: Trainer, setup: Setup, t: int) -> None:
 
 def log_learned(trainer: Trainer, setup: Setup, samples: bool = False) -> None:
     """For a resumed run: the accuracy after each task learned before it (scalars as
-    ``Trainer.log_task`` writes them, and the curves image) and, with ``samples``, the
+    ``strategies.loop.report_task`` writes them, and the curves image) and, with ``samples``, the
     replay samples of the model as it is (the final model of a run with nothing left to
     learn)."""
     matrix = trainer.history.accuracy_matrix

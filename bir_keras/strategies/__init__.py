@@ -19,13 +19,14 @@ import tensorflow as tf
 
 from bir_keras.config import Config
 from bir_keras.data.protocols import Protocol
-from bir_keras.strategies.base import History, NonFiniteLoss, Trainer
+from bir_keras.strategies.base import Trainer
 from bir_keras.strategies.bir import BrainInspiredReplay
 from bir_keras.strategies.buffer import BufferReplay
 from bir_keras.strategies.finetune import FineTuning
 from bir_keras.strategies.generative import GenerativeReplay
 from bir_keras.strategies.joint import Joint
 from bir_keras.strategies.lwf import LwF
+from bir_keras.strategies.records import History, NonFiniteLoss
 
 # The registry: each --replay to its Trainer; generative replay through feedback
 # (--feedback, which --brain_inspired switches on) is BI-R's.

@@ -1,268 +1,68 @@
-"""The Trainer: the task loop, the distribution strategy, one compiled step run in chunks of
-iterations, evaluation after every task, and logging. It knows no method: each method is a
-subclass in a module of its own (``finetune``, ``joint``, ``lwf``, ``buffer``,
-``generative``, ``bir``), found in the registry ``strategies.TRAINERS``, and the
-regularisers (``ewc``, ``si``) compose with any of them.
+"""The Trainer: a method's step and its hooks. Each method is a subclass in a module of
+its own (``finetune``, ``joint``, ``lwf``, ``buffer``, ``generative``, ``bir``), found in
+the registry ``strategies.TRAINERS``; the regularisers (``ewc``, ``si``) compose with any.
 
-A method says what its networks are (``build_models``, with ``pretrained`` for a conv
-trunk), what one iteration draws beyond the batch (``draw``, a record of its own), what it
-replays (``replay_batch``), its loss (``losses``, a dict; the step reports its keys) and its
-optimisers (``optim_groups``, by name; ``plan_for_iteration`` picks which train). The
-Trainer's records hold only what every method has: ``TaskData`` (a task's tensors),
-``StepContext`` (tensors fixed for a task), ``Plan`` (the Python values that shape the
-compiled step: a change retraces it), ``Draws`` (the batch's indices and the method's own
-draws) and ``Batch``. Export, the experiment runner and the benchmarks use the public
-methods ``start_task`` / ``run_steps`` / ``loss_names``, ``checkpoint_parts``,
-``networks``, ``can_sample`` / ``sample`` and ``tasks_learned``.
+The order of the hooks, per task ``t`` (``loop.fit`` drives it):
+
+1. ``start_task(t)``: ``task_data(t)`` (the task's tensors), ``before_task(t)``
+   (regulariser resets), ``step_context(t)`` (tensors fixed for the task) and ``plan(t)``;
+2. the compiled step, ``iterations(t)`` times, in chunks (``loop.task_loop`` keeps the
+   books): per iteration ``plan_for_iteration``, then ``draw_batch`` (the ``sampler``)
+   and ``draw`` (the method's own random numbers), ``replay_batch``, ``losses``, and the
+   update of each of ``optim_groups`` (with the regularisers' penalties);
+3. ``end_task``: ``after_task(t)`` (Fisher, Omega, a buffer's memory, frozen copies),
+   ``evaluate(t)`` (``evaluation.accuracy``), ``loop.report_task``, the callbacks.
+
+A method builds its networks in ``build_models`` (``pretrained`` for a conv trunk). The
+records the step passes around are in ``records`` (``TaskData``, ``StepContext``,
+``Plan``, ``Draws``, ``Batch``, ``OptimGroup``, ``TaskRun``, ``TaskProgress``); how the
+step executes (updates, XLA's part, padding, the chunk loop) in ``execution``. Export, the
+experiment runner and the benchmarks use the public methods ``start_task`` /
+``run_steps`` / ``loss_names``, ``checkpoint_parts``, ``networks``, ``can_sample`` /
+``sample`` and ``tasks_learned``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import functools
-import sys
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from bir_keras import interrupts
 from bir_keras.config import Config, ConfigError
 from bir_keras.data.protocols import Protocol
-from bir_keras.models.layers import dense_gradients, masked_logits
+from bir_keras.evaluation.accuracy import Evaluator
+from bir_keras.models.layers import dense_gradients
 from bir_keras.strategies import loop
+from bir_keras.strategies.execution import (
+    apply_updates,
+    chunk_loop,
+    dtype_policy,
+    local_slice,
+    make_adam,
+    pad_samples,
+    run_update,
+    xla_update,
+)
 from bir_keras.strategies.penalties import make_regularizers
-from bir_keras.strategies.regularizers import Regularizer, apply_regularized
-
-
-def apply_updates(regularizers: list[Regularizer], groups: list[OptimGroup],
-                  grads: list[list[tf.Tensor]]) -> None:
-    """Each group's optimiser applies its gradients (through the regularisers where the
-    group is regularised: SI follows the update)."""
-    for group, g in zip(groups, grads):
-        apply = functools.partial(group.optimizer.apply, g, group.variables)
-        if group.regularized:
-            apply_regularized(regularizers, apply, g, group.variables)
-        else:
-            apply()
-
-
-def xla_update(asked: bool | None, step_xla: bool, distributed: bool) -> bool:
-    """Whether a step that runs without XLA (``step_xla`` False) has its update (every
-    optimiser's and regulariser's element-wise arithmetic, ``run_update``) compiled by XLA:
-    under TensorFlow's default strategy (not ``distributed``: a MirroredStrategy, even over
-    one device, applies the update through ``merge_call``, which a nested function cannot),
-    unless ``--nojit_compile`` (``asked`` False) asked for no XLA at all. Run op by op,
-    Adam's update is a dozen passes over every weight; XLA fuses them into one. Measured on
-    a 2-core Xeon with AMX (2026-12-04, README, Speed): BI-R in mixed_bfloat16, ms per
-    iteration without / with replay, 57 / 104 -> 46 / 91 on permuted MNIST and 11.7 -> 10.3
-    with replay on split MNIST; a whole permuted-MNIST run (2 x 200) 48.0 -> 45.0 s."""
-    return not step_xla and not distributed and asked is None
-
-
-def run_update(update: Callable[[], None], xla: bool) -> None:
-    """``update()`` inside the step being traced; with ``xla`` as one XLA cluster of its
-    own (a nested ``tf.function(jit_compile=True)``, traced with the step) while the rest of
-    the step runs without XLA (``xla_update``). Every group's gradient is taken before any
-    update: the gradients use the values the forward pass read, so the order does not
-    change them."""
-    if xla:
-        tf.function(update, jit_compile=True, autograph=False)()
-    else:
-        update()
-
-
-def make_adam(lr: float) -> keras.optimizers.Adam:
-    """Adam as the authors' code has it: PyTorch's defaults, betas (0.9, 0.999) and epsilon
-    1e-8 (Keras' default is 1e-7; fidelity.md item 7)."""
-    return keras.optimizers.Adam(lr, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
-
-
-class NonFiniteLoss(RuntimeError):
-    """A loss term became NaN or infinite; the message names the step and the term."""
-
-
-@dataclasses.dataclass
-class History:
-    """What a run measured: the accuracy matrix and per-task mean losses."""
-
-    accuracy_matrix: list[list[float | None]] = dataclasses.field(default_factory=list)
-    losses: list[dict[str, float]] = dataclasses.field(default_factory=list)
-    task_times: list[float] = dataclasses.field(default_factory=list)
-
-    @property
-    def average_accuracy(self) -> list[float]:
-        """Per row, the mean accuracy over the tasks learned so far."""
-        return [float(np.mean([a for a in row if a is not None])) for row in self.accuracy_matrix]
-
-
-class TaskData(NamedTuple):
-    """A task's training data as tensors: inputs, labels, task ids, and the offset and size
-    of each part (Joint in Task-IL draws from each task's part separately)."""
-
-    x: tf.Tensor
-    y: tf.Tensor
-    tid: tf.Tensor
-    offsets: tf.Tensor
-    sizes: tf.Tensor
-
-
-class StepContext(NamedTuple):
-    """Tensors fixed for a task."""
-
-    task: tf.Tensor          # the task's index (0-based)
-    active: tf.Tensor        # [tasks, units]: active output units per task row, now
-    active_prev: tf.Tensor   # the same after the previous task (what replay is labelled over)
-    w_current: tf.Tensor     # 1 / t: the current data's share of the loss (method.md 2)
-    w_replay: tf.Tensor      # 1 - 1 / t: replay's share
-    # [2] int64: the seed's key of the batch draws, an input rather than a constant of the
-    # graph, so that every seed of a setting compiles to the same XLA program (which a
-    # persistent XLA cache, ``xla_cache.py``, then compiles once for all of them)
-    draw_key: tf.Tensor
-
-
-class Plan(NamedTuple):
-    """The Python values that shape the compiled step (a change traces it again)."""
-
-    replay: bool = False             # whether this task replays
-    n_replay: int = 0                # replayed samples per iteration
-    parts: int = 1                   # data parts the batch's slots are dealt to
-    groups: tuple[str, ...] | None = None  # optimiser groups that train (None: all)
-
-
-class Draws(NamedTuple):
-    """All random numbers of one iteration, drawn once, globally (each replica takes its
-    slice of every tensor's first axis)."""
-
-    idx: tf.Tensor          # the batch's sample indices (the Trainer's ``draw_batch``)
-    own: Any = None         # the method's own draws (``draw``: a record of its own, or None)
-
-
-class OptimGroup(NamedTuple):
-    """One optimiser of the step: it minimises ``losses[loss]`` over ``variables``; with
-    ``regularized`` the regularisers' penalties are in that loss and see its updates."""
-
-    optimizer: keras.optimizers.Optimizer
-    variables: list
-    loss: str = "total"
-    regularized: bool = True
-
-
-class Batch(NamedTuple):
-    """The current data one replica trains on: model inputs, labels, task ids."""
-
-    x: tf.Tensor
-    y: tf.Tensor
-    tid: tf.Tensor
-
-
-@dataclasses.dataclass
-class TaskProgress:
-    """Where a task part-way through stands, at a boundary between compiled calls: what a
-    checkpoint inside the task records beside the training state, and what ``fit(resume=)``
-    continues from."""
-
-    task: int                 # the task's index (0-based)
-    iterations: int           # iterations of the task done
-    sums: list[float]         # per loss term, the sum over those iterations (task means)
-    window: list[float]       # per loss term, the sum since the last TensorBoard point
-    elapsed: float            # seconds spent in the task so far
-
-
-@contextlib.contextmanager
-def dtype_policy(name: str):
-    """Networks built inside take Keras' dtype policy ``name`` (``float32`` or
-    ``mixed_bfloat16``: bfloat16 compute, float32 variables); the global policy is restored
-    after, so that nothing else is built under it."""
-    before = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(before)
-
-
-def weigh(ctx: StepContext, current: tf.Tensor, replay: tf.Tensor | None) -> tf.Tensor:
-    """A loss on the current data and one on replay weighted 1/t and 1 - 1/t, t the number
-    of tasks so far (method.md 2; the authors' ``rnt``); the current loss alone without
-    replay."""
-    if replay is None:
-        return current
-    return ctx.w_current * current + ctx.w_replay * replay
-
-
-class TaskRun(NamedTuple):
-    """What ``start_task`` prepares and ``run_steps`` runs."""
-
-    task: int
-    data: TaskData
-    ctx: StepContext
-    plan: Plan
-
-
-class VariableList(tf.Module):
-    """A list of variables as one checkpointable object."""
-
-    def __init__(self, variables):
-        super().__init__()
-        self.variables_ = list(variables)
-
-
-def _local(x: tf.Tensor | None) -> tf.Tensor | None:
-    """This replica's slice of a globally drawn tensor (all randomness is drawn once, in
-    cross-replica context, so that any number of replicas sees the same numbers)."""
-    if x is None:
-        return None
-    ctx = tf.distribute.get_replica_context()
-    n = ctx.num_replicas_in_sync
-    if n == 1:
-        return x
-    b = tf.shape(x)[0] // n
-    rid = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
-    return x[rid * b:(rid + 1) * b]
-
-
-def pad_samples(data: TaskData) -> TaskData:
-    """The data with x, y and tid zero-padded to the next power of two of samples.
-
-    The step draws indices from ``offsets`` and ``sizes`` only, so padding changes no number;
-    it gives tasks of slightly different sizes the same shapes, so the compiled step is
-    neither traced again nor (with XLA) recompiled for each task."""
-    n = int(data.x.shape[0])
-    size = 1 << max(n - 1, 0).bit_length()
-    if size == n:
-        return data
-
-    def pad(v):
-        return tf.concat([v, tf.zeros([size - n, *v.shape[1:]], v.dtype)], 0)
-
-    return data._replace(x=pad(data.x), y=pad(data.y), tid=pad(data.tid))
-
-
-def chunk_loop(step: Callable[[], dict[str, tf.Tensor]], size: int,
-               n: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-    """Up to ``n`` (<= ``size``) calls of ``step`` in one ``tf.while_loop``, stopping after
-    the first whose terms are not all finite: (per term, its values stacked over the
-    ``size`` slots; iterations run). A term may have any shape (a packed step's is [K])."""
-    # the terms are what the step returns: known once the body is traced
-    rows = tf.TensorArray(tf.float32, size=size)
-    names: list[str] = []
-
-    def body(i, rows, finite):
-        terms = step()
-        names[:] = list(terms)
-        values = tf.stack(list(terms.values()))
-        return i + 1, rows.write(i, values), tf.reduce_all(tf.math.is_finite(values))
-
-    count, rows, _ = tf.while_loop(
-        lambda i, rows, finite: tf.logical_and(i < tf.minimum(n, size), finite),
-        body, (tf.constant(0), rows, tf.constant(True)), maximum_iterations=size)
-    table = rows.stack()
-    return {k: table[:, j] for j, k in enumerate(names)}, count
+from bir_keras.strategies.records import (
+    Batch,
+    Draws,
+    History,
+    OptimGroup,
+    Plan,
+    StepContext,
+    TaskData,
+    TaskProgress,
+    TaskRun,
+    VariableList,
+)
+from bir_keras.strategies.regularizers import Regularizer
+from bir_keras.strategies.sampler import BatchSampler
 
 
 class Trainer:
@@ -320,14 +120,10 @@ class Trainer:
                 reg.build(self.protected_variables())
             self._check_protected()
             self.tasks_done = tf.Variable(0, trainable=False, name="tasks_done")
-            # iterations run in the current task: which epoch and batch ``draw`` is at
-            self.batch_counter = tf.Variable(0, trainable=False, name="batch_counter")
-            # each data part's shuffled order for its current epoch (``draw_batch``): a
-            # cache, not state (recomputed from the seed whenever its key differs)
-            self._epoch_order = tf.Variable(tf.zeros([0], tf.int32), shape=tf.TensorShape([None]),
-                                            trainable=False, name="epoch_order")
-            self._epoch_key = tf.Variable(tf.zeros([0], tf.int64), shape=tf.TensorShape([None]),
-                                          trainable=False, name="epoch_key")
+            # the batches of each iteration, in shuffled epochs (its counter is the
+            # iterations of the current task, part of a checkpoint inside a task)
+            self.sampler = BatchSampler(config.batch)
+            self.batch_counter = self.sampler.counter
         self.jit_compile = self._use_xla(config.jit_compile)
         self.xla_update = xla_update(config.jit_compile, self.jit_compile, self.distributed)
         # No AutoGraph: the step's control flow is written as TF ops (tf.while_loop, tf.cond,
@@ -336,7 +132,7 @@ class Trainer:
         # a tensor now fails at trace time instead of being converted.
         self._steps_fn = tf.function(self._steps, reduce_retracing=True, autograph=False,
                                      jit_compile=self.jit_compile or None)
-        self._eval_fn = tf.function(self._eval_batch, reduce_retracing=True, autograph=False)
+        self.evaluator = Evaluator(self)
 
     # -- construction hooks ----------------------------------------------------------
     def build_models(self) -> None:
@@ -454,76 +250,12 @@ class Trainer:
         return None
 
     def draw_batch(self, data: TaskData, ctx: StepContext, plan: Plan) -> tf.Tensor:
-        """The batch's sample indices, drawn globally (cross-replica).
-
-        Shuffled epochs without replacement, dropping each epoch's last incomplete
-        batch, as the authors' ``DataLoader(shuffle=True, drop_last=True)`` (fidelity.md
-        item 17). Epoch ``e`` of task ``t`` is a permutation drawn from (seed, t, part, e),
-        so a task's batches do not depend on what ran before it. With several parts (Joint
-        in Task-IL: one per task, as the authors' separate loaders) the batch's slots are
-        dealt to the parts in turn and each part runs its own epochs. A part smaller than
-        its share of the batch repeats its samples within the batch.
-
-        A part's permutation is sorted once per epoch, not per iteration: it is kept in
-        ``_epoch_order`` (at the part's own positions) under the key (task, epoch), and
-        sorted again only when the key changes. The sort was most of the step: 4.5 of 7.7 ms
-        per iteration of BI-R on split MNIST under XLA (a sort of 16384 keys), more for
-        bigger tasks. The indices are the same as sorting every iteration."""
-        b = self.config.batch
-        n_parts = plan.parts
-        n_pad = tf.shape(data.x)[0]
-        it = self.batch_counter.read_value()
-        self.batch_counter.assign_add(1)
-        # Philox named explicitly: "auto_select" may pick another algorithm under XLA
-        fold = lambda key, v: tf.random.experimental.stateless_fold_in(  # noqa: E731
-            key, tf.cast(v, tf.int64), alg="philox")
-        key = fold(ctx.draw_key, ctx.task)
-        pos = tf.range(n_pad)
-        # a cache of other shapes (another task's data) starts empty: every part is sorted
-        cache, keys = self._epoch_order.read_value(), self._epoch_key.read_value()
-        fresh = tf.logical_or(tf.shape(cache)[0] != n_pad, tf.shape(keys)[0] != n_parts)
-        cache = tf.cond(fresh, lambda: tf.zeros([n_pad], tf.int32), lambda: tf.identity(cache))
-        keys = tf.cond(fresh, lambda: tf.fill([n_parts], tf.constant(-1, tf.int64)),
-                       lambda: tf.identity(keys))
-        parts, slots, new_keys = [], [], []
-        for p in range(n_parts):
-            k = len(range(p, b, n_parts))
-            if n_parts == 1:   # one set: the union of whatever the data holds
-                size, offset = tf.reduce_sum(data.sizes), data.offsets[0]
-            else:
-                size, offset = data.sizes[p], data.offsets[p]
-            per_epoch = tf.maximum(size // k, 1)
-            epoch, j = it // per_epoch, it % per_epoch
-            inside = tf.logical_and(pos >= offset, pos < offset + size)
-            part_key = tf.cast(ctx.task, tf.int64) * (1 << 32) + tf.cast(epoch, tf.int64)
-
-            def sort(p=p, epoch=epoch, inside=inside, offset=offset, cache=cache):
-                u = tf.random.stateless_uniform([n_pad], fold(fold(key, p), epoch), alg="philox")
-                order = tf.argsort(tf.where(inside, u, 2.0))
-                # the part's samples come first in ``order``: keep them at its positions
-                return tf.where(inside, tf.gather(order, tf.clip_by_value(pos - offset, 0, n_pad - 1)),
-                                cache)
-
-            cache = tf.cond(keys[p] != part_key, sort, lambda cache=cache: tf.identity(cache))
-            new_keys.append(part_key)
-            parts.append(tf.gather(cache, offset + tf.math.floormod(j * k + tf.range(k), size)))
-            slots += list(range(p, b, n_parts))
-        self._epoch_order.assign(cache)
-        self._epoch_key.assign(tf.stack(new_keys))
-        idx = tf.concat(parts, 0)
-        if n_parts > 1:
-            idx = tf.gather(idx, np.argsort(slots))
-        return idx
+        """The batch's sample indices, drawn globally (cross-replica): ``BatchSampler``."""
+        return self.sampler.draw(data, ctx, plan)
 
     def size_draw_cache(self, data: TaskData, plan: Plan) -> None:
-        """Give the epoch-order cache the shapes of this task's padded data and parts before
-        a compiled call (XLA compiles for the variables' shapes; eager calls need nothing)."""
-        n_pad, n_parts = int(data.x.shape[0]), plan.parts
-        # the values' shapes (the variables' own are [None])
-        if (tuple(self._epoch_order.read_value().shape) != (n_pad,)
-                or tuple(self._epoch_key.read_value().shape) != (n_parts,)):
-            self._epoch_order.assign(tf.zeros([n_pad], tf.int32))
-            self._epoch_key.assign(tf.fill([n_parts], tf.constant(-1, tf.int64)))
+        """Size the sampler's epoch-order cache for a compiled call (``BatchSampler``)."""
+        self.sampler.size_cache(data, plan)
 
     def replay_batch(self, batch: Batch, draws: Any, ctx: StepContext, plan: Plan):
         """In-graph replay for this replica, from the method's ``draws`` (methods that
@@ -543,10 +275,10 @@ class Trainer:
 
     def _replica_step(self, data: TaskData, ctx: StepContext, draws: Draws,
                       plan: Plan) -> dict[str, tf.Tensor]:
-        idx = _local(draws.idx)
+        idx = local_slice(draws.idx)
         batch = Batch(x=self.preprocess(tf.gather(data.x, idx)), y=tf.gather(data.y, idx),
                       tid=tf.gather(data.tid, idx))
-        own = tf.nest.map_structure(_local, draws.own)
+        own = tf.nest.map_structure(local_slice, draws.own)
         replay = self.replay_batch(batch, own, ctx, plan) if plan.replay else None
         groups = [g for name, g in self.optim_groups().items()
                   if plan.groups is None or name in plan.groups]
@@ -669,7 +401,7 @@ class Trainer:
         self.history.task_times.append(time.time() - start)
         self.history.losses.append(means)
         self.history.accuracy_matrix.append(self.evaluate(t))
-        self.log_task(t)
+        loop.report_task(self, t)
         for cb in self.callbacks:
             cb(self, t)
 
@@ -678,93 +410,19 @@ class Trainer:
         given: the task's mean losses."""
         run = run._replace(data=pad_samples(run.data))
         names = self.loss_names(run, self.plan_for_iteration(run.plan, at.iterations if at else 0))
-        loop = self.task_loop(run, names, at)
+        steps = loop.task_loop(self, run, names, at)
         try:
-            plan, k = next(loop)
+            plan, k = next(steps)
             while True:
-                plan, k = loop.send(self.run_steps(run, k, plan)[0])
+                plan, k = steps.send(self.run_steps(run, k, plan)[0])
         except StopIteration as done:
             return done.value
 
-    def task_loop(self, run: TaskRun, names: list[str], at: TaskProgress | None = None,
-                  interruptible: bool = True):
-        """The bookkeeping of one task's training, as a generator: it yields ``(plan, k)``,
-        a chunk of up to ``steps_per_call`` iterations (chunks never span a change of plan),
-        is sent back the chunk's losses ``[k, terms]`` (columns in the order of ``names``),
-        logs them (TensorBoard, progress bar), stops at a non-finite loss, runs
-        ``chunk_callbacks`` after each chunk, lets a Ctrl-C land after them (unless not
-        ``interruptible``: a ``SeedPack`` checks once every seed has had its chunk, so the
-        seeds stop at one step), and returns the task's mean losses. Whoever runs the step
-        drives it: ``train_task`` for one trainer, a ``SeedPack`` for several in lockstep.
-        ``run`` has its data padded (``pad_samples``)."""
-        t = run.task
-        n = self.iterations(t)
-        sums = np.array(at.sums, np.float64) if at else np.zeros(len(names))
-        window = np.array(at.window, np.float64) if at else np.zeros(len(names))
-        if len(sums) != len(names) or len(window) != len(names):
-            raise ValueError(f"task progress has {len(sums)} loss terms, the step {len(names)}")
-        bar = keras.utils.Progbar(n, verbose=1 if sys.stdout.isatty() else 2, stateful_metrics=names) \
-            if self.verbose else None
-        i = at.iterations if at else 0
-        started = time.time() - (at.elapsed if at else 0.0)  # for TaskProgress.elapsed
-        while i < n:
-            plan = self.plan_for_iteration(run.plan, i)
-            k = 1
-            while (i + k < n and k < self.steps_per_call
-                   and self.plan_for_iteration(run.plan, i + k) == plan):
-                k += 1
-            rows = yield plan, k
-            # count what the model went through at once (an interrupted run reports it)
-            first, self.global_step = self.global_step, self.global_step + len(rows)
-            for j, values in enumerate(rows):
-                if not np.all(np.isfinite(values)):
-                    bad = [nm for nm, v in zip(names, values) if not np.isfinite(v)]
-                    raise NonFiniteLoss(f"non-finite loss at task {t + 1}, iteration {i + 1} "
-                                        f"(global step {first + j + 1}): {', '.join(bad)}")
-                sums += values
-                window += values
-                if (i + 1) % self.config.log_every == 0 or i + 1 == n:
-                    m = (i % self.config.log_every) + 1
-                    self.log_scalars({f"loss/{nm}": v / m for nm, v in zip(names, window)},
-                                     first + j + 1)
-                    window[:] = 0
-                    if bar is not None:
-                        bar.update(i + 1, [(nm, float(v)) for nm, v in zip(names, values)])
-                i += 1
-            for cb in self.chunk_callbacks:
-                cb(self, TaskProgress(t, i, sums.tolist(), window.tolist(),
-                                      time.time() - started))
-            if interruptible:
-                interrupts.raise_if_requested()  # Ctrl-C lands here, between compiled calls
-        return {nm: float(v / max(n, 1)) for nm, v in zip(names, sums)}
-
     # -- evaluation ------------------------------------------------------------------
-    def _eval_batch(self, x, y, tid, active_row):
-        logits = self.logits(self.model, self.preprocess(x), tid)
-        pred = tf.argmax(masked_logits(logits, active_row[None]), -1, output_type=tf.int32)
-        return tf.reduce_sum(tf.cast(tf.equal(pred, y), tf.int32))
-
     def evaluate(self, t: int) -> list[float | None]:
-        """Accuracy on every learned task's test set after learning task ``t``."""
-        table = self.protocol.active_table(t)
-        row: list[float | None] = []
-        for j in range(self.protocol.num_tasks):
-            if j > t:
-                row.append(None)
-                continue
-            row.append(self.task_accuracy(j, table[j]))
-        return row
-
-    def task_accuracy(self, j: int, active_row: np.ndarray) -> float:
-        """Test accuracy on task ``j`` with the given active units."""
-        x_test, y_test = self.protocol.test_set(j)
-        correct, bs = 0, self.config.eval_batch
-        active = tf.constant(active_row)
-        for s in range(0, len(y_test), bs):
-            x = x_test[s:s + bs]
-            correct += int(self._eval_fn(tf.constant(x), tf.constant(y_test[s:s + bs]),
-                                         tf.fill([len(x)], tf.constant(j, tf.int32)), active))
-        return correct / len(y_test)
+        """Accuracy on every learned task's test set after learning task ``t``
+        (``evaluation.accuracy.Evaluator``)."""
+        return self.evaluator.evaluate(t)
 
     # -- logging -----------------------------------------------------------------------
     def log_scalars(self, values: dict[str, float], step: int) -> None:
@@ -775,20 +433,3 @@ class Trainer:
             for k, v in values.items():
                 tf.summary.scalar(k, v, description="x axis: training iteration (global step); "
                                   f"mean over the last {self.config.log_every} iterations")
-
-    def log_task(self, t: int) -> None:
-        """Accuracy per task and the average after task ``t``, to TensorBoard and stdout."""
-        row = self.history.accuracy_matrix[-1]
-        avg = self.history.average_accuracy[-1]
-        vals = {f"accuracy/task{j + 1}": a for j, a in enumerate(row) if a is not None}
-        vals["accuracy/average"] = avg
-        if self.summary_writer is not None:
-            with self.summary_writer.as_default(step=t + 1):
-                for k, v in vals.items():
-                    tf.summary.scalar(k, v, description="x axis: number of tasks learned; test "
-                                      "accuracy (set smoothing to 0: few points)")
-            self.summary_writer.flush()
-        if self.verbose:
-            accs = " ".join(f"{a:.4f}" for a in row if a is not None)
-            print(f"task {t + 1}/{self.protocol.num_tasks}: average accuracy {avg:.4f} "
-                  f"[{accs}] ({self.history.task_times[-1]:.1f}s)", flush=True)

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from bir_keras.models.classifier import HardTargets
-from bir_keras.strategies.base import Batch, Plan, StepContext, TaskData
+from bir_keras.strategies.records import Batch, Plan, StepContext, TaskData
 from bir_keras.strategies.replay import Replay, ReplayTrainer
 
 

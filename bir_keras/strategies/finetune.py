@@ -7,7 +7,8 @@ import tensorflow as tf
 
 from bir_keras.models.classifier import Classifier, HardTargets
 from bir_keras.models.layers import make_unit_masks
-from bir_keras.strategies.base import Batch, Plan, StepContext, Trainer, weigh
+from bir_keras.strategies.base import Trainer
+from bir_keras.strategies.records import Batch, Plan, StepContext, weigh
 
 
 class FineTuning(Trainer):

@@ -12,7 +12,8 @@ shares with BI-R (the replayed batch, the VAE's losses, gates, ``--reinit``) is
 from __future__ import annotations
 
 from bir_keras.models.vae import VAE
-from bir_keras.strategies.base import OptimGroup, Plan, make_adam, weigh
+from bir_keras.strategies.execution import make_adam
+from bir_keras.strategies.records import OptimGroup, Plan, weigh
 from bir_keras.strategies.vae_replay import VAEReplay
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from bir_keras.strategies.base import Plan, TaskData
 from bir_keras.strategies.finetune import FineTuning
+from bir_keras.strategies.records import Plan, TaskData
 
 
 class Joint(FineTuning):

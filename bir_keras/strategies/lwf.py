@@ -3,7 +3,7 @@ soft targets from the model frozen at the end of the previous task."""
 
 from __future__ import annotations
 
-from bir_keras.strategies.base import Batch, Plan, StepContext
+from bir_keras.strategies.records import Batch, Plan, StepContext
 from bir_keras.strategies.replay import Replay, ReplayDraws, ReplayTrainer
 
 

@@ -51,19 +51,15 @@ from bir_keras import interrupts
 from bir_keras.config import ConfigError, unpackable
 from bir_keras.models.layers import dense_gradients
 from bir_keras.strategies import loop
-from bir_keras.strategies.base import (
-    Batch,
-    NonFiniteLoss,
-    Plan,
-    TaskProgress,
-    TaskRun,
-    Trainer,
+from bir_keras.strategies.base import Trainer
+from bir_keras.strategies.execution import (
     apply_updates,
     chunk_loop,
     pad_samples,
     run_update,
     xla_update,
 )
+from bir_keras.strategies.records import Batch, NonFiniteLoss, Plan, TaskProgress, TaskRun
 
 
 def check_packable(trainers: list[Trainer]) -> None:
@@ -203,7 +199,7 @@ class SeedPack:
         return loop.fit(self.trainers, self.train_task, until)
 
     def train_task(self, runs: list[TaskRun], at: TaskProgress | None = None) -> list[dict]:
-        """Every seed's ``Trainer.task_loop`` driven by one step over all of them: each
+        """Every seed's ``loop.task_loop`` driven by one step over all of them: each
         seed's mean losses."""
         trs = self.trainers
         if len(trs) == 1:
@@ -212,8 +208,9 @@ class SeedPack:
         names = self.loss_names(runs, trs[0].plan_for_iteration(runs[0].plan, 0))
         # a Ctrl-C lands once every seed has had its chunk (and its checkpoint callbacks):
         # the seeds stop at one step, each resumable from its own progress
-        loops = [tr.task_loop(run, names, interruptible=False) for tr, run in zip(trs, runs)]
-        requests = [next(loop) for loop in loops]
+        loops = [loop.task_loop(tr, run, names, interruptible=False)
+                 for tr, run in zip(trs, runs)]
+        requests = [next(steps) for steps in loops]
         means: list[dict | None] = [None] * len(trs)
         while requests:
             plan, k = requests[0]

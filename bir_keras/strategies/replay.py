@@ -11,8 +11,8 @@ import tensorflow as tf
 
 from bir_keras.models.classifier import HardTargets, SoftTargets, Targets, TaskHeadsTargets
 from bir_keras.models.layers import masked_logits
-from bir_keras.strategies.base import Plan, StepContext
 from bir_keras.strategies.finetune import FineTuning
+from bir_keras.strategies.records import Plan, StepContext
 
 
 class Replay(NamedTuple):

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from bir_keras.models.layers import make_gate_masks, torch_uniform_init
 from bir_keras.models.vae import VAE
-from bir_keras.strategies.base import Batch, Plan, StepContext
+from bir_keras.strategies.records import Batch, Plan, StepContext
 from bir_keras.strategies.replay import Replay, ReplayTrainer
 
 

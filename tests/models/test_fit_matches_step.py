@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from bir_keras.strategies import make_trainer
-from bir_keras.strategies.base import make_adam, pad_samples
+from bir_keras.strategies.execution import make_adam, pad_samples
 
 
 def _first_step(tr):

@@ -17,8 +17,9 @@ from bir_keras.data.protocols import make_protocol
 from bir_keras.data.sources import Dataset
 from bir_keras.models.classifier import Classifier
 from bir_keras.strategies import make_trainer
-from bir_keras.strategies.base import Batch, pad_samples
 from bir_keras.strategies.ewc import dense_fisher
+from bir_keras.strategies.execution import pad_samples
+from bir_keras.strategies.records import Batch
 from tests.conftest import make_blobs
 
 
@@ -161,15 +162,15 @@ def test_epoch_order_sorted_once_gives_the_indices_of_sorting_every_batch(tiny_s
         tr.batch_counter.assign(0)
         fresh = []
         for _ in cached:
-            tr._epoch_key.assign(tf.fill([plan.parts], tf.constant(-1, tf.int64)))
+            tr.sampler.epoch_key.assign(tf.fill([plan.parts], tf.constant(-1, tf.int64)))
             fresh.append(draw(data, ctx).numpy())
         np.testing.assert_array_equal(np.stack(cached), np.stack(fresh))
         assert not np.array_equal(cached[0], cached[per_epoch])   # a new epoch, a new order
         # before each compiled call the cache is sized, not emptied, when its shapes fit
-        kept = tr._epoch_order.numpy()
+        kept = tr.sampler.epoch_order.numpy()
         tr.size_draw_cache(data, plan)
-        np.testing.assert_array_equal(tr._epoch_order.numpy(), kept)
-        assert (tr._epoch_key.numpy() >= 0).all()
+        np.testing.assert_array_equal(tr.sampler.epoch_order.numpy(), kept)
+        assert (tr.sampler.epoch_key.numpy() >= 0).all()
 
 
 def test_joint_task_il_deals_the_batch_over_the_tasks(tiny_setup):

@@ -11,7 +11,7 @@ import pytest
 
 from bir_keras.config import ConfigError, method_settings
 from bir_keras.strategies import make_trainer
-from bir_keras.strategies.base import pad_samples
+from bir_keras.strategies.execution import pad_samples
 from bir_keras.strategies.pack import SeedPack
 
 SEEDS = (12, 13)  # seeds below 10 keep the label order (protocols.class_order)

@@ -11,7 +11,7 @@ import tensorflow as tf
 from bir_keras import export
 from bir_keras.config import ConfigError
 from bir_keras.strategies import make_trainer
-from bir_keras.strategies.base import xla_update
+from bir_keras.strategies.execution import xla_update
 
 
 # BI-R + SI in the suite; GR + EWC (a separate generator, EWC's Fisher) with --run-slow
