@@ -1,6 +1,8 @@
 """Flags shared by the apps, the mapping from flags to a ``Config``, and how every app
-starts: flags are parsed and checked before TensorFlow loads, a refusal is one ``error:``
-line with exit code 2, and TensorFlow's C++ log lines stay hidden unless asked for."""
+starts and ends: flags are parsed and checked before TensorFlow loads, TensorFlow's C++ log
+lines stay hidden unless asked for, and ``run_work`` maps how an app's work ended to its
+exit code (``EXIT_OK``; ``EXIT_REFUSED``, ``EXIT_FAILED``: one ``error:`` line;
+``EXIT_INTERRUPTED``: the app's own line of what Ctrl-C left)."""
 
 from __future__ import annotations
 
@@ -33,11 +35,16 @@ from bir_keras.config import (
     method_settings,
 )
 from bir_keras.data.sources import DataError
+from bir_keras.interrupts import EXIT_INTERRUPTED, caused_by_interrupt
 from bir_keras.xla_cache import CacheError
 
+# refused input: one ``error:`` line, exit ``EXIT_REFUSED``
 USER_ERRORS = (ConfigError, DataError, FileExistsError, CacheError)
-EXIT_REFUSED = 2
+# the apps' exit codes (``run_work``): done; work that started and could not finish; refused
+# input; and (imported above) EXIT_INTERRUPTED, Ctrl-C: 130, as a shell reports SIGINT
+EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_REFUSED = 2
 
 
 OS_ERRORS = {
@@ -65,6 +72,50 @@ def os_error_text(e: OSError) -> str:
 class TrainingFailed(RuntimeError):
     """Work that started and could not finish (a diverged loss, out of memory): exit 1 with
     one ``error:`` line."""
+
+
+Errors = tuple[type[BaseException], ...]
+
+
+def run_work(work: Callable[[], int | None], *,
+             interrupted: str | Callable[[BaseException], str],
+             refused: Errors = USER_ERRORS, failed: Errors = (TrainingFailed,),
+             os_errors: bool = False, one_line: bool = False) -> int:
+    """Run an app's work, ``work()``, and return its exit code: what ``work`` returns
+    (``EXIT_OK`` for None), else, by what it raised, in this order:
+
+    - ``refused`` (refused input): ``error: <message>`` on stderr, ``EXIT_REFUSED``;
+    - ``failed`` (work that started and could not finish): ``error: <message>``,
+      ``EXIT_FAILED``;
+    - with ``os_errors``, any other ``OSError`` (a file that failed during the work):
+      ``error: <path>: <reason>``, ``EXIT_FAILED``;
+    - Ctrl-C (``KeyboardInterrupt``, or an error raised because of one:
+      ``caused_by_interrupt``): the line ``interrupted`` (or ``interrupted(e)``: what was
+      saved), ``EXIT_INTERRUPTED``;
+    - anything else propagates (a traceback: a bug).
+
+    ``one_line``: the message's runs of whitespace (newlines too) as single spaces."""
+    try:
+        code = work()
+    except BaseException as e:
+        if isinstance(e, refused):
+            code, text = EXIT_REFUSED, str(e)
+        elif isinstance(e, failed):
+            code, text = EXIT_FAILED, str(e)
+        elif os_errors and isinstance(e, OSError):
+            where = f"{e.filename}: " if e.filename else ""
+            code, text = EXIT_FAILED, f"{where}{e.strerror or e}"
+        elif caused_by_interrupt(e):
+            line = interrupted if isinstance(interrupted, str) else interrupted(e)
+            print(line, file=sys.stderr, flush=True)
+            return EXIT_INTERRUPTED
+        else:
+            raise
+        if one_line:
+            text = " ".join(text.split())
+        print(f"error: {text}", file=sys.stderr, flush=True)
+        return code
+    return EXIT_OK if code is None else code
 
 
 # what TensorFlow's own file system says when it cannot write (it reports a full disk as
@@ -223,7 +274,7 @@ def parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
         refuse("a --flagfile named in a flagfile is not a text file of --name=value lines")
     except SystemExit as e:
         # absl's --help, --helpfull and --helpxml print the usage and exit 1
-        raise SystemExit(0 if e.code in (0, 1, None) else e.code) from None
+        raise SystemExit(EXIT_OK if e.code in (0, 1, None) else e.code) from None
     if not known_only and len(rest) > 1:
         arg = rest[1]
         where = _flagfile_of(arg, argv)
@@ -293,7 +344,7 @@ def _filter_native_stderr() -> None:
 
 def run_app(main: Callable[[list[str]], int], known_only: bool = False) -> None:
     """``app.run`` with ``parse_flags`` and ``quiet_tensorflow``; ``main`` returns the exit
-    code."""
+    code (``run_work``'s)."""
 
     def wrapped(argv: list[str]) -> None:
         hidden = quiet_tensorflow()

@@ -705,18 +705,16 @@ def interrupted_line(runs: list[dict], runner: Runner | None, root: Path) -> str
 def main(argv: list[str]) -> int:
     """Check everything, run what is missing, then tabulate and plot.
 
-    Exit codes: 0 done, 1 a run failed or none finished, 2 refused input, 130 Ctrl-C."""
+    Exit codes (``common.run_work``): 0 done, 1 a run failed or none finished, 2 refused
+    input, 130 Ctrl-C."""
     del argv
     state: dict = {"runs": [], "runner": None, "root": None}
-    try:
-        return _main(state)
-    except BaseException as e:
-        if not appfiles.caused_by_interrupt(e):
-            raise
+
+    def interrupted(e: BaseException) -> str:
         stop_runs(state)  # (done already where the folder was held)
-        print(interrupted_line(state["runs"], state["runner"], state["root"]), file=sys.stderr,
-              flush=True)
-        return appfiles.EXIT_INTERRUPTED
+        return interrupted_line(state["runs"], state["runner"], state["root"])
+
+    return common.run_work(lambda: _main(state), interrupted=interrupted, one_line=True)
 
 
 def stop_runs(state: dict) -> None:
@@ -843,27 +841,23 @@ def refusal(run: dict, e: Exception) -> str:
 
 
 def _main(state: dict) -> int:
-    try:
-        root, runs, passthrough, sizes, workers = check_flags()
-        state["root"], state["runs"] = root, runs
-        with rundirs.claim(root, "--output_dir"):  # one compare per folder
-            check_output_dir(root)
-            try:
-                root.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise rundirs.PathRefused(f"--output_dir={root}: cannot create it "
-                                          f"({e.strerror or e})") from None
-            folder = Folder(root)
-            folder.mark()
-            try:
-                return _run(state, folder, root, runs, passthrough, sizes, workers)
-            except BaseException as e:
-                if appfiles.caused_by_interrupt(e):
-                    stop_runs(state)  # while the folder is still held
-                raise
-    except common.USER_ERRORS as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    root, runs, passthrough, sizes, workers = check_flags()
+    state["root"], state["runs"] = root, runs
+    with rundirs.claim(root, "--output_dir"):  # one compare per folder
+        check_output_dir(root)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise rundirs.PathRefused(f"--output_dir={root}: cannot create it "
+                                      f"({e.strerror or e})") from None
+        folder = Folder(root)
+        folder.mark()
+        try:
+            return _run(state, folder, root, runs, passthrough, sizes, workers)
+        except BaseException as e:
+            if appfiles.caused_by_interrupt(e):
+                stop_runs(state)  # while the folder is still held
+            raise
 
 
 def _run(state: dict, folder: Folder, root: Path, runs: list[dict],
@@ -894,8 +888,7 @@ def _run(state: dict, folder: Folder, root: Path, runs: list[dict],
     done = [r for r in runs if is_cached(r)]
     folder.mark()
     if not done:
-        print("error: no run finished", file=sys.stderr)
-        return 1
+        raise common.TrainingFailed("no run finished")
     stats = summarize_runs(done)
     others = unexpected_entries(root)
     if others:
@@ -936,7 +929,7 @@ def _run(state: dict, folder: Folder, root: Path, runs: list[dict],
             written.append(root / "sweep.png")
     folder.mark()
     print(f"wrote {', '.join(str(p) for p in written)} (runs in {root / 'runs'})", flush=True)
-    return 1 if failed else 0
+    return common.EXIT_FAILED if failed else common.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -119,43 +118,24 @@ def check_memory(n: int, values: int, fc_units: int, clusters: int) -> None:
 
 def read_run(export_dir: str, complete: bool = True) -> dict:
     """The export's run.json, refused (``ConfigError``) where it is not one apps.train
-    wrote: unreadable, not JSON, flags or protocol not objects, a malformed input shape;
-    ``complete``: also without the task counts the scores need."""
+    wrote (``rundirs.read_run_record``): unreadable, not JSON, flags or protocol not
+    objects, a malformed input shape; ``complete``: also without the task counts the scores
+    need."""
     from bir_keras.config import ConfigError
 
     path = Path(export_dir) / "run.json"
-
-    def bad(why: str) -> ConfigError:
-        return ConfigError(f"{path}: not a run record of apps.train ({why})")
-
-    try:
-        run = json.loads(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from None
-    except ValueError as e:  # not JSON, not UTF-8
-        raise bad(f"not JSON: {e}") from None
-    if not isinstance(run, dict):
-        raise bad("not a JSON object")
-    if not isinstance(run.get("flags"), dict):
-        raise bad("its flags are not a JSON object")
-    if not isinstance(run.get("protocol", {}), dict):
-        raise bad("its protocol is not a JSON object")
-    protocol = run.get("protocol", {})
-    if complete:
-        learned, tasks = run.get("tasks_learned"), protocol.get("num_tasks")
-        for key, value, least in (("tasks_learned", learned, 0),
-                                  ("protocol.num_tasks", tasks, 1)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise bad(f"{key} is {value!r}, not a count of tasks")
-        if learned > tasks:
-            raise bad(f"tasks_learned is {learned}, more than its {tasks} tasks")
-        if learned == 0:
-            raise ConfigError(f"{export_dir}: this run has not completed a task yet: there "
-                              "are no classes learned to score its generator on")
-    shape = protocol.get("input_shape")
-    if shape is not None and not (isinstance(shape, list) and shape and all(
-            isinstance(d, int) and not isinstance(d, bool) and 0 < d < 2 ** 31 for d in shape)):
-        raise bad(f"protocol.input_shape is {shape!r}, not a shape")
+    if not complete:
+        return rundirs.read_run_record(path, need=("flags",))
+    run = rundirs.read_run_record(
+        path, need=("flags", "tasks_learned", "protocol.num_tasks"),
+        counts={"tasks_learned": 0, "protocol.num_tasks": 1}, count_words="a count of tasks")
+    learned, tasks = run["tasks_learned"], run.get("protocol", {})["num_tasks"]
+    if learned > tasks:
+        raise rundirs.RunRecordError(path, f"tasks_learned is {learned}, more than its {tasks} "
+                                     "tasks")
+    if learned == 0:
+        raise ConfigError(f"{export_dir}: this run has not completed a task yet: there are no "
+                          "classes learned to score its generator on")
     return run
 
 
@@ -326,61 +306,56 @@ def evaluate(export_dir: str, data_dir: str | None, n: int, epochs: int, fc_unit
 def main(argv: list[str]) -> int:
     """Score a run's generator and write JSON.
 
-    Exit codes: 0 done, 1 out of memory, 2 refused input, 130 interrupted (Ctrl-C)."""
+    Exit codes (``exit_code_of``): 0 done, 1 out of memory or a file that failed during the
+    work, 2 refused input, 130 interrupted (Ctrl-C)."""
     del argv
-    try:
-        return _main()
-    except BaseException as e:
-        if not appfiles.caused_by_interrupt(e):
-            raise
-        print("interrupted; nothing written", file=sys.stderr, flush=True)
-        return appfiles.EXIT_INTERRUPTED
+    return exit_code_of(_main)
 
 
-def _main() -> int:
-    from apps.common import TrainingFailed, check_data_dir, out_of_memory_names
+def exit_code_of(work) -> int:
+    """Run ``work`` and return this program's exit code for how it ended
+    (``apps.common.run_work``)."""
+    from apps.common import TrainingFailed, run_work
     from bir_keras.config import ConfigError
     from bir_keras.data.sources import DataError
 
-    try:
-        check_n(FLAGS.n, FLAGS.clusters)
-        out = check_paths(FLAGS.export_dir, FLAGS.out, FLAGS.overwrite)
-        check_data_dir(FLAGS.data_dir)
-        if FLAGS.conv_weights and FLAGS.conv_weights != "random":
-            # the one rule of a weights file (bir_keras.weightsfile), as apps.train's
-            from bir_keras.weightsfile import check_weights_file
+    return run_work(work, refused=(ConfigError, DataError, FileExistsError),
+                    failed=(TrainingFailed,), os_errors=True,  # a file that failed meanwhile
+                    interrupted="interrupted; nothing written")
 
-            check_weights_file(FLAGS.conv_weights, "--conv_weights")
-        shape = read_run(FLAGS.export_dir, complete=False).get("protocol", {}).get(
-            "input_shape")
-        # without the shape, one value a sample (what no protocol goes below); checked
-        # again with the protocol's shape once it is made, before any work
-        check_memory(FLAGS.n, sample_values(shape) if shape else 1, FLAGS.fc_units,
-                     FLAGS.clusters)
-        with contextlib.ExitStack() as claims:
-            claims.enter_context(rundirs.claim(out, "--out"))
-            if in_export(out, FLAGS.export_dir):
-                # an apps.train run still writing this export would replace it meanwhile
-                claims.enter_context(rundirs.claim(FLAGS.export_dir, "--export_dir"))
-            out = check_paths(FLAGS.export_dir, FLAGS.out, FLAGS.overwrite)
-            with out_of_memory_names("--n"):
-                res = evaluate(FLAGS.export_dir, FLAGS.data_dir, FLAGS.n,
-                               FLAGS.embedding_epochs, FLAGS.fc_units, FLAGS.clusters,
-                               FLAGS.runs, FLAGS.conv_weights, FLAGS.seed)
-            return _write(out, res)
-    except (ConfigError, DataError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TrainingFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # a file that failed during the work
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
-        return 1
+
+def _main() -> int:
+    from apps.common import check_data_dir, out_of_memory_names
+
+    check_n(FLAGS.n, FLAGS.clusters)
+    out = check_paths(FLAGS.export_dir, FLAGS.out, FLAGS.overwrite)
+    check_data_dir(FLAGS.data_dir)
+    if FLAGS.conv_weights and FLAGS.conv_weights != "random":
+        # the one rule of a weights file (bir_keras.weightsfile), as apps.train's
+        from bir_keras.weightsfile import check_weights_file
+
+        check_weights_file(FLAGS.conv_weights, "--conv_weights")
+    shape = read_run(FLAGS.export_dir, complete=False).get("protocol", {}).get("input_shape")
+    # without the shape, one value a sample (what no protocol goes below); checked again
+    # with the protocol's shape once it is made, before any work
+    check_memory(FLAGS.n, sample_values(shape) if shape else 1, FLAGS.fc_units,
+                 FLAGS.clusters)
+    with contextlib.ExitStack() as claims:
+        claims.enter_context(rundirs.claim(out, "--out"))
+        if in_export(out, FLAGS.export_dir):
+            # an apps.train run still writing this export would replace it meanwhile
+            claims.enter_context(rundirs.claim(FLAGS.export_dir, "--export_dir"))
+        out = check_paths(FLAGS.export_dir, FLAGS.out, FLAGS.overwrite)
+        with out_of_memory_names("--n"):
+            res = evaluate(FLAGS.export_dir, FLAGS.data_dir, FLAGS.n, FLAGS.embedding_epochs,
+                           FLAGS.fc_units, FLAGS.clusters, FLAGS.runs, FLAGS.conv_weights,
+                           FLAGS.seed)
+        return _write(out, res)
 
 
 def _write(out: Path, res: dict) -> int:
+    from apps.common import EXIT_OK, TrainingFailed
+
     text = json.dumps(res, indent=2)
     try:
         appfiles.write_file(out, lambda tmp: Path(tmp).write_text(text + "\n"),
@@ -390,14 +365,14 @@ def _write(out: Path, res: dict) -> int:
         # the work is done: print the scores; a path taken meanwhile is a refusal (2), a
         # write that failed (no space left, a read-only file system, ...) a failure (1)
         print(text)
-        refused = isinstance(e, (rundirs.PathRefused, FileExistsError))
-        why = e if refused else f"--out={out}: cannot write it ({e.strerror or e})"
-        print(f"error: {why}; the scores are printed above", file=sys.stderr)
-        return 2 if refused else 1
+        if isinstance(e, (rundirs.PathRefused, FileExistsError)):
+            raise rundirs.PathRefused(f"{e}; the scores are printed above") from None
+        raise TrainingFailed(f"--out={out}: cannot write it ({e.strerror or e}); the scores "
+                             "are printed above") from None
     if in_export(out, FLAGS.export_dir):
         relist_export(FLAGS.export_dir)
     print(text)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -179,52 +179,47 @@ def build_model(num_classes: int, head_units: int, head_layers: int):
 
 
 def main(argv: list[str]) -> int:
-    """Parse flags, train, report test accuracy per epoch, save the trunk and the record."""
+    """Parse flags, train, report test accuracy per epoch, save the trunk and the record.
+
+    Exit codes: ``apps.common.run_work``'s (see the module's docstring)."""
     del argv
+    from apps.common import TrainingFailed, run_work
+
     command = "python -m apps.pretrain " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     written: dict = {}  # the last epoch this run wrote
-    try:
-        return _main(command, written)
-    except BaseException as e:
-        if not appfiles.caused_by_interrupt(e):
-            raise
+
+    def interrupted(e: BaseException) -> str:
         out = Path(FLAGS.out)
         done = written.get("epochs")
-        print(f"interrupted; {out} and {record_path(out).name} hold epoch {done}" if done
-              else "interrupted before the first epoch ended; nothing written", file=sys.stderr,
-              flush=True)
-        return appfiles.EXIT_INTERRUPTED
+        return (f"interrupted; {out} and {record_path(out).name} hold epoch {done}" if done
+                else "interrupted before the first epoch ended; nothing written")
+
+    return run_work(lambda: _main(command, written),
+                    refused=(UsageError, rundirs.PathRefused, FileExistsError),
+                    failed=(TrainingFailed,), interrupted=interrupted)
 
 
-def _main(command: str, written: dict) -> int:
-    from apps.common import TrainingFailed, out_of_memory_names
+def _main(command: str, written: dict) -> None:
+    from apps.common import out_of_memory_names
 
-    try:
-        out = Path(FLAGS.out)
-        if not out.name.endswith(".weights.h5"):
-            raise UsageError(f"--out={FLAGS.out} must end with .weights.h5 (Keras weights file)")
-        check_numbers()
+    out = Path(FLAGS.out)
+    if not out.name.endswith(".weights.h5"):
+        raise UsageError(f"--out={FLAGS.out} must end with .weights.h5 (Keras weights file)")
+    check_numbers()
+    check_out(out, FLAGS.overwrite)
+    with contextlib.ExitStack() as claims:
+        # one writer per path: a second apps.pretrain on these files is refused now
+        claims.enter_context(rundirs.claim(out, "--out"))
+        claims.enter_context(rundirs.claim(record_path(out), "--out"))
         check_out(out, FLAGS.overwrite)
-        with contextlib.ExitStack() as claims:
-            # one writer per path: a second apps.pretrain on these files is refused now
-            claims.enter_context(rundirs.claim(out, "--out"))
-            claims.enter_context(rundirs.claim(record_path(out), "--out"))
-            check_out(out, FLAGS.overwrite)
-            from bir_keras.data.sources import DataError, load_dataset
+        from bir_keras.data.sources import DataError, load_dataset
 
-            try:
-                data = load_dataset("cifar10", FLAGS.data_dir)
-            except DataError as e:
-                raise UsageError(str(e)) from e
-            with out_of_memory_names("--batch (or --head_units)"), interrupts.deferred():
-                train(data, out, command, written)
-    except (UsageError, rundirs.PathRefused, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TrainingFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        try:
+            data = load_dataset("cifar10", FLAGS.data_dir)
+        except DataError as e:
+            raise UsageError(str(e)) from e
+        with out_of_memory_names("--batch (or --head_units)"), interrupts.deferred():
+            train(data, out, command, written)
 
 
 def diverged(what: str, out: Path, written: dict | None) -> None:

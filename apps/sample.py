@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -98,32 +97,13 @@ def locate(path: str) -> tuple[Path, Path | None]:
 
 def read_run(run_json: Path) -> dict:
     """The run record next to the SavedModel, refused (``SampleError``) where it is not one
-    that apps.train writes: unreadable, not JSON, or its protocol or task count malformed."""
-    def bad(why: str) -> SampleError:
-        return SampleError(f"{run_json}: not a run record of apps.train ({why})")
-
+    that apps.train writes: unreadable, not JSON, or its protocol or task count malformed
+    (``rundirs.read_run_record``)."""
     try:
-        run = json.loads(run_json.read_text())
-    except OSError as e:
-        raise SampleError(f"{run_json}: cannot read it ({e.strerror or e})") from None
-    except ValueError as e:  # not JSON, not UTF-8
-        raise bad(f"not JSON: {e}") from None
-    if not isinstance(run, dict):
-        raise bad("not a JSON object")
-    protocol = run.get("protocol", {})
-    if not isinstance(protocol, dict):
-        raise bad("its protocol is not a JSON object")
-    for key, value in (("tasks_learned", run.get("tasks_learned", 0)),
-                       ("protocol.classes_per_task", protocol.get("classes_per_task", 0))):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise bad(f"{key} is {value!r}, not a count")
-    shape = protocol.get("input_shape")
-    if shape is not None and not (isinstance(shape, list) and shape and all(
-            isinstance(d, int) and not isinstance(d, bool) and 0 < d < 2 ** 31 for d in shape)):
-        raise bad(f"protocol.input_shape is {shape!r}, not a shape")
-    if not isinstance(run.get("flags", {}), dict):
-        raise bad("its flags are not a JSON object")
-    return run
+        return rundirs.read_run_record(
+            run_json, counts={"tasks_learned": 0, "protocol.classes_per_task": 0})
+    except rundirs.RunRecordError as e:
+        raise SampleError(str(e)) from None
 
 
 def image_layout(input_shape: list[int] | tuple[int, ...]) -> tuple[int, int, int]:
@@ -410,38 +390,31 @@ def dataset_classes(protocol: dict, classes: list[int]) -> list[int] | None:
 def main(argv: list[str]) -> int:
     """Parse flags, draw, print where the grid went.
 
-    Exit codes: 0 done, 1 out of memory or the grid not written, 2 refused input, 130
-    interrupted (Ctrl-C)."""
+    Exit codes (``apps.common.run_work``): 0 done, 1 out of memory or the grid not written,
+    2 refused input, 130 interrupted (Ctrl-C)."""
     del argv
-    from apps.common import TrainingFailed, out_of_memory_names
+    from apps.common import TrainingFailed, run_work
 
-    try:
-        if not FLAGS.saved_model:
-            raise SampleError("--saved_model is required")
-        with out_of_memory_names("--n (or --scale, or the number of --classes)"):
-            info = sample(FLAGS.saved_model, parse_classes(FLAGS.classes), FLAGS.n,
-                          FLAGS.out, FLAGS.scale, FLAGS.overwrite)
-    except (SampleError, rundirs.PathRefused, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (TrainingFailed, SampleFailed) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # a file that failed during the work (a claim's lock, ...)
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
-        return 1
-    except BaseException as e:
-        if not appfiles.caused_by_interrupt(e):
-            raise
-        print(f"interrupted; nothing written ({FLAGS.out} left as it was)", file=sys.stderr,
-              flush=True)
-        return appfiles.EXIT_INTERRUPTED
+    return run_work(_main, refused=(SampleError, rundirs.PathRefused, FileExistsError),
+                    failed=(TrainingFailed, SampleFailed),
+                    os_errors=True,  # a file that failed during the work (a claim's lock, ...)
+                    interrupted=lambda e: f"interrupted; nothing written ({FLAGS.out} left as "
+                                          "it was)")
+
+
+def _main() -> int:
+    from apps.common import EXIT_OK, out_of_memory_names
+
+    if not FLAGS.saved_model:
+        raise SampleError("--saved_model is required")
+    with out_of_memory_names("--n (or --scale, or the number of --classes)"):
+        info = sample(FLAGS.saved_model, parse_classes(FLAGS.classes), FLAGS.n,
+                      FLAGS.out, FLAGS.scale, FLAGS.overwrite)
     if info["experiment"] == "permuted_mnist":
         print("note: permuted MNIST: the generator draws inputs in each task's permuted pixel "
               "order (only task 1 is unpermuted), so samples of later tasks look like noise")
     print(json.dumps(info))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -11,13 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 
 from absl import flags
 
 from apps import common
 from bir_keras.config import CUSTOM
-from bir_keras.interrupts import caused_by_interrupt
 
 FLAGS = flags.FLAGS
 common.define_train_flags()
@@ -27,20 +25,17 @@ flags.adopt_module_key_flags(common)  # --help lists them (absl shows the main m
 def main(argv: list[str]) -> int:
     """Parse flags, run the experiment, print the final average accuracy.
 
-    Exit codes: 0 done, 1 training diverged (non-finite loss), 2 refused input,
-    130 interrupted (Ctrl-C; what could be saved is saved)."""
+    Exit codes (``common.run_work``): 0 done, 1 training diverged (non-finite loss) or out
+    of memory, 2 refused input, 130 interrupted (Ctrl-C; what could be saved is saved)."""
     del argv
-    try:
-        return _main()
-    except BaseException as e:
-        if not caused_by_interrupt(e):
-            raise
-        # experiment.RunInterrupted says what was saved where; any other Ctrl-C came before
-        # training started
-        msg = str(e) if isinstance(e, KeyboardInterrupt) else ""
-        print(msg or "interrupted before training started, nothing saved", file=sys.stderr,
-              flush=True)
-        return 130
+    return common.run_work(_main, interrupted=interrupted_line)
+
+
+def interrupted_line(e: BaseException) -> str:
+    """What a Ctrl-C left: ``experiment.RunInterrupted`` (a ``KeyboardInterrupt``) says what
+    was saved where; any other Ctrl-C came before training started."""
+    msg = str(e) if isinstance(e, KeyboardInterrupt) else ""
+    return msg or "interrupted before training started, nothing saved"
 
 
 def check_flags():
@@ -82,41 +77,32 @@ def check_flags():
 
 
 def _main() -> int:
-    try:
-        config, resolved, out, export_dir, stream = check_flags()
-        from bir_keras import rundirs
-
-        with contextlib.ExitStack() as claims:
-            def claim_paths() -> None:
-                # a second run on these paths is refused now, before the data loads
-                seeds = [resolved.seed + i for i in range(FLAGS.seeds_at_once)]
-                for o, e in rundirs.seed_dirs(out, export_dir, seeds):
-                    claims.enter_context(rundirs.claim(o, "--output_dir"))
-                    claims.enter_context(rundirs.claim(e, "--export_dir"))
-                    rundirs.check_run_paths(o, e, FLAGS.resume_from, FLAGS.overwrite)
-
-            # one process writes unless several workers train together (only the chief
-            # writes, known once TF_CONFIG is read): claim before TensorFlow loads
-            if FLAGS.strategy != "multi_worker":
-                claim_paths()
-            if FLAGS.xla_cache_dir:
-                # before TensorFlow loads (it reads TF_XLA_FLAGS once)
-                from bir_keras import xla_cache
-
-                claims.enter_context(xla_cache.enabled(FLAGS.xla_cache_dir))
-            strategy, is_chief = common.make_strategy(FLAGS.strategy, FLAGS.num_logical_cpus)
-            if FLAGS.strategy == "multi_worker" and is_chief:
-                claim_paths()
-            hint = common.memory_estimate(resolved)[1]
-            rec, setup = _train(config, out, export_dir, strategy, is_chief, hint, stream)
-    except common.USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except common.TrainingFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    config, resolved, out, export_dir, stream = check_flags()
     from bir_keras import rundirs
 
+    with contextlib.ExitStack() as claims:
+        def claim_paths() -> None:
+            # a second run on these paths is refused now, before the data loads
+            seeds = [resolved.seed + i for i in range(FLAGS.seeds_at_once)]
+            for o, e in rundirs.seed_dirs(out, export_dir, seeds):
+                claims.enter_context(rundirs.claim(o, "--output_dir"))
+                claims.enter_context(rundirs.claim(e, "--export_dir"))
+                rundirs.check_run_paths(o, e, FLAGS.resume_from, FLAGS.overwrite)
+
+        # one process writes unless several workers train together (only the chief
+        # writes, known once TF_CONFIG is read): claim before TensorFlow loads
+        if FLAGS.strategy != "multi_worker":
+            claim_paths()
+        if FLAGS.xla_cache_dir:
+            # before TensorFlow loads (it reads TF_XLA_FLAGS once)
+            from bir_keras import xla_cache
+
+            claims.enter_context(xla_cache.enabled(FLAGS.xla_cache_dir))
+        strategy, is_chief = common.make_strategy(FLAGS.strategy, FLAGS.num_logical_cpus)
+        if FLAGS.strategy == "multi_worker" and is_chief:
+            claim_paths()
+        hint = common.memory_estimate(resolved)[1]
+        rec, setup = _train(config, out, export_dir, strategy, is_chief, hint, stream)
     # one line per seed
     recs = rec if isinstance(rec, list) else [rec]
     for r, (o, _) in zip(recs, rundirs.seed_dirs(out, export_dir, [x["flags"]["seed"] for x in recs])):
@@ -126,7 +112,7 @@ def _main() -> int:
                           "method": r["method"], "resume_from": r["resume_from"],
                           "flags": {k: c[k] for k in ("experiment", "scenario", "method",
                                                       "replay", "seed")}}))
-    return 0
+    return common.EXIT_OK
 
 
 def _train(config, out: str, export_dir: str, strategy, is_chief: bool, hint: str, stream):

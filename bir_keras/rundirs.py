@@ -408,9 +408,62 @@ RESUME_MAY_CHANGE = {"tasks", "data_dir", "classes_per_task", "task_classes", "m
 _RESUME_FLAGS = sorted(RESUME_MAY_CHANGE - {"method", "eval_batch", "notes"})
 
 
+class RunRecordError(ConfigError):
+    """A run record (``run.json``, a task's ``progress.json``) that cannot be read
+    (``cannot_read``: a file error, ``why`` its reason) or is not one apps.train writes
+    (``why`` says what is wrong)."""
+
+    def __init__(self, path: str | os.PathLike, why: str, cannot_read: bool = False):
+        self.path, self.why, self.cannot_read = Path(path), why, cannot_read
+        super().__init__(f"{path}: cannot read it ({why})" if cannot_read
+                         else f"{path}: not a run record of apps.train ({why})")
+
+
+def read_run_record(path: str | os.PathLike, need: tuple[str, ...] = (),
+                    counts: dict[str, int] | None = None, count_words: str = "a count") -> dict:
+    """The run record at ``path`` as apps.train writes it: a JSON object whose ``flags`` and
+    ``protocol`` are JSON objects, whose ``protocol.input_shape`` is a shape, and whose
+    ``counts`` (a key, or ``protocol.<key>``, and the least value it may take) are integers
+    of at least that, each where present (``need``: keys that must be, e.g. ``flags``,
+    ``tasks_learned``); else ``RunRecordError`` saying what (a bad count "is <value>, not
+    <count_words>")."""
+    path = Path(path)
+
+    def bad(why: str) -> RunRecordError:
+        return RunRecordError(path, why)
+
+    try:
+        run = json.loads(path.read_text())
+    except OSError as e:
+        raise RunRecordError(path, str(e.strerror or e), cannot_read=True) from None
+    except ValueError as e:  # not JSON, not UTF-8
+        raise bad(f"not JSON: {e}") from None
+    if not isinstance(run, dict):
+        raise bad("not a JSON object")
+    for key in ("flags", "protocol"):
+        if (key in need or key in run) and not isinstance(run.get(key), dict):
+            raise bad(f"its {key} is not a JSON object" if key == "protocol"
+                      else "its flags are not a JSON object")
+    protocol = run.get("protocol", {})
+    for key, least in (counts or {}).items():
+        where, name = (protocol, key.split(".", 1)[1]) if key.startswith("protocol.") \
+            else (run, key)
+        if name not in where and key not in need:
+            continue
+        value = where.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise bad(f"{key} is {value!r}, not {count_words}")
+    shape = protocol.get("input_shape")
+    if shape is not None and not (isinstance(shape, list) and shape and all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 < d < 2 ** 31 for d in shape)):
+        raise bad(f"protocol.input_shape is {shape!r}, not a shape")
+    return run
+
+
 def read_resume_record(resume_from: str, flags: dict | None = None) -> dict:
-    """The ``run.json`` of ``--resume_from``, refused if it is missing or interrupted and,
-    given this run's resolved settings ``flags``, checked against them (``check_resume_flags``)."""
+    """The ``run.json`` of ``--resume_from`` (``read_run_record``), refused
+    (``PathRefused``) if it is missing, malformed or interrupted and, given this run's
+    resolved settings ``flags``, checked against them (``check_resume_flags``)."""
     # a checkpoint inside a task (--checkpoint_every) is newer than the export beside it
     run_json = Path(resume_from) / "task_progress" / "progress.json"
     if not run_json.is_file():
@@ -419,19 +472,17 @@ def read_resume_record(resume_from: str, flags: dict | None = None) -> dict:
         raise PathRefused(f"--resume_from={resume_from}: no run.json there (not an export of "
                           "apps.train)")
     try:
-        old = json.loads(run_json.read_text())
-        old_flags = dict(old["flags"])
-        int(old["tasks_learned"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        why = e.strerror if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+        old = read_run_record(run_json, need=("flags", "tasks_learned"),
+                              counts={"tasks_learned": 0})
+    except RunRecordError as e:
         raise PathRefused(f"--resume_from={resume_from}: unreadable {run_json.name} "
-                          f"({why})") from None
+                          f"({e.why})") from None
     if old.get("interrupted"):
         raise PathRefused(f"--resume_from={resume_from} holds a run interrupted part-way "
                           f"through task {old['interrupted'].get('task')}; resume from the "
                           "export written after the last complete task instead")
     if flags is not None:
-        check_resume_flags(resume_from, old_flags, flags)
+        check_resume_flags(resume_from, old["flags"], flags)
     return old
 
 

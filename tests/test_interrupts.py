@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bir_keras import interrupts
+from tests import processes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,19 +45,13 @@ print("the call returned", flush=True)
 
 
 def test_second_ctrl_c_stops_at_once_even_inside_a_c_call():
-    proc = subprocess.Popen([sys.executable, "-c", HELD_IN_C], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
+    with processes.running(["-c", HELD_IN_C]) as proc:
         assert proc.stdout.readline().strip() == "ready"
         start = time.time()
         proc.send_signal(signal.SIGINT)
         time.sleep(0.3)
         assert proc.poll() is None  # the first one waits for the call
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        out, err = processes.ctrl_c(proc, timeout=10)
     assert proc.returncode == interrupts.EXIT_INTERRUPTED, err
     assert time.time() - start < 8 and "the call returned" not in out
     assert "Ctrl-C again: stopped at once" in err and "Traceback" not in err
@@ -129,19 +124,11 @@ def test_second_ctrl_c_line_and_buffered_output_reach_files(tmp_path, attempt):
     # written behind the apps' stderr filter were lost when both went to files
     ready = tmp_path / "ready"
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", FILTERED_AND_BUFFERED, str(ready)],
-                                stdout=out, stderr=err, cwd=ROOT, env=_env_without_unbuffered())
-        try:
-            deadline = time.time() + 60
-            while not ready.exists() and proc.poll() is None and time.time() < deadline:
-                time.sleep(0.05)
-            proc.send_signal(signal.SIGINT)
-            time.sleep(0.2)
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        with processes.running(["-c", FILTERED_AND_BUFFERED, str(ready)],
+                               env=_env_without_unbuffered(), stdout=out, stderr=err) as proc:
+            processes.wait_until(proc, ready.exists, time.time() + 60, "the C call",
+                                 every=0.05)
+            processes.ctrl_c(proc, times=2, gap=0.2, timeout=10)
     assert proc.returncode == interrupts.EXIT_INTERRUPTED, (tmp_path / "err").read_text()
     assert (tmp_path / "out").read_text() == "printed before the Ctrl-Cs\n"
     assert (tmp_path / "err").read_text().splitlines() == [
@@ -156,25 +143,14 @@ def test_apps_train_second_ctrl_c_line_reaches_a_file(tmp_path):
 
     err_path = tmp_path / "stderr.txt"
     with open(err_path, "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "apps.train", *FAST, "--method=bir", "--tasks=2",
-             "--iters=100000", "--progress_every=0.2", f"--output_dir={tmp_path / 'out'}",
-             f"--export_dir={tmp_path / 'export'}"],
-            stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT,
-            env=_env_without_unbuffered(),
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        try:
+        with processes.running(
+                ["-m", "apps.train", *FAST, "--method=bir", "--tasks=2", "--iters=100000",
+                 "--progress_every=0.2", f"--output_dir={tmp_path / 'out'}",
+                 f"--export_dir={tmp_path / 'export'}"],
+                env=_env_without_unbuffered(), stderr=err) as proc:
             # a progress line: the training loop (inside interrupts.deferred) is running
-            for line in proc.stdout:
-                if line.startswith("task 1/2: iteration"):
-                    break
-            proc.send_signal(signal.SIGINT)
-            time.sleep(0.05)
-            proc.send_signal(signal.SIGINT)
-            proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+            processes.wait_for_line(proc, "task 1/2: iteration")
+            processes.ctrl_c(proc, times=2, gap=0.05, timeout=30)
     text = err_path.read_text()
     assert proc.returncode == interrupts.EXIT_INTERRUPTED, text[-2000:]
     assert "Ctrl-C again: stopped at once" in text and "Traceback" not in text

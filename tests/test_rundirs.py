@@ -79,3 +79,51 @@ def test_resume_flags_must_match_except_what_may_change():
         rundirs.check_resume_flags("r", old, {**old, "fc_units": 64})
     with pytest.raises(PathRefused, match="--replay=generative, this run has --replay=none"):
         rundirs.check_resume_flags("r", old, {**old, "replay": "none"})
+
+
+@pytest.mark.parametrize("text, kwargs, why", [
+    ("{x", {}, "not JSON: "),
+    ("[1]", {}, "not a JSON object"),
+    ('{"flags": []}', {}, "its flags are not a JSON object"),
+    ("{}", {"need": ("flags",)}, "its flags are not a JSON object"),
+    ('{"protocol": 3}', {}, "its protocol is not a JSON object"),
+    ('{"tasks_learned": "2"}', {"counts": {"tasks_learned": 0}}, "tasks_learned is '2', not a "
+     "count"),
+    ('{"protocol": {}}', {"need": ("protocol.num_tasks",), "counts": {"protocol.num_tasks": 1},
+                          "count_words": "a count of tasks"},
+     "protocol.num_tasks is None, not a count of tasks"),
+    ('{"protocol": {"input_shape": [0]}}', {}, "protocol.input_shape is [0], not a shape"),
+])
+def test_a_run_record_that_apps_train_did_not_write_is_named(tmp_path, text, kwargs, why):
+    # the one reader of run.json: apps.sample, apps.evaluate_generator and --resume_from
+    # each name its errors their own way from it
+    path = tmp_path / "run.json"
+    path.write_text(text)
+    with pytest.raises(rundirs.RunRecordError) as e:
+        rundirs.read_run_record(path, **kwargs)
+    assert e.value.why.startswith(why) and not e.value.cannot_read
+    assert str(e.value) == f"{path}: not a run record of apps.train ({e.value.why})"
+
+
+def test_a_run_record_may_lack_what_is_not_needed(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text('{"protocol": {}}')
+    assert rundirs.read_run_record(path, counts={"tasks_learned": 0,
+                                                 "protocol.classes_per_task": 0}) == {
+        "protocol": {}}
+
+
+def test_an_unreadable_or_malformed_resume_record_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "run.json").write_text('{"flags": {}}')
+    with pytest.raises(PathRefused, match=r"^--resume_from=.*: unreadable run.json "
+                                          r"\(tasks_learned is None, not a count\)$"):
+        rundirs.read_resume_record(str(tmp_path))
+    (tmp_path / "run.json").write_text('{"flags": {}, "tasks_learned": 1}')
+    assert rundirs.read_resume_record(str(tmp_path))["tasks_learned"] == 1
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(tmp_path), "read_text", denied)
+    with pytest.raises(PathRefused, match=r"unreadable run.json \(Permission denied\)$"):
+        rundirs.read_resume_record(str(tmp_path))

@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from apps.compare import (
 from bir_keras import rundirs
 from bir_keras.config import ConfigError
 from bir_keras.data.sources import DataError
+from tests import processes
 from tests.apps.test_refusals import no_tensorflow_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -303,26 +303,15 @@ def _running(pattern: str) -> list[str]:
 def test_ctrl_c_stops_runs_and_keeps_finished_ones_cached(finished, tmp_path):
     root = tmp_path / "cmp"
     shutil.copytree(finished[0], root, symlinks=True)
-    proc = subprocess.Popen([sys.executable, "-m", "apps.compare", *TINY, "--seeds=3",
-                             f"--output_dir={root}"], cwd=ROOT,
-                            env={**ENV, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        deadline = time.time() + 120
+    with processes.running(["-m", "apps.compare", *TINY, "--seeds=3", f"--output_dir={root}"],
+                           env={**ENV, "PYTHONFAULTHANDLER": "1"}) as proc:
         # until seed 2's apps.train process has its data and networks (its scratch output
         # folder exists: the Ctrl-C lands in the training loop)
-        while not [d for d in root.glob("runs/none-s2-*")
-                   if _running(f"--output_dir={d}") and list(d.glob(".out.tmp-*"))]:
-            assert proc.poll() is None, proc.communicate()
-            assert time.time() < deadline, "the third run did not start"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        processes.wait_until(
+            proc, lambda: [d for d in root.glob("runs/none-s2-*")
+                           if _running(f"--output_dir={d}") and list(d.glob(".out.tmp-*"))],
+            time.time() + 120, "the start of the third run")
+        stdout, stderr = processes.ctrl_c(proc)
     assert proc.returncode == 130, (proc.returncode, stderr[-3000:])
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     assert "2 cached, 1 to run" in stdout
@@ -494,23 +483,12 @@ def test_an_interrupted_pack_is_compares_own(tmp_path, foreign):
 def test_a_packed_compare_stopped_by_ctrl_c_is_continued(tmp_path):
     root = tmp_path / "cmp"
     args = [*TINY[:-1], "--iters=1000", "--seeds=2", f"--output_dir={root}"]
-    proc = subprocess.Popen([sys.executable, "-m", "apps.compare", *args], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        deadline = time.time() + 120
+    with processes.running(["-m", "apps.compare", *args], env=ENV) as proc:
         # until both seeds of the pack have their scratch output folders (in training)
-        while len(list(root.glob("runs/*-pack-*/out/.seed*"))) < 2:
-            assert proc.poll() is None, proc.communicate()
-            assert time.time() < deadline, "the pack did not start"
-            time.sleep(0.02)
+        processes.wait_until(proc, lambda: len(list(root.glob("runs/*-pack-*/out/.seed*"))) >= 2,
+                             time.time() + 120, "the start of the pack")
         time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stdout, stderr = processes.ctrl_c(proc)
     assert proc.returncode == 130, (proc.returncode, stderr[-3000:])
     assert "not cached: none seed 0, none seed 1" in stderr
     [pack] = root.glob("runs/*-pack-*")

@@ -222,7 +222,8 @@ def failing(*args, **kwargs):
 
 if sys.argv[1] == "write":
     appfiles.write_file = failing
-    sys.exit(app._write(Path(sys.argv[2]), {"written_by": app.WRITTEN_BY, "fid": 1.5}))
+    sys.exit(app.exit_code_of(lambda: app._write(Path(sys.argv[2]),
+                                                  {"written_by": app.WRITTEN_BY, "fid": 1.5})))
 tempfile.mkstemp = failing
 try:
     app.check_out(Path(sys.argv[2]), False)

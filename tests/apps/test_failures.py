@@ -3,13 +3,12 @@ loss stops with one `error:` line, exit 1, and the last good export left as it w
 
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.apps.test_sample import ENV, FAST, ROOT, diverging_ewc_run
+from tests import processes
+from tests.apps.test_sample import ENV, FAST, diverging_ewc_run
 
 
 def no_output(out):
@@ -29,29 +28,15 @@ def test_ctrl_c_saves_export_and_exits_130(tmp_path):
     args = [*FAST, "--method=none", "--iters=500", "--tasks=3", "--log_every=1",
             f"--output_dir={out}", f"--export_dir={exp}"]
     # PYTHONFAULTHANDLER: should the process die of a signal, stderr says where
-    proc = subprocess.Popen([sys.executable, "-m", "apps.train", *args], cwd=ROOT,
-                            env={**ENV, "PYTHONFAULTHANDLER": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            # a launcher may ignore SIGINT (e.g. `cmd &` in a script); the
-                            # child must see it as a terminal's Ctrl-C would deliver it
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
+    with processes.running(["-m", "apps.train", *args],
+                           env={**ENV, "PYTHONFAULTHANDLER": "1"}) as proc:
         deadline = time.time() + 240
-        while not (exp / "run.json").exists():
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.time() < deadline, "no export after task 1"
-            time.sleep(0.05)
+        processes.wait_until(proc, (exp / "run.json").exists, deadline,
+                             "an export after task 1", every=0.05)
         after_task1 = events_size(tmp_path)  # task 1's accuracy is flushed before its export
-        while events_size(tmp_path) == after_task1:
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.time() < deadline, "task 2 did not start"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        processes.wait_until(proc, lambda: events_size(tmp_path) != after_task1, deadline,
+                             "the start of task 2")
+        stdout, stderr = processes.ctrl_c(proc)
     assert proc.returncode == 130, (proc.returncode, stderr[-3000:])
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     [line] = [ln for ln in stderr.splitlines() if ln.startswith("interrupted")]

@@ -8,14 +8,14 @@ import errno
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from apps import common
+from tests import processes
 from tests.apps.test_refusals import no_tensorflow_env, one_error_line, train
-from tests.apps.test_train_app import ENV, FAST, ROOT
+from tests.apps.test_train_app import ENV, FAST
 
 CASES = {
     # flag values that were accepted and then ran until killed, or failed after training
@@ -242,16 +242,12 @@ def test_a_flagfile_loop_is_refused(tmp_path):
 def test_ctrl_c_while_starting_is_one_line_and_exit_130(delay, tmp_path):
     # a Ctrl-C while the program still imports its modules printed a KeyboardInterrupt
     # traceback (and the process died by the signal)
-    import signal
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "apps.train", *FAST,
-                             f"--output_dir={tmp_path / 'o'}", f"--export_dir={tmp_path / 'e'}"],
-                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    time.sleep(delay)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    with processes.running(["-m", "apps.train", *FAST, f"--output_dir={tmp_path / 'o'}",
+                            f"--export_dir={tmp_path / 'e'}"], env=ENV) as proc:
+        time.sleep(delay)
+        out, err = processes.ctrl_c(proc)
     assert proc.returncode == 130, (proc.returncode, err[-2000:])
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
     assert [ln for ln in err.splitlines() if ln.strip()][-1].startswith("interrupted")

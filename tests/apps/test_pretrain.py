@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import processes
+
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 FAST = ["--epochs=1", "--limit=16", "--batch=8", "--head_units=16"]
@@ -191,27 +193,15 @@ def test_ctrl_c_keeps_the_last_whole_epoch(trained, tmp_path):
     # the last finished epoch (the interrupt waits for the running step, then saves nothing
     # half-written). The run starts over an earlier output of apps.pretrain: --overwrite
     # replaces it
-    import signal
-
     root, earlier, _ = trained
     out = tmp_path / "conv_trunk.weights.h5"
     out.write_bytes(earlier.read_bytes())
     (tmp_path / "conv_trunk.json").write_text((earlier.parent / "conv_trunk.json").read_text())
-    proc = subprocess.Popen([sys.executable, "-m", "apps.pretrain", f"--data_dir={root / 'data'}",
-                             f"--out={out}", "--overwrite", *FAST, "--epochs=100000"],
-                            cwd=ROOT, env={**ENV, "PYTHONFAULTHANDLER": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        for line in proc.stdout:  # wait for two finished epochs
-            if line.startswith("epoch 2/"):
-                break
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    with processes.running(["-m", "apps.pretrain", f"--data_dir={root / 'data'}",
+                            f"--out={out}", "--overwrite", *FAST, "--epochs=100000"],
+                           env={**ENV, "PYTHONFAULTHANDLER": "1"}) as proc:
+        processes.wait_for_line(proc, "epoch 2/")  # two finished epochs
+        _, stderr = processes.ctrl_c(proc)
     assert proc.returncode == 130, (proc.returncode, stderr[-3000:])
     assert "Traceback" not in stderr
     [line] = [ln for ln in stderr.splitlines() if ln.startswith("interrupted")]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bir_keras import rundirs
+from tests import processes
 from tests.apps.test_train_app import FAST
 from tests.once import made_once
 
@@ -70,13 +71,10 @@ def interrupt_at_tensorflow_env(tmp_path: Path) -> dict:
 
 
 def run_with_ctrl_c(tmp_path: Path, module: str, *args) -> subprocess.CompletedProcess:
-    import signal
-
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT,
                           env=interrupt_at_tensorflow_env(tmp_path), capture_output=True,
                           text=True, timeout=120,
-                          # as a terminal's Ctrl-C reaches it (a launcher may ignore SIGINT)
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                          preexec_fn=processes.sigint_as_a_terminal_sends_it)
 
 
 @pytest.fixture(scope="module")

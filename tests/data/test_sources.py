@@ -409,89 +409,69 @@ def test_unsearchable_data_dir_is_a_data_error(tmp_path, monkeypatch):
     _assert_unreadable(info.value, data_dir)
 
 
-def test_unreadable_parent_of_data_dir_is_not_called_missing(tmp_path, monkeypatch):
-    data_dir = tmp_path / "data"
-    _deny(monkeypatch, os, "stat", data_dir)
-    with pytest.raises(DataError) as info:
-        load_dataset("mnist", data_dir)
-    _assert_unreadable(info.value, data_dir)
-    assert "does not exist" not in str(info.value)
-
-
-@pytest.mark.skipif(_AS_ROOT, reason="root reads folders whatever their mode")
-def test_unreadable_data_dir_by_chmod(mnist_idx_dir):
-    mnist_idx_dir.chmod(0)
-    try:
-        with pytest.raises(DataError) as info:
-            load_dataset("mnist", mnist_idx_dir)
-    finally:
-        mnist_idx_dir.chmod(0o755)
-    _assert_unreadable(info.value, mnist_idx_dir)
-
-
-def test_unreadable_class_folder_is_named(image_folder_dir, monkeypatch):
-    cat = image_folder_dir / "train" / "cat"
-    _deny(monkeypatch, os, "scandir", cat)
-    with pytest.raises(DataError) as info:
-        load_dataset("cifar10", image_folder_dir)
-    _assert_unreadable(info.value, cat)
-
-
-def test_unreadable_single_subfolder_is_named(image_folder_dir, tmp_path, monkeypatch):
+def _single_subfolder(folder: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """(a folder holding only the data's folder, the data's folder)."""
     outer = tmp_path / "outer"
     outer.mkdir()
-    inner = image_folder_dir.rename(outer / "tiny-cifar")
-    _deny(monkeypatch, os, "listdir", inner)
-    with pytest.raises(DataError) as info:
-        load_dataset("cifar10", outer)
-    _assert_unreadable(info.value, inner)
+    return outer, folder.rename(outer / "tiny-cifar")
 
 
-def test_unreadable_pickle_folder_is_named(cifar10_pickle_dir, monkeypatch):
-    folder = cifar10_pickle_dir / "cifar-10-batches-py"
-    _deny(monkeypatch, os, "listdir", folder)
-    with pytest.raises(DataError) as info:
-        load_dataset("cifar10", cifar10_pickle_dir)
-    _assert_unreadable(info.value, folder)
-    assert "lacks" not in str(info.value)
+def _zipped(folder: Path, tmp_path: Path) -> tuple[Path, Path]:
+    zip_path = _zip_folder(folder, tmp_path / "tiny.zip", "")
+    return zip_path, zip_path
 
 
-def test_unreadable_idx_gz_is_not_called_corrupt(mnist_idx_dir, monkeypatch):
+# a path the OS refuses to read: (the data's fixture, the dataset, (the fixture's folder,
+# tmp_path) -> (what is loaded, the path refused), the call refused there, words the
+# message must not say: the path is named, not called missing or corrupt)
+UNREADABLE = {
+    "parent_of_data_dir": (None, "mnist", lambda d, t: (t / "data", t / "data"), "os.stat",
+                           ["does not exist"]),
+    "class_folder": ("image_folder_dir", "cifar10", lambda d, t: (d, d / "train" / "cat"),
+                     "os.scandir", []),
+    "single_subfolder": ("image_folder_dir", "cifar10", _single_subfolder, "os.listdir", []),
+    "pickle_folder": ("cifar10_pickle_dir", "cifar10",
+                      lambda d, t: (d, d / "cifar-10-batches-py"), "os.listdir", ["lacks"]),
+    "idx_gz": ("mnist_idx_dir", "mnist", lambda d, t: (d, d / "train-labels-idx1-ubyte.gz"),
+               "open", []),
+    "cifar_pickle": ("cifar10_pickle_dir", "cifar10",
+                     lambda d, t: (d, d / "cifar-10-batches-py" / "data_batch_3"), "open", []),
+    "image": ("image_folder_dir", "cifar10", lambda d, t: (d, d / "test" / "dog" / "0005.png"),
+              "open", []),
+    "zip": ("image_folder_dir", "cifar10", _zipped, "open", ["not a .zip"]),
+}
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE))
+def test_unreadable_path_is_named_not_called_missing_or_corrupt(case, request, tmp_path,
+                                                                monkeypatch):
     import builtins
 
-    path = mnist_idx_dir / "train-labels-idx1-ubyte.gz"
-    _deny(monkeypatch, builtins, "open", path)
+    fixture, dataset, paths, call, not_said = UNREADABLE[case]
+    load_from, path = paths(request.getfixturevalue(fixture) if fixture else None, tmp_path)
+    module, attr = call.split(".") if "." in call else ("builtins", call)
+    _deny(monkeypatch, {"os": os, "builtins": builtins}[module], attr, path)
     with pytest.raises(DataError) as info:
-        load_dataset("mnist", mnist_idx_dir)
+        load_dataset(dataset, load_from)
     _assert_unreadable(info.value, path)
+    for words in not_said:
+        assert words not in str(info.value)
 
 
-def test_unreadable_cifar_pickle_is_not_called_corrupt(cifar10_pickle_dir, monkeypatch):
-    import builtins
-
-    path = cifar10_pickle_dir / "cifar-10-batches-py" / "data_batch_3"
-    _deny(monkeypatch, builtins, "open", path)
-    with pytest.raises(DataError) as info:
-        load_dataset("cifar10", cifar10_pickle_dir)
-    _assert_unreadable(info.value, path)
-
-
-def test_unreadable_image_is_not_called_corrupt(image_folder_dir, monkeypatch):
-    import builtins
-
-    path = image_folder_dir / "test" / "dog" / "0005.png"
-    _deny(monkeypatch, builtins, "open", path)
-    with pytest.raises(DataError) as info:
-        load_dataset("cifar10", image_folder_dir)
-    _assert_unreadable(info.value, path)
-
-
-@pytest.mark.skipif(_AS_ROOT, reason="root reads files whatever their mode")
-def test_unreadable_image_by_chmod(image_folder_dir):
-    path = image_folder_dir / "test" / "dog" / "0005.png"
+@pytest.mark.skipif(_AS_ROOT, reason="root reads files and folders whatever their mode")
+@pytest.mark.parametrize("case", ["mnist_idx_dir", "image", "zip"])
+def test_unreadable_path_by_chmod(case, request, tmp_path):
+    if case == "mnist_idx_dir":
+        dataset, (load_from, path) = "mnist", (request.getfixturevalue(case),) * 2
+    else:
+        fixture, dataset, paths = UNREADABLE[case][:3]
+        load_from, path = paths(request.getfixturevalue(fixture), tmp_path)
     path.chmod(0)
-    with pytest.raises(DataError) as info:
-        load_dataset("cifar10", image_folder_dir)
+    try:
+        with pytest.raises(DataError) as info:
+            load_dataset(dataset, load_from)
+    finally:
+        path.chmod(0o755)
     _assert_unreadable(info.value, path)
 
 
@@ -509,26 +489,6 @@ def test_corrupt_image_says_decode_not_read(image_folder_dir):
 
 
 # ----------------------------------------------------------------------------- zip files
-
-
-def test_unreadable_zip_is_not_called_not_a_zip(image_folder_dir, tmp_path, monkeypatch):
-    import builtins
-
-    zip_path = _zip_folder(image_folder_dir, tmp_path / "tiny.zip", "")
-    _deny(monkeypatch, builtins, "open", zip_path)
-    with pytest.raises(DataError) as info:
-        load_dataset("cifar10", zip_path)
-    _assert_unreadable(info.value, zip_path)
-    assert "not a .zip" not in str(info.value)
-
-
-@pytest.mark.skipif(_AS_ROOT, reason="root reads files whatever their mode")
-def test_unreadable_zip_by_chmod(image_folder_dir, tmp_path):
-    zip_path = _zip_folder(image_folder_dir, tmp_path / "tiny.zip", "")
-    zip_path.chmod(0)
-    with pytest.raises(DataError) as info:
-        load_dataset("cifar10", zip_path)
-    _assert_unreadable(info.value, zip_path)
 
 
 def test_truncated_zip_says_truncated(image_folder_dir, tmp_path):
