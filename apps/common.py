@@ -10,6 +10,7 @@ import atexit
 import contextlib
 import dataclasses
 import errno
+import functools
 import json
 import os
 import re
@@ -576,6 +577,28 @@ def check_data_dir(path: str | None) -> None:
     """Refuse a ``--data_dir`` that does not exist (before TensorFlow or any data loads)."""
     if path and not os.path.exists(path):
         raise DataError(f"--data_dir={path} does not exist")
+
+
+def check_stream(config: Config, resolved: Config, resume_from: str | None = None):
+    """For ``--experiment=custom``: the data at ``--data_dir``, read, cut into tasks and
+    checked as the run will cut and check it (NumPy only: before TensorFlow loads), so that
+    bad data is one line before anything starts; None for the paper's experiments. The
+    same path is read once per process (apps.compare checks every planned run)."""
+    from bir_keras.config import CUSTOM
+    from bir_keras.data.streams import check_stream_run, protocol_for
+
+    if resolved.experiment != CUSTOM:
+        return None
+    stream = _read_stream(config.data_dir or "")
+    check_stream_run(resolved, protocol_for(config, stream, resume_from))
+    return stream
+
+
+@functools.lru_cache(maxsize=4)
+def _read_stream(data_dir: str):
+    from bir_keras.data.stream_files import stream_of
+
+    return stream_of(None, data_dir or None)
 
 
 def check_conv_weights(c: Config) -> None:

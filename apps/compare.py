@@ -254,17 +254,20 @@ def plan(methods: list[str], seeds: list[int], experiment: str, scenario: str,
 def check_run(args: list[str]):
     """Refuse (``ConfigError``, ``DataError``) a run's arguments that apps.train would
     refuse: a flag's value, incompatible settings, a protocol without that many tasks, a
-    ``--data_dir`` or (with conv layers) ``--conv_weights`` that does not exist, a run that
-    needs more memory than is available; else its resolved config."""
+    ``--data_dir`` or (with conv layers) ``--conv_weights`` that does not exist, your own
+    data that the run could not cut into tasks, a run that needs more memory than is
+    available; else its resolved config."""
     from bir_keras.config import resolve
 
     try:
         fv = train_flag_values(args)
     except flags.Error as e:
         raise ConfigError(str(e)) from None
-    c = resolve(common.config_from_flags(fv))  # as apps.train: bir_keras.config.check
+    config = common.config_from_flags(fv)
+    c = resolve(config)                        # as apps.train: bir_keras.config.check
     common.check_data_dir(fv.data_dir)         # as apps.train, before any data loads
     common.check_conv_weights(c)
+    common.check_stream(config, c)             # your own data: read and cut as the run will
     check_memory(c, 1)
     return c
 

@@ -15,7 +15,6 @@ import os
 from absl import flags
 
 from apps import common
-from bir_keras.config import CUSTOM
 
 FLAGS = flags.FLAGS
 common.define_train_flags()
@@ -57,15 +56,9 @@ def check_flags():
     export_dir = FLAGS.export_dir or str(rundirs.default_export_dir(out))
     common.check_data_dir(FLAGS.data_dir)
     common.check_conv_weights(resolved)
-    stream = None
-    if resolved.experiment == CUSTOM:
-        # your data is read, cut into tasks and checked before TensorFlow loads; the run
-        # takes it from here
-        from bir_keras.data.stream_files import stream_of
-        from bir_keras.data.streams import check_stream_run, protocol_for
-
-        stream = stream_of(None, FLAGS.data_dir)
-        check_stream_run(resolved, protocol_for(config, stream, FLAGS.resume_from))
+    # your data is read, cut into tasks and checked before TensorFlow loads; the run
+    # takes it from here
+    stream = common.check_stream(config, resolved, FLAGS.resume_from)
     for o, e in rundirs.seed_dirs(out, export_dir, [resolved.seed + i for i in range(k)]):
         rundirs.check_run_paths(o, e, FLAGS.resume_from, FLAGS.overwrite)
     if FLAGS.resume_from:

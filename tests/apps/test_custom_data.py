@@ -85,3 +85,16 @@ def test_stream_flags_are_refused_for_the_paper_experiments_before_tensorflow():
     assert r.returncode == 2 and "--classes_per_task is for your own data" in r.stderr
     r = train("--experiment=custom", "--output_dir=/nonexistent/o")
     assert r.returncode == 2 and "--experiment=custom reads your data" in r.stderr
+
+
+def test_compare_checks_a_streams_data_before_any_run(tmp_path):
+    from apps.compare import check_run
+    from bir_keras.data.sources import DataError
+
+    write_npz(tmp_path / "d.npz", range(4), ["a", "b", "c", "d"])
+    args = ["--experiment=custom", f"--data_dir={tmp_path / 'd.npz'}", "--method=none"]
+    assert check_run([*args, "--classes_per_task=2", "--batch=8"]).experiment == "custom"
+    with pytest.raises(DataError, match="do not split into tasks of 3"):
+        check_run([*args, "--classes_per_task=3"])
+    with pytest.raises(DataError, match="fewer than a batch"):
+        check_run([*args, "--classes_per_task=2", "--batch=64"])
