@@ -141,6 +141,7 @@ def read_task_folders(path: str | os.PathLike) -> TaskStream:
     if not any(os.path.isdir(os.path.join(t.path, s)) for t in tasks for s in ("train", "test")):
         raise DataError(f"{root}: holds no task folders with train/ and test/; give {FORMS}")
     files: dict[str, list[tuple[str, str]]] = {"train": [], "test": []}
+    which: dict[str, list[int]] = {"train": [], "test": []}   # each image's task folder
     task_classes = []
     for task in tasks:
         for split in ("train", "test"):
@@ -156,6 +157,7 @@ def read_task_folders(path: str | os.PathLike) -> TaskStream:
         task_classes.append(list(found["train"]))
         for s in ("train", "test"):
             files[s] += [(c, p) for c, paths in found[s].items() for p in paths]
+            which[s] += [len(task_classes) - 1] * (len(files[s]) - len(which[s]))
     class_names = list(dict.fromkeys(c for t in task_classes for c in t))
     label = {c: i for i, c in enumerate(class_names)}
     decoded, first = {}, []
@@ -176,6 +178,7 @@ def read_task_folders(path: str | os.PathLike) -> TaskStream:
     ys = {s: np.array([label[c] for c, _ in files[s]], np.int64) for s in files}
     stream = TaskStream(xs["train"], ys["train"], xs["test"], ys["test"],
                         class_names=class_names, tasks=task_classes,
+                        task_ids=(np.array(which["train"]), np.array(which["test"])),
                         name=os.path.basename(os.path.normpath(root)))
     note = _conversion_note(root, "RGB" if colour else "L", counts, "the stream's")
     stream.notes = (note,) if note else ()

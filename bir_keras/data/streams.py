@@ -26,6 +26,8 @@ output units, modes and gates, so that a saved run can learn new classes later
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,7 +51,10 @@ class TaskStream:
     ``y_*`` hold integer labels or names (strings); a class is known by its name:
     ``class_names[label]`` when ``class_names`` is given (labels 0..C-1), else the label
     itself as a string. ``tasks``, optional, fixes the classes of each task (a folder of
-    task folders does); otherwise the run says how classes form tasks.
+    task folders does); otherwise the run says how classes form tasks. ``task_ids``, with
+    ``tasks``: the task of each training and each test sample (a folder of task folders:
+    its folder), so that a class name in several tasks (Domain-IL: ``even``, ``odd``) keeps
+    each task's samples apart.
 
     Example::
 
@@ -60,7 +65,8 @@ class TaskStream:
     """
 
     def __init__(self, x_train, y_train, x_test, y_test, class_names: Sequence | None = None,
-                 tasks: Sequence[Sequence] | None = None, name: str = CUSTOM):
+                 tasks: Sequence[Sequence] | None = None, name: str = CUSTOM,
+                 task_ids: tuple | None = None):
         arrays = {}
         for key, value in (("x_train", x_train), ("y_train", y_train), ("x_test", x_test),
                            ("y_test", y_test)):
@@ -91,8 +97,27 @@ class TaskStream:
         self.y_train, self.y_test = labels["train"], labels["test"]   # indices into names
         self.sample_shape = tuple(int(d) for d in self.x_train.shape[1:])
         self.tasks = None if tasks is None else [[self._name(c) for c in t] for t in tasks]
+        self.task_ids = None
+        if task_ids is not None:
+            ids = [np.asarray(t) for t in task_ids]
+            if self.tasks is None or len(ids) != 2 or len(ids[0]) != len(self.y_train) \
+                    or len(ids[1]) != len(self.y_test) \
+                    or any(len(i) and (i.min() < 0 or i.max() >= len(self.tasks)) for i in ids):
+                raise DataError(f"{self.name}: task_ids must give each training and test "
+                                "sample's task, an index into tasks")
+            self.task_ids = (ids[0].astype(np.int64), ids[1].astype(np.int64))
         # what reading files changed that the caller may tell the user (``stream_files``)
         self.notes: tuple[str, ...] = ()
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the stream's arrays and class names: a saved run knows its own data
+        from new data by it (``stream_protocol(learned=...)``)."""
+        h = hashlib.sha256()
+        for a in (self.x_train, self.y_train, self.x_test, self.y_test):
+            h.update(str((a.dtype.str, a.shape)).encode())
+            h.update(np.ascontiguousarray(a).data)
+        h.update(json.dumps([self.class_names, self.tasks]).encode())
+        return h.hexdigest()
 
     def _name(self, c) -> str:
         """The class name of ``c`` (a name, or a label when the stream's labels are ints)."""
@@ -168,6 +193,11 @@ def task_split(stream: TaskStream, classes_per_task: int | None = None,
     if task_classes is not None and classes_per_task is not None \
             and any(len(t) != classes_per_task for t in task_classes):
         raise DataError("task_classes and classes_per_task disagree: give one of them")
+    if stream.task_ids is not None and (task_classes is not None or classes_per_task not in (
+            None, len(stream.tasks[0]))):
+        raise DataError(f"{stream.name}: its task folders fix its tasks (of "
+                        f"{len(stream.tasks[0])} classes): give no task_classes or another "
+                        "classes_per_task")
     if task_classes is not None:
         tasks = [[stream._name(c) for c in t] for t in task_classes]
     elif stream.tasks is not None:
@@ -208,6 +238,7 @@ class Learned:
     feature_mean: np.ndarray | None
     feature_std: np.ndarray | None
     capacity: int
+    fingerprint: str = ""
 
 
 def stream_protocol(stream: TaskStream, scenario: str, *, classes_per_task: int | None = None,
@@ -219,19 +250,25 @@ def stream_protocol(stream: TaskStream, scenario: str, *, classes_per_task: int 
     this stream; a continuation keeps its run's). ``DataError`` for data that cannot
     form the tasks, with the first reason."""
     split = task_split(stream, classes_per_task, task_classes)
+    fingerprint = stream.fingerprint()
     first = 0
     if learned is not None:
         _check_continues(stream, learned, len(split[0]))
         capacity = learned.capacity
-        if split[:len(learned.tasks)] != learned.tasks:
-            # new data: the tasks learned come from the saved run (their test sets), the
-            # stream brings classes the run has not seen
+        if fingerprint == learned.fingerprint:
+            # the run's own data again (more tasks, or after a stop): cut as it was
+            if split[:len(learned.tasks)] != learned.tasks[:len(split)]:
+                raise DataError(f"{stream.name}: the saved run cut this data into other tasks "
+                                f"({learned.tasks}): give the split it was trained with")
+        else:
+            # new data: the tasks learned come from the saved run (their test sets); in
+            # Class-IL the new data brings classes the run has not seen
             old = {c for t in learned.tasks for c in t}
             again = [c for c in stream.class_names if c in old]
-            if again:
+            if again and scenario == "class":
                 raise DataError(f"{stream.name}: class {again[0]!r} was learned already by the "
-                                "saved run (in another task): new data brings classes the "
-                                "model has not seen, or the run's own data all its tasks")
+                                "saved run: in Class-IL new data brings classes the model has "
+                                "not seen (or give the run's own data to continue it)")
             first = len(learned.tasks)
     all_tasks = (learned.tasks if first else []) + split
     if tasks is not None:
@@ -273,9 +310,17 @@ def stream_protocol(stream: TaskStream, scenario: str, *, classes_per_task: int 
         used = np.isin(y_train, [index[c] for t in all_tasks for c in t])
         mean, std = feature_statistics(x_train[used])
 
-    def select(x, y, t: int):
+    ids = stream.task_ids or (None, None)
+
+    def mask(y, tid, t: int) -> np.ndarray:
+        """Task ``t``'s samples: of its classes (and of its task folder, where the stream
+        has them: ``task_ids`` of the stream's task ``t - first``)."""
+        keep = np.isin(y, [index[c] for c in all_tasks[t]])
+        return keep if tid is None else keep & (tid == t - first)
+
+    def select(x, y, tid, t: int):
         classes = [index[c] for c in all_tasks[t]]
-        keep = np.isin(y, classes)
+        keep = mask(y, tid, t)
         rank = np.zeros(len(names), np.int32)
         rank[classes] = np.arange(cpt)
         within = rank[y[keep]]
@@ -284,14 +329,14 @@ def stream_protocol(stream: TaskStream, scenario: str, *, classes_per_task: int 
 
     sizes = []   # training samples of each new task
     for t in range(first, len(all_tasks)):
-        for split, y in (("training", y_train), ("test", y_test)):
-            n = int(np.isin(y, [index[c] for c in all_tasks[t]]).sum())
+        for split, y, tid in (("training", y_train, ids[0]), ("test", y_test, ids[1])):
+            n = int(mask(y, tid, t).sum())
             if n == 0:
                 raise DataError(f"{stream.name}: task {t + 1} (classes {_listed(all_tasks[t])}) "
                                 f"has no {split} samples")
             if split == "training":
                 sizes.append(n)
-        present = set(np.unique(y_train[np.isin(y_train, [index[c] for c in all_tasks[t]])]))
+        present = set(np.unique(y_train[mask(y_train, ids[0], t)]))
         missing = [c for c in all_tasks[t] if index[c] not in present]
         if missing:
             raise DataError(f"{stream.name}: class {missing[0]!r} of task {t + 1} has no "
@@ -300,7 +345,7 @@ def stream_protocol(stream: TaskStream, scenario: str, *, classes_per_task: int 
     def test_set(t: int):
         if t < first:
             return learned.test_sets[t]
-        return select(x_test, y_test, t)
+        return select(x_test, y_test, ids[1], t)
 
     def build(t: int) -> Task:
         if t < first:
@@ -308,7 +353,7 @@ def stream_protocol(stream: TaskStream, scenario: str, *, classes_per_task: int 
             # array of the right shape and dtype (methods that need it are refused first)
             x, y = test_set(t)
             return Task(t, [index[c] for c in all_tasks[t]], x[:0], y[:0], x, y)
-        return Task(t, [index[c] for c in all_tasks[t]], *select(x_train, y_train, t),
+        return Task(t, [index[c] for c in all_tasks[t]], *select(x_train, y_train, ids[0], t),
                     *test_set(t))
 
     width = int(np.prod(stream.sample_shape))
@@ -320,7 +365,7 @@ def stream_protocol(stream: TaskStream, scenario: str, *, classes_per_task: int 
         # the stream's arrays stay; a task's selection exists while it is learned
         keep_tasks=1,
         stream=StreamInfo(stream.kind, stream.sample_shape, mean, std,
-                          [list(t) for t in all_tasks], first, sizes))
+                          [list(t) for t in all_tasks], first, sizes, fingerprint))
     return proto
 
 
@@ -338,12 +383,14 @@ class StreamInfo:
     learned_before: int = 0
     # training samples of each task from ``learned_before`` on
     train_sizes: list[int] = dataclasses.field(default_factory=list)
+    # the stream's ``TaskStream.fingerprint``: the run's own data, told from new data
+    fingerprint: str = ""
 
     def describe(self) -> dict:
         """The JSON-able part of run.json's protocol (the statistics are in the export's
         ``stream.npz``)."""
         return {"kind": self.kind, "sample_shape": list(self.sample_shape),
-                "tasks": self.tasks}
+                "tasks": self.tasks, "fingerprint": self.fingerprint}
 
 
 def feature_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -407,7 +454,8 @@ def read_learned(export_dir, record: dict) -> Learned:
     if n == 0:
         # stopped inside its first task (a checkpoint there, no export yet): nothing learned
         return Learned(list(proto["class_names"]), [], [], proto["kind"],
-                       tuple(proto["sample_shape"]), None, None, int(proto["capacity"]))
+                       tuple(proto["sample_shape"]), None, None, int(proto["capacity"]),
+                       proto.get("fingerprint", ""))
     try:
         with np.load(path, allow_pickle=False) as z:
             sets = [(z[f"x_test_{t}"], z[f"y_test_{t}"]) for t in range(n)]
@@ -419,7 +467,8 @@ def read_learned(export_dir, record: dict) -> Learned:
     return Learned(class_names=list(proto["class_names"]), tasks=proto["tasks"][:n],
                    test_sets=sets, kind=proto["kind"],
                    sample_shape=tuple(proto["sample_shape"]), feature_mean=mean,
-                   feature_std=std, capacity=int(proto["capacity"]))
+                   feature_std=std, capacity=int(proto["capacity"]),
+                   fingerprint=proto.get("fingerprint", ""))
 
 
 def protocol_for(config: Config, data: TaskStream, resume_from: str | None = None) -> Protocol:

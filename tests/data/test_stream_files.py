@@ -64,6 +64,9 @@ def test_a_class_in_two_tasks_is_one_class(tmp_path):
     s = read_task_folders(_tasks(tmp_path, (("a", "b"), ("a", "c")), (2, 1)))
     assert s.class_names == ["a", "b", "c"] and s.tasks == [["a", "b"], ["a", "c"]]
     assert np.bincount(s.y_train).tolist() == [4, 2, 2]
+    # each image keeps its task folder: task 2's "a" is not task 1's
+    assert np.bincount(s.task_ids[0][s.y_train == 0]).tolist() == [2, 2]
+    assert len(s.task_ids[1]) == len(s.y_test)
 
 
 def test_one_colour_image_makes_the_stream_rgb_with_a_note(tmp_path, capsys):

@@ -177,3 +177,33 @@ def test_a_task_without_samples_is_refused_and_sizes_are_known_before_building()
         stream_protocol(s, "class", classes_per_task=1, tasks=2, task_classes=[["a"], ["d"]])
     p = stream_protocol(s, "domain", task_classes=[["a", "b"], ["c", "a"]])
     assert p.stream.train_sizes == [8, 8] and p.keep_tasks == 1
+
+
+def test_task_folders_keep_each_tasks_samples_apart_when_class_names_repeat():
+    # Domain-IL as folders: task1/{even,odd}, task2/{even,odd}; the images of task 2's
+    # "even" are not task 1's
+    x, y = images(range(4))                       # 4 groups of 4 images
+    names = np.array([0, 1, 0, 1]).repeat(4)      # even, odd, even, odd
+    which = np.array([0, 0, 1, 1]).repeat(4)
+    s = TaskStream(x, names, x, names, class_names=["even", "odd"],
+                   tasks=[["even", "odd"], ["even", "odd"]], task_ids=(which, which))
+    p = stream_protocol(s, "domain")
+    np.testing.assert_array_equal(p.task(0).x_train, x[:8].reshape(8, -1))
+    np.testing.assert_array_equal(p.task(1).x_train, x[8:].reshape(8, -1))
+    assert list(p.task(1).y_train) == [0] * 4 + [1] * 4
+    with pytest.raises(DataError, match="task folders fix its tasks"):
+        stream_protocol(s, "domain", task_classes=[["even", "odd"]])
+
+
+def test_a_saved_run_knows_its_own_data_from_new_data():
+    s = stream(range(6))
+    first = stream_protocol(s, "class", classes_per_task=2, tasks=2, capacity=3)
+    sets = [first.test_set(t) for t in range(2)]
+    own = learned(class_names=first.class_names, tasks=first.stream.tasks, test_sets=sets,
+                  fingerprint=s.fingerprint())
+    again = stream_protocol(s, "class", classes_per_task=2, learned=own)   # more tasks
+    assert again.stream.learned_before == 0 and again.num_tasks == 3
+    assert len(again.task(0).x_train) > 0                                  # its own data
+    with pytest.raises(DataError, match="cut this data into other tasks"):
+        stream_protocol(s, "class", task_classes=[[1, 0], [2, 3]], learned=own)
+    assert stream(range(6)).fingerprint() == s.fingerprint() != stream(range(5)).fingerprint()
