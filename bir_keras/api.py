@@ -95,7 +95,9 @@ def train(config: Config, data: TaskStream | None = None, *, output_dir: str,
     of them for ``seeds_at_once`` > 1, seeds ``config.seed``, ``config.seed + 1``, ...).
 
     ``output_dir`` gets ``results.json``, plots and TensorBoard; ``export_dir`` (default
-    ``saved_models/<output_dir name>``) the SavedModel, checkpoint and ``run.json``.
+    ``saved_models/<output_dir>``, as ``apps.train``) the SavedModel, checkpoint and
+    ``run.json`` (and, for your data, ``stream.npz``). Several seeds write into
+    ``<output_dir>/seed<s>`` and ``<export_dir>/seed<s>``.
     ``resume_from``: an export to continue, with more tasks of the same data or, for a
     run on your data, new classes (``data`` holding them only). ``deterministic``: switch
     on TensorFlow's deterministic ops for this process, as ``apps.train`` does by default
@@ -117,24 +119,17 @@ def train(config: Config, data: TaskStream | None = None, *, output_dir: str,
                           data=data, callbacks=tuple(_after_task(cb) for cb in callbacks),
                           chunk_callbacks=tuple(_progress(cb) for cb in callbacks),
                           progress_every=None if not verbose else 30.0)
+    from bir_keras.rundirs import seed_dirs
+
     recs = recs if isinstance(recs, list) else [recs]
+    outs = [o for o, _ in seed_dirs(output_dir, output_dir, [r["flags"]["seed"] for r in recs])]
     out = []
-    for rec, (o, _) in zip(recs, _seed_dirs(output_dir, rec_seeds(recs))):
+    for rec, o in zip(recs, outs):
         out.append(History(rec, o, rec["export_dir"]))
         for cb in callbacks:
             if hasattr(cb, "on_train_end"):
                 cb.on_train_end(rec)
     return out[0] if seeds_at_once == 1 else out
-
-
-def rec_seeds(recs: list[dict]) -> list[int]:
-    return [int(r["flags"]["seed"]) for r in recs]
-
-
-def _seed_dirs(output_dir: str, seeds: list[int]):
-    from bir_keras import rundirs
-
-    return rundirs.seed_dirs(output_dir, output_dir, seeds)
 
 
 def _after_task(cb: Callback):
