@@ -441,10 +441,16 @@ def check_resume_flags(resume_from: str, old_flags: dict, flags: dict) -> None:
     flags = json.loads(json.dumps(flags))  # as run.json holds them (tuples are lists)
     old_flags = dict(old_flags)
     if old_flags.get("conv_weights") is None and flags.get("conv_weights") is not None:
-        # a CIFAR run recorded before the trunk's name was: it loaded the then default
+        from bir_keras.config import has_conv_layers
         from bir_keras.weightsfile import LEGACY_DEFAULT_TRUNK
 
-        old_flags["conv_weights"] = LEGACY_DEFAULT_TRUNK
+        try:
+            conv = has_conv_layers(old_flags.get("experiment") or flags.get("experiment"))
+        except (KeyError, TypeError):  # no experiment known
+            conv = False
+        if conv:
+            # a CIFAR run recorded before the trunk's name was: it loaded the then default
+            old_flags["conv_weights"] = LEGACY_DEFAULT_TRUNK
     for key, value in flags.items():
         if key in RESUME_MAY_CHANGE or key not in old_flags:
             continue

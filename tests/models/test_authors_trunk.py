@@ -116,7 +116,8 @@ def test_a_cifar_run_records_its_trunk_and_older_records_mean_ours():
                           conv_weights="ours")).conv_weights == "ours"
     assert resolve(Config(experiment="split_mnist", scenario="class")).conv_weights is None
     # a run recorded before the default changed (no name) loaded "ours"
-    check_resume_flags("old", {"conv_weights": None}, {"conv_weights": "ours"})
+    old = {"experiment": "split_cifar10", "conv_weights": None}
+    check_resume_flags("old", old, {**old, "conv_weights": "ours"})
     with pytest.raises(PathRefused, match="--conv_weights=ours, this run has "
                                           "--conv_weights=authors"):
-        check_resume_flags("old", {"conv_weights": None}, {"conv_weights": "authors"})
+        check_resume_flags("old", old, {**old, "conv_weights": "authors"})
