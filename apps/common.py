@@ -473,8 +473,10 @@ def define_train_flags() -> None:
                   "(CIFAR)")
     d.DEFINE_bool("freeze_convE", _D.freeze_convE, "freeze the pre-trained conv layers "
                   "(default: with --hidden)")
-    d.DEFINE_string("conv_weights", _D.conv_weights, "pre-trained conv weights (default: "
-                    "shipped saved_models/cifar10_conv; 'random' for an untrained trunk)")
+    d.DEFINE_string("conv_weights", _D.conv_weights, "pre-trained conv weights: a "
+                    ".weights.h5 file, or 'authors' (the authors' trunk, converted: "
+                    "saved_models/authors_c3_5x16_bn; the default) or 'ours' (pre-trained "
+                    "here: saved_models/cifar10_conv); 'random' for an untrained trunk")
     d.DEFINE_string("strategy", _D.strategy, f"tf.distribute strategy: {', '.join(STRATEGIES)} "
                     f"(multi_worker reads TF_CONFIG; default {_D.strategy!r})")
     d.DEFINE_integer("num_logical_cpus", 0, "split the CPU into N logical devices (testing "
@@ -603,7 +605,8 @@ def _read_stream(data_dir: str):
 
 def check_conv_weights(c: Config) -> None:
     """Refuse (``DataError``) a ``--conv_weights`` file that the run would read (a CIFAR
-    protocol) and that is not the conv trunk's weights, before TensorFlow loads."""
+    protocol) and that is not the conv trunk's weights, before TensorFlow loads (a name,
+    ``authors`` or ``ours``, is checked as the shipped file it names)."""
     from bir_keras.config import has_conv_layers
     from bir_keras.weightsfile import check_weights_file
 

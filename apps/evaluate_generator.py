@@ -41,7 +41,8 @@ flags.DEFINE_integer("embedding_epochs", 20, "epochs of the embedding network (d
 flags.DEFINE_integer("fc_units", 2000, "embedding network's FC units (default 2000)")
 flags.DEFINE_integer("clusters", 20, "k-means clusters for precision/recall (default 20)")
 flags.DEFINE_integer("runs", 10, "k-means repetitions for precision/recall (default 10)")
-flags.DEFINE_string("conv_weights", None, "pre-trained conv weights (CIFAR; default: shipped)")
+flags.DEFINE_string("conv_weights", None, "pre-trained conv weights (CIFAR): a file, or "
+                    "'authors' / 'ours' (the shipped trunks); default: the run's own")
 flags.DEFINE_string("out", None, "JSON file for the scores (default: EXPORT_DIR/quality.json); "
                     "an existing file is replaced only with --overwrite and only if "
                     "apps.evaluate_generator wrote it")
@@ -213,6 +214,7 @@ def evaluate(export_dir: str, data_dir: str | None, n: int, epochs: int, fc_unit
     from bir_keras.data.protocols import make_protocol
     from bir_keras.evaluation import generator_quality as gq
     from bir_keras.experiment import load_trunk
+    from bir_keras.weightsfile import LEGACY_DEFAULT_TRUNK
 
     export = Path(export_dir)
     run = read_run(export_dir)
@@ -257,7 +259,9 @@ def evaluate(export_dir: str, data_dir: str | None, n: int, epochs: int, fc_unit
     trunk = None
     features = bool(run["protocol"].get("features"))
     if proto.conv:
-        weights = conv_weights or run["flags"].get("conv_weights")
+        # a run recorded without a trunk's name is older than the default "authors"
+        weights = (conv_weights or run["flags"].get("conv_weights")
+                   or LEGACY_DEFAULT_TRUNK)
         try:
             trunk = load_trunk(weights)
         except (OSError, ValueError) as e:  # a truncated or foreign weights file

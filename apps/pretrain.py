@@ -14,8 +14,9 @@ epochs, test accuracy, seconds, command, and the SHA-256 of the weights it descr
 ``--conv_weights=PATH``.
 
 ``--out`` defaults to ``saved_models/pretrained_conv/conv_trunk.weights.h5`` (in the working
-directory). The shipped weights in ``saved_models/cifar10_conv/`` (what CIFAR runs load by
-default) are never an output. An existing ``--out`` (or its record) is replaced only with
+directory). The shipped weights in ``saved_models/authors_c3_5x16_bn/`` (the authors' trunk,
+what CIFAR runs load by default) and ``saved_models/cifar10_conv/`` (``--conv_weights=ours``)
+are never an output. An existing ``--out`` (or its record) is replaced only with
 ``--overwrite``, and only if apps.pretrain wrote it: the record beside it names this
 program and holds the weights' digest; any other file is never replaced.
 
@@ -39,11 +40,12 @@ from pathlib import Path
 from absl import flags
 
 from bir_keras import appfiles, interrupts, rundirs
+from bir_keras.weightsfile import TRUNKS
 
 FLAGS = flags.FLAGS
-# the shipped pre-trained weights (bir_keras.experiment.DEFAULT_CONV_WEIGHTS lies in it):
-# loaded by default, never written
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "saved_models" / "cifar10_conv"
+# the folders of the shipped pre-trained weights (--conv_weights=authors, the default, and
+# --conv_weights=ours; bir_keras.experiment.DEFAULT_CONV_WEIGHTS lies in one): never written
+SHIPPED_DIRS = tuple(path.parent for path in TRUNKS.values())
 DEFAULT_OUT = os.path.join("saved_models", "pretrained_conv", "conv_trunk.weights.h5")
 WRITTEN_BY = "bir_keras apps.pretrain"
 
@@ -55,8 +57,9 @@ flags.DEFINE_float("lr", 1e-4, "Adam learning rate (default 1e-4)")
 flags.DEFINE_integer("seed", 0, "random seed: initialisation, shuffling, augmentation (default 0)")
 flags.DEFINE_string("out", DEFAULT_OUT, "where the conv trunk's weights go (must end with "
                     ".weights.h5; default saved_models/pretrained_conv/conv_trunk.weights.h5 "
-                    "in the working directory, never the shipped saved_models/cifar10_conv/ "
-                    "that CIFAR runs load by default); the JSON record is written next to it "
+                    "in the working directory, never the shipped saved_models/authors_c3_5x16_bn/ "
+                    "or saved_models/cifar10_conv/ that --conv_weights=authors|ours load); "
+                    "the JSON record is written next to it "
                     "as conv_trunk.json; apps.train uses them with --conv_weights=PATH")
 flags.DEFINE_bool("overwrite", False, "replace an existing --out (and its record) that "
                   "apps.pretrain wrote; any other file is never replaced (default false)",
@@ -121,12 +124,12 @@ def record_ours(path: Path) -> bool:
 def check_out(out: Path, overwrite: bool) -> None:
     """Refuse an ``--out`` that may not be written or replaced (before any work)."""
     try:
-        shipped = out.resolve().parent == SHIPPED_DIR.resolve()
+        shipped = [d for d in SHIPPED_DIRS if out.resolve().parent == d.resolve()]
     except OSError:
-        shipped = False
+        shipped = []
     if shipped:
-        raise UsageError(f"--out={out} is in {SHIPPED_DIR}, the shipped pre-trained conv "
-                         "weights that CIFAR runs load by default: they are never an output "
+        raise UsageError(f"--out={out} is in {shipped[0]}, the shipped pre-trained conv "
+                         "weights that CIFAR runs load by name: they are never an output "
                          f"of apps.pretrain (not even with --overwrite); choose another path "
                          f"(the default is {DEFAULT_OUT})")
     appfiles.check_target(out, "--out", "weights")

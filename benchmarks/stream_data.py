@@ -8,7 +8,8 @@
 ``--folder``: Fashion-MNIST (its four IDX files) as a folder of task folders,
 ``<folder>/task<i>/{train,test}/<class name>/<n>.png``, two classes per task in label
 order: what a user with images sorted into folders has. ``--features``: the 1024 features
-of the shipped pre-trained conv trunk (``saved_models/cifar10_conv``) for every image of
+of the shipped pre-trained conv trunk ``ours`` (``saved_models/cifar10_conv``; the measured
+runs in docs/data.md had it with Keras' "same" padding) for every image of
 the CIFAR-10 zip, as an ``.npz`` with ``x_train``, ``y_train``, ``x_test``, ``y_test`` and
 ``class_names``: what a user with an embedding from their own backbone has. Neither path
 may exist (nothing is replaced); each is written under a temporary name, then renamed.
@@ -53,7 +54,7 @@ def write_features(source: str, out: Path) -> None:
     from bir_keras.setup import load_trunk
 
     ds = load_dataset("cifar10", source)
-    trunk = load_trunk(None)
+    trunk = load_trunk("ours")
 
     def features(x: np.ndarray) -> np.ndarray:
         return np.concatenate([trunk(normalise_pixels(x[s:s + 1000].astype(np.float32),

@@ -405,6 +405,12 @@ def resolve(config: Config, conv_protocol: bool | None = None) -> Config:
         unread.append("--data_dir (split_digits is scikit-learn's bundled digits)")
     if c.conv_weights and not conv_protocol:
         unread.append(f"--conv_weights ({c.experiment} has no conv layers)")
+    if conv_protocol and not c.conv_weights:
+        # the run's record names the trunk it loads (the default changed: an earlier record
+        # without one means "ours", bir_keras.weightsfile.LEGACY_DEFAULT_TRUNK)
+        from bir_keras.weightsfile import DEFAULT_TRUNK
+
+        c.conv_weights = DEFAULT_TRUNK
     if unread:
         c.notes = tuple(c.notes) + (f"{' and '.join(unread)}: not read by this run",)
     if c.dg_type is None:

@@ -490,6 +490,18 @@ def check_resume_flags(resume_from: str, old_flags: dict, flags: dict) -> None:
     """Raise ``PathRefused`` naming the first setting (other than ``RESUME_MAY_CHANGE``) in
     which this run's ``flags`` differ from those the resumed run was trained with."""
     flags = json.loads(json.dumps(flags))  # as run.json holds them (tuples are lists)
+    old_flags = dict(old_flags)
+    if old_flags.get("conv_weights") is None and flags.get("conv_weights") is not None:
+        from bir_keras.config import has_conv_layers
+        from bir_keras.weightsfile import LEGACY_DEFAULT_TRUNK
+
+        try:
+            conv = has_conv_layers(old_flags.get("experiment") or flags.get("experiment"))
+        except (KeyError, TypeError):  # no experiment known
+            conv = False
+        if conv:
+            # a CIFAR run recorded before the trunk's name was: it loaded the then default
+            old_flags["conv_weights"] = LEGACY_DEFAULT_TRUNK
     for key, value in flags.items():
         if key in RESUME_MAY_CHANGE or key not in old_flags:
             continue

@@ -15,10 +15,12 @@ from bir_keras.data.protocols import Protocol, make_protocol
 from bir_keras.data.stream_files import stream_of
 from bir_keras.data.streams import TaskStream, check_stream_run, protocol_for
 from bir_keras.models.layers import CONV_FEATURES, conv_trunk
-from bir_keras.weightsfile import check_weights_file
+from bir_keras.weightsfile import DEFAULT_TRUNK, TRUNKS, check_weights_file, resolve_conv_weights
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONV_WEIGHTS = PACKAGE_ROOT / "saved_models" / "cifar10_conv" / "conv_trunk.weights.h5"
+# the authors' pre-trained trunk, converted (saved_models/authors_c3_5x16_bn); --conv_weights=ours
+# names the one pre-trained here (saved_models/cifar10_conv)
+DEFAULT_CONV_WEIGHTS = TRUNKS[DEFAULT_TRUNK]
 
 
 @dataclasses.dataclass
@@ -33,17 +35,21 @@ class Setup:
 
 
 def load_trunk(path: str | None):
-    """The CIFAR conv trunk with pre-trained weights (``path='random'``: untrained, for tests)."""
+    """The CIFAR conv trunk with pre-trained weights: ``path`` a file, a name of
+    ``TRUNKS`` (``"authors"``, ``"ours"``), ``None`` for the default (``"authors"``) or
+    ``"random"`` (untrained, for tests)."""
     trunk = conv_trunk()
     if path == "random":
         return trunk
     flag = "--conv_weights" if path else "the shipped --conv_weights default"
-    path = Path(path) if path else DEFAULT_CONV_WEIGHTS
-    if not path.exists():
-        raise ConfigError(f"pre-trained conv weights not found at {path}; run "
+    named = path if isinstance(path, str) and path in TRUNKS else None
+    file = Path(resolve_conv_weights(path))
+    if not file.exists():
+        raise ConfigError(f"pre-trained conv weights not found at {file}; run "
                           "`python -m apps.pretrain` or pass --conv_weights=FILE")
-    check_weights_file(path, flag)  # one line for a file that is not the trunk's weights
-    trunk.load_weights(str(path))
+    # one line for a file that is not the trunk's weights (a name: the line shows the file too)
+    check_weights_file(named or file, flag)
+    trunk.load_weights(str(file))
     return trunk
 
 

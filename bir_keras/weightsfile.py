@@ -7,13 +7,40 @@ CIFAR conv trunk (``bir_keras.models.layers.conv_trunk``: the variables' groups 
 that ``trunk.save_weights`` writes and ``trunk.load_weights`` reads), or whose weights cannot
 be read whole or are not finite (a pre-training that diverged). A file that passes is one
 Keras can load into the trunk.
+
+``--conv_weights`` also takes the names of the shipped trunks (``TRUNKS``): ``authors``
+(the authors' pre-trained trunk, converted; the default) and ``ours`` (pre-trained here);
+``resolve_conv_weights`` turns a value into the file it means.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from bir_keras.data.sources import DataError
+
+_SAVED = Path(__file__).resolve().parent.parent / "saved_models"
+# the shipped pre-trained trunks, by the names --conv_weights takes
+TRUNKS = {
+    "authors": _SAVED / "authors_c3_5x16_bn" / "conv_trunk.weights.h5",  # converted, 100 epochs
+    "ours": _SAVED / "cifar10_conv" / "conv_trunk.weights.h5",  # apps.pretrain, 35 epochs
+}
+DEFAULT_TRUNK = "authors"
+# what a run recorded without --conv_weights loaded before the default became "authors"
+# (bir_keras.config.resolve now records the name; a record of a CIFAR run without one is older)
+LEGACY_DEFAULT_TRUNK = "ours"
+
+
+def resolve_conv_weights(value: str | os.PathLike | None) -> str | Path:
+    """The file a ``--conv_weights`` value means: ``None`` or ``""`` the default trunk
+    (``DEFAULT_TRUNK``), a name of ``TRUNKS`` its shipped file, ``"random"`` itself (an
+    untrained trunk), anything else the path given (a file named like a trunk: ``./ours``)."""
+    if value is None or value == "":
+        return TRUNKS[DEFAULT_TRUNK]
+    if isinstance(value, str) and (value in TRUNKS or value == "random"):
+        return TRUNKS.get(value, value)
+    return Path(value)
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _CHANNELS = (3, 16, 32, 64, 128, 256)
@@ -49,8 +76,11 @@ def _signature_at(f, size: int) -> bool:
 
 def check_weights_file(path: str | os.PathLike, flag: str = "--conv_weights") -> None:
     """Raise ``DataError`` (one line naming ``flag``) unless ``path`` is a readable Keras
-    ``.weights.h5`` whose variables fit the conv trunk."""
+    ``.weights.h5`` whose variables fit the conv trunk. ``path`` may be a name of
+    ``TRUNKS`` (the line then names the file too)."""
     where = f"{flag}={os.fspath(path)}"
+    if isinstance(path, str) and path in TRUNKS:
+        where, path = f"{where} ({TRUNKS[path]})", TRUNKS[path]
     if not os.path.lexists(path):
         raise DataError(f"{where} does not exist; run `python -m apps.pretrain` or name its "
                         f"output ({_WHAT})")

@@ -118,15 +118,30 @@ def _batch_norm(name: str) -> keras.layers.BatchNormalization:
     return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
 
 
-def conv_trunk(name: str = "conv_trunk") -> keras.Sequential:
+def conv_trunk(name: str = "conv_trunk", padding: str = "torch") -> keras.Sequential:
     """The 5 conv layers of method.md 4.4: 3x3, pad 1, 16-32-64-128-256 -> 1024 features.
 
     BN + ReLU after the first four; the fifth is linear (no BN, no ReLU), as the authors'
     ``ConvLayers(output="none")`` with ``no_fnl=True`` (fidelity.md item 4): the features
-    that internal replay reconstructs can be negative."""
+    that internal replay reconstructs can be negative.
+
+    ``padding="torch"`` (the default): one zero row and column on every side, as the
+    authors' ``nn.Conv2d(kernel_size=3, padding=1)``; at stride 2 (32 -> 16) their windows
+    start at -1 and the bottom/right padding is never read. ``padding="same"``: Keras'
+    "same", which at stride 2 pads only the bottom/right (windows start at 0): the same
+    shapes and weights, but features shifted by a pixel at each stride-2 layer (the trunk
+    in ``saved_models/cifar10_conv`` was pre-trained with it; kept to measure it)."""
+    if padding not in ("torch", "same"):
+        raise ValueError(f"padding must be 'torch' or 'same', not {padding!r}")
     layers: list[keras.layers.Layer] = [keras.layers.Input((32, 32, 3))]
     for i, (ch, stride) in enumerate(zip((16, 32, 64, 128, 256), (1, 2, 2, 2, 2))):
-        layers.append(keras.layers.Conv2D(ch, 3, strides=stride, padding="same", name=f"conv{i + 1}"))
+        if stride == 1 or padding == "same":  # stride 1: "same" pads 1 on every side too
+            layers.append(keras.layers.Conv2D(ch, 3, strides=stride, padding="same",
+                                              name=f"conv{i + 1}"))
+        else:
+            layers += [keras.layers.ZeroPadding2D(1, name=f"pad{i + 1}"),
+                       keras.layers.Conv2D(ch, 3, strides=stride, padding="valid",
+                                           name=f"conv{i + 1}")]
         if i < 4:
             layers += [_batch_norm(f"bn{i + 1}"), keras.layers.ReLU(name=f"relu{i + 1}")]
     layers.append(keras.layers.Flatten(name="flatten"))

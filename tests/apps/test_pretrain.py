@@ -141,19 +141,22 @@ def test_existing_out_replaced_only_if_ours_and_asked(trained, tmp_path, case):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
 
 
-@pytest.mark.parametrize("where", ["weights", "record_name", "via_symlink"])
+@pytest.mark.parametrize("where", ["weights", "record_name", "via_symlink", "ours"])
 def test_shipped_weights_are_never_an_output(trained, tmp_path, where):
     # (apps.pretrain is not imported here: its flags would clash with apps.train's)
     from bir_keras.experiment import DEFAULT_CONV_WEIGHTS
+    from bir_keras.weightsfile import TRUNKS
     from tests.apps.test_refusals import no_tensorflow_env
 
-    SHIPPED_DIR = DEFAULT_CONV_WEIGHTS.parent
+    # the default (the authors' trunk) and --conv_weights=ours
+    SHIPPED_DIR = (TRUNKS["ours"] if where == "ours" else DEFAULT_CONV_WEIGHTS).parent
     root = trained[0]
     if where == "via_symlink":
         (tmp_path / "link").symlink_to(SHIPPED_DIR)
         out = tmp_path / "link" / "conv_trunk.weights.h5"
     else:
-        out = SHIPPED_DIR / ("conv_trunk.weights.h5" if where == "weights" else "x.weights.h5")
+        out = SHIPPED_DIR / ("conv_trunk.weights.h5" if where in ("weights", "ours")
+                             else "x.weights.h5")
     shipped = {p: p.read_bytes() for p in SHIPPED_DIR.iterdir()} if SHIPPED_DIR.exists() else {}
     line = one_error_line(pretrain(f"--data_dir={root / 'data'}", f"--out={out}", "--overwrite",
                                    *FAST, env=no_tensorflow_env(tmp_path)))
@@ -173,15 +176,19 @@ def test_default_out_is_not_the_shipped_weights():
 
 
 def test_shipped_weights_load_by_default():
-    """The pre-trained trunk in saved_models/cifar10_conv is what CIFAR runs load by default."""
+    """CIFAR runs load the authors' trunk (saved_models/authors_c3_5x16_bn) by default; the
+    one pre-trained here by apps.pretrain (saved_models/cifar10_conv) is --conv_weights=ours."""
     from bir_keras.experiment import DEFAULT_CONV_WEIGHTS, load_trunk
+    from bir_keras.weightsfile import TRUNKS
 
     if not DEFAULT_CONV_WEIGHTS.exists():
         pytest.skip("no pre-trained conv weights shipped in this checkout")
-    rec = json.loads(DEFAULT_CONV_WEIGHTS.with_name("conv_trunk.json").read_text())
+    assert DEFAULT_CONV_WEIGHTS == TRUNKS["authors"]
+    rec = json.loads(TRUNKS["ours"].with_name("conv_trunk.json").read_text())
     assert rec["epochs"] >= 1 and rec["train_images"] == 50000 and rec["test_accuracy"] > 0.5
     trunk = load_trunk(None)
     assert not np.allclose(trunk.get_weights()[0], load_trunk("random").get_weights()[0])
+    assert not np.allclose(trunk.get_weights()[0], load_trunk("ours").get_weights()[0])
     x = np.random.RandomState(0).randn(4, 32, 32, 3).astype("float32")
     f = trunk(x, training=False).numpy()
     # (the last conv layer is linear: features may be negative)
