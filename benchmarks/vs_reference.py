@@ -1,9 +1,15 @@
-"""Side by side with the authors' code: both programs timed as whole processes.
+"""Side by side with the authors' code: both programs run as whole processes, for speed
+(timed rows) or for fidelity (methods x seeds, their final accuracies).
 
     python -m benchmarks.vs_reference --reference=PATH --data_dir=DIR \\
         --reference_python=/path/to/venv_ref/bin/python [--rows=split_mnist,permuted_mnist] \\
         [--iters_scale=0.05] [--precision=mixed_bfloat16] \\
         [--out=benchmarks/results/vs_reference.json]
+
+    python -m benchmarks.vs_reference --reference=PATH --data_dir=DIR \\
+        --reference_python=/path/to/venv_ref/bin/python \\
+        --methods=lwf,generative,generative_distill,bir,bir_si [--seeds=12,13,14] \\
+        [--scenario=class] [--out=fidelity.json]
 
 ``--reference`` is a checkout of the authors' repository (``GMvandeVen/brain-inspired-replay``,
 PyTorch), fetched by the user: it is never a dependency of this project and nothing of it is
@@ -23,6 +29,22 @@ downloads nothing):
   2000 iterations, batch 128, lr 0.001, 2 x 400 units);
 * ``permuted_mnist``: BI-R on permuted MNIST, Domain-IL, 2 tasks x 200 iterations, seed 12
   (the paper's batch 256, lr 1e-4, 2 x 2000 units).
+
+Fidelity (``--methods``, not with ``--rows``): each method of ``--methods`` (bir_keras'
+``--method`` shorthands: none, joint, ewc, online_ewc, si, xdg (Task-IL only), lwf,
+generative, generative_distill, bir, bir_si and the split MNIST ablations gr_rtf, gr_con,
+gr_gat, gr_dis, bir_no_rtf, bir_no_con, bir_no_gat, bir_no_dis) on split MNIST in
+``--scenario`` (class, task or domain; default class) at the paper's settings (5 tasks x 2000
+iterations, batch 128, lr 0.001, 2 x 400 units), once per seed of ``--seeds`` (default
+12,13,14), by both programs: ours as ``apps.train --method=NAME``, theirs with the
+``main_cl.py`` flags of the same method (``METHODS`` below: LwF ``--replay=current
+--distill``, GR ``--replay=generative``, BI-R ``--replay=generative --brain-inspired``, ...).
+The grid-searched values a method takes (SI's c, EWC's lambda and gamma, XdG's and BI-R's
+gate proportions) are given to both explicitly: their options.py values for splitMNIST, the
+same as bir_keras' (a test checks). The table has each seed's final average accuracy of both
+programs, then per method the mean ± s.e.m. of each, the difference of the means with its
+standard error, and the mean ± s.e.m. of the per-seed differences (a seed gives both the same
+class order). The runs go one after another (method by method, seed by seed, ours first).
 
 Each side runs as a child process (``subprocess.Popen``, reaped with ``os.wait4``): wall
 time from start to exit, CPU time as the child's user + system time, and its peak resident
@@ -252,9 +274,11 @@ def _acc(side: Side | None) -> float | None:
 
 def summarize(runs: list[dict]) -> list[dict]:
     """Per method (in the order of ``runs``): each program's final average accuracy (in %)
-    over the seeds it finished, mean ± s.e.m., and the difference of the means (ours -
-    theirs) with its standard error sqrt(sem_ours^2 + sem_theirs^2): the same seed does not
-    make the two programs draw the same numbers, so the runs are independent, not pairs."""
+    over the seeds it finished, mean ± s.e.m.; the difference of the means (ours - theirs)
+    with its standard error sqrt(sem_ours^2 + sem_theirs^2), as for independent runs; and
+    the mean ± s.e.m. of the per-seed differences over the seeds both finished (``paired``:
+    a seed gives both programs the same class order, the authors' ``np.random.permutation``
+    after ``np.random.seed``, but not the same initial weights or batches)."""
     out = []
     for name in dict.fromkeys(r["method"] for r in runs):
         mine = [r for r in runs if r["method"] == name]
@@ -271,6 +295,10 @@ def summarize(runs: list[dict]) -> list[dict]:
             sem = (None if o["sem"] is None or t["sem"] is None
                    else (o["sem"] ** 2 + t["sem"] ** 2) ** 0.5)
             row["difference"] = {"mean": o["mean"] - t["mean"], "sem": sem}
+        diffs = [100 * (_acc(r["ours"]) - _acc(r["reference"])) for r in mine
+                 if _acc(r["ours"]) is not None and _acc(r["reference"]) is not None]
+        mean, sem = mean_sem(diffs)
+        row["paired"] = {"n": len(diffs), "mean": mean, "sem": sem}
         out.append(row)
     return out
 
@@ -280,6 +308,12 @@ def _pm(stat: dict) -> str:
         return "n/a"
     sem = "" if stat["sem"] is None else f" ± {stat['sem']:.2f}"
     return f"{stat['mean']:.2f}{sem} (n={stat['n']})"
+
+
+def _signed(stat: dict) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    return f"{stat['mean']:+.2f}" + ("" if stat["sem"] is None else f" ± {stat['sem']:.2f}")
 
 
 def _acc_cell(side: Side | None) -> str:
@@ -314,14 +348,13 @@ def format_fidelity_table(runs: list[dict], info: dict) -> str:
     lines += [
         "",
         "| method | bir_keras mean ± s.e.m. | authors' mean ± s.e.m. "
-        "| difference of the means (ours - theirs) ± s.e. |",
-        "|---|---:|---:|---:|",
+        "| difference of the means (ours - theirs) ± s.e. "
+        "| per-seed differences, mean ± s.e.m. |",
+        "|---|---:|---:|---:|---:|",
     ]
     for s in summarize(runs):
-        diff = s["difference"]
-        d = "n/a" if diff["mean"] is None else (
-            f"{diff['mean']:+.2f}" + ("" if diff["sem"] is None else f" ± {diff['sem']:.2f}"))
-        lines.append(f"| {s['method']} | {_pm(s['ours'])} | {_pm(s['reference'])} | {d} |")
+        lines.append(f"| {s['method']} | {_pm(s['ours'])} | {_pm(s['reference'])} "
+                     f"| {_signed(s['difference'])} | {_signed(s['paired'])} |")
     return "\n".join(lines)
 
 

@@ -431,6 +431,9 @@ def test_summarize_and_fidelity_table():
     # a failed side counts in neither mean; one finished seed has no s.e.m.
     assert gr["ours"]["n"] == 2 and gr["reference"]["n"] == 1 and gr["reference"]["sem"] is None
     assert gr["difference"]["mean"] == pytest.approx(0.0) and gr["difference"]["sem"] is None
+    # paired by seed: only seeds both finished
+    assert lwf["paired"]["mean"] == pytest.approx(-1.0) and lwf["paired"]["sem"] == pytest.approx(0)
+    assert gr["paired"] == {"n": 1, "mean": pytest.approx(1.0), "sem": None}
 
     info = {**_info(), "scenario": "class", "tasks": 5, "iters": 2000}
     lines = vr.format_fidelity_table(runs, info).splitlines()
@@ -441,8 +444,9 @@ def test_summarize_and_fidelity_table():
     assert per_seed[0] == ["lwf", "12", "20.00", "100.0", "21.00", "200.0", "-1.00"]
     assert per_seed[3] == ["generative", "12", "90.00", "300.0", "failed (exit 1)", "", "n/a"]
     summary = per_seed[5:]
-    assert summary[0] == ["lwf", "22.00 ± 1.15 (n=3)", "23.00 ± 1.15 (n=3)", "-1.00 ± 1.63"]
-    assert summary[1] == ["generative", "91.00 ± 1.00 (n=2)", "91.00 (n=1)", "+0.00"]
+    assert summary[0] == ["lwf", "22.00 ± 1.15 (n=3)", "23.00 ± 1.15 (n=3)", "-1.00 ± 1.63",
+                          "-1.00 ± 0.00"]
+    assert summary[1] == ["generative", "91.00 ± 1.00 (n=2)", "91.00 (n=1)", "+0.00", "+1.00"]
 
 
 def test_fidelity_run_end_to_end_without_torch(tmp_path, capsys, monkeypatch):
