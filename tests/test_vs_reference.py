@@ -468,11 +468,22 @@ def test_fidelity_run_end_to_end_without_torch(tmp_path, capsys, monkeypatch):
                        peak_rss_gib=0.1, log=str(log))
 
     monkeypatch.setattr(vr, "run_timed", run_timed)
+    envs = []
+    real = run_timed
+
+    def run_timed_env(command, cwd, env, log):
+        envs.append(env)
+        return real(command, cwd, env, log)
+
+    monkeypatch.setattr(vr, "run_timed", run_timed_env)
     out = tmp_path / "fid.json"
     code, err = _main(capsys, f"--reference={_fake_reference(tmp_path)}",
                       f"--data_dir={_fake_mnist(tmp_path)}", "--methods=lwf",
-                      "--seeds=12,13", f"--out={out}", "--reference_python=python3")
+                      "--seeds=12,13", f"--out={out}", "--reference_python=python3",
+                      "--reference_threads=1")
     assert code == 0, err
+    assert envs[1]["OMP_NUM_THREADS"] == envs[1]["MKL_NUM_THREADS"] == "1"
+    assert envs[0].get("OMP_NUM_THREADS") == vr.os.environ.get("OMP_NUM_THREADS")
     assert [(who, seed) for who, seed, _ in ran] == [("ours", 12), ("theirs", 12),
                                                      ("ours", 13), ("theirs", 13)]
     assert "--replay=current" in ran[1][2] and "--method=lwf" in ran[0][2]
@@ -492,7 +503,8 @@ def test_fidelity_flags_refused(tmp_path, capsys, no_process):
                            (["--methods=lwf", "--rows=split_mnist"], "two modes"),
                            (["--seeds=12"], "--seeds goes with --methods"),
                            (["--scenario=task"], "--scenario goes with --methods"),
-                           (["--methods=lwf", "--scenario=cls"], "--scenario")):
+                           (["--methods=lwf", "--scenario=cls"], "--scenario"),
+                           (["--reference_threads=0"], "--reference_threads")):
         code, err = _main(capsys, f"--reference={ref}", f"--data_dir={data}", *flags)
         assert code == 2 and err.startswith("error:") and message in err, (flags, err)
         assert "\n" not in err
