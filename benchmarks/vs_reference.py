@@ -1,9 +1,15 @@
-"""Side by side with the authors' code: both programs timed as whole processes.
+"""Side by side with the authors' code: both programs run as whole processes, for speed
+(timed rows) or for fidelity (methods x seeds, their final accuracies).
 
     python -m benchmarks.vs_reference --reference=PATH --data_dir=DIR \\
         --reference_python=/path/to/venv_ref/bin/python [--rows=split_mnist,permuted_mnist] \\
         [--iters_scale=0.05] [--precision=mixed_bfloat16] \\
         [--out=benchmarks/results/vs_reference.json]
+
+    python -m benchmarks.vs_reference --reference=PATH --data_dir=DIR \\
+        --reference_python=/path/to/venv_ref/bin/python \\
+        --methods=lwf,generative,generative_distill,bir,bir_si [--seeds=12,13,14] \\
+        [--scenario=class] [--out=fidelity.json]
 
 ``--reference`` is a checkout of the authors' repository (``GMvandeVen/brain-inspired-replay``,
 PyTorch), fetched by the user: it is never a dependency of this project and nothing of it is
@@ -23,6 +29,22 @@ downloads nothing):
   2000 iterations, batch 128, lr 0.001, 2 x 400 units);
 * ``permuted_mnist``: BI-R on permuted MNIST, Domain-IL, 2 tasks x 200 iterations, seed 12
   (the paper's batch 256, lr 1e-4, 2 x 2000 units).
+
+Fidelity (``--methods``, not with ``--rows``): each method of ``--methods`` (bir_keras'
+``--method`` shorthands: none, joint, ewc, online_ewc, si, xdg (Task-IL only), lwf,
+generative, generative_distill, bir, bir_si and the split MNIST ablations gr_rtf, gr_con,
+gr_gat, gr_dis, bir_no_rtf, bir_no_con, bir_no_gat, bir_no_dis) on split MNIST in
+``--scenario`` (class, task or domain; default class) at the paper's settings (5 tasks x 2000
+iterations, batch 128, lr 0.001, 2 x 400 units), once per seed of ``--seeds`` (default
+12,13,14), by both programs: ours as ``apps.train --method=NAME``, theirs with the
+``main_cl.py`` flags of the same method (``METHODS`` below: LwF ``--replay=current
+--distill``, GR ``--replay=generative``, BI-R ``--replay=generative --brain-inspired``, ...).
+The grid-searched values a method takes (SI's c, EWC's lambda and gamma, XdG's and BI-R's
+gate proportions) are given to both explicitly: their options.py values for splitMNIST, the
+same as bir_keras' (a test checks). The table has each seed's final average accuracy of both
+programs, then per method the mean ± s.e.m. of each, the difference of the means with its
+standard error, and the mean ± s.e.m. of the per-seed differences (a seed gives both the same
+class order). The runs go one after another (method by method, seed by seed, ours first).
 
 Each side runs as a child process (``subprocess.Popen``, reaped with ``os.wait4``): wall
 time from start to exit, CPU time as the child's user + system time, and its peak resident
@@ -117,6 +139,233 @@ ROWS = {
                 "--brain-inspired"),
     ),
 }
+
+# -- fidelity: methods x seeds ---------------------------------------------------------------
+# The paper's grid-searched values for split MNIST, as their options.py ``set_defaults`` sets
+# them for main_cl.py (``--experiment=splitMNIST``; gamma 1 and dg_prop 0.8 in every scenario,
+# xdg_prop only in Task-IL). Both programs are given them explicitly, so that both run the
+# same values whatever either one's defaults; tests/test_vs_reference.py checks them against
+# bir_keras.config.PAPER_HPARAMS. BI-R + SI takes the same c as SI on split MNIST (their
+# main_cl.py has no separate one; bir_keras' ``bir_si_c``).
+SPLIT_MNIST_HPARAMS = {
+    "task": dict(si_c=10.0, ewc_lambda=1e9, gamma=1.0, xdg_prop=0.9, dg_prop=0.8),
+    "class": dict(si_c=0.1, ewc_lambda=1e5, gamma=1.0, dg_prop=0.8),
+    "domain": dict(si_c=0.1, ewc_lambda=1e5, gamma=1.0, dg_prop=0.8),
+}
+# a hyper-parameter's flag in each program: (apps.train, main_cl.py)
+HPARAM_FLAGS = {"si_c": ("--si_c", "--c"), "ewc_lambda": ("--ewc_lambda", "--lambda"),
+                "gamma": ("--gamma", "--gamma"), "xdg_prop": ("--xdg_prop", "--xdg-prop"),
+                "dg_prop": ("--dg_prop", "--dg-prop")}
+SCENARIOS = ("class", "task", "domain")
+SCENARIO_TITLES = {"class": "Class-IL", "task": "Task-IL", "domain": "Domain-IL"}
+DEFAULT_SEEDS = (12, 13, 14)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One of bir_keras' ``--method`` shorthands and the same method in main_cl.py's flags."""
+
+    name: str
+    title: str
+    theirs: tuple[str, ...]
+    hparams: tuple[str, ...] = ()  # keys of SPLIT_MNIST_HPARAMS both programs are given
+    scenarios: tuple[str, ...] = SCENARIOS
+
+
+# Theirs: the README's commands (``--replay=current --distill`` for LwF, ``--replay=generative``
+# for GR, ``--replay=generative --brain-inspired`` for BI-R, ``--si --c=`` for SI, ``--ewc
+# --lambda=`` / ``--ewc --online --lambda= --gamma=`` for EWC / online EWC, ``--xdg
+# --xdg-prop=`` for XdG, Task-IL only) and compare_MNIST.py's (``--replay=offline`` for
+# joint). ``--brain-inspired`` sets --feedback --prior=GMM --per-class --dg-gates --distill
+# (options.py set_defaults; --hidden does nothing without conv layers), so BI-R less one
+# component spells out the other four, and GR plus one component names that one (Fig. 8).
+_GEN = "--replay=generative"
+_CON = ("--prior=GMM", "--per-class")
+METHODS = {m.name: m for m in (
+    Method("none", "None", ()),
+    Method("joint", "Joint", ("--replay=offline",)),
+    Method("ewc", "EWC", ("--ewc",), ("ewc_lambda",)),
+    Method("online_ewc", "Online EWC", ("--ewc", "--online"), ("ewc_lambda", "gamma")),
+    Method("si", "SI", ("--si",), ("si_c",)),
+    Method("xdg", "XdG", ("--xdg",), ("xdg_prop",), scenarios=("task",)),
+    Method("lwf", "LwF", ("--replay=current", "--distill")),
+    Method("generative", "GR", (_GEN,)),
+    Method("generative_distill", "GR + distill", (_GEN, "--distill")),
+    Method("bir", "BI-R", (_GEN, "--brain-inspired"), ("dg_prop",)),
+    Method("bir_si", "BI-R + SI", (_GEN, "--brain-inspired", "--si"), ("si_c", "dg_prop")),
+    Method("gr_rtf", "GR + rtf", (_GEN, "--feedback")),
+    Method("gr_con", "GR + con", (_GEN, *_CON)),
+    Method("gr_gat", "GR + gat", (_GEN, "--dg-gates"), ("dg_prop",)),
+    Method("gr_dis", "GR + dis", (_GEN, "--distill")),
+    Method("bir_no_rtf", "BI-R - rtf", (_GEN, *_CON, "--dg-gates", "--distill"), ("dg_prop",)),
+    Method("bir_no_con", "BI-R - con", (_GEN, "--feedback", "--dg-gates", "--distill"),
+           ("dg_prop",)),
+    Method("bir_no_gat", "BI-R - gat", (_GEN, "--feedback", *_CON, "--distill")),
+    Method("bir_no_dis", "BI-R - dis", (_GEN, "--feedback", *_CON, "--dg-gates"),
+           ("dg_prop",)),
+)}
+# bir_keras shorthands with no counterpart here: ``buffer`` (not in their code) and the
+# internal-replay variants ``gr_int`` / ``bir_no_int`` (no conv layers on MNIST)
+
+
+def method_row(method: Method, scenario: str) -> Row:
+    """Split MNIST, the paper's settings (their set_defaults for splitMNIST: 5 tasks x 2000
+    iterations, batch 128, lr 0.001, 2 x 400 units), ``method`` in ``scenario``."""
+    hp = SPLIT_MNIST_HPARAMS[scenario]
+    ours_hp = tuple(f"{HPARAM_FLAGS[k][0]}={hp[k]:g}" for k in method.hparams)
+    theirs_hp = tuple(f"{HPARAM_FLAGS[k][1]}={hp[k]:g}" for k in method.hparams)
+    return Row(name=method.name,
+               title=f"{method.title} split MNIST {SCENARIO_TITLES[scenario]}", tasks=5,
+               iters=2000, batch=128, lr=0.001, fc_units=400,
+               ours=("--experiment=split_mnist", f"--scenario={scenario}",
+                     f"--method={method.name}", *ours_hp),
+               theirs=("--experiment=splitMNIST", f"--scenario={scenario}", *method.theirs,
+                       *theirs_hp))
+
+
+def parse_methods(text: str, scenario: str) -> list[Method]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise InputError("--methods is empty")
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise InputError(f"--methods: unknown {', '.join(unknown)} (known: "
+                         f"{', '.join(METHODS)})")
+    wrong = [n for n in names if scenario not in METHODS[n].scenarios]
+    if wrong:
+        raise InputError(f"--methods: {', '.join(wrong)} not in --scenario={scenario} (only "
+                         f"{', '.join(sorted({s for n in wrong for s in METHODS[n].scenarios}))})")
+    return [METHODS[n] for n in dict.fromkeys(names)]
+
+
+def parse_seeds(text: str) -> list[int]:
+    parts = [n.strip() for n in text.split(",") if n.strip()]
+    if not parts:
+        raise InputError("--seeds is empty")
+    seeds = []
+    for part in parts:
+        try:
+            seed = int(part)
+        except ValueError:
+            raise InputError(f"--seeds: {part!r} is not an integer") from None
+        if not 0 <= seed < 2**31:
+            raise InputError(f"--seeds: {seed} is not in [0, 2**31)")
+        seeds.append(seed)
+    if len(set(seeds)) != len(seeds):
+        raise InputError(f"--seeds: a seed is named twice in {text}")
+    return seeds
+
+
+def mean_sem(values: list[float]) -> tuple[float | None, float | None]:
+    """The mean and the standard error of the mean (sample s.d. / sqrt(n); None for n < 2)."""
+    n = len(values)
+    if n == 0:
+        return None, None
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, (var / n) ** 0.5
+
+
+def _acc(side: Side | None) -> float | None:
+    return side.final_average_accuracy if side is not None and side.ok else None
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """Per method (in the order of ``runs``): each program's final average accuracy (in %)
+    over the seeds it finished, mean ± s.e.m.; the difference of the means (ours - theirs)
+    with its standard error sqrt(sem_ours^2 + sem_theirs^2), as for independent runs; and
+    the mean ± s.e.m. of the per-seed differences over the seeds both finished (``paired``:
+    a seed gives both programs the same class order, the authors' ``np.random.permutation``
+    after ``np.random.seed``, but not the same initial weights or batches)."""
+    out = []
+    for name in dict.fromkeys(r["method"] for r in runs):
+        mine = [r for r in runs if r["method"] == name]
+        row = {"method": name, "seeds": [r["seed"] for r in mine]}
+        for key in ("ours", "reference"):
+            values = [100 * a for a in (_acc(r[key]) for r in mine) if a is not None]
+            mean, sem = mean_sem(values)
+            row[key] = {"n": len(values), "mean": mean, "sem": sem,
+                        "values": [round(v, 4) for v in values]}
+        o, t = row["ours"], row["reference"]
+        if o["mean"] is None or t["mean"] is None:
+            row["difference"] = {"mean": None, "sem": None}
+        else:
+            sem = (None if o["sem"] is None or t["sem"] is None
+                   else (o["sem"] ** 2 + t["sem"] ** 2) ** 0.5)
+            row["difference"] = {"mean": o["mean"] - t["mean"], "sem": sem}
+        diffs = [100 * (_acc(r["ours"]) - _acc(r["reference"])) for r in mine
+                 if _acc(r["ours"]) is not None and _acc(r["reference"]) is not None]
+        mean, sem = mean_sem(diffs)
+        row["paired"] = {"n": len(diffs), "mean": mean, "sem": sem}
+        out.append(row)
+    return out
+
+
+def _pm(stat: dict) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    sem = "" if stat["sem"] is None else f" ± {stat['sem']:.2f}"
+    return f"{stat['mean']:.2f}{sem} (n={stat['n']})"
+
+
+def _signed(stat: dict) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    return f"{stat['mean']:+.2f}" + ("" if stat["sem"] is None else f" ± {stat['sem']:.2f}")
+
+
+def _acc_cell(side: Side | None) -> str:
+    if side is None:
+        return "not run"
+    if not side.ok:
+        return f"failed (exit {side.returncode})"
+    acc = side.final_average_accuracy
+    return "n/a" if acc is None else f"{100 * acc:.2f}"
+
+
+def format_fidelity_table(runs: list[dict], info: dict) -> str:
+    """Markdown: the machine and versions, per-seed final average accuracies of both programs,
+    then per method mean ± s.e.m. of both and of their difference (ours - theirs)."""
+    lines = _header_lines(info)
+    lines.append(f"split MNIST {SCENARIO_TITLES[info['scenario']]}, {info['tasks']} tasks x "
+                 f"{info['iters']} iters, batch 128, lr 0.001, 2 x 400 units (the paper's "
+                 "settings); final average accuracy (%) over all tasks' test sets")
+    lines += [
+        "",
+        "| method | seed | bir_keras (%) | wall (s) | authors' (%) | wall (s) "
+        "| ours - theirs |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        a, b = _acc(r["ours"]), _acc(r["reference"])
+        diff = "n/a" if a is None or b is None else f"{100 * (a - b):+.2f}"
+        walls = [_num(s.wall_s, 1) if s is not None and s.ok else "" for s in
+                 (r["ours"], r["reference"])]
+        lines.append(f"| {r['method']} | {r['seed']} | {_acc_cell(r['ours'])} | {walls[0]} "
+                     f"| {_acc_cell(r['reference'])} | {walls[1]} | {diff} |")
+    lines += [
+        "",
+        "| method | bir_keras mean ± s.e.m. | authors' mean ± s.e.m. "
+        "| difference of the means (ours - theirs) ± s.e. "
+        "| per-seed differences, mean ± s.e.m. |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for s in summarize(runs):
+        lines.append(f"| {s['method']} | {_pm(s['ours'])} | {_pm(s['reference'])} "
+                     f"| {_signed(s['difference'])} | {_signed(s['paired'])} |")
+    return "\n".join(lines)
+
+
+def fidelity_json(runs: list[dict], info: dict) -> dict:
+    return {**info, "mode": "fidelity",
+            "runs": [{"method": r["method"], "seed": r["seed"], "label": r["row"].title,
+                      "ours": r["ours"].as_dict() if r["ours"] else None,
+                      "reference": r["reference"].as_dict() if r["reference"] else None}
+                     for r in runs],
+            "summary": summarize(runs)}
+
 
 VISDOM_STUB = '''"""Stand-in for visdom (benchmarks/vs_reference.py): imported, never used."""
 
@@ -278,22 +527,22 @@ def scaled_iters(row: Row, scale: float) -> int:
 
 
 def ours_command(row: Row, iters: int, data_dir: Path, work: Path,
-                 precision: str = "float32") -> list[str]:
+                 precision: str = "float32", seed: int = SEED) -> list[str]:
     # --precision is ours alone: their code computes in float32
     return [sys.executable, "-m", "apps.train", *row.ours, f"--tasks={row.tasks}",
             f"--iters={iters}", f"--batch={row.batch}", f"--lr={row.lr:g}",
-            f"--fc_units={row.fc_units}", f"--seed={SEED}", f"--precision={precision}",
+            f"--fc_units={row.fc_units}", f"--seed={seed}", f"--precision={precision}",
             f"--data_dir={data_dir}", f"--output_dir={work / 'out'}",
             f"--export_dir={work / 'export'}"]
 
 
 def reference_command(python: str, reference: Path, row: Row, iters: int, data_root: Path,
-                      work: Path) -> list[str]:
+                      work: Path, seed: int = SEED) -> list[str]:
     # main_cl.py's own flags (options.py): --no-gpus keeps it on the CPU; every folder it
     # writes to is in the work folder; no --pdf and no --visdom (no plots).
     return [python, str(reference / REFERENCE_MAIN), *row.theirs, f"--tasks={row.tasks}",
             f"--iters={iters}", f"--batch={row.batch}", f"--lr={row.lr:g}",
-            f"--fc-units={row.fc_units}", f"--seed={SEED}", "--no-gpus",
+            f"--fc-units={row.fc_units}", f"--seed={seed}", "--no-gpus",
             f"--data-dir={data_root}", f"--model-dir={work / 'models'}",
             f"--plot-dir={work / 'plots'}", f"--results-dir={work / 'results'}"]
 
@@ -450,12 +699,8 @@ def row_label(row: Row, iters: int, precision: str = "float32") -> str:
     return f"{row.title}, {row.tasks} tasks x {iters} iters, seed {SEED}{ours}"
 
 
-def format_table(results: list[dict], info: dict) -> str:
-    """Markdown: the machine and versions, then one line per row.
-
-    ``results``: dicts with ``row`` (a Row), ``iters``, ``ours`` and ``reference`` (Side or
-    None). ``info``: ``machine``, ``ours``, ``reference``, ``date``, ``iters_scale``.
-    """
+def _header_lines(info: dict) -> list[str]:
+    """The machine, both programs' versions, the date (and a scaled-iterations warning)."""
     m, o, r = info["machine"], info["ours"], info["reference"]
     lines = [
         f"CPU: {m['cpu']} ({', '.join(m.get('vector_isa') or ['extensions not read'])}), "
@@ -470,6 +715,16 @@ def format_table(results: list[dict], info: dict) -> str:
     if info.get("iters_scale", 1.0) != 1.0:
         lines.append(f"**iterations scaled by {info['iters_scale']:g}: a quick check that both "
                      "programs run, not a measurement**")
+    return lines
+
+
+def format_table(results: list[dict], info: dict) -> str:
+    """Markdown: the machine and versions, then one line per row.
+
+    ``results``: dicts with ``row`` (a Row), ``iters``, ``ours`` and ``reference`` (Side or
+    None). ``info``: ``machine``, ``ours``, ``reference``, ``date``, ``iters_scale``.
+    """
+    lines = _header_lines(info)
     lines += [
         "",
         "| run | bir_keras wall (s) | CPU (s) | peak RSS (GiB) | final avg acc (%) "
@@ -504,12 +759,25 @@ def to_json(results: list[dict], info: dict) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     # one error: line and exit 2 for bad input, an empty path flag included
     p = Parser(prog="python -m benchmarks.vs_reference",
-               description="Time bir_keras and the authors' code side by side.",
+               description="Run bir_keras and the authors' code side by side: "
+                           "timed rows, or methods x seeds for their accuracies.",
                paths=("reference", "data_dir", "reference_python", "out"))
     p.add_argument("--reference", required=True,
                    help="a checkout of GMvandeVen/brain-inspired-replay")
     p.add_argument("--data_dir", required=True, help="the four MNIST IDX files (.gz or not)")
-    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated: {', '.join(ROWS)}")
+    p.add_argument("--rows", default=None,
+                   help=f"speed rows, comma-separated: {', '.join(ROWS)} (default: all; not "
+                        "with --methods)")
+    p.add_argument("--methods", default=None,
+                   help="fidelity: these methods (bir_keras' --method shorthands, "
+                        f"comma-separated: {', '.join(METHODS)}) on split MNIST at the "
+                        "paper's settings, each seed of --seeds, both programs; a table of "
+                        "final average accuracies per seed and mean ± s.e.m. per method")
+    p.add_argument("--seeds", default=None,
+                   help="with --methods: comma-separated seeds (default "
+                        f"{','.join(map(str, DEFAULT_SEEDS))})")
+    p.add_argument("--scenario", default=None, choices=SCENARIOS,
+                   help="with --methods: split MNIST's scenario (default class)")
     p.add_argument("--iters_scale", type=float, default=1.0,
                    help="multiply the iterations per task (quick check; default 1)")
     p.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"],
@@ -517,6 +785,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "runs in float32 either way)")
     p.add_argument("--reference_python", default="python3",
                    help="a Python with torch and torchvision for their code (default python3)")
+    p.add_argument("--reference_threads", type=int, default=None,
+                   help="OMP_NUM_THREADS and MKL_NUM_THREADS for their code (default: unset, "
+                        "torch's own choice, one thread per core). On cores shared with other "
+                        "work torch's threads wait on each other: 1 ran their split MNIST "
+                        "iterations 8x faster on a loaded 2-core machine")
     p.add_argument("--out", default=None, help="also write the numbers to this JSON file")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out if an earlier run of this benchmark wrote it")
@@ -531,7 +804,24 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 < args.iters_scale < float("inf"):  # NaN and inf too
             raise InputError(f"--iters_scale must be a finite number > 0, got "
                              f"{args.iters_scale}")
-        rows = parse_rows(args.rows)
+        if args.reference_threads is not None and not 1 <= args.reference_threads <= 1024:
+            raise InputError(f"--reference_threads must be in 1..1024, got "
+                             f"{args.reference_threads}")
+        if args.methods is None:
+            for flag in ("seeds", "scenario"):
+                if getattr(args, flag) is not None:
+                    raise InputError(f"--{flag} goes with --methods (the speed rows run "
+                                     f"seed {SEED} in their own scenario)")
+            rows = parse_rows(",".join(ROWS) if args.rows is None else args.rows)
+            jobs = [(row, SEED) for row in rows]
+        else:
+            if args.rows is not None:
+                raise InputError("--rows and --methods are two modes: give one of them")
+            scenario = args.scenario or "class"
+            methods = parse_methods(args.methods, scenario)
+            seeds = parse_seeds(",".join(map(str, DEFAULT_SEEDS)) if args.seeds is None
+                                else args.seeds)
+            jobs = [(method_row(m, scenario), seed) for m in methods for seed in seeds]
         reference = check_reference(Path(args.reference).expanduser())
         data_dir = Path(args.data_dir).expanduser().resolve()
         files = mnist_files(data_dir)
@@ -557,7 +847,12 @@ def main(argv: list[str] | None = None) -> int:
         "reference": {"path": str(reference), "commit": git_commit(reference, "*.py"),
                       "python_exe": python, **ref_versions},
         "data_dir": str(data_dir),
+        "reference_threads": args.reference_threads,
     }
+    fidelity = args.methods is not None
+    if fidelity:
+        info.update(scenario=scenario, seeds=seeds, methods=[m.name for m in methods],
+                    tasks=jobs[0][0].tasks, iters=scaled_iters(jobs[0][0], args.iters_scale))
     work = Path(tempfile.mkdtemp(prefix="vs_reference-"))
     failed = finished = False
     results = []
@@ -567,26 +862,31 @@ def main(argv: list[str] | None = None) -> int:
         (stub / "visdom").mkdir(parents=True)
         (stub / "visdom" / "__init__.py").write_text(VISDOM_STUB)
         ours_env = _clean_env()
-        ref_env = _clean_env({"PYTHONPATH": str(stub), "MPLBACKEND": "Agg"})
-        for row in rows:
+        ref_env = _clean_env({"PYTHONPATH": str(stub), "MPLBACKEND": "Agg", **(
+            {} if args.reference_threads is None else
+            {k: str(args.reference_threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})})
+        for n, (row, seed) in enumerate(jobs, 1):
             iters = scaled_iters(row, args.iters_scale)
-            res = {"row": row, "iters": iters, "ours": None, "reference": None}
+            res = {"row": row, "method": row.name, "seed": seed, "iters": iters, "ours": None,
+                   "reference": None}
             results.append(res)
+            tag = f"[{n}/{len(jobs)} {row.name} seed {seed}]"
+            run_dir = work / (f"{row.name}-seed{seed}" if fidelity else row.name)
 
-            ours_work = work / row.name / "ours"
+            ours_work = run_dir / "ours"
             ours_work.mkdir(parents=True)
-            cmd = ours_command(row, iters, data_dir, ours_work, args.precision)
-            print(f"[{row.name}] bir_keras: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+            cmd = ours_command(row, iters, data_dir, ours_work, args.precision, seed)
+            print(f"{tag} bir_keras: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
             side = run_timed(cmd, REPO_ROOT, ours_env, ours_work / "log.txt")
             side.final_average_accuracy = parse_ours_accuracy(Path(side.log).read_text(
                 errors="replace"))
             res["ours"] = side
             _report(side)
 
-            ref_work = work / row.name / "reference"
+            ref_work = run_dir / "reference"
             ref_work.mkdir(parents=True)
-            cmd = reference_command(python, reference, row, iters, ref_data, ref_work)
-            print(f"[{row.name}] authors' code: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+            cmd = reference_command(python, reference, row, iters, ref_data, ref_work, seed)
+            print(f"{tag} authors' code: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
             side = run_timed(cmd, ref_work, ref_env, ref_work / "log.txt")
             side.final_average_accuracy = parse_reference_accuracy(Path(side.log).read_text(
                 errors="replace"))
@@ -605,13 +905,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.keep_work_dir:
         print(f"logs and outputs kept in {work}", file=sys.stderr)
 
-    print(format_table(results, info))
+    print(format_fidelity_table(results, info) if fidelity else format_table(results, info))
     if out is not None and failed:
         # a record with a failed side measures nothing: the earlier one stays
         print(f"{out} not written (a side failed)", file=sys.stderr)
     elif out is not None:
         try:
-            write_out(out, to_json(results, info), PROGRAM)
+            write_out(out, (fidelity_json if fidelity else to_json)(results, info), PROGRAM)
         except (PathRefused, OSError) as e:  # it changed meanwhile, or the disk refused
             print(f"error: {out} not written: {e}", file=sys.stderr)
             return 1

@@ -306,3 +306,205 @@ def test_vector_isa_read_from_cpuinfo(tmp_path):
                     "flags\t\t: fpu sse2 fma avx2 avx512f avx512_bf16 sha_ni\n")
     assert vr.vector_isa(info) == ["avx2", "fma", "avx512f", "avx512_bf16"]
     assert vr.vector_isa(tmp_path / "absent") == []
+
+
+# -- fidelity: methods x seeds ---------------------------------------------------------------
+def _their_components(flags: tuple[str, ...]) -> dict:
+    """What main_cl.py makes of ``flags`` (their options.py: ``--brain-inspired`` switches on
+    feedback, a per-class GMM prior, decoder gates and distillation)."""
+    have = set(flags)
+    bi = "--brain-inspired" in have
+    replay = next((f.split("=", 1)[1] for f in flags if f.startswith("--replay=")), "none")
+    return {"replay": replay, "distill": bi or "--distill" in have, "ewc": "--ewc" in have,
+            "online": "--online" in have, "si": "--si" in have, "xdg": "--xdg" in have,
+            "feedback": bi or "--feedback" in have,
+            "prior": "gmm" if bi or "--prior=GMM" in have else "standard",
+            "dg_gates": bi or "--dg-gates" in have}
+
+
+@pytest.mark.parametrize("scenario", vr.SCENARIOS)
+def test_every_method_is_the_same_method_in_both_programs(scenario):
+    """Each shorthand, resolved by bir_keras, has the components their flags switch on, and
+    both programs are given the same grid-searched values (those bir_keras would use)."""
+    from bir_keras.config import METHODS, Config, resolve
+
+    for name, method in vr.METHODS.items():
+        assert name in METHODS
+        if scenario not in method.scenarios:
+            continue
+        row = vr.method_row(method, scenario)
+        c = resolve(Config(experiment="split_mnist", scenario=scenario, method=name))
+        ours = {k: getattr(c, k) for k in ("replay", "distill", "ewc", "online", "si", "xdg",
+                                           "feedback", "prior", "dg_gates")}
+        assert ours == _their_components(row.theirs), name
+        assert f"--method={name}" in row.ours and f"--scenario={scenario}" in row.theirs
+        assert "--experiment=split_mnist" in row.ours and "--experiment=splitMNIST" in row.theirs
+        for key in method.hparams:
+            ours_flag, their_flag = vr.HPARAM_FLAGS[key]
+            value = vr.SPLIT_MNIST_HPARAMS[scenario][key]
+            assert f"{ours_flag}={value:g}" in row.ours and f"{their_flag}={value:g}" in row.theirs
+            resolved = {"ewc_lambda": c.ewc_lambda, "si_c": c.si_c, "gamma": c.gamma,
+                        "xdg_prop": c.xdg_prop, "dg_prop": c.dg_prop}[key]
+            assert resolved == pytest.approx(value), (name, key)
+        # the settings both programs get: their set_defaults for splitMNIST
+        assert (row.tasks, row.iters, row.batch, row.lr, row.fc_units) == (5, 2000, 128, 0.001,
+                                                                           400)
+
+
+def test_split_mnist_hparams_are_bir_keras_paper_values():
+    from bir_keras.config import PAPER_HPARAMS
+
+    for scenario, hp in vr.SPLIT_MNIST_HPARAMS.items():
+        ours = PAPER_HPARAMS[("split_mnist", scenario)]
+        assert hp["si_c"] == ours["si_c"] == ours["bir_si_c"]
+        assert hp["ewc_lambda"] == ours["ewc_lambda"] == ours["online_lambda"]
+        assert hp["dg_prop"] == ours["dg_prop"]
+        assert hp.get("xdg_prop") == ours.get("xdg_prop")
+
+
+def test_method_flags_readme_commands(tmp_path):
+    lwf = vr.method_row(vr.METHODS["lwf"], "class")
+    theirs = vr.reference_command("py", tmp_path, lwf, 2000, tmp_path, tmp_path, seed=13)
+    assert theirs[2:6] == ["--experiment=splitMNIST", "--scenario=class", "--replay=current",
+                           "--distill"]
+    assert "--seed=13" in theirs and "--seed=13" in vr.ours_command(lwf, 2000, tmp_path,
+                                                                     tmp_path, seed=13)
+    assert vr.method_row(vr.METHODS["generative"], "class").theirs[2:] == (
+        "--replay=generative",)
+    bir_si = vr.method_row(vr.METHODS["bir_si"], "class")
+    assert bir_si.theirs[2:] == ("--replay=generative", "--brain-inspired", "--si", "--c=0.1",
+                                 "--dg-prop=0.8")
+    assert bir_si.ours[3:] == ("--si_c=0.1", "--dg_prop=0.8")
+    assert "--c=10" in vr.method_row(vr.METHODS["si"], "task").theirs
+    assert "--lambda=1e+09" in vr.method_row(vr.METHODS["ewc"], "task").theirs
+
+
+def test_parse_methods_and_seeds():
+    assert [m.name for m in vr.parse_methods("lwf, bir,lwf", "class")] == ["lwf", "bir"]
+    for text, message in (("", "empty"), ("buffer", "unknown buffer"),
+                          ("bir,gr_int", "unknown gr_int")):
+        with pytest.raises(vr.InputError, match=message):
+            vr.parse_methods(text, "class")
+    with pytest.raises(vr.InputError, match="xdg not in --scenario=class"):
+        vr.parse_methods("xdg", "class")
+    assert vr.parse_methods("xdg", "task")[0].name == "xdg"
+    assert vr.parse_seeds("12, 13,14") == [12, 13, 14]
+    for text, message in ((",", "empty"), ("12,x", "not an integer"), ("-1", "not in"),
+                          ("12,12", "twice")):
+        with pytest.raises(vr.InputError, match=message):
+            vr.parse_seeds(text)
+
+
+def test_mean_sem():
+    assert vr.mean_sem([]) == (None, None)
+    assert vr.mean_sem([20.0]) == (20.0, None)
+    mean, sem = vr.mean_sem([20.0, 22.0, 24.0])
+    assert mean == pytest.approx(22.0) and sem == pytest.approx(2.0 / 3 ** 0.5)
+
+
+def _fake_runs():
+    row = vr.method_row(vr.METHODS["lwf"], "class")
+    gr = vr.method_row(vr.METHODS["generative"], "class")
+    runs = []
+    for seed, a, b in ((12, 0.20, 0.21), (13, 0.22, 0.23), (14, 0.24, 0.25)):
+        runs.append({"row": row, "method": "lwf", "seed": seed, "iters": 2000,
+                     "ours": _side(100.0, 90.0, 5.0, 1.0, a),
+                     "reference": _side(200.0, 180.0, 5.0, 1.0, b)})
+    runs.append({"row": gr, "method": "generative", "seed": 12, "iters": 2000,
+                 "ours": _side(300.0, 250.0, 5.0, 1.0, 0.9),
+                 "reference": _side(400.0, 350.0, 5.0, 1.0, None, rc=1)})
+    runs.append({"row": gr, "method": "generative", "seed": 13, "iters": 2000,
+                 "ours": _side(300.0, 250.0, 5.0, 1.0, 0.92),
+                 "reference": _side(400.0, 350.0, 5.0, 1.0, 0.91)})
+    return runs
+
+
+def test_summarize_and_fidelity_table():
+    runs = _fake_runs()
+    lwf, gr = vr.summarize(runs)
+    assert lwf["method"] == "lwf" and lwf["seeds"] == [12, 13, 14]
+    assert lwf["ours"]["mean"] == pytest.approx(22.0) and lwf["ours"]["n"] == 3
+    assert lwf["reference"]["mean"] == pytest.approx(23.0)
+    assert lwf["ours"]["sem"] == pytest.approx(2 / 3 ** 0.5)
+    assert lwf["difference"]["mean"] == pytest.approx(-1.0)
+    assert lwf["difference"]["sem"] == pytest.approx((2 * 4 / 3) ** 0.5)
+    # a failed side counts in neither mean; one finished seed has no s.e.m.
+    assert gr["ours"]["n"] == 2 and gr["reference"]["n"] == 1 and gr["reference"]["sem"] is None
+    assert gr["difference"]["mean"] == pytest.approx(0.0) and gr["difference"]["sem"] is None
+    # paired by seed: only seeds both finished
+    assert lwf["paired"]["mean"] == pytest.approx(-1.0) and lwf["paired"]["sem"] == pytest.approx(0)
+    assert gr["paired"] == {"n": 1, "mean": pytest.approx(1.0), "sem": None}
+
+    info = {**_info(), "scenario": "class", "tasks": 5, "iters": 2000}
+    lines = vr.format_fidelity_table(runs, info).splitlines()
+    assert lines[0].startswith("CPU: AMD EPYC")
+    assert "split MNIST Class-IL, 5 tasks x 2000 iters" in lines[4]
+    per_seed = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines
+                if ln.startswith("| lwf |") or ln.startswith("| generative |")]
+    assert per_seed[0] == ["lwf", "12", "20.00", "100.0", "21.00", "200.0", "-1.00"]
+    assert per_seed[3] == ["generative", "12", "90.00", "300.0", "failed (exit 1)", "", "n/a"]
+    summary = per_seed[5:]
+    assert summary[0] == ["lwf", "22.00 ± 1.15 (n=3)", "23.00 ± 1.15 (n=3)", "-1.00 ± 1.63",
+                          "-1.00 ± 0.00"]
+    assert summary[1] == ["generative", "91.00 ± 1.00 (n=2)", "91.00 (n=1)", "+0.00", "+1.00"]
+
+
+def test_fidelity_run_end_to_end_without_torch(tmp_path, capsys, monkeypatch):
+    """Methods x seeds through main() with both programs faked: the commands, the order, the
+    table on stdout and the JSON."""
+    monkeypatch.setattr(vr, "check_reference_python",
+                        lambda p: (p, {"python": "3", "torch": "0", "torchvision": "0"}))
+    monkeypatch.setattr(vr, "prepare_reference_data", lambda files, root: root)
+    ran = []
+
+    def run_timed(command, cwd, env, log):
+        ours = command[0] == sys.executable
+        seed = int(next(c for c in command if c.startswith("--seed=")).split("=")[1])
+        ran.append(("ours" if ours else "theirs", seed, command))
+        acc = 0.2 + seed / 1000 + (0 if ours else 0.01)
+        Path(log).write_text(f'{{"final_average_accuracy": {acc}}}\n' if ours else
+                             f"=> Average accuracy over all 10 classes: {acc}\n")
+        return vr.Side(command=command, returncode=0, wall_s=1.0, user_s=1.0, sys_s=0.0,
+                       peak_rss_gib=0.1, log=str(log))
+
+    monkeypatch.setattr(vr, "run_timed", run_timed)
+    envs = []
+    real = run_timed
+
+    def run_timed_env(command, cwd, env, log):
+        envs.append(env)
+        return real(command, cwd, env, log)
+
+    monkeypatch.setattr(vr, "run_timed", run_timed_env)
+    out = tmp_path / "fid.json"
+    code, err = _main(capsys, f"--reference={_fake_reference(tmp_path)}",
+                      f"--data_dir={_fake_mnist(tmp_path)}", "--methods=lwf",
+                      "--seeds=12,13", f"--out={out}", "--reference_python=python3",
+                      "--reference_threads=1")
+    assert code == 0, err
+    assert envs[1]["OMP_NUM_THREADS"] == envs[1]["MKL_NUM_THREADS"] == "1"
+    assert envs[0].get("OMP_NUM_THREADS") == vr.os.environ.get("OMP_NUM_THREADS")
+    assert [(who, seed) for who, seed, _ in ran] == [("ours", 12), ("theirs", 12),
+                                                     ("ours", 13), ("theirs", 13)]
+    assert "--replay=current" in ran[1][2] and "--method=lwf" in ran[0][2]
+    data = json.loads(out.read_text())
+    assert data["mode"] == "fidelity" and data["scenario"] == "class"
+    assert data["seeds"] == [12, 13] and data["methods"] == ["lwf"]
+    assert [r["seed"] for r in data["runs"]] == [12, 13]
+    assert data["summary"][0]["difference"]["mean"] == pytest.approx(-1.0)
+    assert data["summary"][0]["ours"]["values"] == [21.2, 21.3]
+
+
+def test_fidelity_flags_refused(tmp_path, capsys, no_process):
+    ref, data = _fake_reference(tmp_path), _fake_mnist(tmp_path)
+    for flags, message in ((["--methods=buffer"], "unknown buffer"),
+                           (["--methods=xdg"], "not in --scenario=class"),
+                           (["--methods=lwf", "--seeds=12,x"], "not an integer"),
+                           (["--methods=lwf", "--rows=split_mnist"], "two modes"),
+                           (["--seeds=12"], "--seeds goes with --methods"),
+                           (["--scenario=task"], "--scenario goes with --methods"),
+                           (["--methods=lwf", "--scenario=cls"], "--scenario"),
+                           (["--reference_threads=0"], "--reference_threads")):
+        code, err = _main(capsys, f"--reference={ref}", f"--data_dir={data}", *flags)
+        assert code == 2 and err.startswith("error:") and message in err, (flags, err)
+        assert "\n" not in err
