@@ -15,7 +15,8 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
 
 @pytest.mark.parametrize("script, shows", [
     ("numpy_stream.py", "replay samples of digit 3: (4, 8, 8)"),
-    ("feature_stream.py", "| bir |"),
+    # four runs: under --run-slow (tests/test_api.py covers compare and feature streams)
+    pytest.param("feature_stream.py", "| bir |", marks=pytest.mark.slow),
 ])
 def test_example_runs(tmp_path, script, shows):
     r = subprocess.run([sys.executable, str(ROOT / "examples" / script), "3"], cwd=tmp_path,

@@ -12,6 +12,7 @@ TINY = ["--experiment=split_digits", "--scenario=class", "--iters=25", "--batch=
         "--fc_units=40", "--z_dim=8", "--method=bir", "--seed=12"]
 
 
+@pytest.mark.slow   # covered more cheaply by test_midtask_resume's pack tests
 def test_packed_seeds_write_separate_runs_that_resume_alone(tmp_path):
     from bir_keras import experiment
     from bir_keras.config import Config, method_settings

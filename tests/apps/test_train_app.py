@@ -251,6 +251,7 @@ def test_truncated_data_file_refused(tmp_path, mnist_idx_dir):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow   # rundirs.default_export_dir's rule; the whole-program form of it
 def test_same_output_basename_keeps_separate_exports(tmp_path):
     # runs/s0/bir and runs/s1/bir: the default export is saved_models/runs/s0/bir and
     # saved_models/runs/s1/bir, not one saved_models/bir replaced by the second run

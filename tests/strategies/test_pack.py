@@ -29,7 +29,8 @@ CASES = {
     "bir_si_domain": ("domain", dict(method="bir_si")),
 }
 # BI-R's other scenarios (per-task replay, shared modes) take ~40 s each: with --run-slow
-SLOW = {"bir_task", "bir_si_domain"}
+# under --run-slow: each covered by a cheaper case (bir packs the generative path and more)
+SLOW = {"bir_task", "bir_si_domain", "generative"}
 
 
 def _trainer(tiny_setup, scenario, over, seed):
