@@ -258,7 +258,8 @@ def compare(methods: Sequence[str], seeds: Sequence[int], config: Config,
             overwrite: bool = False, callbacks: Sequence[Callback] = ()) -> Comparison:
     """Train each named method (``bk.config.METHODS``, with the paper's hyper-parameters)
     on each seed, in this process one after another, into
-    ``<output_dir>/<method>-s<seed>``; ``config`` gives every other setting. (The command
+    ``<output_dir>/<method>-s<seed>`` (its export beside it, ``...-export``); ``config``
+    gives every other setting. (The command
     line's ``apps.compare`` spreads runs over processes and caches them.)
 
     Example::
@@ -282,8 +283,9 @@ def compare(methods: Sequence[str], seeds: Sequence[int], config: Config,
     results: dict[str, list[float]] = {m: [] for m in methods}
     histories: dict[str, list[History]] = {m: [] for m in methods}
     for (m, s), c in configs.items():
-        h = train(c, data, output_dir=str(Path(output_dir) / f"{m}-s{s}"), overwrite=overwrite,
-                  callbacks=callbacks)
+        run = Path(output_dir) / f"{m}-s{s}"
+        h = train(c, data, output_dir=str(run), export_dir=f"{run}-export",
+                  overwrite=overwrite, callbacks=callbacks)
         results[m].append(h.final_average_accuracy)
         histories[m].append(h)
     return Comparison(results, histories)
