@@ -55,7 +55,7 @@ def pixel_stream(classes, seed=0, n=40):
 
 def test_a_saved_run_learns_new_classes_later_as_a_straight_run(tmp_path):
     config = bk.Config(experiment="custom", method="bir", classes_per_task=2, capacity=4,
-                       seed=3, **{**TINY, "iters": 15})
+                       seed=3, **{**TINY, "iters": 6})
     straight = bk.train(config, pixel_stream(range(6)), output_dir=str(tmp_path / "o3"),
                         export_dir=str(tmp_path / "e3"))
     first = bk.train(config, pixel_stream(range(4)), output_dir=str(tmp_path / "o2"),
@@ -76,7 +76,7 @@ def test_a_saved_run_learns_new_classes_later_as_a_straight_run(tmp_path):
                      callbacks=[Seen()])
     assert later.accuracy_matrix == straight.accuracy_matrix
     assert Seen.tasks == [(2, 3)] and len(later.history["average_accuracy"]) == 3
-    assert Seen.steps and Seen.steps[-1] == (2, 15, 15)
+    assert Seen.steps and Seen.steps[-1] == (2, 6, 6)
     run = bk.load(later.export_dir)
     assert run.class_names == ["0", "10", "20", "30", "40", "50"] and run.tasks_learned == 3
     test = pixel_stream([4, 5])

@@ -111,13 +111,18 @@ class TaskStream:
 
     def fingerprint(self) -> str:
         """SHA-256 of the stream's arrays and class names: a saved run knows its own data
-        from new data by it (``stream_protocol(learned=...)``)."""
+        from new data by it (``stream_protocol(learned=...)``). Computed once per stream
+        (the apps cut the data before TensorFlow loads and again in the run; a stream is a
+        value: its arrays are not to be changed in place)."""
+        if getattr(self, "_fingerprint", None) is not None:
+            return self._fingerprint
         h = hashlib.sha256()
         for a in (self.x_train, self.y_train, self.x_test, self.y_test):
             h.update(str((a.dtype.str, a.shape)).encode())
             h.update(np.ascontiguousarray(a).data)
         h.update(json.dumps([self.class_names, self.tasks]).encode())
-        return h.hexdigest()
+        self._fingerprint = h.hexdigest()
+        return self._fingerprint
 
     def _name(self, c) -> str:
         """The class name of ``c`` (a name, or a label when the stream's labels are ints)."""

@@ -10,8 +10,11 @@ from PIL import Image
 
 from tests.apps.test_train_app import FAST, train
 
+# FAST's tiny settings on fewer iterations (the assertions are about what is written)
 CUSTOM = ["--experiment=custom", *[f for f in FAST if not f.startswith(("--experiment",
-                                                                      "--keep_label_order"))]]
+                                                                      "--keep_label_order",
+                                                                      "--iters"))],
+          "--iters=8"]
 
 
 def images(classes, n=40, seed=0):
