@@ -13,11 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from apps.compare import (
+from apps.compare import PROGRAM, check_run, parse_sweep
+from bir_keras import rundirs
+from bir_keras.config import ConfigError
+from bir_keras.data.sources import DataError
+from bir_keras.sweeps import (
     Folder,
     changed_settings,
     check_output_dir,
-    check_run,
     is_cached,
     name_part,
     plan,
@@ -26,9 +29,6 @@ from apps.compare import (
     unexpected_entries,
     write_tables,
 )
-from bir_keras import rundirs
-from bir_keras.config import ConfigError
-from bir_keras.data.sources import DataError
 from tests import processes
 from tests.apps.test_refusals import no_tensorflow_env
 
@@ -74,17 +74,17 @@ def test_plan_and_its_runs_check(tmp_path):
     # XdG outside Task-IL: refused by the run's check (bir_keras.config's rule, as apps.train)
     [xdg] = plan(["xdg"], [0], "split_mnist", "class", [], tmp_path)
     with pytest.raises(ConfigError, match="XdG needs task identity: --method=xdg"):
-        check_run(xdg["args"])
+        check_run(xdg.args)
     # a sweep value of the flag's type but out of its range: refused by the run's check
-    [nan] = plan(["none"], [0], "split_mnist", "class", [], tmp_path, sweep="lr:nan")
+    [nan] = plan(["none"], [0], "split_mnist", "class", [], tmp_path, sweep=parse_sweep("lr:nan"))
     with pytest.raises(ConfigError, match="--lr must be a positive finite number, got nan"):
-        check_run(nan["args"])
+        check_run(nan.args)
     runs = plan(["none", "si"], [0, 1], "split_mnist", "class", ["--iters=5"], tmp_path,
-                sweep="batch_replay:1,4")
-    assert len(runs) == 8 and len({r["dir"] for r in runs}) == 8
+                sweep=parse_sweep("batch_replay:1,4"))
+    assert len(runs) == 8 and len({r.dir for r in runs}) == 8
     # sweep values as apps.train reads them
-    runs = plan(["none"], [0], "split_mnist", "class", [], tmp_path, sweep="batch_replay:04")
-    assert runs[0]["args"][-1] == "--batch_replay=4" and runs[0]["key"] == "none-batch_replay4"
+    runs = plan(["none"], [0], "split_mnist", "class", [], tmp_path, sweep=parse_sweep("batch_replay:04"))
+    assert runs[0].args[-1] == "--batch_replay=4" and runs[0].key == "none-batch_replay4"
 
 
 def test_cache_skips_finished_and_reruns_changed(finished):
@@ -112,7 +112,7 @@ def test_cache_skips_finished_and_reruns_changed(finished):
                          ([a.replace("=8", "=9") for a in base], False)):
         runs = plan(["none"], [0, 1], "split_digits", "class", args, root)
         assert [is_cached(r) for r in runs] == [cached, cached], args
-        assert all(a in r["args"] for r in runs for a in args)  # passed to apps.train
+        assert all(a in r.args for r in runs for a in args)  # passed to apps.train
 
 
 def test_seeds_are_packed_and_each_cached_as_its_own_run(finished):
@@ -335,16 +335,16 @@ def test_sweep_values_become_safe_names_inside_output_dir(tmp_path):
               "a\\b", "x" * 300, "x" * 299 + "y", "-1.5e-05", "ok"]
     root = tmp_path / "cmp"
     runs = plan(["none"], [0, 4294967295], "split_mnist", "class", [], root,
-                sweep="conv_weights:" + ",".join(values))
-    assert [r["value"] for r in runs[::2]] == values   # the runs get the values as given
-    names = [r["dir"].name for r in runs]
+                sweep=parse_sweep("conv_weights:" + ",".join(values)))
+    assert [r.value for r in runs[::2]] == values   # the runs get the values as given
+    names = [r.dir.name for r in runs]
     assert len(set(names)) == len(runs)
     for r in runs:
-        assert r["dir"].parent == root / "runs", r["dir"]
-        name = r["dir"].name
+        assert r.dir.parent == root / "runs", r.dir
+        name = r.dir.name
         assert "/" not in name and "\\" not in name and "\0" not in name and ".." not in name
         assert not name.startswith(".") and len(name.encode()) <= 120, name
-        assert r["args"][-1] == f"--conv_weights={r['value']}"
+        assert r.args[-1] == f"--conv_weights={r.value}"
     parts = [name_part(v) for v in values]
     assert len(set(parts)) == len(values)
     assert all(len(p) <= 40 and "/" not in p and ".." not in p and not p.startswith(".")
@@ -381,18 +381,18 @@ def test_a_sweep_of_paths_writes_only_inside_output_dir(tmp_path):
 def test_a_sweep_value_apps_train_refuses_is_named(tmp_path, case):
     value = {"absolute": str(tmp_path / "nonexistent"), "relative": "no/such/dir"}[case]
     [run] = plan(["none"], [0], "split_digits", "class", [], tmp_path / "cmp",
-                 sweep=f"data_dir:{value}")
+                 sweep=parse_sweep(f"data_dir:{value}"))
     with pytest.raises(DataError, match=f"--data_dir={value} does not exist") as e:
-        check_run(run["args"])
-    line = refusal(run, e.value)
+        check_run(run.args)
+    line = refusal(run, e.value, PROGRAM)
     assert line.startswith(f"--sweep value --data_dir={value}: none seed 0")
     # on a protocol with conv layers, pre-trained weights that do not exist ('random': an
     # untrained trunk)
     runs = plan(["none"], [0], "split_cifar10", "class", [], tmp_path / "cmp",
-                sweep=f"conv_weights:random,{value}")
-    check_run(runs[0]["args"])
+                sweep=parse_sweep(f"conv_weights:random,{value}"))
+    check_run(runs[0].args)
     with pytest.raises(DataError, match=f"--conv_weights={value} does not exist"):
-        check_run(runs[1]["args"])
+        check_run(runs[1].args)
 
 
 def test_a_run_that_does_not_fit_in_memory_is_refused(tmp_path, monkeypatch):
@@ -402,12 +402,12 @@ def test_a_run_that_does_not_fit_in_memory_is_refused(tmp_path, monkeypatch):
 
     monkeypatch.setattr(appfiles, "available_memory", lambda: 2 ** 30)
     runs = plan(["none"], [0], "split_digits", "class", [], tmp_path / "cmp",
-                sweep="fc_units:20,100000")
-    check_run(runs[0]["args"])
+                sweep=parse_sweep("fc_units:20,100000"))
+    check_run(runs[0].args)
     with pytest.raises(ConfigError, match="out of memory: this run needs more than the 1 "
                                           "GiB available; lower --fc_units") as e:
-        check_run(runs[1]["args"])
-    assert refusal(runs[1], e.value).startswith("--sweep value --fc_units=100000: ")
+        check_run(runs[1].args)
+    assert refusal(runs[1], e.value, PROGRAM).startswith("--sweep value --fc_units=100000: ")
 
 
 @pytest.mark.parametrize("case", ["data_dir", "data_dir_relative", "conv_weights"])
