@@ -499,3 +499,31 @@ def test_a_packed_compare_stopped_by_ctrl_c_is_continued(tmp_path):
     assert "0 cached, 2 to run" in again.stdout and "none seed 1: ok" in again.stdout
     assert unexpected_entries(root) == []
     assert rundirs.foreign_entries(root, rundirs.COMPARE) == []
+
+
+# real runs on a local Ray instance (about 40 s); the same sweep on Ray over a stand-in
+# program in tests/test_sweeps.py, and Ray's refusal without a subprocess of apps.train
+@pytest.mark.slow
+def test_runs_on_ray_are_the_runs_on_this_machine(finished, tmp_path):
+    pytest.importorskip("ray")
+    local = finished[0]
+    root = tmp_path / "cmp"
+    r = compare(*TINY, "--seeds=2", "--ray_address=local", f"--output_dir={root}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "0 cached, 2 to run (2 of them in 1 pack(s) of seeds)" in r.stdout
+    # the same run directories (stamps), the same numbers, the same table
+    assert sorted(p.name for p in (root / "runs").iterdir()) == \
+        sorted(p.name for p in (local / "runs").iterdir())
+    for d in (root / "runs").iterdir():
+        ours, theirs = (json.loads((x / "runs" / d.name / "out" / "results.json").read_text())
+                        for x in (root, local))
+        assert ours["accuracy_matrix"] == theirs["accuracy_matrix"]
+
+    def table(folder):
+        return [{k: v for k, v in row.items() if k != "wall_time_s"}
+                for row in csv.DictReader((folder / "table.csv").open())]
+
+    assert table(root) == table(local)
+    # a second call runs nothing
+    again = compare(*TINY, "--seeds=2", "--ray_address=local", f"--output_dir={root}")
+    assert again.returncode == 0 and "2 cached, 0 to run" in again.stdout, again.stderr
