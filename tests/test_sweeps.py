@@ -242,3 +242,24 @@ def test_a_sweep_on_ray_caches_the_same_runs(tmp_path):
     assert isinstance(sweep.executor, sweeps.LocalPool)
     sweep.run()
     assert lines[0] == "6 cached, 0 to run"
+
+
+def test_bk_compare_tabulates_as_apps_compare():
+    import bir_keras as bk
+    from bir_keras.api import Comparison, History, _paper_differences
+
+    def history(final):
+        return History({"final_average_accuracy": final, "average_accuracy": [1.0, final],
+                        "wall_time_s": 3.0}, "o", "e")
+
+    config = bk.Config(experiment="split_mnist", scenario="class", iters=50, jit_compile=False)
+    changed = _paper_differences(config)
+    assert changed == ["--iters=50"]   # how a run executes is not a setting of the paper's
+    c = Comparison({"none": [0.2, 0.3]}, {"none": [history(0.2), history(0.3)]},
+                   "split_mnist", "class", changed)
+    assert c.table() == sweeps.table_texts(c.stats, "split_mnist", "class", changed)[0]
+    assert "| none | 2 | 25.00 ± 5.00 | 19.90* | 3 |" in c.table()
+    assert c.summary()["none"] == pytest.approx((0.25, 0.05))
+    one = Comparison({"none": [0.2]}, {"none": [history(0.2)]})
+    assert one.summary() == {"none": (pytest.approx(0.2), None)}
+    assert _paper_differences(bk.Config(experiment="split_mnist", scenario="class")) == []

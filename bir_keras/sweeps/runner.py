@@ -214,6 +214,14 @@ class Runner:
         finally:
             with self.lock:
                 self.live.pop(id(handle), None)
+        if rc is None:   # a queued task cancelled by Ctrl-C: it never started
+            with self.lock:
+                self.stopped = [r for r in self.stopped if r not in group]
+            with contextlib.suppress(OSError):
+                log_path.unlink()
+                d.rmdir()   # (where nothing of an earlier run is in it)
+            self.folder.mark()
+            return group, None, str(log_path)
         if rc == 0:
             log_path = finish(group)
         self.folder.mark()
