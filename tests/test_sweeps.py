@@ -263,3 +263,15 @@ def test_bk_compare_tabulates_as_apps_compare():
     one = Comparison({"none": [0.2]}, {"none": [history(0.2)]})
     assert one.summary() == {"none": (pytest.approx(0.2), None)}
     assert _paper_differences(bk.Config(experiment="split_mnist", scenario="class")) == []
+
+
+def test_the_library_imports_no_app_and_reads_no_flags():
+    import ast
+
+    for path in (ROOT / "bir_keras").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [n for n in names if n == "apps" or n.startswith("apps.")], path
+            if "sweeps" in path.parts:
+                assert not [n for n in names if n.startswith("absl")], path

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bir_keras import rundirs
-from bir_keras.config import ConfigError
+from bir_keras.config import MAX_SEEDS_AT_ONCE, ConfigError
 from bir_keras.data.sources import DataError
 from bir_keras.interrupts import caused_by_interrupt
 from bir_keras.sweeps.cache import (
@@ -72,7 +72,7 @@ def check_runs(runs: Sequence[Run], program: Program, seeds_at_once: int | None,
         if r.key in sizes:
             continue
         if program.check is None:
-            sizes[r.key] = max(1, min(seeds_at_once or 1, seeds))
+            sizes[r.key] = max(1, min(seeds_at_once or 1, seeds, MAX_SEEDS_AT_ONCE))
             continue
         try:
             c = program.check(list(r.args), 1)

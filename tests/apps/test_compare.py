@@ -527,3 +527,26 @@ def test_runs_on_ray_are_the_runs_on_this_machine(finished, tmp_path):
     # a second call runs nothing
     again = compare(*TINY, "--seeds=2", "--ray_address=local", f"--output_dir={root}")
     assert again.returncode == 0 and "2 cached, 0 to run" in again.stdout, again.stderr
+
+
+# real runs stopped on a local Ray instance (about 40 s); Ctrl-C of runs on this machine in
+# test_ctrl_c_stops_runs_and_keeps_finished_ones_cached
+@pytest.mark.slow
+def test_ctrl_c_stops_the_ray_tasks_and_their_runs(tmp_path):
+    pytest.importorskip("ray")
+    root = tmp_path / "cmp"
+    args = [*TINY[:-1], "--iters=3000", "--seeds=3", "--seeds_at_once=1", "--cpus_per_run=1",
+            "--ray_address=local", f"--output_dir={root}"]
+    with processes.running(["-m", "apps.compare", *args], env=ENV) as proc:
+        # two runs on the instance's 2 CPUs are training, the third is queued
+        processes.wait_until(proc, lambda: len(list(root.glob("runs/*/.out.tmp-*"))) >= 2,
+                             time.time() + 180, "the start of two runs")
+        stdout, stderr = processes.ctrl_c(proc)
+    assert proc.returncode == 130, (proc.returncode, stderr[-3000:])
+    assert "Traceback" not in stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("interrupted: 0 of 3 run(s) finished") and "1 not started" in line
+    stopped = sorted(root.glob("runs/*/export-interrupted"))
+    assert len(stopped) == 2   # each task passed the Ctrl-C on: its run saved what it could
+    assert all(not _running(str(p.parent)) for p in stopped)
+    assert unexpected_entries(root) == []
