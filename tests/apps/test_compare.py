@@ -76,14 +76,16 @@ def test_plan_and_its_runs_check(tmp_path):
     with pytest.raises(ConfigError, match="XdG needs task identity: --method=xdg"):
         check_run(xdg.args)
     # a sweep value of the flag's type but out of its range: refused by the run's check
-    [nan] = plan(["none"], [0], "split_mnist", "class", [], tmp_path, sweep=parse_sweep("lr:nan"))
+    [nan] = plan(["none"], [0], "split_mnist", "class", [], tmp_path,
+                 sweep=parse_sweep("lr:nan"))
     with pytest.raises(ConfigError, match="--lr must be a positive finite number, got nan"):
         check_run(nan.args)
     runs = plan(["none", "si"], [0, 1], "split_mnist", "class", ["--iters=5"], tmp_path,
                 sweep=parse_sweep("batch_replay:1,4"))
     assert len(runs) == 8 and len({r.dir for r in runs}) == 8
     # sweep values as apps.train reads them
-    runs = plan(["none"], [0], "split_mnist", "class", [], tmp_path, sweep=parse_sweep("batch_replay:04"))
+    runs = plan(["none"], [0], "split_mnist", "class", [], tmp_path,
+                sweep=parse_sweep("batch_replay:04"))
     assert runs[0].args[-1] == "--batch_replay=4" and runs[0].key == "none-batch_replay4"
 
 
@@ -501,8 +503,9 @@ def test_a_packed_compare_stopped_by_ctrl_c_is_continued(tmp_path):
     assert rundirs.foreign_entries(root, rundirs.COMPARE) == []
 
 
-# real runs on a local Ray instance (about 40 s); the same sweep on Ray over a stand-in
-# program in tests/test_sweeps.py, and Ray's refusal without a subprocess of apps.train
+# real runs on a local Ray instance (about 70 s with the fixture's); the same sweep on Ray
+# over a stand-in program in tests/test_sweeps.py, and the refusal of --ray_address where
+# Ray is not installed
 @pytest.mark.slow
 def test_runs_on_ray_are_the_runs_on_this_machine(finished, tmp_path):
     pytest.importorskip("ray")
