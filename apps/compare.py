@@ -212,6 +212,12 @@ def check_flags() -> sweeps.Sweep:
         if FLAGS[name].present and name != "output_dir":
             raise ConfigError(f"--{name} is set by apps.compare for each run; {hint}")
     common.check_data_dir(FLAGS.data_dir)
+    if FLAGS.ray_address is not None and not FLAGS.ray_address.strip():
+        raise ConfigError("--ray_address is empty: auto, HOST:PORT or local, or leave it out "
+                          "to run on this machine")
+    if FLAGS["cpus_per_run"].present and FLAGS.ray_address is None:
+        raise ConfigError("--cpus_per_run is what each run asks of a Ray cluster: give it "
+                          "with --ray_address")
     if FLAGS["sweep"].present > 1:
         raise ConfigError(f"--sweep is given {FLAGS['sweep'].present} times: apps.compare "
                           "sweeps one flag, --sweep=flag:v1,v2,...")

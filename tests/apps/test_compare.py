@@ -199,6 +199,11 @@ REFUSED = {  # case: (arguments, what the error line says)
     "sweep_set_by_compare": (["--sweep=seed:1,2"], "it is set by apps.compare"),
     "title_math": (["--title=cost: $$"], "--title='cost: $$' cannot be drawn by matplotlib"),
     "title_long": (["--title=" + "t" * 201], "--title is 201 characters long: at most 200"),
+    # where the runs go
+    "ray_address_empty": (["--ray_address="], "--ray_address is empty"),
+    "cpus_per_run_alone": (["--cpus_per_run=4"], "give it with --ray_address"),
+    "cpus_per_run_zero": (["--cpus_per_run=0", "--ray_address=local"],
+                          "--cpus_per_run must be in (0, 1024]"),
 }
 
 
