@@ -20,7 +20,6 @@ training; nothing here exits the process or prints unless ``verbose``.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -249,26 +248,50 @@ def load(export_dir: str) -> SavedRun:
 @dataclasses.dataclass
 class Comparison:
     """What ``compare`` returns: each method's final average accuracy per seed, with its
-    mean and standard error of the mean, and the runs' histories."""
+    mean and standard error of the mean, and the runs' histories; ``stats`` are
+    ``bir_keras.sweeps.summarise``'s (as ``apps.compare`` tabulates them), ``changed`` the
+    settings of the runs that are not the paper's (``--name=value``)."""
 
     results: dict[str, list[float]]
     histories: dict[str, list[History]]
+    experiment: str = ""
+    scenario: str = ""
+    changed: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def stats(self) -> dict[str, dict]:
+        """Per method (``bir_keras.sweeps.summarise``): ``final``, ``mean`` and ``sem`` (in
+        %), the mean curve over the number of tasks and its standard error."""
+        from bir_keras.sweeps.tables import summarise
+
+        return summarise((m, m, None, h.record) for m, hs in self.histories.items()
+                         for h in hs)
 
     def summary(self) -> dict[str, tuple[float, float | None]]:
-        """Method -> (mean, s.e.m.; None for one seed)."""
-        out = {}
-        for m, accs in self.results.items():
-            sem = None if len(accs) < 2 else float(np.std(accs, ddof=1) / math.sqrt(len(accs)))
-            out[m] = (float(np.mean(accs)), sem)
-        return out
+        """Method -> (mean, s.e.m.; None for one seed), as fractions."""
+        return {m: (e["mean"] / 100, e["sem"] / 100 if len(e["final"]) > 1 else None)
+                for m, e in self.stats.items()}
 
     def table(self) -> str:
-        """A Markdown table: method, mean ± s.e.m. (in %), seeds."""
-        rows = ["| method | final average accuracy (%) | seeds |", "|---|---|---|"]
-        for m, (mean, sem) in self.summary().items():
-            spread = "" if sem is None else f" ± {100 * sem:.2f}"
-            rows.append(f"| {m} | {100 * mean:.2f}{spread} | {len(self.results[m])} |")
-        return "\n".join(rows)
+        """``apps.compare``'s Markdown table (``bir_keras.sweeps.table_texts``): method,
+        seeds, mean ± s.e.m. (in %), the paper's published number where there is one
+        (marked ``*`` where these runs' settings are not the paper's), wall time per
+        run."""
+        from bir_keras.sweeps.tables import table_texts
+
+        return table_texts(self.stats, self.experiment, self.scenario, self.changed)[0]
+
+
+def _paper_differences(config: Config) -> list[str]:
+    """The settings of ``config`` that are not the paper's for its experiment and scenario
+    (``--name=value``; the method, the seed and what only changes how a run executes left
+    out)."""
+    from bir_keras.sweeps.planning import EXECUTION_FLAGS
+
+    paper = Config(experiment=config.experiment, scenario=config.scenario)
+    return [f"--{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(Config)
+            if f.name not in ("method", "seed", "notes", *EXECUTION_FLAGS)
+            and getattr(config, f.name) != getattr(paper, f.name)]
 
 
 def compare(methods: Sequence[str], seeds: Sequence[int], config: Config,
@@ -277,8 +300,9 @@ def compare(methods: Sequence[str], seeds: Sequence[int], config: Config,
     """Train each named method (``bk.config.METHODS``, with the paper's hyper-parameters)
     on each seed, in this process one after another, into
     ``<output_dir>/<method>-s<seed>`` (its export beside it, ``...-export``); ``config``
-    gives every other setting. (The command
-    line's ``apps.compare`` spreads runs over processes and caches them.)
+    gives every other setting. ``Comparison.table()`` is the table ``apps.compare`` writes.
+    (``apps.compare``, and ``bir_keras.sweeps`` under it, spread runs over processes or a
+    Ray cluster and cache them.)
 
     Example::
 
@@ -306,4 +330,5 @@ def compare(methods: Sequence[str], seeds: Sequence[int], config: Config,
                   overwrite=overwrite, callbacks=callbacks)
         results[m].append(h.final_average_accuracy)
         histories[m].append(h)
-    return Comparison(results, histories)
+    return Comparison(results, histories, config.experiment, config.scenario,
+                      _paper_differences(config))

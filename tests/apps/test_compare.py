@@ -13,11 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from apps.compare import (
+from apps.compare import PROGRAM, check_run, parse_sweep
+from bir_keras import rundirs
+from bir_keras.config import ConfigError
+from bir_keras.data.sources import DataError
+from bir_keras.sweeps import (
     Folder,
     changed_settings,
     check_output_dir,
-    check_run,
     is_cached,
     name_part,
     plan,
@@ -26,9 +29,6 @@ from apps.compare import (
     unexpected_entries,
     write_tables,
 )
-from bir_keras import rundirs
-from bir_keras.config import ConfigError
-from bir_keras.data.sources import DataError
 from tests import processes
 from tests.apps.test_refusals import no_tensorflow_env
 
@@ -74,17 +74,19 @@ def test_plan_and_its_runs_check(tmp_path):
     # XdG outside Task-IL: refused by the run's check (bir_keras.config's rule, as apps.train)
     [xdg] = plan(["xdg"], [0], "split_mnist", "class", [], tmp_path)
     with pytest.raises(ConfigError, match="XdG needs task identity: --method=xdg"):
-        check_run(xdg["args"])
+        check_run(xdg.args)
     # a sweep value of the flag's type but out of its range: refused by the run's check
-    [nan] = plan(["none"], [0], "split_mnist", "class", [], tmp_path, sweep="lr:nan")
+    [nan] = plan(["none"], [0], "split_mnist", "class", [], tmp_path,
+                 sweep=parse_sweep("lr:nan"))
     with pytest.raises(ConfigError, match="--lr must be a positive finite number, got nan"):
-        check_run(nan["args"])
+        check_run(nan.args)
     runs = plan(["none", "si"], [0, 1], "split_mnist", "class", ["--iters=5"], tmp_path,
-                sweep="batch_replay:1,4")
-    assert len(runs) == 8 and len({r["dir"] for r in runs}) == 8
+                sweep=parse_sweep("batch_replay:1,4"))
+    assert len(runs) == 8 and len({r.dir for r in runs}) == 8
     # sweep values as apps.train reads them
-    runs = plan(["none"], [0], "split_mnist", "class", [], tmp_path, sweep="batch_replay:04")
-    assert runs[0]["args"][-1] == "--batch_replay=4" and runs[0]["key"] == "none-batch_replay4"
+    runs = plan(["none"], [0], "split_mnist", "class", [], tmp_path,
+                sweep=parse_sweep("batch_replay:04"))
+    assert runs[0].args[-1] == "--batch_replay=4" and runs[0].key == "none-batch_replay4"
 
 
 def test_cache_skips_finished_and_reruns_changed(finished):
@@ -112,7 +114,7 @@ def test_cache_skips_finished_and_reruns_changed(finished):
                          ([a.replace("=8", "=9") for a in base], False)):
         runs = plan(["none"], [0, 1], "split_digits", "class", args, root)
         assert [is_cached(r) for r in runs] == [cached, cached], args
-        assert all(a in r["args"] for r in runs for a in args)  # passed to apps.train
+        assert all(a in r.args for r in runs for a in args)  # passed to apps.train
 
 
 def test_seeds_are_packed_and_each_cached_as_its_own_run(finished):
@@ -197,6 +199,11 @@ REFUSED = {  # case: (arguments, what the error line says)
     "sweep_set_by_compare": (["--sweep=seed:1,2"], "it is set by apps.compare"),
     "title_math": (["--title=cost: $$"], "--title='cost: $$' cannot be drawn by matplotlib"),
     "title_long": (["--title=" + "t" * 201], "--title is 201 characters long: at most 200"),
+    # where the runs go
+    "ray_address_empty": (["--ray_address="], "--ray_address is empty"),
+    "cpus_per_run_alone": (["--cpus_per_run=4"], "give it with --ray_address"),
+    "cpus_per_run_zero": (["--cpus_per_run=0", "--ray_address=local"],
+                          "--cpus_per_run must be in (0, 1024]"),
 }
 
 
@@ -335,16 +342,16 @@ def test_sweep_values_become_safe_names_inside_output_dir(tmp_path):
               "a\\b", "x" * 300, "x" * 299 + "y", "-1.5e-05", "ok"]
     root = tmp_path / "cmp"
     runs = plan(["none"], [0, 4294967295], "split_mnist", "class", [], root,
-                sweep="conv_weights:" + ",".join(values))
-    assert [r["value"] for r in runs[::2]] == values   # the runs get the values as given
-    names = [r["dir"].name for r in runs]
+                sweep=parse_sweep("conv_weights:" + ",".join(values)))
+    assert [r.value for r in runs[::2]] == values   # the runs get the values as given
+    names = [r.dir.name for r in runs]
     assert len(set(names)) == len(runs)
     for r in runs:
-        assert r["dir"].parent == root / "runs", r["dir"]
-        name = r["dir"].name
+        assert r.dir.parent == root / "runs", r.dir
+        name = r.dir.name
         assert "/" not in name and "\\" not in name and "\0" not in name and ".." not in name
         assert not name.startswith(".") and len(name.encode()) <= 120, name
-        assert r["args"][-1] == f"--conv_weights={r['value']}"
+        assert r.args[-1] == f"--conv_weights={r.value}"
     parts = [name_part(v) for v in values]
     assert len(set(parts)) == len(values)
     assert all(len(p) <= 40 and "/" not in p and ".." not in p and not p.startswith(".")
@@ -381,18 +388,18 @@ def test_a_sweep_of_paths_writes_only_inside_output_dir(tmp_path):
 def test_a_sweep_value_apps_train_refuses_is_named(tmp_path, case):
     value = {"absolute": str(tmp_path / "nonexistent"), "relative": "no/such/dir"}[case]
     [run] = plan(["none"], [0], "split_digits", "class", [], tmp_path / "cmp",
-                 sweep=f"data_dir:{value}")
+                 sweep=parse_sweep(f"data_dir:{value}"))
     with pytest.raises(DataError, match=f"--data_dir={value} does not exist") as e:
-        check_run(run["args"])
-    line = refusal(run, e.value)
+        check_run(run.args)
+    line = refusal(run, e.value, PROGRAM)
     assert line.startswith(f"--sweep value --data_dir={value}: none seed 0")
     # on a protocol with conv layers, pre-trained weights that do not exist ('random': an
     # untrained trunk)
     runs = plan(["none"], [0], "split_cifar10", "class", [], tmp_path / "cmp",
-                sweep=f"conv_weights:random,{value}")
-    check_run(runs[0]["args"])
+                sweep=parse_sweep(f"conv_weights:random,{value}"))
+    check_run(runs[0].args)
     with pytest.raises(DataError, match=f"--conv_weights={value} does not exist"):
-        check_run(runs[1]["args"])
+        check_run(runs[1].args)
 
 
 def test_a_run_that_does_not_fit_in_memory_is_refused(tmp_path, monkeypatch):
@@ -402,12 +409,12 @@ def test_a_run_that_does_not_fit_in_memory_is_refused(tmp_path, monkeypatch):
 
     monkeypatch.setattr(appfiles, "available_memory", lambda: 2 ** 30)
     runs = plan(["none"], [0], "split_digits", "class", [], tmp_path / "cmp",
-                sweep="fc_units:20,100000")
-    check_run(runs[0]["args"])
+                sweep=parse_sweep("fc_units:20,100000"))
+    check_run(runs[0].args)
     with pytest.raises(ConfigError, match="out of memory: this run needs more than the 1 "
                                           "GiB available; lower --fc_units") as e:
-        check_run(runs[1]["args"])
-    assert refusal(runs[1], e.value).startswith("--sweep value --fc_units=100000: ")
+        check_run(runs[1].args)
+    assert refusal(runs[1], e.value, PROGRAM).startswith("--sweep value --fc_units=100000: ")
 
 
 @pytest.mark.parametrize("case", ["data_dir", "data_dir_relative", "conv_weights"])
@@ -499,3 +506,55 @@ def test_a_packed_compare_stopped_by_ctrl_c_is_continued(tmp_path):
     assert "0 cached, 2 to run" in again.stdout and "none seed 1: ok" in again.stdout
     assert unexpected_entries(root) == []
     assert rundirs.foreign_entries(root, rundirs.COMPARE) == []
+
+
+# real runs on a local Ray instance (about 70 s with the fixture's); the same sweep on Ray
+# over a stand-in program in tests/test_sweeps.py, and the refusal of --ray_address where
+# Ray is not installed
+@pytest.mark.slow
+def test_runs_on_ray_are_the_runs_on_this_machine(finished, tmp_path):
+    pytest.importorskip("ray")
+    local = finished[0]
+    root = tmp_path / "cmp"
+    r = compare(*TINY, "--seeds=2", "--ray_address=local", f"--output_dir={root}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "0 cached, 2 to run (2 of them in 1 pack(s) of seeds)" in r.stdout
+    # the same run directories (stamps), the same numbers, the same table
+    assert sorted(p.name for p in (root / "runs").iterdir()) == \
+        sorted(p.name for p in (local / "runs").iterdir())
+    for d in (root / "runs").iterdir():
+        ours, theirs = (json.loads((x / "runs" / d.name / "out" / "results.json").read_text())
+                        for x in (root, local))
+        assert ours["accuracy_matrix"] == theirs["accuracy_matrix"]
+
+    def table(folder):
+        return [{k: v for k, v in row.items() if k != "wall_time_s"}
+                for row in csv.DictReader((folder / "table.csv").open())]
+
+    assert table(root) == table(local)
+    # a second call runs nothing
+    again = compare(*TINY, "--seeds=2", "--ray_address=local", f"--output_dir={root}")
+    assert again.returncode == 0 and "2 cached, 0 to run" in again.stdout, again.stderr
+
+
+# real runs stopped on a local Ray instance (about 40 s); Ctrl-C of runs on this machine in
+# test_ctrl_c_stops_runs_and_keeps_finished_ones_cached
+@pytest.mark.slow
+def test_ctrl_c_stops_the_ray_tasks_and_their_runs(tmp_path):
+    pytest.importorskip("ray")
+    root = tmp_path / "cmp"
+    args = [*TINY[:-1], "--iters=3000", "--seeds=3", "--seeds_at_once=1", "--cpus_per_run=1",
+            "--ray_address=local", f"--output_dir={root}"]
+    with processes.running(["-m", "apps.compare", *args], env=ENV) as proc:
+        # two runs on the instance's 2 CPUs are training, the third is queued
+        processes.wait_until(proc, lambda: len(list(root.glob("runs/*/.out.tmp-*"))) >= 2,
+                             time.time() + 180, "the start of two runs")
+        stdout, stderr = processes.ctrl_c(proc)
+    assert proc.returncode == 130, (proc.returncode, stderr[-3000:])
+    assert "Traceback" not in stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("interrupted: 0 of 3 run(s) finished") and "1 not started" in line
+    stopped = sorted(root.glob("runs/*/export-interrupted"))
+    assert len(stopped) == 2   # each task passed the Ctrl-C on: its run saved what it could
+    assert all(not _running(str(p.parent)) for p in stopped)
+    assert unexpected_entries(root) == []
