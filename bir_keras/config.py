@@ -1,5 +1,11 @@
-"""Run configuration: one dataclass, the paper's defaults per experiment, and the named
-methods of the paper as flag sets (method.md sections 2 and 3)."""
+"""Run configuration: one dataclass, the paper's defaults per experiment, the named methods
+of the paper as flag sets (method.md sections 2 and 3), and the one check of every setting.
+
+``Config``'s fields are the settings every run has plus those each method declares
+(``bir_keras.settings.Method.settings``, in its package of ``bir_keras.strategies``); the
+``--replay`` values, the ``--method`` shorthands, each method's defaults (``fill``), rules
+(``check``) and packability come from the same declarations (``DECLARATIONS``). Nothing
+here imports TensorFlow."""
 
 from __future__ import annotations
 
@@ -7,14 +13,42 @@ import dataclasses
 import math
 from typing import Any
 
+from bir_keras.settings import (
+    POSITIVE,
+    PROPORTION,
+    ConfigError,
+    Method,
+    Setting,
+    check_float,
+)
+from bir_keras.strategies import DECLARATIONS
 
-class ConfigError(ValueError):
-    """Incompatible or invalid settings, detected before any training starts."""
+# every setting a method adds (``Config`` has a field and apps.train a flag for each)
+METHOD_SETTINGS: tuple[Setting, ...] = tuple(s for m in DECLARATIONS for s in m.settings)
+
+
+def _with_method_settings(cls):
+    """Add each method's declared settings (``METHOD_SETTINGS``) to the class as fields
+    (``type | None``, their default), before ``dataclass`` makes it a dataclass."""
+    annotations = cls.__dict__["__annotations__"]
+    for s in METHOD_SETTINGS:
+        if s.name in annotations:
+            raise ValueError(f"setting {s.name!r} is declared twice")
+        annotations[s.name] = f"{s.type.__name__} | None"
+        setattr(cls, s.name, s.default)
+    return cls
 
 
 @dataclasses.dataclass
+@_with_method_settings
 class Config:
-    """Every setting of a run; ``None`` means "the paper's default for this experiment"."""
+    """Every setting of a run; ``None`` means "the paper's default for this experiment".
+
+    The fields below are those every run has; each method adds its own (``budget`` of
+    buffer replay; ``ewc``, ``ewc_lambda``, ``fisher_n``, ``online``, ``gamma`` of EWC;
+    ``si``, ``si_c``, ``epsilon`` of SI; ``xdg``, ``xdg_prop`` of XdG), declared in its
+    package of ``bir_keras.strategies`` (``METHOD.settings``) and set like any other:
+    ``Config(method="buffer", budget=50)``."""
 
     experiment: str = "split_mnist"
     scenario: str = "class"
@@ -37,26 +71,13 @@ class Config:
     classes_per_task: int | None = None
     task_classes: tuple[tuple[str, ...], ...] | None = None
     capacity: int | None = None
-    # replay: none | offline (Joint) | current (LwF) | generative (GR, BI-R) | buffer
+    # replay: one of ``REPLAYS`` (each method's ``Method.replay``)
     # None: off, or as ``method`` sets it (``resolve`` fills the off value): so that
     # ``Config(method="bir", replay="none")`` is refused as ``--method=bir --replay=none`` is
     replay: str | None = None
     batch_replay: int | None = None
-    # buffer replay: stored training samples per class (default BUFFER_BUDGET)
-    budget: int | None = None
     distill: bool | None = None
     temp: float = 2.0
-    # regularisers
-    ewc: bool | None = None
-    ewc_lambda: float | None = None
-    fisher_n: int = 1000
-    online: bool | None = None
-    gamma: float = 1.0
-    si: bool | None = None
-    si_c: float | None = None
-    epsilon: float = 0.1
-    xdg: bool | None = None
-    xdg_prop: float | None = None
     # generative replay and BI-R
     z_dim: int = 100
     g_fc_units: int | None = None
@@ -166,12 +187,10 @@ EXPERIMENT_DEFAULTS: dict[str, dict[str, Any]] = {
     CUSTOM: dict(iters=2000, lr=0.001, batch=128, fc_units=400),
 }
 
-# buffer replay's samples per class when --budget is not given
-BUFFER_BUDGET = 100
-
 # the values of the settings that take one of a few names (``check`` refuses any other; the
-# apps' flags are plain strings, so that this is the one place that says so)
-REPLAYS = ("none", "offline", "current", "generative", "buffer")
+# apps' flags are plain strings, so that this is the one place that says so); the --replay
+# values are the methods' (``Method.replay``)
+REPLAYS = tuple(m.replay for m in DECLARATIONS if m.replay is not None)
 PRIORS = ("standard", "gmm")
 DG_TYPES = ("class", "task")
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -228,34 +247,26 @@ def paper_hparams(experiment: str, scenario: str) -> dict[str, Any]:
     return dict(PAPER_HPARAMS[("split_mnist", "class")])
 
 
-# The paper's methods as flag sets, used by ``--method`` and by apps.compare.
-METHODS: dict[str, dict[str, Any]] = {
-    "none": {},
-    "joint": dict(replay="offline"),
-    "ewc": dict(ewc=True),
-    "online_ewc": dict(ewc=True, online=True),
-    "si": dict(si=True),
-    "lwf": dict(replay="current", distill=True),
-    # experience replay of stored samples (not in the paper: the baseline BI-R does without)
-    "buffer": dict(replay="buffer"),
-    "xdg": dict(xdg=True),
-    "generative": dict(replay="generative"),
-    "generative_distill": dict(replay="generative", distill=True),
-    "bir": dict(replay="generative", brain_inspired=True),
-    "bir_si": dict(replay="generative", brain_inspired=True, si=True),
-    # Fig. 8: GR plus one BI-R component ...
-    "gr_rtf": dict(replay="generative", feedback=True),
-    "gr_con": dict(replay="generative", prior="gmm"),
-    "gr_gat": dict(replay="generative", dg_gates=True),
-    "gr_int": dict(replay="generative", hidden=True, freeze_convE=True),
-    "gr_dis": dict(replay="generative", distill=True),
-    # ... and BI-R minus one component.
-    "bir_no_rtf": dict(replay="generative", brain_inspired=True, feedback=False),
-    "bir_no_con": dict(replay="generative", brain_inspired=True, prior="standard"),
-    "bir_no_gat": dict(replay="generative", brain_inspired=True, dg_gates=False),
-    "bir_no_int": dict(replay="generative", brain_inspired=True, hidden=False),
-    "bir_no_dis": dict(replay="generative", brain_inspired=True, distill=False),
-}
+# The paper's methods as flag sets, used by ``--method`` and by apps.compare: each method's
+# shorthands (``Method.shorthands``), in the registry's order.
+METHODS: dict[str, dict[str, Any]] = {name: dict(short.sets) for m in DECLARATIONS
+                                      for name, short in m.shorthands.items()}
+_SHORTHANDS = {name: short for m in DECLARATIONS for name, short in m.shorthands.items()}
+
+
+def replay_method(replay: str) -> Method:
+    """The declaration of the method that ``--replay=replay`` runs (``ConfigError`` if
+    none)."""
+    for m in DECLARATIONS:
+        if m.replay == replay:
+            return m
+    raise ConfigError(f"--replay must be {_one_of(REPLAYS)}, got {replay!r}")
+
+
+def selected_methods(c: Config) -> list[Method]:
+    """The declarations of the methods a resolved config runs: its ``--replay`` method and
+    every switched-on one (``--ewc``, ``--si``, ``--xdg``), in the registry's order."""
+    return [m for m in DECLARATIONS if m.selected(c)]
 
 
 def check_method(method: str) -> None:
@@ -268,21 +279,26 @@ def check_method(method: str) -> None:
 def method_label(c: Config) -> str:
     """What a person calls the run's method: the ``--method`` shorthand when one was given
     (``bir``, not the ``generative`` replay it shares with GR), else the replay (unless
-    ``none``) and the switched-on flags among ewc, online, si, xdg, distill and
-    brain_inspired joined by ``+``, or ``none``."""
+    ``none``) and the switched-on flags (``LABEL_SWITCHES``: the methods' switches, then
+    distill and brain_inspired) joined by ``+``, or ``none``."""
     if c.method:
         return c.method
     parts = [c.replay] if c.replay not in (None, "none") else []
-    for k in ("ewc", "online", "si", "xdg", "distill", "brain_inspired"):
+    for k in LABEL_SWITCHES:
         if getattr(c, k):
             parts.append(k)
     return "+".join(parts) or "none"
 
 
 # the value of each field a method switches on (``METHODS``) when neither the field nor a
-# method sets it (its ``Config`` default is None, so that a value given is told from one not)
-METHOD_FIELDS_OFF: dict[str, Any] = dict(replay="none", ewc=False, online=False, si=False,
-                                         xdg=False, brain_inspired=False)
+# method sets it (its ``Config`` default is None, so that a value given is told from one not):
+# the replay, BI-R's switch and each method's switches (``Setting.off``)
+METHOD_FIELDS_OFF: dict[str, Any] = dict(
+    replay="none", brain_inspired=False,
+    **{s.name: s.off for s in METHOD_SETTINGS if s.off is not None})
+# the bool settings that name a run's method in ``method_label``, in this order
+LABEL_SWITCHES = (*(s.name for s in METHOD_SETTINGS if s.off is False), "distill",
+                  "brain_inspired")
 
 
 def with_method(config: Config) -> Config:
@@ -317,18 +333,13 @@ def check_method_flags(method: str, given: dict[str, Any]) -> None:
 
 
 def method_settings(method: str, experiment: str, scenario: str) -> dict[str, Any]:
-    """Flags of a named method with the paper's hyper-parameters for the setting."""
+    """Flags of a named method with the paper's hyper-parameters for the setting (its
+    shorthand's ``paper`` values)."""
     check_method(method)
     out = dict(METHODS[method])
-    hp = paper_hparams(experiment, scenario)
-    if method == "ewc":
-        out["ewc_lambda"] = hp["ewc_lambda"]
-    elif method == "online_ewc":
-        out["ewc_lambda"] = hp["online_lambda"]
-    elif method == "si":
-        out["si_c"] = hp["si_c"]
-    elif method == "xdg":
-        out["xdg_prop"] = hp.get("xdg_prop", 0.9)
+    paper = _SHORTHANDS[method].paper
+    if paper is not None:
+        out.update(paper(paper_hparams(experiment, scenario)))
     # BI-R's and its variants' SI strength and gate proportion are filled by ``resolve``
     # from the components, so that the same flags spelled out get the same values
     return out
@@ -371,13 +382,6 @@ def resolve(config: Config, conv_protocol: bool | None = None) -> Config:
         if getattr(c, k) is None:
             setattr(c, k, v)
     hp = paper_hparams(c.experiment, c.scenario)
-    if c.ewc_lambda is None:
-        c.ewc_lambda = hp["online_lambda"] if c.online else hp["ewc_lambda"]
-    if c.si_c is None:
-        # BI-R + SI has its own c (spelled out or by --method=bir_si alike)
-        c.si_c = hp["bir_si_c"] if c.brain_inspired else hp["si_c"]
-    if c.xdg_prop is None:
-        c.xdg_prop = hp.get("xdg_prop", 0.9)
     # --brain_inspired switches on the five components; each may be switched off alone
     # (e.g. --nofeedback) for the ablations of Fig. 8 (method.md 4.3).
     bi = c.brain_inspired
@@ -421,14 +425,16 @@ def resolve(config: Config, conv_protocol: bool | None = None) -> Config:
         c.freeze_convE = bool(c.hidden or bi)
     if c.batch_replay is None:
         c.batch_replay = c.batch
-    if c.budget is None and c.replay == "buffer":
-        c.budget = BUFFER_BUDGET
     if c.g_fc_units is None:
         c.g_fc_units = c.fc_units
     if c.g_iters is None:
         c.g_iters = c.iters
     if c.lr_gen is None:
         c.lr_gen = c.lr
+    # each method fills its own settings (its ``fill``: the paper's values and defaults)
+    for m in DECLARATIONS:
+        if m.fill is not None:
+            m.fill(c, hp)
     check(c, conv_protocol)
     return c
 
@@ -437,8 +443,9 @@ def check(c: Config, conv_protocol: bool) -> None:
     """Refuse incompatible or out-of-range settings of a resolved config with one line that
     names the flag (before any training). The one home of every rule about a ``Config``
     field except the experiment, scenario and number of tasks (``resolve`` checks those with
-    ``bir_keras.data.protocols.check_setting``); the apps have no validators of their own
-    for these flags."""
+    ``check_setting``); the apps have no validators of their own for these flags. A method's
+    own rules are its declaration's ``check`` (called here for every config), its settings'
+    ranges and kinds (``Setting.range``, ``Setting.kind``) are checked with everyone's."""
     if c.method is not None:
         check_method(c.method)
     if c.experiment != CUSTOM:
@@ -451,14 +458,7 @@ def check(c: Config, conv_protocol: bool) -> None:
             or not all(isinstance(t, (tuple, list)) and t for t in c.task_classes)):
         raise ConfigError("task_classes must be a list of tasks, each a list of class names "
                           f"(--task_classes=a,b/c,d), got {c.task_classes!r}")
-    if c.replay not in REPLAYS:
-        raise ConfigError(f"--replay must be {_one_of(REPLAYS)}, got {c.replay!r}")
-    if c.budget is not None and c.replay != "buffer":
-        raise ConfigError("--budget is the memory of buffer replay: it needs --replay=buffer")
-    if c.xdg and c.scenario != "task":
-        flag = "--method=xdg" if c.method == "xdg" else "--xdg"
-        raise ConfigError(f"XdG needs task identity: {flag} is only allowed with "
-                          f"--scenario=task (got --scenario={c.scenario})")
+    replay = replay_method(c.replay)   # refuses a --replay that no method has
     if c.hidden and not conv_protocol:
         raise ConfigError(f"--hidden (internal replay) needs conv layers, which {c.experiment} "
                           "does not have; use a CIFAR protocol or drop --hidden")
@@ -468,10 +468,6 @@ def check(c: Config, conv_protocol: bool) -> None:
         raise ConfigError(f"--prior must be {_one_of(PRIORS)}, got {c.prior!r}")
     if c.dg_type not in DG_TYPES:
         raise ConfigError(f"--dg_type must be {_one_of(DG_TYPES)}, got {c.dg_type!r}")
-    for name in ("dg_prop", "xdg_prop"):
-        v = getattr(c, name)
-        if v is not None and not 0.0 <= v < 1.0:
-            raise ConfigError(f"--{name} must be in [0, 1), got {v}")
     if c.brain_inspired and c.replay != "generative":
         # name the flag the user gave, not the first component it switched on
         raise ConfigError("--brain_inspired is generative replay (BI-R): it needs "
@@ -482,11 +478,10 @@ def check(c: Config, conv_protocol: bool) -> None:
     for name, on in generative_only.items():
         if on and c.replay != "generative":
             raise ConfigError(f"--{name} is a part of generative replay: it needs --replay=generative")
-    if c.xdg and c.feedback:
-        raise ConfigError("--xdg cannot be combined with --feedback (RtF has no XdG masks)")
-    if c.distill and c.replay not in ("current", "generative", "buffer"):
-        raise ConfigError("--distill labels replayed samples: it needs --replay=current, "
-                          "generative or buffer")
+    if c.distill and not replay.distill:
+        labelled = tuple(m.replay for m in DECLARATIONS if m.replay and m.distill)
+        raise ConfigError("--distill labels replayed samples: it needs --replay="
+                          f"{_one_of(labelled)}")
     for name, (low, high) in INT_RANGES.items():
         v = getattr(c, name)
         flag = "eval_batch" if name == "eval_batch" else f"--{name}"  # eval_batch: no flag
@@ -497,52 +492,40 @@ def check(c: Config, conv_protocol: bool) -> None:
             why = f"; {INT_RANGE_WHY[name]}" if name in INT_RANGE_WHY else ""
             raise ConfigError(f"{flag} must be at most {high:,}, got {v:,} (far past any use; "
                               f"see bir_keras.config.INT_RANGES{why})")
-    if c.replay == "current" and c.batch_replay != c.batch:
-        raise ConfigError("LwF replays the current batch: --batch_replay must equal --batch")
-    for name in ("lr", "lr_gen", "temp", "epsilon"):
-        v = getattr(c, name)
-        if v is not None and not (math.isfinite(v) and v > 0):
-            raise ConfigError(f"--{name} must be a positive finite number, got {v}")
-        if v is not None and not FLOAT32_TINY <= v <= FLOAT32_MAX:
-            raise ConfigError(f"--{name}={v} is {'0' if v < 1 else 'infinite'} in float32, in "
-                              "which the networks compute: use a value in "
-                              f"[{FLOAT32_TINY:.3g}, {FLOAT32_MAX:.3g}]")
+    for name, kind in FLOAT_KINDS.items():
+        check_float(name, kind, getattr(c, name))
     if not TEMP_RANGE[0] <= c.temp <= TEMP_RANGE[1]:
         raise ConfigError(f"--temp must be in [{TEMP_RANGE[0]:g}, {TEMP_RANGE[1]:g}] (outside it "
                           "the float32 soft targets are one-hot or uniform and the T^2 factor "
                           f"of the distillation loss overflows), got {c.temp}")
-    for name in ("ewc_lambda", "si_c"):
-        v = getattr(c, name)
-        if v is not None and not (math.isfinite(v) and v >= 0):
-            raise ConfigError(f"--{name} must be a finite number >= 0, got {v}")
-        if v is not None and v > FLOAT32_MAX:
-            raise ConfigError(f"--{name}={v} is infinite in float32, in which the penalty is "
-                              f"computed: use at most {FLOAT32_MAX:.3g}")
-    if not 0.0 < c.gamma <= 1.0:
-        raise ConfigError(f"--gamma must be in (0, 1], got {c.gamma}")
     if not 0 <= c.seed < 2 ** 32:
         raise ConfigError(f"--seed must be in [0, 2^32), got {c.seed}")
     if c.strategy not in STRATEGIES:
         raise ConfigError(f"--strategy must be {_one_of(STRATEGIES)}, got {c.strategy!r}")
     if c.precision not in PRECISIONS:
         raise ConfigError(f"--precision must be {_one_of(PRECISIONS)}, got {c.precision!r}")
+    for m in DECLARATIONS:
+        if m.check is not None:
+            m.check(c, conv_protocol)
 
 
-# float32's smallest normal and largest finite numbers: a rate or strength outside them is 0
-# or infinite once the networks (float32) use it
-FLOAT32_TINY = 1.1754943508222875e-38
-FLOAT32_MAX = 3.4028234663852886e38
+# the rule of each float setting that has one of the shared kinds (``settings.check_float``):
+# those of every run, then each method's (``Setting.kind``)
+FLOAT_KINDS: dict[str, str] = dict(
+    lr=POSITIVE, lr_gen=POSITIVE, temp=POSITIVE, dg_prop=PROPORTION,
+    **{s.name: s.kind for s in METHOD_SETTINGS if s.kind is not None})
 TEMP_RANGE = (1e-6, 1e6)
 # (lowest, highest) of each integer setting: the highest is far above any use in the paper
 # (at most 5000 iterations, 2x2000 units, batch 256) and keeps a typo (an extra digit or
 # ten) from running for days or being killed for memory; the memory estimate of the apps
 # (``apps.common.check_memory``) refuses sizes within them that this machine cannot hold
+# (each method's integer settings bring their own: ``Setting.range``)
 INT_RANGES: dict[str, tuple[int, int]] = dict(
     iters=(1, 10_000_000), g_iters=(0, 10_000_000), batch=(1, 1_000_000),
     batch_replay=(1, 1_000_000), fc_units=(1, 100_000), g_fc_units=(1, 100_000),
-    fc_layers=(0, 32), z_dim=(1, 10_000), fisher_n=(1, 10_000_000), budget=(1, 1_000_000),
-    log_every=(1, 10_000_000), eval_batch=(1, 1_000_000), classes_per_task=(1, 100_000),
-    capacity=(1, 100_000))
+    fc_layers=(0, 32), z_dim=(1, 10_000), log_every=(1, 10_000_000),
+    eval_batch=(1, 1_000_000), classes_per_task=(1, 100_000), capacity=(1, 100_000),
+    **{s.name: s.range for s in METHOD_SETTINGS if s.range is not None})
 INT_RANGE_WHY = dict(fc_layers="each layer is traced into every step: deeper than this takes "
                                "minutes to compile before the first iteration")
 
@@ -589,12 +572,20 @@ def check_intervals(progress_every: float | None, checkpoint_every: float | None
 MAX_SEEDS_AT_ONCE = 64
 
 
+def conv_features(c: Config) -> bool:
+    """Whether a resolved config's run trains on conv features cached once
+    (``bir_keras.setup.prepare``: internal replay, or frozen conv layers without a generator
+    that replays pixels), where its protocol has conv layers."""
+    return bool(c.hidden or (c.freeze_convE and c.replay != "generative"))
+
+
 def unpackable(c: Config) -> str | None:
     """Why the seeds of the resolved setting ``c`` cannot be trained together in one step
-    (``--seeds_at_once``, ``strategies.pack``), or None if they can."""
-    if c.replay == "buffer":
-        return ("--seeds_at_once does not pack --replay=buffer yet (its memory is written "
-                "inside the step): run its seeds separately")
+    (``--seeds_at_once``, ``strategies.pack``), or None if they can: the one home of these
+    rules (a method's own reason is its declaration's ``unpackable``)."""
+    for m in selected_methods(c):
+        if m.unpackable:
+            return m.unpackable
     if c.strategy != "default":
         return (f"--seeds_at_once packs seeds on one device: it does not combine with "
                 f"--strategy={c.strategy}")
@@ -602,10 +593,9 @@ def unpackable(c: Config) -> str | None:
         return ("--seeds_at_once runs its packed step without XLA (on a CPU XLA's vectorised "
                 "step is far slower): drop --jit_compile; each packed seed draws what its "
                 "--nojit_compile run draws")
-    # the inputs are conv features cached once (experiment.prepare) or pixels that the
-    # step's conv layers see
-    features = c.hidden or (c.freeze_convE and c.replay != "generative")
-    if has_conv_layers(c.experiment) and not features:
+    # the inputs are conv features cached once (setup.prepare) or pixels that the step's
+    # conv layers see
+    if has_conv_layers(c.experiment) and not conv_features(c):
         return ("--seeds_at_once does not pack conv layers that train in the step "
                 "(pixel-level CIFAR; batch-norm statistics are state of the step): use "
                 "--hidden or --freeze_convE, or run the seeds separately")

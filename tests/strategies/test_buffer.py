@@ -12,7 +12,8 @@ import pytest
 from bir_keras import export
 from bir_keras.config import Config, ConfigError, method_settings, resolve
 from bir_keras.models.classifier import HardTargets, SoftTargets
-from bir_keras.strategies import BufferReplay, make_trainer
+from bir_keras.strategies.buffer.trainer import BufferReplay
+from bir_keras.strategies.trainers import make_trainer
 from tests.strategies.test_fidelity import _replay
 
 

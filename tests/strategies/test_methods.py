@@ -9,8 +9,12 @@ import pytest
 import tensorflow as tf
 
 from bir_keras.config import ConfigError
-from bir_keras.strategies import FineTuning, GenerativeReplay, Joint, LwF, make_trainer
-from bir_keras.strategies.vae_replay import VAEDraws
+from bir_keras.strategies.finetune.trainer import FineTuning
+from bir_keras.strategies.generative.trainer import GenerativeReplay
+from bir_keras.strategies.generative.vae_replay import VAEDraws
+from bir_keras.strategies.joint.trainer import Joint
+from bir_keras.strategies.lwf.trainer import LwF
+from bir_keras.strategies.trainers import make_trainer
 
 
 def _fit(tiny_setup, scenario="class", tasks=2, **kw):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from bir_keras.config import ConfigError, method_settings
-from bir_keras.strategies import make_trainer
 from bir_keras.strategies.execution import pad_samples
 from bir_keras.strategies.pack import SeedPack
+from bir_keras.strategies.trainers import make_trainer
 
 SEEDS = (12, 13)  # seeds below 10 keep the label order (protocols.class_order)
 # (scenario, method shorthand or flags): one per method family and path
