@@ -23,12 +23,10 @@ from absl import app, flags
 
 from bir_keras.config import (
     DECLARATIONS,
-    DG_TYPES,
     EXPERIMENT_DEFAULTS,
     METHOD_SETTINGS,
     METHODS,
     PRECISIONS,
-    PRIORS,
     STRATEGIES,
     Config,
     ConfigError,
@@ -376,7 +374,9 @@ def _on(value: bool) -> str:
 
 def define_train_flags() -> None:
     """Every flag of apps.train (names follow the paper's code). A flag that sets a
-    ``Config`` field takes its default from ``Config`` (the one home of the defaults)."""
+    ``Config`` field takes its default from ``Config`` (the one home of the defaults); each
+    method's settings are defined from its declaration (``bir_keras.settings.Setting``: type,
+    help), here, so that every train flag is apps.common's."""
     d = flags
     _D = Config()
     d.DEFINE_string("experiment", _D.experiment, "protocol: split_mnist, permuted_mnist, "
@@ -433,28 +433,6 @@ def define_train_flags() -> None:
               str: d.DEFINE_string}
     for s in METHOD_SETTINGS:
         define[s.type](s.name, getattr(_D, s.name), s.help)
-    d.DEFINE_integer("z_dim", _D.z_dim, f"VAE latent units (default {_D.z_dim})")
-    d.DEFINE_integer("g_fc_units", _D.g_fc_units, "separate generator's hidden units (default "
-                     "= --fc_units)")
-    d.DEFINE_integer("g_iters", _D.g_iters, "separate generator's iterations per task (default "
-                     "= --iters)")
-    d.DEFINE_float("lr_gen", _D.lr_gen, "separate generator's learning rate (default = --lr)")
-    d.DEFINE_bool("reinit", _D.reinit, "re-initialise the networks before each task, after "
-                  f"freezing what is replayed (Fig. 4, default {_on(_D.reinit)})")
-    d.DEFINE_bool("brain_inspired", _D.brain_inspired, "BI-R: --feedback --prior=gmm "
-                  "--dg_gates --distill (+ --hidden on CIFAR); switch parts off with "
-                  "--nofeedback etc. (default: as --method sets it, else false)")
-    d.DEFINE_bool("feedback", _D.feedback, "replay through feedback: the VAE on top of the "
-                  "classifier")
-    d.DEFINE_string("prior", _D.prior, f"VAE prior, {' or '.join(PRIORS)}; gmm = a mode per "
-                    "class (conditional replay; default gmm with --brain_inspired, else "
-                    "standard)")
-    d.DEFINE_bool("dg_gates", _D.dg_gates, "decoder gates chosen by class/task (internal "
-                  "context)")
-    d.DEFINE_string("dg_type", _D.dg_type, f"what selects a decoder gate, {' or '.join(DG_TYPES)} "
-                    "(default: task on permuted MNIST, else class)")
-    d.DEFINE_float("dg_prop", _D.dg_prop, "proportion of decoder units each gate silences, "
-                   "[0, 1) (default: the paper's grid value)")
     d.DEFINE_bool("hidden", _D.hidden, "internal replay: replay after the frozen conv layers "
                   "(CIFAR)")
     d.DEFINE_bool("freeze_convE", _D.freeze_convE, "freeze the pre-trained conv layers "

@@ -15,7 +15,6 @@ from typing import Any
 
 from bir_keras.settings import (
     POSITIVE,
-    PROPORTION,
     ConfigError,
     Method,
     Setting,
@@ -33,7 +32,7 @@ def _with_method_settings(cls):
     annotations = cls.__dict__["__annotations__"]
     for s in METHOD_SETTINGS:
         if s.name in annotations:
-            raise ValueError(f"setting {s.name!r} is declared twice")
+            raise ValueError(f"setting {s.name!r} is declared by a method and by Config")
         annotations[s.name] = f"{s.type.__name__} | None"
         setattr(cls, s.name, s.default)
     return cls
@@ -44,10 +43,9 @@ def _with_method_settings(cls):
 class Config:
     """Every setting of a run; ``None`` means "the paper's default for this experiment".
 
-    The fields below are those every run has; each method adds its own (``budget`` of
-    buffer replay; ``ewc``, ``ewc_lambda``, ``fisher_n``, ``online``, ``gamma`` of EWC;
-    ``si``, ``si_c``, ``epsilon`` of SI; ``xdg``, ``xdg_prop`` of XdG), declared in its
-    package of ``bir_keras.strategies`` (``METHOD.settings``) and set like any other:
+    The fields below are those every run has; each method adds its own, declared in its
+    package of ``bir_keras.strategies`` (``METHOD.settings``: e.g. buffer replay's
+    ``budget``, EWC's ``ewc_lambda``, BI-R's ``brain_inspired``) and set like any other:
     ``Config(method="buffer", budget=50)``."""
 
     experiment: str = "split_mnist"
@@ -78,18 +76,8 @@ class Config:
     batch_replay: int | None = None
     distill: bool | None = None
     temp: float = 2.0
-    # generative replay and BI-R
-    z_dim: int = 100
-    g_fc_units: int | None = None
-    g_iters: int | None = None
-    lr_gen: float | None = None
-    reinit: bool = False
-    brain_inspired: bool | None = None
-    feedback: bool | None = None
-    prior: str | None = None
-    dg_gates: bool | None = None
-    dg_type: str | None = None
-    dg_prop: float | None = None
+    # the pre-trained conv layers (CIFAR): internal replay of their features (``hidden``,
+    # a part of BI-R that any method may use), frozen, and their weights
     hidden: bool | None = None
     freeze_convE: bool | None = None
     conv_weights: str | None = None
@@ -191,8 +179,6 @@ EXPERIMENT_DEFAULTS: dict[str, dict[str, Any]] = {
 # apps' flags are plain strings, so that this is the one place that says so); the --replay
 # values are the methods' (``Method.replay``)
 REPLAYS = tuple(m.replay for m in DECLARATIONS if m.replay is not None)
-PRIORS = ("standard", "gmm")
-DG_TYPES = ("class", "task")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_bfloat16")
 
@@ -294,11 +280,14 @@ def method_label(c: Config) -> str:
 # method sets it (its ``Config`` default is None, so that a value given is told from one not):
 # the replay, BI-R's switch and each method's switches (``Setting.off``)
 METHOD_FIELDS_OFF: dict[str, Any] = dict(
-    replay="none", brain_inspired=False,
-    **{s.name: s.off for s in METHOD_SETTINGS if s.off is not None})
-# the bool settings that name a run's method in ``method_label``, in this order
-LABEL_SWITCHES = (*(s.name for s in METHOD_SETTINGS if s.off is False), "distill",
-                  "brain_inspired")
+    replay="none", **{s.name: s.off for s in METHOD_SETTINGS if s.off is not None})
+# the bool settings that name a run's method in ``method_label``, in this order: the
+# switches of the methods that compose with any replay, distill, the replay methods' own
+LABEL_SWITCHES = (
+    *(s.name for m in DECLARATIONS if m.replay is None for s in m.settings if s.off is False),
+    "distill",
+    *(s.name for m in DECLARATIONS if m.replay is not None for s in m.settings
+      if s.off is False))
 
 
 def with_method(config: Config) -> Config:
@@ -339,32 +328,19 @@ def method_settings(method: str, experiment: str, scenario: str) -> dict[str, An
     out = dict(METHODS[method])
     paper = _SHORTHANDS[method].paper
     if paper is not None:
-        out.update(paper(paper_hparams(experiment, scenario)))
+        out.update(paper(paper_row(experiment, scenario)))
     # BI-R's and its variants' SI strength and gate proportion are filled by ``resolve``
     # from the components, so that the same flags spelled out get the same values
     return out
 
 
-def bir_variant(c: Config, conv_protocol: bool) -> str:
-    """Which BI-R variant of the paper the components make (for its gate proportion)."""
-    if c.brain_inspired:
-        off = [name for name, is_off in (("bir_no_rtf", not c.feedback),
-                                         ("bir_no_con", c.prior != "gmm"),
-                                         ("bir_no_dis", not c.distill),
-                                         ("bir_no_int", conv_protocol and not c.hidden))
-               if is_off]
-        if len(off) == 1:
-            return off[0]
-        return "bir_si" if c.si and not off else "bir"
-    return "gr_gat"
-
-
-def gate_proportion(c: Config, conv_protocol: bool) -> float:
-    """The paper's gate proportion for the variant ``c`` is (``DG_PROPS``, else BI-R's)."""
-    hp = paper_hparams(c.experiment, c.scenario)
-    props = (DG_PROPS.get((c.experiment, c.scenario))
-             or DG_PROPS.get((_family(c.experiment), c.scenario), {}))
-    return float(props.get(bir_variant(c, conv_protocol), hp.get("dg_prop", 0.0)))
+def paper_row(experiment: str, scenario: str) -> dict[str, Any]:
+    """What a method's ``fill`` and a shorthand's ``paper`` read: ``paper_hparams`` with
+    ``dg_props``, the gate proportion per BI-R variant (``DG_PROPS``' row, by the closest
+    published setting; empty where the paper has none)."""
+    props = (DG_PROPS.get((experiment, scenario))
+             or DG_PROPS.get((_family(experiment), scenario), {}))
+    return dict(paper_hparams(experiment, scenario), dg_props=dict(props))
 
 
 def resolve(config: Config, conv_protocol: bool | None = None) -> Config:
@@ -381,29 +357,19 @@ def resolve(config: Config, conv_protocol: bool | None = None) -> Config:
     for k, v in EXPERIMENT_DEFAULTS[c.experiment].items():
         if getattr(c, k) is None:
             setattr(c, k, v)
-    hp = paper_hparams(c.experiment, c.scenario)
-    # --brain_inspired switches on the five components; each may be switched off alone
-    # (e.g. --nofeedback) for the ablations of Fig. 8 (method.md 4.3).
-    bi = c.brain_inspired
-    if c.feedback is None:
-        c.feedback = bi
-    if c.prior is None:
-        c.prior = "gmm" if bi else "standard"
-    if c.dg_gates is None:
-        c.dg_gates = bi
-    if c.hidden is None:
-        c.hidden = bi and conv_protocol
+    # each method fills its own settings (its ``fill``: the paper's values, and defaults that
+    # follow from other settings: BI-R's components switch on distillation, internal replay
+    # and frozen conv layers); what none of them set is off
+    paper = paper_row(c.experiment, c.scenario)
+    for m in DECLARATIONS:
+        if m.fill is not None:
+            m.fill(c, paper, conv_protocol)
     if c.distill is None:
-        c.distill = bi
-    if c.dg_prop is None:
-        c.dg_prop = gate_proportion(c, conv_protocol)
-    if c.dg_gates and c.dg_prop == 0:
-        # the authors' code has no gates at proportion 0 (``dg_gates if dg_prop > 0``): say
-        # so rather than run another method under this one's name
-        c.dg_gates = False
-        c.notes = tuple(c.notes) + (f"decoder gates are off: the gate proportion for this variant on "
-                             f"{c.experiment} {c.scenario}-IL is 0 (the paper's grid "
-                             "search), so it runs without them",)
+        c.distill = False
+    if c.hidden is None:
+        c.hidden = False
+    if c.freeze_convE is None:
+        c.freeze_convE = bool(c.hidden)
     unread = []
     if c.data_dir and c.experiment == "split_digits":
         unread.append("--data_dir (split_digits is scikit-learn's bundled digits)")
@@ -417,24 +383,8 @@ def resolve(config: Config, conv_protocol: bool | None = None) -> Config:
         c.conv_weights = DEFAULT_TRUNK
     if unread:
         c.notes = tuple(c.notes) + (f"{' and '.join(unread)}: not read by this run",)
-    if c.dg_type is None:
-        c.dg_type = hp.get("dg_type", "task" if c.scenario == "domain" else "class")
-    if c.freeze_convE is None:
-        # every method starts from the pre-trained conv layers; BI-R keeps them frozen
-        # (method.md 4.4)
-        c.freeze_convE = bool(c.hidden or bi)
     if c.batch_replay is None:
         c.batch_replay = c.batch
-    if c.g_fc_units is None:
-        c.g_fc_units = c.fc_units
-    if c.g_iters is None:
-        c.g_iters = c.iters
-    if c.lr_gen is None:
-        c.lr_gen = c.lr
-    # each method fills its own settings (its ``fill``: the paper's values and defaults)
-    for m in DECLARATIONS:
-        if m.fill is not None:
-            m.fill(c, hp)
     check(c, conv_protocol)
     return c
 
@@ -459,25 +409,16 @@ def check(c: Config, conv_protocol: bool) -> None:
         raise ConfigError("task_classes must be a list of tasks, each a list of class names "
                           f"(--task_classes=a,b/c,d), got {c.task_classes!r}")
     replay = replay_method(c.replay)   # refuses a --replay that no method has
+    # each method's own rules first: they name the flag the user gave (--brain_inspired),
+    # not a setting it switched on (--distill)
+    for m in DECLARATIONS:
+        if m.check is not None:
+            m.check(c, conv_protocol)
     if c.hidden and not conv_protocol:
         raise ConfigError(f"--hidden (internal replay) needs conv layers, which {c.experiment} "
                           "does not have; use a CIFAR protocol or drop --hidden")
     if c.hidden and not c.freeze_convE:
         raise ConfigError("--hidden replays the output of frozen conv layers: it needs --freeze_convE")
-    if c.prior not in PRIORS:
-        raise ConfigError(f"--prior must be {_one_of(PRIORS)}, got {c.prior!r}")
-    if c.dg_type not in DG_TYPES:
-        raise ConfigError(f"--dg_type must be {_one_of(DG_TYPES)}, got {c.dg_type!r}")
-    if c.brain_inspired and c.replay != "generative":
-        # name the flag the user gave, not the first component it switched on
-        raise ConfigError("--brain_inspired is generative replay (BI-R): it needs "
-                          f"--replay=generative (got --replay={c.replay})")
-    generative_only = dict(feedback=c.feedback, dg_gates=c.dg_gates, reinit=c.reinit)
-    if c.prior == "gmm":
-        generative_only["prior=gmm"] = True
-    for name, on in generative_only.items():
-        if on and c.replay != "generative":
-            raise ConfigError(f"--{name} is a part of generative replay: it needs --replay=generative")
     if c.distill and not replay.distill:
         labelled = tuple(m.replay for m in DECLARATIONS if m.replay and m.distill)
         raise ConfigError("--distill labels replayed samples: it needs --replay="
@@ -504,15 +445,12 @@ def check(c: Config, conv_protocol: bool) -> None:
         raise ConfigError(f"--strategy must be {_one_of(STRATEGIES)}, got {c.strategy!r}")
     if c.precision not in PRECISIONS:
         raise ConfigError(f"--precision must be {_one_of(PRECISIONS)}, got {c.precision!r}")
-    for m in DECLARATIONS:
-        if m.check is not None:
-            m.check(c, conv_protocol)
 
 
 # the rule of each float setting that has one of the shared kinds (``settings.check_float``):
 # those of every run, then each method's (``Setting.kind``)
 FLOAT_KINDS: dict[str, str] = dict(
-    lr=POSITIVE, lr_gen=POSITIVE, temp=POSITIVE, dg_prop=PROPORTION,
+    lr=POSITIVE, temp=POSITIVE,
     **{s.name: s.kind for s in METHOD_SETTINGS if s.kind is not None})
 TEMP_RANGE = (1e-6, 1e6)
 # (lowest, highest) of each integer setting: the highest is far above any use in the paper
@@ -521,9 +459,8 @@ TEMP_RANGE = (1e-6, 1e6)
 # (``apps.common.check_memory``) refuses sizes within them that this machine cannot hold
 # (each method's integer settings bring their own: ``Setting.range``)
 INT_RANGES: dict[str, tuple[int, int]] = dict(
-    iters=(1, 10_000_000), g_iters=(0, 10_000_000), batch=(1, 1_000_000),
-    batch_replay=(1, 1_000_000), fc_units=(1, 100_000), g_fc_units=(1, 100_000),
-    fc_layers=(0, 32), z_dim=(1, 10_000), log_every=(1, 10_000_000),
+    iters=(1, 10_000_000), batch=(1, 1_000_000), batch_replay=(1, 1_000_000),
+    fc_units=(1, 100_000), fc_layers=(0, 32), log_every=(1, 10_000_000),
     eval_batch=(1, 1_000_000), classes_per_task=(1, 100_000), capacity=(1, 100_000),
     **{s.name: s.range for s in METHOD_SETTINGS if s.range is not None})
 INT_RANGE_WHY = dict(fc_layers="each layer is traced into every step: deeper than this takes "

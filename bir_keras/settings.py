@@ -100,8 +100,11 @@ class Method:
     ``replay_help`` is its entry in that flag's help) or, if it composes with any replay, by
     its ``switch`` (a bool setting: ``--ewc``). ``settings``: the ``Config`` fields and flags
     it adds. ``shorthands``: its ``--method`` names. ``distill``: its replay can be labelled
-    by the previous model (``--distill``). ``fill(c, paper)``: fills its settings left None
-    in the resolved config ``c`` (``paper``: the setting's row of the paper's grid search).
+    by the previous model (``--distill``). ``fill(c, paper, conv_protocol)``: fills its
+    settings left None in the config ``c`` being resolved (``paper``: the setting's row of
+    the paper's grid search, ``bir_keras.config.paper_row``), and the defaults of every
+    run's settings that follow from its own (BI-R's ``distill``, ``hidden``,
+    ``freeze_convE``); every method's runs, in the registry's order.
     ``check(c, conv_protocol)``: refuses what its settings cannot be (``ConfigError``), each
     rule that is its own; called for every config, selected or not. ``unpackable``: why the
     seeds of a run with it cannot share one step (``--seeds_at_once``), or None.
@@ -117,7 +120,7 @@ class Method:
     settings: tuple[Setting, ...] = ()
     shorthands: Mapping[str, Shorthand] = dataclasses.field(default_factory=dict)
     distill: bool = False
-    fill: Callable[[Any, dict[str, Any]], None] | None = None
+    fill: Callable[[Any, dict[str, Any], bool], None] | None = None
     check: Callable[[Any, bool], None] | None = None
     unpackable: str | None = None
     trainer: str | Callable[[Any], str] | None = None
@@ -143,3 +146,33 @@ def _load(path: str) -> Any:
     """The object ``"module:name"`` names."""
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def check_registry(methods: tuple[Method, ...]) -> None:
+    """Refuse (``ValueError``: a mistake in the code, not in a user's settings) declarations
+    that cannot make one set of settings: a method selected by neither or both a
+    ``--replay`` value and a switch, a switch that is not one of its own bool settings, and
+    a ``--replay`` value, shorthand or setting that two declarations (or one, twice)
+    claim."""
+    seen: dict[str, str] = {}
+
+    def claim(what: str, name: str) -> None:
+        if what + name in seen:
+            raise ValueError(f"{what} {name!r} is declared twice (by {seen[what + name]} and "
+                             f"{m.name})")
+        seen[what + name] = m.name
+
+    for m in methods:
+        if (m.replay is None) == (m.switch is None):
+            raise ValueError(f"{m.name}: declare a --replay value or a switch, not both or "
+                             "neither")
+        if m.switch is not None and not any(s.name == m.switch and s.type is bool
+                                            for s in m.settings):
+            raise ValueError(f"{m.name}: its switch {m.switch!r} is not one of its bool "
+                             "settings")
+        if m.replay is not None:
+            claim("--replay value", m.replay)
+        for name in m.shorthands:
+            claim("--method", name)
+        for s in m.settings:
+            claim("setting", s.name)

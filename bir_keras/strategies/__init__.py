@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import importlib
 
-from bir_keras.settings import Method
+from bir_keras.settings import Method, check_registry
 
 # The registry: the module of each method's declaration, one line each, in the order that
 # --help, --method and --replay list them.
@@ -42,4 +42,4 @@ METHOD_MODULES = (
 
 DECLARATIONS: tuple[Method, ...] = tuple(
     importlib.import_module(f"{__name__}.{m}").METHOD for m in METHOD_MODULES)
-
+check_registry(DECLARATIONS)

@@ -16,7 +16,7 @@ def _paper(paper) -> dict:
     return dict(xdg_prop=paper.get("xdg_prop", PROP))
 
 
-def _fill(c, paper) -> None:
+def _fill(c, paper, conv_protocol: bool) -> None:
     if c.xdg_prop is None:
         c.xdg_prop = _paper(paper)["xdg_prop"]
 

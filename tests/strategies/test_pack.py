@@ -86,9 +86,7 @@ def test_packed_seeds_match_separate_runs(name, tiny_setup):
 
 
 def test_pack_refuses_what_it_cannot_pack(tiny_setup):
-    buf = [_trainer(tiny_setup, "class", dict(replay="buffer", budget=5), s) for s in SEEDS]
-    with pytest.raises(ConfigError, match="buffer"):
-        SeedPack(buf)
+    # (a method's own reason: tests/strategies/test_buffer.py)
     mixed = [_trainer(tiny_setup, "class", dict(method="none"), 12),
              _trainer(tiny_setup, "class", dict(method="si"), 13)]
     with pytest.raises(ConfigError, match="one setting only"):

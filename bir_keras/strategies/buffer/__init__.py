@@ -21,7 +21,7 @@ from bir_keras.settings import ConfigError, Method, Setting, Shorthand
 BUDGET = 100
 
 
-def _fill(c, paper) -> None:
+def _fill(c, paper, conv_protocol: bool) -> None:
     if c.budget is None and c.replay == "buffer":
         c.budget = BUDGET
 

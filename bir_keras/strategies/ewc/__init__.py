@@ -13,7 +13,7 @@ FISHER_N = 1000
 GAMMA = 1.0
 
 
-def _fill(c, paper) -> None:
+def _fill(c, paper, conv_protocol: bool) -> None:
     if c.ewc_lambda is None:
         c.ewc_lambda = paper["online_lambda"] if c.online else paper["ewc_lambda"]
 

@@ -10,7 +10,7 @@ from bir_keras.settings import POSITIVE, STRENGTH, Method, Setting, Shorthand
 EPSILON = 0.1
 
 
-def _fill(c, paper) -> None:
+def _fill(c, paper, conv_protocol: bool) -> None:
     if c.si_c is None:
         # BI-R + SI has its own c (spelled out or by --method=bir_si alike)
         c.si_c = paper["bir_si_c"] if c.brain_inspired else paper["si_c"]
