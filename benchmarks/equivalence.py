@@ -18,6 +18,11 @@ Record (at the commit whose numbers are the reference) and check::
     python -m benchmarks.equivalence --record --overwrite [--data_dir=../shared/data/mnist]
     python -m benchmarks.equivalence [--data_dir=../shared/data/mnist]
 
+``--cases=NAME,...`` records or checks only those cases (``class_bir``, ``task_xdg``, ...:
+``CASES``; the split MNIST ones are ``MNIST_CASES``), e.g. the methods a change touches,
+where all of them would take too long on a small machine; a record of some cases is
+checked case by case, a case not in it is a difference.
+
 The cases with the mixture prior (``--prior=gmm``: BI-R and its variants, GR with
 conditional replay) were recorded again when the step started giving Adam the prior's
 summed, dense gradient (``models.layers.dense_gradients``; before, Adam squared each
@@ -116,10 +121,18 @@ def _digits():
     return load_dataset("digits")
 
 
+def chosen(cases: list) -> list:
+    """The cases of ``cases`` that ``--cases`` asks for (all without it)."""
+    return [c for c in cases if SELECTED is None or c[0] in SELECTED]
+
+
+SELECTED: set[str] | None = None   # --cases
+
+
 def record_digits() -> None:
     ds = _digits()
     matrices, arrays = {}, {}
-    for name, scenario, over in CASES:
+    for name, scenario, over in chosen(CASES):
         t0 = time.time()
         matrix, weights = run_case(scenario, over, DIGITS, dataset=ds)
         matrices[name] = matrix
@@ -133,7 +146,7 @@ def record_digits() -> None:
 
 def record_mnist(data_dir: str) -> None:
     out = {}
-    for name, scenario, over in MNIST_CASES:
+    for name, scenario, over in chosen(MNIST_CASES):
         t0 = time.time()
         matrix, weights = run_case(scenario, over, MNIST, data_dir=data_dir)
         out[name] = {"matrix": matrix, "weights": [fingerprint(w) for w in weights]}
@@ -243,8 +256,11 @@ def same_matrix(a, b, atol: float = ACCURACY_ATOL) -> bool:
 def check_mnist(data_dir: str) -> list[str]:
     rec = json.loads((RECORD_DIR / "mnist.json").read_text())
     problems: list[str] = []
-    for name, scenario, over in MNIST_CASES:
+    for name, scenario, over in chosen(MNIST_CASES):
         before = len(problems)
+        if name not in rec:
+            problems.append(f"{name}: not in the record ({RECORD_DIR / 'mnist.json'})")
+            continue
         matrix, weights = run_case(scenario, over, MNIST, data_dir=data_dir)
         want = rec[name]
         got = [fingerprint(w) for w in weights]
@@ -267,7 +283,10 @@ def check_digits() -> list[str]:
     arrays = np.load(RECORD_DIR / "digits.npz")
     ds = _digits()
     problems = []
-    for name, scenario, over in CASES:
+    for name, scenario, over in chosen(CASES):
+        if name not in matrices:
+            problems.append(f"{name}: not in the record ({RECORD_DIR / 'digits.json'})")
+            continue
         matrix, weights = run_case(scenario, over, DIGITS, dataset=ds)
         want = [arrays[f"{name}/{i}"] for i in range(sum(k.startswith(name + "/") for k in arrays))]
         problems += compare(name, matrix, weights, matrices[name], want)
@@ -275,7 +294,7 @@ def check_digits() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global RECORD_DIR
+    global RECORD_DIR, SELECTED
     parser = Parser(prog="python -m benchmarks.equivalence",
                     description=__doc__.split("\n\n")[0], paths=("data_dir", "record_dir"))
     parser.add_argument("--record", action="store_true", help="write the records")
@@ -287,7 +306,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="with --record: replace the record files of an earlier record "
                              "in --record_dir (any other file is never replaced)")
+    parser.add_argument("--cases", help="only these cases (comma-separated names of CASES; "
+                        "default: all)")
     args = parser.parse_args(argv)
+    SELECTED = None
+    if args.cases is not None:
+        SELECTED = {c.strip() for c in args.cases.split(",") if c.strip()}
+        unknown = sorted(SELECTED - _CASE_NAMES)
+        if unknown or not SELECTED:
+            print(f"error: --cases: {', '.join(unknown) or 'no case'} is not a case; the cases: "
+                  f"{', '.join(c[0] for c in CASES)}", file=sys.stderr)
+            return 2
+        if args.skip_digits and not SELECTED & _MNIST_NAMES:
+            print(f"error: --cases: none of {', '.join(sorted(SELECTED))} is a split MNIST case "
+                  f"({', '.join(sorted(_MNIST_NAMES))})", file=sys.stderr)
+            return 2
     if args.data_dir and not Path(args.data_dir).exists():
         print(f"error: --data_dir={args.data_dir} does not exist", file=sys.stderr)
         return 2

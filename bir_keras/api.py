@@ -183,12 +183,26 @@ class SavedRun:
 
     def classify(self, x, task_ids=None) -> dict[str, np.ndarray]:
         """Predictions for ``x``: ``class_name``, ``label`` (the run's class index),
-        ``unit`` and ``logits`` (NumPy). ``task_ids`` (0-based, one per input): choose among
-        that task's classes (Task-IL) or gate by task (XdG)."""
+        ``unit`` and ``logits`` (NumPy). ``task_ids`` (0-based, one per input, each a task
+        learned; else ``DataError``): choose among that task's classes (Task-IL) or gate by
+        task (XdG)."""
         import tensorflow as tf
 
         x = np.asarray(x)
         x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+        if task_ids is not None:
+            task_ids = np.asarray(task_ids)
+            bad = sorted({int(t) for t in task_ids.ravel()
+                          if not 0 <= t < self.tasks_learned}) if task_ids.size else []
+            if task_ids.shape != (len(x),) or task_ids.dtype.kind not in "iu" or bad:
+                from bir_keras.data.sources import DataError
+
+                why = (f"task ids {bad} were not learned" if bad and task_ids.dtype.kind in "iu"
+                       else f"need one integer per input ({len(x)}), got shape "
+                            f"{task_ids.shape} of {task_ids.dtype}")
+                raise DataError(f"task_ids: {why} ({self.export_dir} learned "
+                                f"{self.tasks_learned} task(s): ids 0 to "
+                                f"{self.tasks_learned - 1})")
         if task_ids is None:
             out = self._model.classify(tf.constant(x))
         else:
@@ -199,7 +213,8 @@ class SavedRun:
 
     def sample(self, classes: Sequence) -> dict[str, np.ndarray]:
         """One generated sample per entry of ``classes`` (class names, or ids 0.. in the
-        order learned): ``x`` and ``class_name``. Needs a generative-replay run."""
+        order learned): ``x`` and ``class_name``. Needs a generative-replay run; a class not
+        learned is a ``DataError``."""
         import tensorflow as tf
 
         if getattr(self._model, "sample", None) is None:
@@ -209,15 +224,18 @@ class SavedRun:
                               f"{self.record.get('method')!r}): only generative replay samples")
         ids = []
         for c in classes:
-            if isinstance(c, (int, np.integer)):
+            is_id = isinstance(c, (int, np.integer))
+            if is_id and 0 <= c < len(self.class_names):
                 ids.append(int(c))
-            elif str(c) in self.class_names:
+            elif not is_id and str(c) in self.class_names:
                 ids.append(self.class_names.index(str(c)))
             else:
                 from bir_keras.data.sources import DataError
 
-                raise DataError(f"class {c!r} was not learned by {self.export_dir} (its "
-                                f"classes: {', '.join(self.class_names)})")
+                what = f"class id {c}" if is_id else f"class {c!r}"
+                raise DataError(f"{what} was not learned by {self.export_dir} (its classes, "
+                                f"ids 0 to {len(self.class_names) - 1}: "
+                                f"{', '.join(self.class_names)})")
         out = self._model.sample(tf.constant(ids, tf.int32))
         return {"x": out["x"].numpy(),
                 "class_name": np.array([s.decode() for s in out["class_names"].numpy()])}

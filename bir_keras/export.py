@@ -150,6 +150,18 @@ class RunModule(tf.Module):
         with tf.control_dependencies([check]):
             return tf.identity(class_ids)
 
+    def _check_task_ids(self, task_ids):
+        """``task_ids`` itself, once each is a task learned (0 to tasks_learned - 1); else an
+        ``InvalidArgumentError`` naming the bad ids (each once)."""
+        bad, _ = tf.unique(tf.boolean_mask(
+            task_ids, (task_ids < 0) | (task_ids >= self.tasks_learned)))
+        message = tf.strings.format(
+            "task_ids {} not learned: this model has learned {} task(s), task ids 0 to {}",
+            [bad, self.tasks_learned, self.tasks_learned - 1], summarize=20)
+        check = tf.debugging.Assert(tf.size(bad) == 0, [message])
+        with tf.control_dependencies([check]):
+            return tf.identity(task_ids)
+
     def _labels(self):
         """The map from the model's ids to the dataset's labels and class names."""
         return {"mode_dataset_labels": self.mode_dataset_labels,
@@ -188,7 +200,10 @@ class RunModule(tf.Module):
     def _classify_task(self, x, task_ids):
         """Logits with the task identity of each input (needed by XdG's masks), and the
         prediction among the units of that task (Task-IL) or of every learned task. ``x``
-        as for ``classify``."""
+        as for ``classify``; a task id outside 0 .. tasks_learned - 1 (a task not learned,
+        whose units would answer with untrained weights) is an ``InvalidArgumentError``
+        naming it."""
+        task_ids = self._check_task_ids(task_ids)
         logits = self._model.obj.classify(self._inputs(x), task_ids)
         return self._predict(logits, task_ids, tf.gather(self._active, task_ids), x)
 

@@ -86,6 +86,14 @@ def test_a_saved_run_learns_new_classes_later_as_a_straight_run(tmp_path):
     assert drawn["x"].shape == (3, 6, 5) and list(drawn["class_name"]) == ["40", "50", "0"]
     with pytest.raises(bk.DataError, match="class '60' was not learned"):
         run.sample(["60"])
+    with pytest.raises(bk.DataError, match="class id 6 was not learned"):
+        run.sample([6])
+    # a task id not learned (its units exist, untrained) is refused, not answered
+    with pytest.raises(bk.DataError, match=r"task ids \[3\] were not learned"):
+        run.classify(test.x_test[:2], task_ids=[2, 3])
+    with pytest.raises(bk.DataError, match="one integer per input"):
+        run.classify(test.x_test[:2], task_ids=[2])
+    assert len(run.classify(test.x_test[:2], task_ids=[2, 2])["label"]) == 2
     # the export keeps the learned tasks' test sets, no training data
     with np.load(tmp_path / "e23" / "stream.npz") as z:
         assert sorted(z.files) == sorted(f"{k}_test_{t}" for k in ("x", "y") for t in range(3))

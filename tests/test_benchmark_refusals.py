@@ -144,6 +144,8 @@ def test_vs_reference_refuses_empty_paths(tmp_path, capsys, args, says):
     (["--data_dir="], "--data_dir is empty"),          # would skip the MNIST cases silently
     (["--data_dir=/no/such/folder"], "does not exist"),
     (["--bogus"], "--bogus"),
+    (["--cases=class_bir,nope"], "nope is not a case"),
+    (["--cases=task_none"], "none of task_none is a split MNIST case"),  # with --skip_digits
 ])
 def test_equivalence_refuses_bad_flags(fake_tf_env, args, says):
     line = one_error_line(run("benchmarks.equivalence", "--skip_digits", *args,

@@ -1,5 +1,5 @@
 """The SavedModel's signatures refuse what they cannot answer: class ids not learned
-(``sample``) and pixels outside [0, 1] (``classify``, ``classify_task``)."""
+(``sample``), task ids not learned (``classify_task``) and pixels outside [0, 1] (``classify``, ``classify_task``)."""
 
 import numpy as np
 import pytest
@@ -73,3 +73,13 @@ def test_classify_takes_the_ends_of_the_range_and_marks_non_finite_rows(loaded):
         labels = out["label"].numpy().tolist()
         assert labels[0] >= 0 and labels[1] >= 0 and labels[2:] == [-1, -1]
     assert loaded.signatures["classify"](x=tf.zeros([0, 64]))["label"].shape == (0,)
+
+
+@pytest.mark.parametrize("ids, bad", [([0, 2, 1], "[2]"), ([-1, 0, 5], "[-1 5]")])
+def test_classify_task_refuses_task_ids_not_learned(loaded, ids, bad):
+    # 2 tasks learned of the protocol's capacity: task 2's units exist, untrained
+    import tensorflow as tf
+
+    msg = _error(loaded.signatures["classify_task"], x=tf.zeros([3, 64]),
+                 task_ids=tf.constant(ids, tf.int32))
+    assert f"task_ids {bad} not learned" in msg and "learned 2 task(s)" in msg

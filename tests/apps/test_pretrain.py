@@ -258,3 +258,36 @@ def test_pretrained_weights_pass_the_weights_file_check(trained):
     from bir_keras.weightsfile import check_weights_file
 
     check_weights_file(trained[1])
+
+
+def test_the_library_pretrains_from_python(tmp_path):
+    # bir_keras.pretrain without the app: settings refused with ConfigError, the shipped
+    # folders with PathRefused, and a tiny run writes the weights and their record
+    from bir_keras.config import ConfigError
+    from bir_keras.data.sources import Dataset
+    from bir_keras.pretrain import PretrainConfig, check_out, pretrain, record_of
+    from bir_keras.rundirs import PathRefused
+    from bir_keras.weightsfile import TRUNKS
+
+    for bad in (dict(epochs=0), dict(lr=float("nan")), dict(seed=-1), dict(head_layers=101)):
+        with pytest.raises(ConfigError):
+            PretrainConfig(**bad).check()
+    with pytest.raises(PathRefused, match="shipped"):
+        check_out(TRUNKS["ours"], overwrite=True)
+    with pytest.raises(ConfigError, match=".weights.h5"):
+        check_out(tmp_path / "trunk.h5", overwrite=False)
+    rng = np.random.RandomState(0)
+    data = Dataset("cifar10", rng.randint(0, 256, (8, 32, 32, 3)).astype(np.uint8),
+                   np.arange(8) % 10, rng.randint(0, 256, (4, 32, 32, 3)).astype(np.uint8),
+                   np.arange(4), [f"c{i}" for i in range(10)])
+    out = tmp_path / "t.weights.h5"
+    seen = []
+    history = pretrain(data, out, PretrainConfig(epochs=2, batch=4, head_units=8, head_layers=1),
+                       on_epoch=seen.append)
+    assert [e["epoch"] for e in history] == [1, 2] and seen == history
+    rec = record_of(out)
+    assert rec["epochs"] == 2 and rec["finished"] and rec["head"] == [8, 10]
+    # written by this module: replaced only with overwrite
+    with pytest.raises(PathRefused, match="pass --overwrite"):
+        check_out(out, overwrite=False)
+    check_out(out, overwrite=True)
