@@ -265,8 +265,8 @@ def check_method(method: str) -> None:
 def method_label(c: Config) -> str:
     """What a person calls the run's method: the ``--method`` shorthand when one was given
     (``bir``, not the ``generative`` replay it shares with GR), else the replay (unless
-    ``none``) and the switched-on flags (``LABEL_SWITCHES``: the methods' switches, then
-    distill and brain_inspired) joined by ``+``, or ``none``."""
+    ``none``) and the switched-on flags (``LABEL_SWITCHES``: ewc, online, si, xdg, distill,
+    brain_inspired) joined by ``+``, or ``none``."""
     if c.method:
         return c.method
     parts = [c.replay] if c.replay not in (None, "none") else []
@@ -278,7 +278,7 @@ def method_label(c: Config) -> str:
 
 # the value of each field a method switches on (``METHODS``) when neither the field nor a
 # method sets it (its ``Config`` default is None, so that a value given is told from one not):
-# the replay, BI-R's switch and each method's switches (``Setting.off``)
+# the replay and each method's switches (``Setting.off``: ewc, online, si, xdg, brain_inspired)
 METHOD_FIELDS_OFF: dict[str, Any] = dict(
     replay="none", **{s.name: s.off for s in METHOD_SETTINGS if s.off is not None})
 # the bool settings that name a run's method in ``method_label``, in this order: the

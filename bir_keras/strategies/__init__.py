@@ -5,8 +5,9 @@ A method's package is the method whole: its ``__init__.py`` is its declaration
 whether its seeds pack, where its Trainer is), read without TensorFlow, so that
 ``bir_keras.config`` and the apps' flags are built from it before TensorFlow loads; its
 other modules are its Trainer (or regulariser), loaded when a run builds it
-(``strategies.trainers``). The regularisers (``ewc``, ``si``) and XdG compose with any
-method.
+(``strategies.trainers``, ``regularizers.make_regularizers``). XdG, whose masks are the
+classifier's, is a declaration alone (``xdg.py``). The regularisers (``ewc``, ``si``) and
+XdG compose with any method.
 
     Trainer                      base.py: the compiled step and its hooks (loop.py: the task loop)
       FineTuning                 finetune/: the classifier and its loss ("None", --replay=none)
