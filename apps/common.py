@@ -22,12 +22,11 @@ from collections.abc import Callable
 from absl import app, flags
 
 from bir_keras.config import (
-    BUFFER_BUDGET,
-    DG_TYPES,
+    DECLARATIONS,
     EXPERIMENT_DEFAULTS,
+    METHOD_SETTINGS,
     METHODS,
     PRECISIONS,
-    PRIORS,
     STRATEGIES,
     Config,
     ConfigError,
@@ -375,7 +374,9 @@ def _on(value: bool) -> str:
 
 def define_train_flags() -> None:
     """Every flag of apps.train (names follow the paper's code). A flag that sets a
-    ``Config`` field takes its default from ``Config`` (the one home of the defaults)."""
+    ``Config`` field takes its default from ``Config`` (the one home of the defaults); each
+    method's settings are defined from its declaration (``bir_keras.settings.Setting``: type,
+    help), here, so that every train flag is apps.common's."""
     d = flags
     _D = Config()
     d.DEFINE_string("experiment", _D.experiment, "protocol: split_mnist, permuted_mnist, "
@@ -420,55 +421,18 @@ def define_train_flags() -> None:
                     "(default saved_models/<output_dir name>)")
     d.DEFINE_string("resume_from", None, "an export dir to continue from with the next tasks")
     d.DEFINE_bool("overwrite", False, "replace an existing --output_dir (default false)")
-    d.DEFINE_string("replay", _D.replay, "none (fine-tune), offline (Joint), current (LwF), "
-                    "generative (GR / BI-R), buffer = experience replay of stored samples, "
-                    "--budget per class (default: as --method sets it, else none)")
-    d.DEFINE_integer("budget", _D.budget, "buffer replay: stored training samples per class, "
-                     "class-balanced, kept from the end of each task (default "
-                     f"{BUFFER_BUDGET} with --replay=buffer)")
+    replays = ", ".join(m.replay_help for m in DECLARATIONS if m.replay is not None)
+    d.DEFINE_string("replay", _D.replay, f"{replays} (default: as --method sets it, else none)")
     d.DEFINE_integer("batch_replay", _D.batch_replay, "replayed samples per iteration (default "
                      "= --batch)")
     d.DEFINE_bool("distill", _D.distill, "soft targets (distillation) for replay (default: on "
                   "with --brain_inspired, else off)")
     d.DEFINE_float("temp", _D.temp, f"distillation temperature (default {_D.temp:g})")
-    d.DEFINE_bool("ewc", _D.ewc, "EWC penalty (default: as --method sets it, else false)")
-    d.DEFINE_float("ewc_lambda", _D.ewc_lambda, "EWC strength lambda (default: the paper's grid "
-                   "value)")
-    d.DEFINE_integer("fisher_n", _D.fisher_n, f"samples for EWC's Fisher (default {_D.fisher_n})")
-    d.DEFINE_bool("online", _D.online, "online EWC: one running Fisher (default: as --method "
-                  "sets it, else false)")
-    d.DEFINE_float("gamma", _D.gamma, "online EWC decay of the running Fisher, in (0, 1] "
-                   f"(default {_D.gamma:g})")
-    d.DEFINE_bool("si", _D.si, "synaptic intelligence penalty (default: as --method sets it, "
-                  "else false)")
-    d.DEFINE_float("si_c", _D.si_c, "SI strength c (default: the paper's grid value)")
-    d.DEFINE_float("epsilon", _D.epsilon, f"SI damping xi (default {_D.epsilon:g})")
-    d.DEFINE_bool("xdg", _D.xdg, "context-dependent gating, Task-IL only (default: as "
-                  "--method sets it, else false)")
-    d.DEFINE_float("xdg_prop", _D.xdg_prop, "XdG: proportion of hidden units silenced per task, "
-                   "[0, 1)")
-    d.DEFINE_integer("z_dim", _D.z_dim, f"VAE latent units (default {_D.z_dim})")
-    d.DEFINE_integer("g_fc_units", _D.g_fc_units, "separate generator's hidden units (default "
-                     "= --fc_units)")
-    d.DEFINE_integer("g_iters", _D.g_iters, "separate generator's iterations per task (default "
-                     "= --iters)")
-    d.DEFINE_float("lr_gen", _D.lr_gen, "separate generator's learning rate (default = --lr)")
-    d.DEFINE_bool("reinit", _D.reinit, "re-initialise the networks before each task, after "
-                  f"freezing what is replayed (Fig. 4, default {_on(_D.reinit)})")
-    d.DEFINE_bool("brain_inspired", _D.brain_inspired, "BI-R: --feedback --prior=gmm "
-                  "--dg_gates --distill (+ --hidden on CIFAR); switch parts off with "
-                  "--nofeedback etc. (default: as --method sets it, else false)")
-    d.DEFINE_bool("feedback", _D.feedback, "replay through feedback: the VAE on top of the "
-                  "classifier")
-    d.DEFINE_string("prior", _D.prior, f"VAE prior, {' or '.join(PRIORS)}; gmm = a mode per "
-                    "class (conditional replay; default gmm with --brain_inspired, else "
-                    "standard)")
-    d.DEFINE_bool("dg_gates", _D.dg_gates, "decoder gates chosen by class/task (internal "
-                  "context)")
-    d.DEFINE_string("dg_type", _D.dg_type, f"what selects a decoder gate, {' or '.join(DG_TYPES)} "
-                    "(default: task on permuted MNIST, else class)")
-    d.DEFINE_float("dg_prop", _D.dg_prop, "proportion of decoder units each gate silences, "
-                   "[0, 1) (default: the paper's grid value)")
+    # each method's settings, as its declaration has them (``bir_keras.settings.Setting``)
+    define = {bool: d.DEFINE_bool, int: d.DEFINE_integer, float: d.DEFINE_float,
+              str: d.DEFINE_string}
+    for s in METHOD_SETTINGS:
+        define[s.type](s.name, getattr(_D, s.name), s.help)
     d.DEFINE_bool("hidden", _D.hidden, "internal replay: replay after the frozen conv layers "
                   "(CIFAR)")
     d.DEFINE_bool("freeze_convE", _D.freeze_convE, "freeze the pre-trained conv layers "

@@ -89,7 +89,7 @@ def run_case(scenario: str, overrides: dict, base: dict, dataset=None, data_dir=
     """Train one case: (accuracy matrix, final weights as float arrays, in model order)."""
     from bir_keras.config import Config, method_settings, resolve
     from bir_keras.data.protocols import make_protocol
-    from bir_keras.strategies import make_trainer
+    from bir_keras.strategies.trainers import make_trainer
 
     method = overrides.get("method")
     shorthand = method_settings(method, base["experiment"], scenario) if method else {}

@@ -142,7 +142,7 @@ def make_replay_step(experiment: str, method: str, quick: bool, jit: bool, datas
                      precision: str = "float32", seed: int = 0):
     """(trainer, run) ready for the step of task index 1 (replay from task 0)."""
     from bir_keras.data.protocols import make_protocol
-    from bir_keras.strategies import make_trainer
+    from bir_keras.strategies.trainers import make_trainer
 
     cfg = make_config(experiment, method, quick, jit, precision, seed)
     protocol = make_protocol(experiment, cfg.scenario, dataset=dataset, seed=cfg.seed)

@@ -1,5 +1,11 @@
-"""Run configuration: one dataclass, the paper's defaults per experiment, and the named
-methods of the paper as flag sets (method.md sections 2 and 3)."""
+"""Run configuration: one dataclass, the paper's defaults per experiment, the named methods
+of the paper as flag sets (method.md sections 2 and 3), and the one check of every setting.
+
+``Config``'s fields are the settings every run has plus those each method declares
+(``bir_keras.settings.Method.settings``, in its package of ``bir_keras.strategies``); the
+``--replay`` values, the ``--method`` shorthands, each method's defaults (``fill``), rules
+(``check``) and packability come from the same declarations (``DECLARATIONS``). Nothing
+here imports TensorFlow."""
 
 from __future__ import annotations
 
@@ -7,14 +13,40 @@ import dataclasses
 import math
 from typing import Any
 
+from bir_keras.settings import (
+    POSITIVE,
+    ConfigError,
+    Method,
+    Setting,
+    check_float,
+)
+from bir_keras.strategies import DECLARATIONS
 
-class ConfigError(ValueError):
-    """Incompatible or invalid settings, detected before any training starts."""
+# every setting a method adds (``Config`` has a field and apps.train a flag for each)
+METHOD_SETTINGS: tuple[Setting, ...] = tuple(s for m in DECLARATIONS for s in m.settings)
+
+
+def _with_method_settings(cls):
+    """Add each method's declared settings (``METHOD_SETTINGS``) to the class as fields
+    (``type | None``, their default), before ``dataclass`` makes it a dataclass."""
+    annotations = cls.__dict__["__annotations__"]
+    for s in METHOD_SETTINGS:
+        if s.name in annotations:
+            raise ValueError(f"setting {s.name!r} is declared by a method and by Config")
+        annotations[s.name] = f"{s.type.__name__} | None"
+        setattr(cls, s.name, s.default)
+    return cls
 
 
 @dataclasses.dataclass
+@_with_method_settings
 class Config:
-    """Every setting of a run; ``None`` means "the paper's default for this experiment"."""
+    """Every setting of a run; ``None`` means "the paper's default for this experiment".
+
+    The fields below are those every run has; each method adds its own, declared in its
+    package of ``bir_keras.strategies`` (``METHOD.settings``: e.g. buffer replay's
+    ``budget``, EWC's ``ewc_lambda``, BI-R's ``brain_inspired``) and set like any other:
+    ``Config(method="buffer", budget=50)``."""
 
     experiment: str = "split_mnist"
     scenario: str = "class"
@@ -37,38 +69,15 @@ class Config:
     classes_per_task: int | None = None
     task_classes: tuple[tuple[str, ...], ...] | None = None
     capacity: int | None = None
-    # replay: none | offline (Joint) | current (LwF) | generative (GR, BI-R) | buffer
+    # replay: one of ``REPLAYS`` (each method's ``Method.replay``)
     # None: off, or as ``method`` sets it (``resolve`` fills the off value): so that
     # ``Config(method="bir", replay="none")`` is refused as ``--method=bir --replay=none`` is
     replay: str | None = None
     batch_replay: int | None = None
-    # buffer replay: stored training samples per class (default BUFFER_BUDGET)
-    budget: int | None = None
     distill: bool | None = None
     temp: float = 2.0
-    # regularisers
-    ewc: bool | None = None
-    ewc_lambda: float | None = None
-    fisher_n: int = 1000
-    online: bool | None = None
-    gamma: float = 1.0
-    si: bool | None = None
-    si_c: float | None = None
-    epsilon: float = 0.1
-    xdg: bool | None = None
-    xdg_prop: float | None = None
-    # generative replay and BI-R
-    z_dim: int = 100
-    g_fc_units: int | None = None
-    g_iters: int | None = None
-    lr_gen: float | None = None
-    reinit: bool = False
-    brain_inspired: bool | None = None
-    feedback: bool | None = None
-    prior: str | None = None
-    dg_gates: bool | None = None
-    dg_type: str | None = None
-    dg_prop: float | None = None
+    # the pre-trained conv layers (CIFAR): internal replay of their features (``hidden``,
+    # a part of BI-R that any method may use), frozen, and their weights
     hidden: bool | None = None
     freeze_convE: bool | None = None
     conv_weights: str | None = None
@@ -166,14 +175,10 @@ EXPERIMENT_DEFAULTS: dict[str, dict[str, Any]] = {
     CUSTOM: dict(iters=2000, lr=0.001, batch=128, fc_units=400),
 }
 
-# buffer replay's samples per class when --budget is not given
-BUFFER_BUDGET = 100
-
 # the values of the settings that take one of a few names (``check`` refuses any other; the
-# apps' flags are plain strings, so that this is the one place that says so)
-REPLAYS = ("none", "offline", "current", "generative", "buffer")
-PRIORS = ("standard", "gmm")
-DG_TYPES = ("class", "task")
+# apps' flags are plain strings, so that this is the one place that says so); the --replay
+# values are the methods' (``Method.replay``)
+REPLAYS = tuple(m.replay for m in DECLARATIONS if m.replay is not None)
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_bfloat16")
 
@@ -228,34 +233,26 @@ def paper_hparams(experiment: str, scenario: str) -> dict[str, Any]:
     return dict(PAPER_HPARAMS[("split_mnist", "class")])
 
 
-# The paper's methods as flag sets, used by ``--method`` and by apps.compare.
-METHODS: dict[str, dict[str, Any]] = {
-    "none": {},
-    "joint": dict(replay="offline"),
-    "ewc": dict(ewc=True),
-    "online_ewc": dict(ewc=True, online=True),
-    "si": dict(si=True),
-    "lwf": dict(replay="current", distill=True),
-    # experience replay of stored samples (not in the paper: the baseline BI-R does without)
-    "buffer": dict(replay="buffer"),
-    "xdg": dict(xdg=True),
-    "generative": dict(replay="generative"),
-    "generative_distill": dict(replay="generative", distill=True),
-    "bir": dict(replay="generative", brain_inspired=True),
-    "bir_si": dict(replay="generative", brain_inspired=True, si=True),
-    # Fig. 8: GR plus one BI-R component ...
-    "gr_rtf": dict(replay="generative", feedback=True),
-    "gr_con": dict(replay="generative", prior="gmm"),
-    "gr_gat": dict(replay="generative", dg_gates=True),
-    "gr_int": dict(replay="generative", hidden=True, freeze_convE=True),
-    "gr_dis": dict(replay="generative", distill=True),
-    # ... and BI-R minus one component.
-    "bir_no_rtf": dict(replay="generative", brain_inspired=True, feedback=False),
-    "bir_no_con": dict(replay="generative", brain_inspired=True, prior="standard"),
-    "bir_no_gat": dict(replay="generative", brain_inspired=True, dg_gates=False),
-    "bir_no_int": dict(replay="generative", brain_inspired=True, hidden=False),
-    "bir_no_dis": dict(replay="generative", brain_inspired=True, distill=False),
-}
+# The paper's methods as flag sets, used by ``--method`` and by apps.compare: each method's
+# shorthands (``Method.shorthands``), in the registry's order.
+METHODS: dict[str, dict[str, Any]] = {name: dict(short.sets) for m in DECLARATIONS
+                                      for name, short in m.shorthands.items()}
+_SHORTHANDS = {name: short for m in DECLARATIONS for name, short in m.shorthands.items()}
+
+
+def replay_method(replay: str) -> Method:
+    """The declaration of the method that ``--replay=replay`` runs (``ConfigError`` if
+    none)."""
+    for m in DECLARATIONS:
+        if m.replay == replay:
+            return m
+    raise ConfigError(f"--replay must be {_one_of(REPLAYS)}, got {replay!r}")
+
+
+def selected_methods(c: Config) -> list[Method]:
+    """The declarations of the methods a resolved config runs: its ``--replay`` method and
+    every switched-on one (``--ewc``, ``--si``, ``--xdg``), in the registry's order."""
+    return [m for m in DECLARATIONS if m.selected(c)]
 
 
 def check_method(method: str) -> None:
@@ -268,21 +265,29 @@ def check_method(method: str) -> None:
 def method_label(c: Config) -> str:
     """What a person calls the run's method: the ``--method`` shorthand when one was given
     (``bir``, not the ``generative`` replay it shares with GR), else the replay (unless
-    ``none``) and the switched-on flags among ewc, online, si, xdg, distill and
-    brain_inspired joined by ``+``, or ``none``."""
+    ``none``) and the switched-on flags (``LABEL_SWITCHES``: ewc, online, si, xdg, distill,
+    brain_inspired) joined by ``+``, or ``none``."""
     if c.method:
         return c.method
     parts = [c.replay] if c.replay not in (None, "none") else []
-    for k in ("ewc", "online", "si", "xdg", "distill", "brain_inspired"):
+    for k in LABEL_SWITCHES:
         if getattr(c, k):
             parts.append(k)
     return "+".join(parts) or "none"
 
 
 # the value of each field a method switches on (``METHODS``) when neither the field nor a
-# method sets it (its ``Config`` default is None, so that a value given is told from one not)
-METHOD_FIELDS_OFF: dict[str, Any] = dict(replay="none", ewc=False, online=False, si=False,
-                                         xdg=False, brain_inspired=False)
+# method sets it (its ``Config`` default is None, so that a value given is told from one not):
+# the replay and each method's switches (``Setting.off``: ewc, online, si, xdg, brain_inspired)
+METHOD_FIELDS_OFF: dict[str, Any] = dict(
+    replay="none", **{s.name: s.off for s in METHOD_SETTINGS if s.off is not None})
+# the bool settings that name a run's method in ``method_label``, in this order: the
+# switches of the methods that compose with any replay, distill, the replay methods' own
+LABEL_SWITCHES = (
+    *(s.name for m in DECLARATIONS if m.replay is None for s in m.settings if s.off is False),
+    "distill",
+    *(s.name for m in DECLARATIONS if m.replay is not None for s in m.settings
+      if s.off is False))
 
 
 def with_method(config: Config) -> Config:
@@ -317,43 +322,25 @@ def check_method_flags(method: str, given: dict[str, Any]) -> None:
 
 
 def method_settings(method: str, experiment: str, scenario: str) -> dict[str, Any]:
-    """Flags of a named method with the paper's hyper-parameters for the setting."""
+    """Flags of a named method with the paper's hyper-parameters for the setting (its
+    shorthand's ``paper`` values)."""
     check_method(method)
     out = dict(METHODS[method])
-    hp = paper_hparams(experiment, scenario)
-    if method == "ewc":
-        out["ewc_lambda"] = hp["ewc_lambda"]
-    elif method == "online_ewc":
-        out["ewc_lambda"] = hp["online_lambda"]
-    elif method == "si":
-        out["si_c"] = hp["si_c"]
-    elif method == "xdg":
-        out["xdg_prop"] = hp.get("xdg_prop", 0.9)
+    paper = _SHORTHANDS[method].paper
+    if paper is not None:
+        out.update(paper(paper_row(experiment, scenario)))
     # BI-R's and its variants' SI strength and gate proportion are filled by ``resolve``
     # from the components, so that the same flags spelled out get the same values
     return out
 
 
-def bir_variant(c: Config, conv_protocol: bool) -> str:
-    """Which BI-R variant of the paper the components make (for its gate proportion)."""
-    if c.brain_inspired:
-        off = [name for name, is_off in (("bir_no_rtf", not c.feedback),
-                                         ("bir_no_con", c.prior != "gmm"),
-                                         ("bir_no_dis", not c.distill),
-                                         ("bir_no_int", conv_protocol and not c.hidden))
-               if is_off]
-        if len(off) == 1:
-            return off[0]
-        return "bir_si" if c.si and not off else "bir"
-    return "gr_gat"
-
-
-def gate_proportion(c: Config, conv_protocol: bool) -> float:
-    """The paper's gate proportion for the variant ``c`` is (``DG_PROPS``, else BI-R's)."""
-    hp = paper_hparams(c.experiment, c.scenario)
-    props = (DG_PROPS.get((c.experiment, c.scenario))
-             or DG_PROPS.get((_family(c.experiment), c.scenario), {}))
-    return float(props.get(bir_variant(c, conv_protocol), hp.get("dg_prop", 0.0)))
+def paper_row(experiment: str, scenario: str) -> dict[str, Any]:
+    """What a method's ``fill`` and a shorthand's ``paper`` read: ``paper_hparams`` with
+    ``dg_props``, the gate proportion per BI-R variant (``DG_PROPS``' row, by the closest
+    published setting; empty where the paper has none)."""
+    props = (DG_PROPS.get((experiment, scenario))
+             or DG_PROPS.get((_family(experiment), scenario), {}))
+    return dict(paper_hparams(experiment, scenario), dg_props=dict(props))
 
 
 def resolve(config: Config, conv_protocol: bool | None = None) -> Config:
@@ -370,36 +357,19 @@ def resolve(config: Config, conv_protocol: bool | None = None) -> Config:
     for k, v in EXPERIMENT_DEFAULTS[c.experiment].items():
         if getattr(c, k) is None:
             setattr(c, k, v)
-    hp = paper_hparams(c.experiment, c.scenario)
-    if c.ewc_lambda is None:
-        c.ewc_lambda = hp["online_lambda"] if c.online else hp["ewc_lambda"]
-    if c.si_c is None:
-        # BI-R + SI has its own c (spelled out or by --method=bir_si alike)
-        c.si_c = hp["bir_si_c"] if c.brain_inspired else hp["si_c"]
-    if c.xdg_prop is None:
-        c.xdg_prop = hp.get("xdg_prop", 0.9)
-    # --brain_inspired switches on the five components; each may be switched off alone
-    # (e.g. --nofeedback) for the ablations of Fig. 8 (method.md 4.3).
-    bi = c.brain_inspired
-    if c.feedback is None:
-        c.feedback = bi
-    if c.prior is None:
-        c.prior = "gmm" if bi else "standard"
-    if c.dg_gates is None:
-        c.dg_gates = bi
-    if c.hidden is None:
-        c.hidden = bi and conv_protocol
+    # each method fills its own settings (its ``fill``: the paper's values, and defaults that
+    # follow from other settings: BI-R's components switch on distillation, internal replay
+    # and frozen conv layers); what none of them set is off
+    paper = paper_row(c.experiment, c.scenario)
+    for m in DECLARATIONS:
+        if m.fill is not None:
+            m.fill(c, paper, conv_protocol)
     if c.distill is None:
-        c.distill = bi
-    if c.dg_prop is None:
-        c.dg_prop = gate_proportion(c, conv_protocol)
-    if c.dg_gates and c.dg_prop == 0:
-        # the authors' code has no gates at proportion 0 (``dg_gates if dg_prop > 0``): say
-        # so rather than run another method under this one's name
-        c.dg_gates = False
-        c.notes = tuple(c.notes) + (f"decoder gates are off: the gate proportion for this variant on "
-                             f"{c.experiment} {c.scenario}-IL is 0 (the paper's grid "
-                             "search), so it runs without them",)
+        c.distill = False
+    if c.hidden is None:
+        c.hidden = False
+    if c.freeze_convE is None:
+        c.freeze_convE = bool(c.hidden)
     unread = []
     if c.data_dir and c.experiment == "split_digits":
         unread.append("--data_dir (split_digits is scikit-learn's bundled digits)")
@@ -413,22 +383,8 @@ def resolve(config: Config, conv_protocol: bool | None = None) -> Config:
         c.conv_weights = DEFAULT_TRUNK
     if unread:
         c.notes = tuple(c.notes) + (f"{' and '.join(unread)}: not read by this run",)
-    if c.dg_type is None:
-        c.dg_type = hp.get("dg_type", "task" if c.scenario == "domain" else "class")
-    if c.freeze_convE is None:
-        # every method starts from the pre-trained conv layers; BI-R keeps them frozen
-        # (method.md 4.4)
-        c.freeze_convE = bool(c.hidden or bi)
     if c.batch_replay is None:
         c.batch_replay = c.batch
-    if c.budget is None and c.replay == "buffer":
-        c.budget = BUFFER_BUDGET
-    if c.g_fc_units is None:
-        c.g_fc_units = c.fc_units
-    if c.g_iters is None:
-        c.g_iters = c.iters
-    if c.lr_gen is None:
-        c.lr_gen = c.lr
     check(c, conv_protocol)
     return c
 
@@ -437,8 +393,9 @@ def check(c: Config, conv_protocol: bool) -> None:
     """Refuse incompatible or out-of-range settings of a resolved config with one line that
     names the flag (before any training). The one home of every rule about a ``Config``
     field except the experiment, scenario and number of tasks (``resolve`` checks those with
-    ``bir_keras.data.protocols.check_setting``); the apps have no validators of their own
-    for these flags."""
+    ``check_setting``); the apps have no validators of their own for these flags. A method's
+    own rules are its declaration's ``check`` (called here for every config), its settings'
+    ranges and kinds (``Setting.range``, ``Setting.kind``) are checked with everyone's."""
     if c.method is not None:
         check_method(c.method)
     if c.experiment != CUSTOM:
@@ -451,42 +408,21 @@ def check(c: Config, conv_protocol: bool) -> None:
             or not all(isinstance(t, (tuple, list)) and t for t in c.task_classes)):
         raise ConfigError("task_classes must be a list of tasks, each a list of class names "
                           f"(--task_classes=a,b/c,d), got {c.task_classes!r}")
-    if c.replay not in REPLAYS:
-        raise ConfigError(f"--replay must be {_one_of(REPLAYS)}, got {c.replay!r}")
-    if c.budget is not None and c.replay != "buffer":
-        raise ConfigError("--budget is the memory of buffer replay: it needs --replay=buffer")
-    if c.xdg and c.scenario != "task":
-        flag = "--method=xdg" if c.method == "xdg" else "--xdg"
-        raise ConfigError(f"XdG needs task identity: {flag} is only allowed with "
-                          f"--scenario=task (got --scenario={c.scenario})")
+    replay = replay_method(c.replay)   # refuses a --replay that no method has
+    # each method's own rules first: they name the flag the user gave (--brain_inspired),
+    # not a setting it switched on (--distill)
+    for m in DECLARATIONS:
+        if m.check is not None:
+            m.check(c, conv_protocol)
     if c.hidden and not conv_protocol:
         raise ConfigError(f"--hidden (internal replay) needs conv layers, which {c.experiment} "
                           "does not have; use a CIFAR protocol or drop --hidden")
     if c.hidden and not c.freeze_convE:
         raise ConfigError("--hidden replays the output of frozen conv layers: it needs --freeze_convE")
-    if c.prior not in PRIORS:
-        raise ConfigError(f"--prior must be {_one_of(PRIORS)}, got {c.prior!r}")
-    if c.dg_type not in DG_TYPES:
-        raise ConfigError(f"--dg_type must be {_one_of(DG_TYPES)}, got {c.dg_type!r}")
-    for name in ("dg_prop", "xdg_prop"):
-        v = getattr(c, name)
-        if v is not None and not 0.0 <= v < 1.0:
-            raise ConfigError(f"--{name} must be in [0, 1), got {v}")
-    if c.brain_inspired and c.replay != "generative":
-        # name the flag the user gave, not the first component it switched on
-        raise ConfigError("--brain_inspired is generative replay (BI-R): it needs "
-                          f"--replay=generative (got --replay={c.replay})")
-    generative_only = dict(feedback=c.feedback, dg_gates=c.dg_gates, reinit=c.reinit)
-    if c.prior == "gmm":
-        generative_only["prior=gmm"] = True
-    for name, on in generative_only.items():
-        if on and c.replay != "generative":
-            raise ConfigError(f"--{name} is a part of generative replay: it needs --replay=generative")
-    if c.xdg and c.feedback:
-        raise ConfigError("--xdg cannot be combined with --feedback (RtF has no XdG masks)")
-    if c.distill and c.replay not in ("current", "generative", "buffer"):
-        raise ConfigError("--distill labels replayed samples: it needs --replay=current, "
-                          "generative or buffer")
+    if c.distill and not replay.distill:
+        labelled = tuple(m.replay for m in DECLARATIONS if m.replay and m.distill)
+        raise ConfigError("--distill labels replayed samples: it needs --replay="
+                          f"{_one_of(labelled)}")
     for name, (low, high) in INT_RANGES.items():
         v = getattr(c, name)
         flag = "eval_batch" if name == "eval_batch" else f"--{name}"  # eval_batch: no flag
@@ -497,29 +433,12 @@ def check(c: Config, conv_protocol: bool) -> None:
             why = f"; {INT_RANGE_WHY[name]}" if name in INT_RANGE_WHY else ""
             raise ConfigError(f"{flag} must be at most {high:,}, got {v:,} (far past any use; "
                               f"see bir_keras.config.INT_RANGES{why})")
-    if c.replay == "current" and c.batch_replay != c.batch:
-        raise ConfigError("LwF replays the current batch: --batch_replay must equal --batch")
-    for name in ("lr", "lr_gen", "temp", "epsilon"):
-        v = getattr(c, name)
-        if v is not None and not (math.isfinite(v) and v > 0):
-            raise ConfigError(f"--{name} must be a positive finite number, got {v}")
-        if v is not None and not FLOAT32_TINY <= v <= FLOAT32_MAX:
-            raise ConfigError(f"--{name}={v} is {'0' if v < 1 else 'infinite'} in float32, in "
-                              "which the networks compute: use a value in "
-                              f"[{FLOAT32_TINY:.3g}, {FLOAT32_MAX:.3g}]")
+    for name, kind in FLOAT_KINDS.items():
+        check_float(name, kind, getattr(c, name))
     if not TEMP_RANGE[0] <= c.temp <= TEMP_RANGE[1]:
         raise ConfigError(f"--temp must be in [{TEMP_RANGE[0]:g}, {TEMP_RANGE[1]:g}] (outside it "
                           "the float32 soft targets are one-hot or uniform and the T^2 factor "
                           f"of the distillation loss overflows), got {c.temp}")
-    for name in ("ewc_lambda", "si_c"):
-        v = getattr(c, name)
-        if v is not None and not (math.isfinite(v) and v >= 0):
-            raise ConfigError(f"--{name} must be a finite number >= 0, got {v}")
-        if v is not None and v > FLOAT32_MAX:
-            raise ConfigError(f"--{name}={v} is infinite in float32, in which the penalty is "
-                              f"computed: use at most {FLOAT32_MAX:.3g}")
-    if not 0.0 < c.gamma <= 1.0:
-        raise ConfigError(f"--gamma must be in (0, 1], got {c.gamma}")
     if not 0 <= c.seed < 2 ** 32:
         raise ConfigError(f"--seed must be in [0, 2^32), got {c.seed}")
     if c.strategy not in STRATEGIES:
@@ -528,21 +447,22 @@ def check(c: Config, conv_protocol: bool) -> None:
         raise ConfigError(f"--precision must be {_one_of(PRECISIONS)}, got {c.precision!r}")
 
 
-# float32's smallest normal and largest finite numbers: a rate or strength outside them is 0
-# or infinite once the networks (float32) use it
-FLOAT32_TINY = 1.1754943508222875e-38
-FLOAT32_MAX = 3.4028234663852886e38
+# the rule of each float setting that has one of the shared kinds (``settings.check_float``):
+# those of every run, then each method's (``Setting.kind``)
+FLOAT_KINDS: dict[str, str] = dict(
+    lr=POSITIVE, temp=POSITIVE,
+    **{s.name: s.kind for s in METHOD_SETTINGS if s.kind is not None})
 TEMP_RANGE = (1e-6, 1e6)
 # (lowest, highest) of each integer setting: the highest is far above any use in the paper
 # (at most 5000 iterations, 2x2000 units, batch 256) and keeps a typo (an extra digit or
 # ten) from running for days or being killed for memory; the memory estimate of the apps
 # (``apps.common.check_memory``) refuses sizes within them that this machine cannot hold
+# (each method's integer settings bring their own: ``Setting.range``)
 INT_RANGES: dict[str, tuple[int, int]] = dict(
-    iters=(1, 10_000_000), g_iters=(0, 10_000_000), batch=(1, 1_000_000),
-    batch_replay=(1, 1_000_000), fc_units=(1, 100_000), g_fc_units=(1, 100_000),
-    fc_layers=(0, 32), z_dim=(1, 10_000), fisher_n=(1, 10_000_000), budget=(1, 1_000_000),
-    log_every=(1, 10_000_000), eval_batch=(1, 1_000_000), classes_per_task=(1, 100_000),
-    capacity=(1, 100_000))
+    iters=(1, 10_000_000), batch=(1, 1_000_000), batch_replay=(1, 1_000_000),
+    fc_units=(1, 100_000), fc_layers=(0, 32), log_every=(1, 10_000_000),
+    eval_batch=(1, 1_000_000), classes_per_task=(1, 100_000), capacity=(1, 100_000),
+    **{s.name: s.range for s in METHOD_SETTINGS if s.range is not None})
 INT_RANGE_WHY = dict(fc_layers="each layer is traced into every step: deeper than this takes "
                                "minutes to compile before the first iteration")
 
@@ -589,12 +509,20 @@ def check_intervals(progress_every: float | None, checkpoint_every: float | None
 MAX_SEEDS_AT_ONCE = 64
 
 
+def conv_features(c: Config) -> bool:
+    """Whether a resolved config's run trains on conv features cached once
+    (``bir_keras.setup.prepare``: internal replay, or frozen conv layers without a generator
+    that replays pixels), where its protocol has conv layers."""
+    return bool(c.hidden or (c.freeze_convE and c.replay != "generative"))
+
+
 def unpackable(c: Config) -> str | None:
     """Why the seeds of the resolved setting ``c`` cannot be trained together in one step
-    (``--seeds_at_once``, ``strategies.pack``), or None if they can."""
-    if c.replay == "buffer":
-        return ("--seeds_at_once does not pack --replay=buffer yet (its memory is written "
-                "inside the step): run its seeds separately")
+    (``--seeds_at_once``, ``strategies.pack``), or None if they can: the one home of these
+    rules (a method's own reason is its declaration's ``unpackable``)."""
+    for m in selected_methods(c):
+        if m.unpackable:
+            return m.unpackable
     if c.strategy != "default":
         return (f"--seeds_at_once packs seeds on one device: it does not combine with "
                 f"--strategy={c.strategy}")
@@ -602,10 +530,9 @@ def unpackable(c: Config) -> str | None:
         return ("--seeds_at_once runs its packed step without XLA (on a CPU XLA's vectorised "
                 "step is far slower): drop --jit_compile; each packed seed draws what its "
                 "--nojit_compile run draws")
-    # the inputs are conv features cached once (experiment.prepare) or pixels that the
-    # step's conv layers see
-    features = c.hidden or (c.freeze_convE and c.replay != "generative")
-    if has_conv_layers(c.experiment) and not features:
+    # the inputs are conv features cached once (setup.prepare) or pixels that the step's
+    # conv layers see
+    if has_conv_layers(c.experiment) and not conv_features(c):
         return ("--seeds_at_once does not pack conv layers that train in the step "
                 "(pixel-level CIFAR; batch-norm statistics are state of the step): use "
                 "--hidden or --freeze_convE, or run the seeds separately")

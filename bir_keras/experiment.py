@@ -30,10 +30,10 @@ from bir_keras.fileio import atomic_dir, atomic_write_json
 from bir_keras.interrupts import caused_by_interrupt
 from bir_keras.salvage import RunInterrupted
 from bir_keras.setup import DEFAULT_CONV_WEIGHTS, Setup, load_trunk, prepare
-from bir_keras.strategies import make_trainer
 from bir_keras.strategies.base import Trainer
 from bir_keras.strategies.pack import SeedPack
 from bir_keras.strategies.records import NonFiniteLoss, TaskProgress
+from bir_keras.strategies.trainers import make_trainer
 
 # prepare and its Setup live in bir_keras.setup (what a run is made of, read by salvage and
 # tensorboard_log too); they are named here as well, the door of a run

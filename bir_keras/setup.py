@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bir_keras.config import CUSTOM, Config, ConfigError, resolve
+from bir_keras.config import CUSTOM, Config, ConfigError, conv_features, resolve
 from bir_keras.data.protocols import Protocol, make_protocol
 from bir_keras.data.stream_files import stream_of
 from bir_keras.data.streams import TaskStream, check_stream_run, protocol_for
@@ -80,7 +80,7 @@ def prepare(config: Config, data: TaskStream | None = None,
         trunk.trainable = False
         # Frozen layers give the same output for the same input: compute the features of
         # each dataset once (internal replay, method.md 4.3.4) and train the FC part on them.
-        if c.hidden or (c.freeze_convE and c.replay != "generative"):
+        if conv_features(c):
             def features(x: np.ndarray) -> np.ndarray:
                 return np.concatenate([trunk(x[s:s + 1000], training=False).numpy()
                                        for s in range(0, len(x), 1000)])

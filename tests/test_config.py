@@ -57,7 +57,6 @@ REFUSED = [
     (dict(z_dim=0), "--z_dim must be at least 1"),
     (dict(g_fc_units=0), "--g_fc_units must be at least 1"),
     (dict(fisher_n=0), "--fisher_n must be at least 1"),
-    (dict(replay="buffer", budget=0), "--budget must be at least 1"),
     (dict(log_every=0), "--log_every must be at least 1, got 0"),
     (dict(eval_batch=0), "eval_batch must be at least 1, got 0"),
     (dict(fc_layers=-1), "--fc_layers must be >= 0, got -1"),
@@ -116,7 +115,6 @@ def test_check_setting_is_the_protocols_rule():
     (dict(ewc=True, online=True), "ewc+online"),
     (dict(replay="current", distill=True), "current+distill"),
     (dict(replay="offline", si=True, xdg=True), "offline+si+xdg"),
-    (dict(replay="buffer"), "buffer"),
 ])
 def test_method_label(fields, label):
     c = Config(**fields)
@@ -144,15 +142,14 @@ def test_a_named_method_in_the_library_is_that_method():
     assert resolve(Config(method="bir_no_dis")).distill is False
     assert resolve(Config(method="online_ewc")).online and resolve(Config(method="si")).si
     with pytest.raises(ConfigError, match="--method=bir sets --replay=generative: it cannot be "
-                                          "run with --replay=buffer"):
-        resolve(Config(method="bir", replay="buffer"))
+                                          "run with --replay=current"):
+        resolve(Config(method="bir", replay="current"))
     with pytest.raises(ConfigError, match="--method=lwf sets --distill=true"):
         resolve(Config(method="lwf", distill=False))
 
 
 @pytest.mark.parametrize("fields, says", [
     (dict(experiment="split_mnist", replay="generative"), None),
-    (dict(experiment="split_mnist", replay="buffer", budget=10), "--replay=buffer"),
     (dict(experiment="split_mnist", strategy="mirrored"), "one device"),
     (dict(experiment="split_mnist", jit_compile=True), "drop --jit_compile"),
     (dict(experiment="split_mnist", jit_compile=False), None),
@@ -165,3 +162,40 @@ def test_a_named_method_in_the_library_is_that_method():
 def test_unpackable_says_why_seeds_cannot_share_a_step(fields, says):
     why = unpackable(resolve(Config(**fields)))
     assert why is None if says is None else says in why
+
+
+def test_config_and_its_rules_come_from_the_methods_declarations():
+    # each declared setting is a Config field with its default; each shorthand a --method;
+    # each --replay value a method's; an integer's range and a float's kind are checked
+    from bir_keras.config import FLOAT_KINDS, INT_RANGES, METHODS, REPLAYS
+    from bir_keras.strategies import DECLARATIONS
+
+    fields = {f.name: f.default for f in dataclasses.fields(Config)}
+    for m in DECLARATIONS:
+        for s in m.settings:
+            assert fields[s.name] == s.default, s.name
+            assert s.range is None or INT_RANGES[s.name] == s.range
+            assert s.kind is None or FLOAT_KINDS[s.name] == s.kind
+        assert set(m.shorthands) <= set(METHODS)
+    assert REPLAYS == tuple(m.replay for m in DECLARATIONS if m.replay)
+    assert REPLAYS[:4] == ("none", "offline", "current", "generative")
+    with pytest.raises(ConfigError, match="--fisher_n must be at least 1"):
+        resolve(Config(fisher_n=0))
+
+
+def test_the_registry_refuses_declarations_that_clash():
+    from bir_keras.settings import Method, Setting, Shorthand, check_registry
+
+    a = Method("a", replay="a", shorthands={"x": Shorthand({})},
+               settings=(Setting("k", int, "help"),))
+    check_registry((a,))
+    for bad, says in [
+        ((a, Method("b", replay="a")), "--replay value 'a' is declared twice"),
+        ((a, Method("b", replay="b", shorthands={"x": Shorthand({})})), "--method 'x'"),
+        ((a, Method("b", replay="b", settings=(Setting("k", int, "h"),))), "setting 'k'"),
+        ((Method("c"),), "not both or neither"),
+        ((Method("c", replay="c", switch="c"),), "not both or neither"),
+        ((Method("c", switch="on", settings=(Setting("on", int, "h"),)),), "bool settings"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            check_registry(bad)

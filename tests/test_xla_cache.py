@@ -145,7 +145,7 @@ def _step_constants(method: str, seed: int):
 
     from bir_keras.config import Config, resolve
     from bir_keras.data.protocols import make_protocol
-    from bir_keras.strategies import make_trainer
+    from bir_keras.strategies.trainers import make_trainer
 
     cfg = resolve(Config(experiment="split_digits", scenario="class", method=method, tasks=2,
                          iters=5, batch=16, fc_units=20, z_dim=4, seed=seed))

@@ -1,6 +1,7 @@
-"""The Trainer: a method's step and its hooks. Each method is a subclass in a module of
-its own (``finetune``, ``joint``, ``lwf``, ``buffer``, ``generative``, ``bir``), found in
-the registry ``strategies.TRAINERS``; the regularisers (``ewc``, ``si``) compose with any.
+"""The Trainer: a method's step and its hooks. Each method is a subclass in a package of
+its own (``finetune``, ``joint``, ``lwf``, ``buffer``, ``generative``), found through its
+declaration in the registry ``strategies.METHOD_MODULES`` (``strategies.trainers``); the
+regularisers (``ewc``, ``si``) compose with any.
 
 The order of the hooks, per task ``t`` (``loop.fit`` drives it):
 
@@ -48,7 +49,6 @@ from bir_keras.strategies.execution import (
     run_update,
     xla_update,
 )
-from bir_keras.strategies.penalties import make_regularizers
 from bir_keras.strategies.records import (
     Batch,
     Draws,
@@ -61,7 +61,7 @@ from bir_keras.strategies.records import (
     TaskRun,
     VariableList,
 )
-from bir_keras.strategies.regularizers import Regularizer
+from bir_keras.strategies.regularizers import Regularizer, make_regularizers
 from bir_keras.strategies.sampler import BatchSampler
 
 

@@ -31,8 +31,9 @@ orders of magnitude slower than the same losses written per seed (BI-R split MNI
 seeds: 17.6 s per iteration against 13 ms; README, Speed). One seed is the same task loop
 with the trainer's own compiled step (``Trainer.fit`` is a pack of one).
 
-Not packed (``check_packable`` refuses them with one line): buffer replay (its memory is
-written inside the step), conv layers that train inside the step (pixel-level CIFAR:
+Not packed (``check_packable`` refuses them with one line, by ``config.unpackable`` and
+each method's declared reason): buffer replay (its memory is written inside the step),
+conv layers that train inside the step (pixel-level CIFAR:
 batch-norm statistics are state the step updates), several replicas, and resuming a run
 part-way through a task (each seed saves its own checkpoints inside a task, and its export
 resumes alone: ``experiment`` then steps it without XLA, as the pack did, so that it draws
@@ -64,8 +65,10 @@ from bir_keras.strategies.records import Batch, NonFiniteLoss, Plan, TaskProgres
 
 def check_packable(trainers: list[Trainer]) -> None:
     """Refuse (``ConfigError``) what one vectorised step cannot train: trainers of different
-    methods or settings (other than the seed), buffer replay, conv layers trained in the
-    step, several replicas, an explicit request for XLA."""
+    methods or settings (other than the seed), a setting that ``config.unpackable`` refuses
+    (the one home of those rules: a method's own reason, conv layers trained in the step,
+    another strategy, an explicit request for XLA), and trainers built over several
+    replicas (a strategy passed to them, which their config cannot tell)."""
     first = trainers[0]
     for tr in trainers[1:]:
         if type(tr) is not type(first):
@@ -79,9 +82,10 @@ def check_packable(trainers: list[Trainer]) -> None:
     why = unpackable(first.config)
     if why:
         raise ConfigError(why)
-    if first.replicas > 1 or first.protocol.conv and not first.protocol.features:
-        raise ConfigError("--seeds_at_once packs seeds on one device, without conv layers "
-                          "that train in the step")
+    if first.replicas > 1:
+        raise ConfigError(f"--seeds_at_once packs seeds on one device, not over the "
+                          f"{first.replicas} replicas of the strategy the trainers were built "
+                          "with")
 
 
 def _network_variables(tr: Trainer) -> list:

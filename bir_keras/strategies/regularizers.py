@@ -1,5 +1,5 @@
 """Regularisers that combine with any method: EWC and online EWC (``ewc``), SI (``si``),
-method.md 3.
+method.md 3; ``make_regularizers`` builds those a config switches on.
 
 A regulariser is an object the Trainer calls: ``build`` once (under the distribution
 strategy's scope), ``penalty`` inside the compiled step, ``apply`` around the optimiser's
@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import tensorflow as tf
 
-from bir_keras.config import Config
+from bir_keras.config import Config, selected_methods
 
 
 class TrainerView(Protocol):
@@ -66,6 +66,13 @@ class Regularizer:
     def state(self) -> dict[str, object]:
         """Trackable state to checkpoint."""
         return {}
+
+
+def make_regularizers(config: Config) -> list[Regularizer]:
+    """The regularisers of the methods a resolved config switches on (EWC / online EWC,
+    SI: each declaration's ``regularizer``), in the registry's order; the Trainer builds
+    them."""
+    return [m.make_regularizer(config) for m in selected_methods(config) if m.regularizer]
 
 
 def apply_regularized(regularizers: Sequence[Regularizer], update: Callable[[], None],

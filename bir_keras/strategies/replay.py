@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from bir_keras.models.classifier import HardTargets, SoftTargets, Targets, TaskHeadsTargets
 from bir_keras.models.layers import masked_logits
-from bir_keras.strategies.finetune import FineTuning
+from bir_keras.strategies.finetune.trainer import FineTuning
 from bir_keras.strategies.records import Plan, StepContext
 
 

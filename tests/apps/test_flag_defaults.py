@@ -48,14 +48,9 @@ def test_every_config_field_flag_defaults_to_config():
         assert default == out["config"][name], name
     helps = {n: h for n, (_, h) in out["flags"].items()}
     assert "(default 2)" in helps["fc_layers"] and "(default 1000)" in helps["fisher_n"]
-    assert "(default 100 with --replay=buffer)" in helps["budget"]
-    assert "buffer = experience replay" in helps["replay"]
-    assert out["from_flags"]["budget"] is None
-
-
-def test_budget_reaches_config():
-    out = _run("same", "--replay=buffer", "--budget=20")
-    assert out["from_flags"]["replay"] == "buffer" and out["from_flags"]["budget"] == 20
+    # each --replay value with its method's words (a method's own flag: its tests, e.g.
+    # tests/strategies/test_buffer.py)
+    assert "current (LwF)" in helps["replay"] and "generative (GR / BI-R)" in helps["replay"]
 
 
 def test_changed_config_default_changes_flag_and_help():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bir_keras.strategies import make_trainer
 from bir_keras.strategies.execution import make_adam, pad_samples
+from bir_keras.strategies.trainers import make_trainer
 
 
 def _first_step(tr):

@@ -6,7 +6,7 @@ import pytest
 
 from bir_keras.config import method_settings
 from bir_keras.models.vae import VAE, RtFClassifier
-from bir_keras.strategies import make_trainer
+from bir_keras.strategies.trainers import make_trainer
 
 
 def _diff(a, b):

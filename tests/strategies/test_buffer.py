@@ -1,6 +1,8 @@
 """Experience replay with a fixed memory budget: a class-balanced memory of real training
 samples, less forgetting than fine-tuning, composition with distillation and regularisers,
-and the memory kept in the checkpoint.
+the memory kept in the checkpoint; and its settings, all from its declaration
+(``bir_keras.strategies.buffer.METHOD``): ``--budget``, its default, rules and flag,
+``--method=buffer``, its label, and why its seeds are not packed.
 
 The step runs without XLA here (``jit_compile=False``): none of these is about XLA,
 compiling it took most of the time, and test_methods checks that XLA trains like the plain
@@ -10,9 +12,11 @@ import numpy as np
 import pytest
 
 from bir_keras import export
-from bir_keras.config import Config, ConfigError, method_settings, resolve
+from bir_keras.config import Config, ConfigError, method_label, method_settings, resolve, unpackable
 from bir_keras.models.classifier import HardTargets, SoftTargets
-from bir_keras.strategies import BufferReplay, make_trainer
+from bir_keras.strategies.buffer.trainer import BufferReplay
+from bir_keras.strategies.pack import SeedPack
+from bir_keras.strategies.trainers import make_trainer
 from tests.strategies.test_fidelity import _replay
 
 
@@ -99,3 +103,27 @@ def test_budget_settings_are_checked(tiny_setup):
         resolve(Config(budget=10), False)
     with pytest.raises(ConfigError, match="budget must be at least 1"):
         resolve(Config(replay="buffer", budget=0), False)
+    assert resolve(Config(method="buffer", budget=50), False).budget == 50
+    assert method_label(Config(replay="buffer")) == "buffer"
+
+
+def test_budget_is_a_flag_of_apps_train():
+    from tests.apps.test_flag_defaults import _run
+
+    out = _run("same", "--replay=buffer", "--budget=20")
+    assert out["from_flags"]["replay"] == "buffer" and out["from_flags"]["budget"] == 20
+    assert not out["tf"]
+    budget_help = out["flags"]["budget"][1]
+    assert "(default 100 with --replay=buffer)" in budget_help
+
+
+def test_its_seeds_are_not_packed(tiny_setup):
+    why = unpackable(resolve(Config(experiment="split_mnist", replay="buffer", budget=10)))
+    assert "--replay=buffer" in why
+    trainers = []
+    for seed in (12, 13):
+        cfg, proto = tiny_setup("class", tasks=2, seed=seed, iters=6, replay="buffer", budget=5,
+                                jit_compile=False)
+        trainers.append(make_trainer(cfg, proto, verbose=False))
+    with pytest.raises(ConfigError, match="--replay=buffer"):
+        SeedPack(trainers)

@@ -16,10 +16,10 @@ from bir_keras.config import Config, method_settings, resolve
 from bir_keras.data.protocols import make_protocol
 from bir_keras.data.sources import Dataset
 from bir_keras.models.classifier import Classifier
-from bir_keras.strategies import make_trainer
-from bir_keras.strategies.ewc import dense_fisher
+from bir_keras.strategies.ewc.regularizer import dense_fisher
 from bir_keras.strategies.execution import pad_samples
 from bir_keras.strategies.records import Batch
+from bir_keras.strategies.trainers import make_trainer
 from tests.conftest import make_blobs
 
 

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from bir_keras.models.classifier import Classifier
 from bir_keras.models.layers import make_unit_masks
-from bir_keras.strategies.ewc import dense_fisher, fisher_diagonal
+from bir_keras.strategies.ewc.regularizer import dense_fisher, fisher_diagonal
 
 
 def test_dense_fisher_matches_jacobian_fisher():

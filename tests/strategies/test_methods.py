@@ -9,8 +9,12 @@ import pytest
 import tensorflow as tf
 
 from bir_keras.config import ConfigError
-from bir_keras.strategies import FineTuning, GenerativeReplay, Joint, LwF, make_trainer
-from bir_keras.strategies.vae_replay import VAEDraws
+from bir_keras.strategies.finetune.trainer import FineTuning
+from bir_keras.strategies.generative.trainer import GenerativeReplay
+from bir_keras.strategies.generative.vae_replay import VAEDraws
+from bir_keras.strategies.joint.trainer import Joint
+from bir_keras.strategies.lwf.trainer import LwF
+from bir_keras.strategies.trainers import make_trainer
 
 
 def _fit(tiny_setup, scenario="class", tasks=2, **kw):
@@ -206,3 +210,20 @@ def test_xdg_with_replay_keeps_each_samples_drawn_task(tiny_setup):
     m = tr.history.accuracy_matrix
     assert len(m) == 3 and all(0.0 <= a <= 1.0 for a in m[2])
     assert m[0][0] > 0.9 and m[2][0] > 0.6    # task 1 learned, and kept with its mask
+
+
+def test_every_declared_trainer_and_regularizer_is_found():
+    # the registry names classes by path (imported only when a run builds them)
+    from bir_keras.config import Config, replay_method, resolve
+    from bir_keras.strategies import DECLARATIONS
+    from bir_keras.strategies.base import Trainer
+
+    for m in DECLARATIONS:
+        if m.replay is not None:
+            c = resolve(Config(replay=m.replay))
+            assert issubclass(m.trainer_class(c), Trainer), m.name
+        if m.regularizer is not None:
+            c = resolve(Config(**{m.switch: True}))
+            assert m.make_regularizer(c).name == m.switch
+    bir = resolve(Config(method="bir"))
+    assert replay_method("generative").trainer_class(bir).__name__ == "BrainInspiredReplay"

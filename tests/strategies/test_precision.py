@@ -10,8 +10,8 @@ import tensorflow as tf
 
 from bir_keras import export
 from bir_keras.config import ConfigError
-from bir_keras.strategies import make_trainer
 from bir_keras.strategies.execution import xla_update
+from bir_keras.strategies.trainers import make_trainer
 
 
 # BI-R + SI in the suite; GR + EWC (a separate generator, EWC's Fisher) with --run-slow

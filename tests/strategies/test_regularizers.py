@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bir_keras.strategies import make_trainer
-from bir_keras.strategies.ewc import EWC, fisher_diagonal
-from bir_keras.strategies.si import SI
+from bir_keras.strategies.ewc.regularizer import EWC, fisher_diagonal
+from bir_keras.strategies.si.regularizer import SI
+from bir_keras.strategies.trainers import make_trainer
 
 
 def test_ewc_penalty_zero_at_anchor_and_quadratic():

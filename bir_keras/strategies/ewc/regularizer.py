@@ -1,5 +1,5 @@
-"""(Online) EWC (Kirkpatrick et al.; Schwarz et al. for online; method.md 3), a regulariser
-for any method, and its diagonal Fisher.
+"""(Online) EWC's regulariser (its declaration: ``bir_keras.strategies.ewc``) and its
+diagonal Fisher.
 
 The Fisher of FC classifiers is computed without materialising per-sample gradients. For
 a dense layer z = h W + b, the gradient of one sample's log p_c is h^T delta_c, so its
@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from bir_keras.config import Config
 from bir_keras.models.classifier import Classifier
 from bir_keras.models.layers import masked_logits
 from bir_keras.strategies.regularizers import Regularizer, TrainerView, state_variable
@@ -81,6 +82,11 @@ def _fisher_fn(model, layers, with_masks: bool):
 
         cache[with_masks] = fn
     return cache[with_masks]
+
+
+def from_config(config: Config) -> EWC:
+    """The EWC (or, with ``--online``, online EWC) regulariser of a resolved config."""
+    return EWC(config.ewc_lambda, online=config.online, gamma=config.gamma)
 
 
 class EWC(Regularizer):

@@ -12,8 +12,8 @@ import tensorflow as tf
 
 from bir_keras.models.classifier import HardTargets
 from bir_keras.models.vae import RtFClassifier
+from bir_keras.strategies.generative.vae_replay import VAEReplay
 from bir_keras.strategies.records import weigh
-from bir_keras.strategies.vae_replay import VAEReplay
 
 
 class BrainInspiredReplay(VAEReplay):

@@ -1,4 +1,5 @@
-"""Generative replay (GR, method.md 4.1): a separate VAE, trained beside the classifier,
+"""Generative replay's Trainer (GR, method.md 4.1; its declaration:
+``bir_keras.strategies.generative``): a separate VAE, trained beside the classifier,
 generates the replay; frozen copies of it and of the classifier make and label the samples.
 
 BI-R's components other than replay through feedback are settings of the generator
@@ -13,8 +14,8 @@ from __future__ import annotations
 
 from bir_keras.models.vae import VAE
 from bir_keras.strategies.execution import make_adam
+from bir_keras.strategies.generative.vae_replay import VAEReplay
 from bir_keras.strategies.records import OptimGroup, Plan, weigh
-from bir_keras.strategies.vae_replay import VAEReplay
 
 
 class GenerativeReplay(VAEReplay):

@@ -1,5 +1,5 @@
-"""Learning without Forgetting (Li & Hoiem; method.md 3): replay the current batch with
-soft targets from the model frozen at the end of the previous task."""
+"""LwF's Trainer (its declaration: ``bir_keras.strategies.lwf``): replay the current batch
+with soft targets from the model frozen at the end of the previous task."""
 
 from __future__ import annotations
 

@@ -1,10 +1,16 @@
-"""Synaptic intelligence (Zenke et al.; method.md 3): a regulariser for any method."""
+"""Synaptic intelligence's regulariser (its declaration: ``bir_keras.strategies.si``)."""
 
 from __future__ import annotations
 
 import tensorflow as tf
 
+from bir_keras.config import Config
 from bir_keras.strategies.regularizers import Regularizer, global_sum, state_variable
+
+
+def from_config(config: Config) -> SI:
+    """The SI regulariser of a resolved config."""
+    return SI(config.si_c, config.epsilon)
 
 
 class SI(Regularizer):

@@ -1,14 +1,5 @@
-"""Experience replay with a fixed memory budget (``--replay=buffer --budget=N``): the
-stored-data baseline that BI-R is meant to do without (not in the paper's comparisons).
-
-At the end of each task, ``budget`` training samples of each of its classes are kept
-(class-balanced, drawn at random from the seed; all of a class when it has fewer). While
-learning a later task, every iteration replays ``batch_replay`` samples drawn uniformly
-from the memory, with their stored labels (or, with ``--distill``, the previous model's
-soft targets), each over its own task's units, weighted 1 - 1/t against the current data
-as every replay method. The memory is part of the checkpoint, so a resumed run replays
-what the interrupted one stored. Regularisers compose with it as with any method.
-"""
+"""Buffer replay's Trainer (its settings: ``bir_keras.strategies.buffer``): the memory,
+stored after each task, drawn from and replayed in the step."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Fine-tuning ("None", method.md 3): the classifier trained on each task in turn, with
-nothing against forgetting. Every classifier method builds on its network and its loss."""
+"""Fine-tuning's Trainer (its declaration: ``bir_keras.strategies.finetune``): the classifier
+trained on each task in turn, with nothing against forgetting. Every classifier method
+builds on its network and its loss."""
 
 from __future__ import annotations
 

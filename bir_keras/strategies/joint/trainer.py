@@ -1,12 +1,12 @@
-"""Joint training ("offline replay", method.md 3): at task t, train on all data of tasks
-1..t (the upper bound)."""
+"""Joint training's Trainer (its declaration: ``bir_keras.strategies.joint``): at task t,
+train on all data of tasks 1..t (the upper bound)."""
 
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
 
-from bir_keras.strategies.finetune import FineTuning
+from bir_keras.strategies.finetune.trainer import FineTuning
 from bir_keras.strategies.records import Plan, TaskData
 
 
