@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import errno
 import functools
-import json
 import os
 import re
 import signal
@@ -36,6 +35,7 @@ from bir_keras.config import (
 )
 from bir_keras.data.sources import DataError
 from bir_keras.interrupts import EXIT_INTERRUPTED, caused_by_interrupt
+from bir_keras.memory import NotEnoughMemory
 from bir_keras.xla_cache import CacheError
 
 # refused input: one ``error:`` line, exit ``EXIT_REFUSED``
@@ -79,7 +79,7 @@ Errors = tuple[type[BaseException], ...]
 
 def run_work(work: Callable[[], int | None], *,
              interrupted: str | Callable[[BaseException], str],
-             refused: Errors = USER_ERRORS, failed: Errors = (TrainingFailed,),
+             refused: Errors = USER_ERRORS, failed: Errors = (TrainingFailed, NotEnoughMemory),
              os_errors: bool = False, one_line: bool = False) -> int:
     """Run an app's work, ``work()``, and return its exit code: what ``work`` returns
     (``EXIT_OK`` for None), else, by what it raised, in this order:
@@ -160,49 +160,6 @@ def one_line(text: str, most: int = 300) -> str:
     """``text`` on one line, cut to ``most`` characters."""
     text = " ".join(str(text).split())
     return text if len(text) <= most else text[:most - 3] + "..."
-
-
-def memory_estimate(c: Config) -> tuple[int, str]:
-    """(bytes, what to lower): a rough upper estimate of what a resolved config asks of
-    memory, from the networks' weights (``--fc_units``) or one iteration's activations
-    (``--batch``, ``--batch_replay``), whichever is larger."""
-    from bir_keras.config import EXPERIMENTS
-
-    units = c.fc_units or EXPERIMENT_DEFAULTS.get(c.experiment, {}).get("fc_units", 400)
-    batch = (c.batch or EXPERIMENT_DEFAULTS.get(c.experiment, {}).get("batch", 128)) \
-        + (c.batch_replay or 0)
-    # (your own data's size is known once it loads: as CIFAR's, 3072)
-    inputs = {"split_digits": 64}.get(c.experiment, 784 if c.experiment in EXPERIMENTS
-                                      and EXPERIMENTS[c.experiment][3] else 3072)
-    layers = max(c.fc_layers, 1)
-    # weights of classifier and generator, Adam's two slots, frozen copies: ~ x8, float32
-    weights = 8 * 4 * (inputs * units + (layers - 1) * units * units)
-    # activations kept for the backward pass of classifier and VAE: ~ x16, float32
-    activations = 16 * 4 * batch * (inputs + layers * units)
-    if weights >= activations:
-        return weights, f"--fc_units (--fc_units={units} needs about {_gib(weights)})"
-    return activations, (f"--batch or --batch_replay ({batch} samples per iteration need "
-                         f"about {_gib(activations)})")
-
-
-def _gib(n: float) -> str:
-    return f"{n / 2 ** 30:,.0f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:,.0f} MiB"
-
-
-def check_memory(c: Config, seeds: int = 1, replicas: int = 1) -> str:
-    """Refuse (``TrainingFailed``: exit 1, before any work) a config whose estimate (times
-    the seeds trained at once, and the replicas on this machine, each of which holds the
-    networks) is more than the memory available; else the hint that an out-of-memory error
-    later names."""
-    need, hint = memory_estimate(c)
-    need *= seeds * max(replicas, 1)
-    from bir_keras.appfiles import available_memory
-
-    free = available_memory()
-    if free is not None and need > free:
-        raise TrainingFailed(f"out of memory: this run needs more than the {_gib(free)} "
-                             f"available; lower {hint}")
-    return hint
 
 
 flags.DEFINE_bool("tf_log", False, "show TensorFlow's own (C++) log lines, hidden by default; "
@@ -577,36 +534,3 @@ def check_conv_weights(c: Config) -> None:
     if c.conv_weights and c.conv_weights != "random" and has_conv_layers(c.experiment):
         check_weights_file(c.conv_weights, "--conv_weights")
 
-
-def make_strategy(name: str, num_logical_cpus: int = 0):
-    """(strategy or None for the default one, whether this process is the chief)."""
-    import tensorflow as tf
-
-    if num_logical_cpus:
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * num_logical_cpus)
-    if name == "default":
-        return None, True
-    if name == "mirrored":
-        # the logical CPUs when asked for (--num_logical_cpus), else the GPUs, else the CPU
-        gpus = [] if num_logical_cpus else tf.config.list_logical_devices("GPU")
-        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-        return tf.distribute.MirroredStrategy(devices=devices), True
-    try:
-        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"TF_CONFIG is not valid JSON ({e})") from None
-    if not tf_config:
-        raise ConfigError("--strategy=multi_worker needs the TF_CONFIG environment variable")
-    cluster = tf_config.get("cluster") or {}
-    task = tf_config.get("task") or {}
-    kind, index = task.get("type"), task.get("index", 0)
-    # every process trains (the collectives need all of them); only the chief writes
-    if kind not in ("chief", "worker") or kind not in cluster \
-            or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
-        raise ConfigError(f"TF_CONFIG: task {task} is not a chief or worker of the cluster "
-                          f"{cluster}")
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    is_chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
-    return strategy, is_chief

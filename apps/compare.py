@@ -47,7 +47,7 @@ from absl import flags
 
 from apps import common
 from apps import train as _train  # noqa: F401 - defines apps.train's flags, which pass through
-from bir_keras import sweeps
+from bir_keras import memory, sweeps
 from bir_keras.config import METHODS, ConfigError, resolve
 from bir_keras.sweeps.planning import NOT_STAMPED, shown
 from bir_keras.sweeps.sweep import MAX_IN_FLIGHT
@@ -165,8 +165,8 @@ def check_run(args: list[str], seeds: int = 1):
     common.check_conv_weights(c)
     common.check_stream(config, c)             # your own data: read and cut as the run will
     try:
-        common.check_memory(c, seeds)          # apps.train stops such a run before it loads
-    except common.TrainingFailed as e:
+        memory.check_memory(c, seeds)          # apps.train stops such a run before it loads
+    except memory.NotEnoughMemory as e:
         more = f" or --seeds_at_once ({seeds} seeds at once)" if seeds > 1 else ""
         raise ConfigError(f"{e}{more}") from None
     return c
@@ -174,7 +174,7 @@ def check_run(args: list[str], seeds: int = 1):
 
 # apps.train, run from this checkout (or installation) of apps/, with its checks
 PROGRAM = sweeps.Program(module="apps.train", check=check_run,
-                         seed_bytes=lambda c: common.memory_estimate(c)[0],
+                         seed_bytes=lambda c: memory.memory_estimate(c)[0],
                          path=(str(Path(__file__).resolve().parent.parent),))
 
 

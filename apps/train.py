@@ -15,6 +15,7 @@ import os
 from absl import flags
 
 from apps import common
+from bir_keras import distribute, memory
 
 FLAGS = flags.FLAGS
 common.define_train_flags()
@@ -64,7 +65,7 @@ def check_flags():
     if FLAGS.resume_from:
         rundirs.read_resume_record(FLAGS.resume_from, resolved.to_dict())
     common.check_replicas(FLAGS, resolved)
-    common.check_memory(resolved, k, FLAGS.num_logical_cpus if resolved.strategy == "mirrored"
+    memory.check_memory(resolved, k, FLAGS.num_logical_cpus if resolved.strategy == "mirrored"
                         else 1)
     return config, resolved, out, export_dir, stream
 
@@ -91,10 +92,10 @@ def _main() -> int:
             from bir_keras import xla_cache
 
             claims.enter_context(xla_cache.enabled(FLAGS.xla_cache_dir))
-        strategy, is_chief = common.make_strategy(FLAGS.strategy, FLAGS.num_logical_cpus)
+        strategy, is_chief = distribute.make_strategy(FLAGS.strategy, FLAGS.num_logical_cpus)
         if FLAGS.strategy == "multi_worker" and is_chief:
             claim_paths()
-        hint = common.memory_estimate(resolved)[1]
+        hint = memory.memory_estimate(resolved)[1]
         rec, setup = _train(config, out, export_dir, strategy, is_chief, hint, stream)
     # one line per seed
     recs = rec if isinstance(rec, list) else [rec]

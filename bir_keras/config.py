@@ -456,7 +456,7 @@ TEMP_RANGE = (1e-6, 1e6)
 # (lowest, highest) of each integer setting: the highest is far above any use in the paper
 # (at most 5000 iterations, 2x2000 units, batch 256) and keeps a typo (an extra digit or
 # ten) from running for days or being killed for memory; the memory estimate of the apps
-# (``apps.common.check_memory``) refuses sizes within them that this machine cannot hold
+# (``bir_keras.memory.check_memory``) refuses sizes within them that this machine cannot hold
 # (each method's integer settings bring their own: ``Setting.range``)
 INT_RANGES: dict[str, tuple[int, int]] = dict(
     iters=(1, 10_000_000), batch=(1, 1_000_000), batch_replay=(1, 1_000_000),

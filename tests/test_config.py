@@ -199,3 +199,21 @@ def test_the_registry_refuses_declarations_that_clash():
     ]:
         with pytest.raises(ValueError, match=says):
             check_registry(bad)
+
+
+def test_memory_estimate_takes_the_protocols_input_sizes(monkeypatch):
+    # permuted MNIST is zero-padded to 32 x 32 (1024 values), split MNIST flattened 28 x 28
+    from bir_keras import appfiles, memory
+    from bir_keras.config import Config
+
+    def need(experiment):
+        return memory.memory_estimate(Config(experiment=experiment, fc_units=1000, fc_layers=1,
+                                            batch=1))[0]
+
+    assert need("permuted_mnist") == 8 * 4 * 1024 * 1000
+    assert need("split_mnist") == 8 * 4 * 784 * 1000 and need("split_digits") == 8 * 4 * 64 * 1000
+    monkeypatch.setattr(appfiles, "available_memory", lambda: 2 ** 20)
+    with pytest.raises(memory.NotEnoughMemory, match="lower --fc_units"):
+        memory.check_memory(Config(experiment="split_mnist", fc_units=1000, batch=1))
+    monkeypatch.setattr(appfiles, "available_memory", lambda: None)   # unknown: not refused
+    assert "--fc_units" in memory.check_memory(Config(experiment="split_mnist", fc_units=1000))

@@ -169,15 +169,14 @@ except SystemExit as e:
     if e.code != 0:
         raise
 import tensorflow as tf
-from apps import common
-from bir_keras import experiment
+from bir_keras import distribute, experiment
 from bir_keras.config import Config
 for i, job in enumerate(jobs, 1):
     print("=== " + job["name"], flush=True)
     # collective ops are cached process-wide by key: each strategy gets keys of its own
     # (TensorFlow's hook for several strategies in one process; the first one had base 0)
     tf.distribute.MirroredStrategy._collective_key_base = 100000 * i
-    strategy, _ = common.make_strategy("mirrored")
+    strategy, _ = distribute.make_strategy("mirrored")
     assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
     experiment.run(Config(**job["config"]), job["out"], export_dir=job["export"],
                    strategy=strategy)
@@ -347,7 +346,7 @@ BAD_TF_CONFIGS = [None, "{not json", json.dumps(
 def test_multi_worker_strategy_refuses_a_bad_tf_config(monkeypatch, tf_config):
     """What apps.train's --strategy=multi_worker reads TF_CONFIG with (in this process: the
     refusal comes before any strategy is made)."""
-    from apps import common
+    from bir_keras import distribute
     from bir_keras.config import ConfigError
 
     if tf_config is None:
@@ -355,7 +354,7 @@ def test_multi_worker_strategy_refuses_a_bad_tf_config(monkeypatch, tf_config):
     else:
         monkeypatch.setenv("TF_CONFIG", tf_config)
     with pytest.raises(ConfigError, match="TF_CONFIG"):
-        common.make_strategy("multi_worker")
+        distribute.make_strategy("multi_worker")
 
 
 def test_multi_worker_refuses_a_bad_tf_config(tmp_path):
