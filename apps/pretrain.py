@@ -116,7 +116,7 @@ def _main(command: str, written: dict) -> None:
 
         with out_of_memory_names("--batch (or --head_units)"), interrupts.deferred():
             history = pretrain(data, out, config, overwrite=FLAGS.overwrite, command=command,
-                               on_epoch=on_epoch)
+                               on_epoch=on_epoch, report=lambda line: print(line, flush=True))
     import json
 
     print(json.dumps({"test_accuracy": history[-1]["test_accuracy"], "epochs": config.epochs,

@@ -186,12 +186,14 @@ def _diverged(what: str, out: Path, config: PretrainConfig, epochs_written: int 
 
 
 def pretrain(data, out: str | os.PathLike, config: PretrainConfig, *, overwrite: bool = False,
-             command: str = "", on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+             command: str = "", on_epoch: Callable[[dict], None] | None = None,
+             report: Callable[[str], None] | None = None) -> list[dict]:
     """Pre-train the conv trunk on ``data`` (a ``bir_keras.data.sources.Dataset`` of
     32x32x3 uint8 images, CIFAR-10's) and write its weights to ``out`` after every epoch;
     return the history (one dict per epoch: train loss and accuracy, test accuracy,
     seconds). ``on_epoch(entry)`` is called after each epoch is written (its ``epoch`` is
-    then safe on disk). ``command`` goes into the record. Ctrl-C (with
+    then safe on disk); ``report(line)`` gets the line that describes the run before it
+    trains. ``command`` goes into the record. Ctrl-C (with
     ``bir_keras.interrupts.deferred``) stops between steps; the files hold the last whole
     epoch."""
     import keras
@@ -268,9 +270,10 @@ def pretrain(data, out: str | os.PathLike, config: PretrainConfig, *, overwrite:
                                      tf.constant(y_test[s:s + 1000])))
         return correct / len(y_test)
 
-    print(f"pre-training the conv trunk on CIFAR-10: {n} training / {len(y_test)} test images, "
-          f"{config.epochs} epochs, batch {config.batch}, lr {config.lr}, head "
-          f"{config.head + [data.num_classes]}", flush=True)
+    if report is not None:
+        report(f"pre-training the conv trunk on CIFAR-10: {n} training / {len(y_test)} test "
+               f"images, {config.epochs} epochs, batch {config.batch}, lr {config.lr}, head "
+               f"{config.head + [data.num_classes]}")
     start = time.time()
     history: list[dict] = []
     rec_path = record_path(out)
