@@ -536,7 +536,7 @@ def main(argv: list[str]) -> int | None:
     steps, repeats, warmup = FLAGS.steps, FLAGS.repeats, FLAGS.warmup
     if quick:
         steps, repeats, warmup = QUICK["steps"], QUICK["repeats"], QUICK["warmup"]
-    # None: what apps.train chooses by default (Trainer._use_xla: XLA for float32 on one
+    # None: what apps.train chooses by default (execution.step_xla: XLA for float32 on one
     # device, not for bfloat16 or conv steps on a CPU)
     xla_modes = {"both": [False, True], "on": [True], "off": [False],
                  "default": [None]}[FLAGS.xla]

@@ -85,7 +85,7 @@ class Config:
     strategy: str = "default"
     # float32, or Keras' mixed_bfloat16 policy: bfloat16 compute, float32 variables and losses
     precision: str = "float32"
-    jit_compile: bool | None = None   # None: auto (Trainer._use_xla)
+    jit_compile: bool | None = None   # None: auto (strategies.execution.step_xla)
     eval_batch: int = 1000
     log_every: int = 50
     # what ``resolve`` changed or noticed that a user should be told (printed at the start)

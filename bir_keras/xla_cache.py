@@ -1,6 +1,6 @@
 """A persistent XLA cache: a run loads the compiled training steps an earlier run of the same
 program compiled, instead of compiling them again (6-10 s of a BI-R split MNIST run on a
-2-core CPU, where the whole run takes 90-230 s: README, Speed).
+2-core CPU, where the whole run takes 90-230 s: docs/speed.md).
 
 TensorFlow has the mechanism (``TF_XLA_FLAGS=--tf_xla_persistent_cache_directory``): after
 compiling a cluster it writes the executable to that directory, keyed by a hash of the

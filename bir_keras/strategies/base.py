@@ -47,6 +47,7 @@ from bir_keras.strategies.execution import (
     make_adam,
     pad_samples,
     run_update,
+    step_xla,
     xla_update,
 )
 from bir_keras.strategies.records import (
@@ -124,7 +125,11 @@ class Trainer:
             # iterations of the current task, part of a checkpoint inside a task)
             self.sampler = BatchSampler(config.batch)
             self.batch_counter = self.sampler.counter
-        self.jit_compile = self._use_xla(config.jit_compile)
+        self.jit_compile = step_xla(config.jit_compile, self.replicas,
+                                    protocol.conv and not protocol.features, config.precision)
+        if config.jit_compile and not self.jit_compile and verbose:
+            print(f"note: --jit_compile ignored: XLA does not compile the step across "
+                  f"{self.replicas} replicas", flush=True)
         self.xla_update = xla_update(config.jit_compile, self.jit_compile, self.distributed)
         # No AutoGraph: the step's control flow is written as TF ops (tf.while_loop, tf.cond,
         # tf.where), so converting its Python (and Keras') code changes no graph; the
@@ -151,33 +156,6 @@ class Trainer:
                 trunk.set_weights(self.trunk_weights)
             trunk.trainable = not self.config.freeze_convE
         return network
-
-    def _use_xla(self, asked: bool | None) -> bool:
-        """Whether the step is compiled with XLA (``asked`` None = auto).
-
-        XLA compiles the step for one device; with several replicas (MirroredStrategy over
-        devices, MultiWorkerMirroredStrategy) the step reads variables on other devices and
-        all-reduces, which the compiled cluster cannot: there it runs without XLA. Auto is on
-        for one device (benchmarks.speed: 25-60% less time per iteration for every method on
-        split MNIST, within 5% on permuted MNIST) except for steps with convolutions on a
-        CPU, where XLA's CPU convolutions were 25x slower than TensorFlow's (README, Speed).
-        """
-        if self.replicas > 1:
-            if asked and self.verbose:
-                print(f"note: --jit_compile ignored: XLA does not compile the step across "
-                      f"{self.replicas} replicas", flush=True)
-            return False
-        if asked is not None:
-            return bool(asked)
-        if tf.config.list_logical_devices("GPU"):
-            return True
-        # on a CPU: XLA's convolutions are slower than TensorFlow's, and so is XLA under
-        # bfloat16 where bfloat16 pays off at all: BI-R permuted MNIST (2x2000 units), ms per
-        # iteration without / with replay, 57 / 98 without XLA against 67 / 141 with it (with
-        # 400 units XLA wins, 4.6 / 8.4 against 6.6 / 14.2, but float32 with XLA beats both
-        # there: 3.7 / 7.9; README, Speed)
-        convs = self.protocol.conv and not self.protocol.features
-        return not convs and self.config.precision == "float32"
 
     def _check_protected(self) -> None:
         """Every variable a regulariser protects is trained by a regularised optimiser (a
@@ -423,13 +401,3 @@ class Trainer:
         """Accuracy on every learned task's test set after learning task ``t``
         (``evaluation.accuracy.Evaluator``)."""
         return self.evaluator.evaluate(t)
-
-    # -- logging -----------------------------------------------------------------------
-    def log_scalars(self, values: dict[str, float], step: int) -> None:
-        """Write scalars to TensorBoard when a writer is attached."""
-        if self.summary_writer is None:
-            return
-        with self.summary_writer.as_default(step=step):
-            for k, v in values.items():
-                tf.summary.scalar(k, v, description="x axis: training iteration (global step); "
-                                  f"mean over the last {self.config.log_every} iterations")

@@ -1,5 +1,5 @@
 """How the compiled step executes: the optimisers' update (with the regularisers, and
-XLA's part of it, ``xla_update``), Adam as the authors' code has it, the dtype policy the
+XLA's part of it: ``step_xla``, ``xla_update``), Adam as the authors' code has it, the dtype policy the
 networks are built under, a replica's slice of globally drawn numbers, padding a task's
 data to a stable shape, and the loop of iterations inside one compiled call."""
 
@@ -28,6 +28,29 @@ def apply_updates(regularizers: list[Regularizer], groups: list[OptimGroup],
             apply()
 
 
+def step_xla(asked: bool | None, replicas: int, conv_step: bool, precision: str) -> bool:
+    """Whether the step is compiled with XLA (``asked`` None = auto): the one XLA policy
+    (``xla_update`` says whether the update alone is, when the step is not).
+
+    XLA compiles the step for one device; with several replicas (MirroredStrategy over
+    devices, MultiWorkerMirroredStrategy) the step reads variables on other devices and
+    all-reduces, which the compiled cluster cannot: there it runs without XLA. Auto is on
+    for one device (benchmarks.speed: 25-60% less time per iteration for every method on
+    split MNIST, within 5% on permuted MNIST) except for steps with convolutions
+    (``conv_step``) on a CPU, where XLA's CPU convolutions were 25x slower than
+    TensorFlow's, and except bfloat16 on a CPU, where bfloat16 pays off at all: BI-R
+    permuted MNIST (2x2000 units), ms per iteration without / with replay, 57 / 98 without
+    XLA against 67 / 141 with it (with 400 units XLA wins, 4.6 / 8.4 against 6.6 / 14.2,
+    but float32 with XLA beats both there: 3.7 / 7.9; docs/speed.md)."""
+    if replicas > 1:
+        return False
+    if asked is not None:
+        return bool(asked)
+    if tf.config.list_logical_devices("GPU"):
+        return True
+    return not conv_step and precision == "float32"
+
+
 def xla_update(asked: bool | None, step_xla: bool, distributed: bool) -> bool:
     """Whether a step that runs without XLA (``step_xla`` False) has its update (every
     optimiser's and regulariser's element-wise arithmetic, ``run_update``) compiled by XLA:
@@ -35,7 +58,7 @@ def xla_update(asked: bool | None, step_xla: bool, distributed: bool) -> bool:
     one device, applies the update through ``merge_call``, which a nested function cannot),
     unless ``--nojit_compile`` (``asked`` False) asked for no XLA at all. Run op by op,
     Adam's update is a dozen passes over every weight; XLA fuses them into one. Measured on
-    a 2-core Xeon with AMX (2026-12-04, README, Speed): BI-R in mixed_bfloat16, ms per
+    a 2-core Xeon with AMX (2026-12-04, docs/speed.md): BI-R in mixed_bfloat16, ms per
     iteration without / with replay, 57 / 104 -> 46 / 91 on permuted MNIST and 11.7 -> 10.3
     with replay on split MNIST; a whole permuted-MNIST run (2 x 200) 48.0 -> 45.0 s."""
     return not step_xla and not distributed and asked is None

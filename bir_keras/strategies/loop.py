@@ -94,8 +94,8 @@ def task_loop(tr: Any, run: Any, names: list[str], at: TaskProgress | None = Non
             window += values
             if (i + 1) % tr.config.log_every == 0 or i + 1 == n:
                 m = (i % tr.config.log_every) + 1
-                tr.log_scalars({f"loss/{nm}": v / m for nm, v in zip(names, window)},
-                                 first + j + 1)
+                log_scalars(tr, {f"loss/{nm}": v / m for nm, v in zip(names, window)},
+                            first + j + 1)
                 window[:] = 0
                 if bar is not None:
                     bar.update(i + 1, [(nm, float(v)) for nm, v in zip(names, values)])
@@ -106,6 +106,16 @@ def task_loop(tr: Any, run: Any, names: list[str], at: TaskProgress | None = Non
         if interruptible:
             interrupts.raise_if_requested()  # Ctrl-C lands here, between compiled calls
     return {nm: float(v / max(n, 1)) for nm, v in zip(names, sums)}
+
+
+def log_scalars(tr: Any, values: dict[str, float], step: int) -> None:
+    """Trainer ``tr``'s loss means to its TensorBoard, when a writer is attached."""
+    if tr.summary_writer is None:
+        return
+    with tr.summary_writer.as_default(step=step):
+        for k, v in values.items():
+            tf.summary.scalar(k, v, description="x axis: training iteration (global step); "
+                              f"mean over the last {tr.config.log_every} iterations")
 
 
 def report_task(tr: Any, t: int) -> None:

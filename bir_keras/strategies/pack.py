@@ -28,7 +28,7 @@ The first-iteration losses of a packed seed match its separate run's to float32 
 
 The packed step runs without XLA: on a CPU, XLA's lowering of the vectorised step was two
 orders of magnitude slower than the same losses written per seed (BI-R split MNIST, four
-seeds: 17.6 s per iteration against 13 ms; README, Speed). One seed is the same task loop
+seeds: 17.6 s per iteration against 13 ms; docs/speed.md). One seed is the same task loop
 with the trainer's own compiled step (``Trainer.fit`` is a pack of one).
 
 Not packed (``check_packable`` refuses them with one line, by ``config.unpackable`` and

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from bir_keras import export
 from bir_keras.config import ConfigError
-from bir_keras.strategies.execution import xla_update
+from bir_keras.strategies.execution import step_xla, xla_update
 from bir_keras.strategies.trainers import make_trainer
 
 
@@ -57,15 +57,26 @@ def test_float32_is_the_default_and_other_precisions_are_refused(tiny_setup):
         tiny_setup("class", tasks=2, precision="float16")
 
 
-@pytest.mark.parametrize("asked, step_xla, distributed, expected", [
+@pytest.mark.parametrize("asked, whole_step, distributed, expected", [
     (None, False, False, True),     # auto, a step without XLA (bfloat16 on a CPU, a pack)
     (False, False, False, False),   # --nojit_compile: no XLA at all
     (None, True, False, False),     # the whole step is compiled already
     (True, True, False, False),
     (None, False, True, False),     # a tf.distribute strategy, even over one device
     (True, False, True, False)])
-def test_when_the_update_alone_is_compiled(asked, step_xla, distributed, expected):
-    assert xla_update(asked, step_xla, distributed) is expected
+def test_when_the_update_alone_is_compiled(asked, whole_step, distributed, expected):
+    assert xla_update(asked, whole_step, distributed) is expected
+
+
+@pytest.mark.parametrize("asked, replicas, conv_step, precision, expected", [
+    (None, 1, False, "float32", True),          # auto: float32 dense step on one CPU
+    (None, 1, True, "float32", False),          # convolutions on a CPU
+    (None, 1, False, "mixed_bfloat16", False),  # bfloat16 on a CPU
+    (True, 1, True, "mixed_bfloat16", True),    # --jit_compile asks for it
+    (False, 1, False, "float32", False),        # --nojit_compile
+    (True, 2, False, "float32", False)])        # several replicas: never
+def test_when_the_step_is_compiled_on_a_cpu(asked, replicas, conv_step, precision, expected):
+    assert step_xla(asked, replicas, conv_step, precision) is expected
 
 
 def test_a_one_device_mirrored_strategy_updates_without_xla(tiny_setup):
