@@ -414,6 +414,12 @@ def define_train_flags() -> None:
                      "seed writes what a separate run writes, into <output_dir>/seed<s> and "
                      "<export_dir>/seed<s> (default 1)")
     d.DEFINE_bool("deterministic", True, "deterministic ops (same seed, same numbers)")
+    d.DEFINE_integer("eval_n", _D.eval_n, "test images per task (a fixed random subset of each "
+                     "task's test set) in the accuracies measured after every task but the "
+                     "run's last, which uses every test image: evaluation after task t costs "
+                     "t x this instead of t whole test sets (a long permuted MNIST run; the "
+                     "authors' --acc-n=1024 for their plots during a task); 0 = every test "
+                     f"image after every task, as the authors' code (default {_D.eval_n})")
     d.DEFINE_integer("log_every", _D.log_every, "TensorBoard loss logging interval in steps "
                      f"(default {_D.log_every})")
     d.DEFINE_float("checkpoint_every", 5.0, "minutes between checkpoints inside a task, into "

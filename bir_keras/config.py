@@ -87,6 +87,9 @@ class Config:
     precision: str = "float32"
     jit_compile: bool | None = None   # None: auto (strategies.execution.step_xla)
     eval_batch: int = 1000
+    # test images per task in the accuracies measured after each task but the run's last
+    # (0: every test image, as the authors' code); the last task's row always uses them all
+    eval_n: int = 0
     log_every: int = 50
     # what ``resolve`` changed or noticed that a user should be told (printed at the start)
     notes: tuple[str, ...] = ()
@@ -461,7 +464,7 @@ TEMP_RANGE = (1e-6, 1e6)
 INT_RANGES: dict[str, tuple[int, int]] = dict(
     iters=(1, 10_000_000), batch=(1, 1_000_000), batch_replay=(1, 1_000_000),
     fc_units=(1, 100_000), fc_layers=(0, 32), log_every=(1, 10_000_000),
-    eval_batch=(1, 1_000_000), classes_per_task=(1, 100_000), capacity=(1, 100_000),
+    eval_batch=(1, 1_000_000), eval_n=(0, 10_000_000), classes_per_task=(1, 100_000), capacity=(1, 100_000),
     **{s.name: s.range for s in METHOD_SETTINGS if s.range is not None})
 INT_RANGE_WHY = dict(fc_layers="each layer is traced into every step: deeper than this takes "
                                "minutes to compile before the first iteration")

@@ -402,7 +402,8 @@ def free_sibling(path: str | os.PathLike, kind: str) -> Path:
 # step executes; every other setting shapes the networks or the training and must match
 # (a run on your own data may continue on new data: its split into tasks with it)
 RESUME_MAY_CHANGE = {"tasks", "data_dir", "classes_per_task", "task_classes", "method",
-                     "strategy", "jit_compile", "eval_batch", "log_every", "notes"}
+                     "strategy", "jit_compile", "eval_batch", "eval_n", "log_every",
+                     "notes"}
 # what a refusal lists (eval_batch is a Config field without a flag; notes are what resolve
 # told the user, such as a --data_dir that the experiment does not read)
 _RESUME_FLAGS = sorted(RESUME_MAY_CHANGE - {"method", "eval_batch", "notes"})

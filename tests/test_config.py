@@ -59,6 +59,7 @@ REFUSED = [
     (dict(fisher_n=0), "--fisher_n must be at least 1"),
     (dict(log_every=0), "--log_every must be at least 1, got 0"),
     (dict(eval_batch=0), "eval_batch must be at least 1, got 0"),
+    (dict(eval_n=-1), "--eval_n must be >= 0, got -1"),
     (dict(fc_layers=-1), "--fc_layers must be >= 0, got -1"),
     (dict(g_iters=-1), "--g_iters must be >= 0, got -1"),
     # XdG: the flag the user gave is named

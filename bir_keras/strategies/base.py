@@ -370,15 +370,17 @@ class Trainer:
         return loop.fit([self], lambda runs, at: [self.train_task(runs[0], at)], until,
                         resume)[0]
 
-    def end_task(self, run: TaskRun, means: dict[str, float], start: float) -> None:
+    def end_task(self, run: TaskRun, means: dict[str, float], start: float,
+                 last: bool = True) -> None:
         """After training on ``run.task`` (its mean losses ``means``, started at time
-        ``start``): the hooks after it, evaluation, logging and the callbacks."""
+        ``start``; ``last``: the run's last task): the hooks after it, evaluation, logging
+        and the callbacks."""
         t = run.task
         self.after_task(t, run.data)
         self.tasks_done.assign(t + 1)
         self.history.task_times.append(time.time() - start)
         self.history.losses.append(means)
-        self.history.accuracy_matrix.append(self.evaluate(t))
+        self.history.accuracy_matrix.append(self.evaluate(t, last))
         loop.report_task(self, t)
         for cb in self.callbacks:
             cb(self, t)
@@ -397,7 +399,7 @@ class Trainer:
             return done.value
 
     # -- evaluation ------------------------------------------------------------------
-    def evaluate(self, t: int) -> list[float | None]:
-        """Accuracy on every learned task's test set after learning task ``t``
-        (``evaluation.accuracy.Evaluator``)."""
-        return self.evaluator.evaluate(t)
+    def evaluate(self, t: int, last: bool = True) -> list[float | None]:
+        """Accuracy on every learned task's test set after learning task ``t``; on
+        ``Config.eval_n`` images of each unless ``last`` (``evaluation.accuracy``)."""
+        return self.evaluator.evaluate(t, last)

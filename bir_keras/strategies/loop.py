@@ -50,7 +50,7 @@ def fit(trainers: Sequence[Any], train_task: Callable[[list, Any], list[dict]],
             start -= at.elapsed
         means = train_task(runs, at)
         for tr, run, m in zip(trainers, runs, means):
-            tr.end_task(run, m, start)
+            tr.end_task(run, m, start, last=t == last - 1)
         interrupts.raise_if_requested()
     return [tr.history for tr in trainers]
 

@@ -29,7 +29,7 @@ from bir_keras.config import (
 # these beside --method and --seed have the paper's settings
 EXECUTION_FLAGS = frozenset({"data_dir", "jit_compile", "strategy", "num_logical_cpus",
                              "deterministic", "log_every", "progress_every", "tf_log",
-                             "eval_batch", "checkpoint_every", "xla_cache_dir"})
+                             "eval_batch", "eval_n", "checkpoint_every", "xla_cache_dir"})
 # ... and those of them that cannot change a run's numbers at all: left out of its stamp, so
 # that a run is cached whatever they are
 NOT_STAMPED = frozenset({"progress_every", "tf_log", "checkpoint_every", "xla_cache_dir"})
