@@ -9,8 +9,10 @@ would (``sweeps.runner.Program.check``)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +35,10 @@ EXECUTION_FLAGS = frozenset({"data_dir", "jit_compile", "strategy", "num_logical
 # ... and those of them that cannot change a run's numbers at all: left out of its stamp, so
 # that a run is cached whatever they are
 NOT_STAMPED = frozenset({"progress_every", "tf_log", "checkpoint_every", "xla_cache_dir"})
+# apps.train flags whose value may name a file or folder that a run reads: where it does, the
+# stamp holds a hash of what is there, so that new data under an old name is a new run, not
+# a cached one
+INPUT_FLAGS = frozenset({"data_dir", "conv_weights"})
 # what a sweep value may keep in a file name as it is (nothing else: no '/', no NUL, no
 # leading '.', no '..'); a value with anything else, or longer than NAME_PART, is written as
 # a slug of it, '~' and a hash of the value ('~' never appears in a value kept as it is)
@@ -75,9 +81,45 @@ def flag_name(arg: str, among: frozenset[str] = EXECUTION_FLAGS) -> str:
 
 def stamp(args: Sequence[str]) -> str:
     """A short hash of a run's settings (its apps.train arguments, order-independent; the
-    flags that cannot change its numbers, ``NOT_STAMPED``, are left out)."""
-    kept = [a for a in args if flag_name(a, NOT_STAMPED) not in NOT_STAMPED]
-    return hashlib.sha256(json.dumps(sorted(kept)).encode()).hexdigest()[:12]
+    flags that cannot change its numbers, ``NOT_STAMPED``, are left out) and of the
+    contents of the files an ``INPUT_FLAGS`` argument names (``contents_hash``; a name
+    that is not a path, such as ``--conv_weights=authors``, is a setting like any other).
+    Raises ``ConfigError`` for such a file that cannot be read."""
+    kept = sorted(a for a in args if flag_name(a, NOT_STAMPED) not in NOT_STAMPED)
+    inputs = []
+    for a in kept:
+        value = a.split("=", 1)[1] if "=" in a else ""
+        # os.path.exists: False for a name the file system cannot hold, too
+        if flag_name(a) in INPUT_FLAGS and value and os.path.exists(value):
+            inputs.append(f"{a}#{contents_hash(Path(value), a.split('=', 1)[0])}")
+    # without input files, the stamp of earlier versions (the cache key of runs on disk)
+    key = json.dumps([kept, inputs] if inputs else kept)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def contents_hash(path: Path, flag: str = "--data_dir") -> str:
+    """A hash of a file's bytes, or of a folder's files (their paths in it and bytes);
+    each file read once per process while its size and modification time stay."""
+    files = [path] if not path.is_dir() else sorted(
+        (f for f in path.rglob("*") if f.is_file()), key=lambda f: f.relative_to(path).parts)
+    h = hashlib.sha256()
+    for f in files:
+        try:
+            st = f.stat()
+            digest = _file_hash(str(f.resolve()), st.st_size, st.st_mtime_ns)
+        except OSError as e:
+            raise ConfigError(f"{flag}={path}: cannot read {f} ({e.strerror or e})") from None
+        h.update(json.dumps([list(f.relative_to(path).parts), digest]).encode())
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=65536)
+def _file_hash(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def changed_settings(passthrough: Sequence[str], sweep: str | None = None) -> list[str]:
