@@ -3,6 +3,7 @@ records written here, and whole sweeps over a stand-in program (``tests.sweep_pr
 a run in a moment) on a pool of processes and on a local Ray instance."""
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -121,6 +122,16 @@ def test_summaries_and_tables_of_run_records(tmp_path):
     # no published number for a protocol the paper did not run
     md, _ = sweeps.table_texts(stats, "split_digits", "class", [])
     assert "| none | 2 | 25.00 ± 5.00 |  | 4 |" in md and "differ" not in md
+
+
+def test_a_sweep_value_with_a_bar_keeps_its_row_of_five_cells():
+    stats = {"none-data_dirx|y": {"value": "x|y", "final": [0.5], "mean": 50.0, "sem": 0.0,
+                                  "wall": [3.0]}}
+    md, csv_text = sweeps.table_texts(stats, "split_digits", "class", [])
+    row = md.splitlines()[2]
+    assert row == "| none-data_dirx&#124;y | 1 | 50.00 ± 0.00 |  | 3 |"
+    assert row.count("|") == 6
+    assert next(csv.reader(io.StringIO(csv_text.splitlines()[1])))[0] == "none-data_dirx|y"
 
 
 def test_plots_of_a_sweep(tmp_path):

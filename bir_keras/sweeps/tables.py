@@ -82,7 +82,8 @@ def table_texts(stats: dict, experiment: str, scenario: str,
     for m, e in stats.items():
         p = pub.get(m) if e["value"] is None else None
         shown = shown or p is not None
-        lines.append(f"| {m} | {len(e['final'])} | {e['mean']:.2f} ± {e['sem']:.2f} | "
+        # a sweep value may hold a bar, which would end the cell
+        lines.append(f"| {m.replace('|', '&#124;')} | {len(e['final'])} | {e['mean']:.2f} ± {e['sem']:.2f} | "
                      f"{'' if p is None else f'{p:.2f}{mark}'} | {np.mean(e['wall']):.0f} |")
         w.writerow([m, len(e["final"]), f"{e['mean']:.4f}", f"{e['sem']:.4f}",
                     "" if p is None else p, f"{np.mean(e['wall']):.1f}",
