@@ -464,7 +464,8 @@ TEMP_RANGE = (1e-6, 1e6)
 INT_RANGES: dict[str, tuple[int, int]] = dict(
     iters=(1, 10_000_000), batch=(1, 1_000_000), batch_replay=(1, 1_000_000),
     fc_units=(1, 100_000), fc_layers=(0, 32), log_every=(1, 10_000_000),
-    eval_batch=(1, 1_000_000), eval_n=(0, 10_000_000), classes_per_task=(1, 100_000), capacity=(1, 100_000),
+    eval_batch=(1, 1_000_000), eval_n=(0, 10_000_000), classes_per_task=(1, 100_000),
+    capacity=(1, 100_000),
     **{s.name: s.range for s in METHOD_SETTINGS if s.range is not None})
 INT_RANGE_WHY = dict(fc_layers="each layer is traced into every step: deeper than this takes "
                                "minutes to compile before the first iteration")

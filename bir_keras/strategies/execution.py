@@ -1,7 +1,8 @@
-"""How the compiled step executes: the optimisers' update (with the regularisers, and
-XLA's part of it: ``step_xla``, ``xla_update``), Adam as the authors' code has it, the dtype policy the
-networks are built under, a replica's slice of globally drawn numbers, padding a task's
-data to a stable shape, and the loop of iterations inside one compiled call."""
+"""How the compiled step executes: whether XLA compiles it (``step_xla``) or its update
+alone (``xla_update``), the optimisers' update with the regularisers, Adam as the authors'
+code has it, the dtype policy the networks are built under, a replica's slice of globally
+drawn numbers, padding a task's data to a stable shape, and the loop of iterations inside
+one compiled call."""
 
 from __future__ import annotations
 

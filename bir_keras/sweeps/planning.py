@@ -89,8 +89,10 @@ def stamp(args: Sequence[str]) -> str:
     inputs = []
     for a in kept:
         value = a.split("=", 1)[1] if "=" in a else ""
-        # os.path.exists: False for a name the file system cannot hold, too
-        if flag_name(a) in INPUT_FLAGS and value and os.path.exists(value):
+        # a regular file or a folder (os.path: False for a name the file system cannot
+        # hold, too; a pipe or a device is not read here)
+        if flag_name(a) in INPUT_FLAGS and value and (
+                os.path.isfile(value) or os.path.isdir(value)):
             inputs.append(f"{a}#{contents_hash(Path(value), a.split('=', 1)[0])}")
     # without input files, the stamp of earlier versions (the cache key of runs on disk)
     key = json.dumps([kept, inputs] if inputs else kept)
