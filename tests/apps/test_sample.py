@@ -278,22 +278,25 @@ def test_bad_out_or_n_exit_2_without_writing(bir_export, tmp_path, case):
 
 
 def test_jpg_out_writes_a_marked_jpeg(bir_export, tmp_path):
+    # in this process (what apps.sample's main calls with --out, --classes, --n and
+    # --overwrite): the command line itself is test_writes_png_grid_one_row_per_class's,
+    # and two more programs loading TensorFlow cost ~15 s of the suite
     from PIL import Image
 
-    from apps.sample import written_by_sample
+    from apps.sample import sample, written_by_sample
+    from bir_keras.rundirs import PathRefused
 
     out = tmp_path / "grid.jpg"
-    r = python_m("apps.sample", f"--saved_model={bir_export}", "--classes=0,1", "--n=3",
-                 f"--out={out}")
-    assert r.returncode == 0, r.stderr[-3000:]
+    sample(str(bir_export), [0, 1], 3, str(out))
     assert out.read_bytes()[:2] == b"\xff\xd8"   # JPEG, not PNG bytes under a .jpg name
     with Image.open(out) as im:
         assert im.format == "JPEG" and im.info["comment"] == b"bir_keras apps.sample"
     assert written_by_sample(out)
-    # replaced with --overwrite (marked as ours), as a PNG is
-    r = python_m("apps.sample", f"--saved_model={bir_export}", "--classes=1", "--n=2",
-                 f"--out={out}", "--overwrite")
-    assert r.returncode == 0, r.stderr[-3000:]
+    # replaced with --overwrite only (marked as ours), as a PNG is
+    with pytest.raises(PathRefused, match="pass --overwrite"):
+        sample(str(bir_export), [1], 2, str(out))
+    sample(str(bir_export), [1], 2, str(out), overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.jpg"]
     with Image.open(out) as im:
         assert im.format == "JPEG" and im.size[1] == 64 + 2 * 2
 
