@@ -255,8 +255,10 @@ def test_library_resume_with_other_networks_is_one_config_error(tmp_path, monkey
     from bir_keras import experiment
     from bir_keras.config import Config, ConfigError
 
+    # without XLA (the refusal comes before any step; compiling the first run's was most of
+    # this test's time)
     base = dict(experiment="split_digits", scenario="class", tasks=2, iters=5, batch=32,
-                fc_units=40, keep_label_order=True)
+                fc_units=40, keep_label_order=True, jit_compile=False)
     experiment.run(Config(**{**base, "tasks": 1}), str(tmp_path / "o1"), export_dir=str(tmp_path / "e1"), verbose=False)
     monkeypatch.setattr(rundirs, "check_resume_flags", lambda *a: None)
     with pytest.raises(ConfigError, match="its checkpoint does not fit the networks of this run"):

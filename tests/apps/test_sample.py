@@ -222,15 +222,17 @@ def test_bad_class_ids_exit_2(bir_export, tmp_path, classes):
 
 
 def test_run_without_generator_exit_2(tmp_path_factory, tmp_path):
-    # a run without generative replay (EWC here: its export after task 1) has no `sample`
+    # a run without generative replay (EWC here: its export after task 1) has no `sample`.
+    # In this process (what main calls; the refusal comes once the SavedModel has loaded):
+    # that main turns a SampleError raised after TensorFlow loads into one error line and
+    # exit 2 is test_corrupt_saved_model_one_line_exit_2's (garbage_pb)
+    from apps.sample import SampleError, sample
+
     _, _, exp = diverging_ewc_run(tmp_path_factory)
     out = tmp_path / "none.png"
-    r = python_m("apps.sample", f"--saved_model={exp}", "--classes=0,1", f"--out={out}")
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    assert "Traceback" not in r.stderr
-    [line] = error_lines(r.stderr)
-    assert "no `sample` signature" in line and "replay=none" in line
-    assert not out.exists()
+    with pytest.raises(SampleError, match=r"no `sample` signature.*\(replay=none\)$"):
+        sample(str(exp), [0, 1], 8, str(out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_internal_replay_run_refused_without_loading(tmp_path):
@@ -278,22 +280,25 @@ def test_bad_out_or_n_exit_2_without_writing(bir_export, tmp_path, case):
 
 
 def test_jpg_out_writes_a_marked_jpeg(bir_export, tmp_path):
+    # in this process (what apps.sample's main calls with --out, --classes, --n and
+    # --overwrite): the command line itself is test_writes_png_grid_one_row_per_class's,
+    # and two more programs loading TensorFlow cost ~15 s of the suite
     from PIL import Image
 
-    from apps.sample import written_by_sample
+    from apps.sample import sample, written_by_sample
+    from bir_keras.rundirs import PathRefused
 
     out = tmp_path / "grid.jpg"
-    r = python_m("apps.sample", f"--saved_model={bir_export}", "--classes=0,1", "--n=3",
-                 f"--out={out}")
-    assert r.returncode == 0, r.stderr[-3000:]
+    sample(str(bir_export), [0, 1], 3, str(out))
     assert out.read_bytes()[:2] == b"\xff\xd8"   # JPEG, not PNG bytes under a .jpg name
     with Image.open(out) as im:
         assert im.format == "JPEG" and im.info["comment"] == b"bir_keras apps.sample"
     assert written_by_sample(out)
-    # replaced with --overwrite (marked as ours), as a PNG is
-    r = python_m("apps.sample", f"--saved_model={bir_export}", "--classes=1", "--n=2",
-                 f"--out={out}", "--overwrite")
-    assert r.returncode == 0, r.stderr[-3000:]
+    # replaced with --overwrite only (marked as ours), as a PNG is
+    with pytest.raises(PathRefused, match="pass --overwrite"):
+        sample(str(bir_export), [1], 2, str(out))
+    sample(str(bir_export), [1], 2, str(out), overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.jpg"]
     with Image.open(out) as im:
         assert im.format == "JPEG" and im.size[1] == 64 + 2 * 2
 

@@ -242,6 +242,12 @@ def test_existing_output_dir_needs_overwrite(bir_run):
     assert tree_digest(out) == before
 
 
+# the whole program (about 8 s, TensorFlow loads before the data): under --run-slow. Its
+# two halves run by default: tests/data/test_sources.py::test_truncated_gz_names_the_file
+# (the loader's DataError names the file) and tests/apps/test_refusals.py::
+# test_no_tensorflow_log_lines_by_default (a DataError after TensorFlow loads is exit 2,
+# one error line, nothing written)
+@pytest.mark.slow
 def test_truncated_data_file_refused(tmp_path, mnist_idx_dir):
     f = mnist_idx_dir / "train-images-idx3-ubyte.gz"
     f.write_bytes(f.read_bytes()[:-40])
