@@ -2,6 +2,7 @@
 name is a new run, the same data anywhere the same run."""
 
 import os
+import shutil
 
 import pytest
 
@@ -23,17 +24,43 @@ def test_new_data_under_an_old_name_is_a_new_stamp(tmp_path):
     assert stamp([*ARGS, f"--data_dir={data}"]) == before
 
 
-def test_a_folder_is_hashed_by_its_files_paths_and_bytes(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    for root in (a, b):
-        (root / "t1" / "train" / "cat").mkdir(parents=True)
-        (root / "t1" / "train" / "cat" / "0.png").write_bytes(b"png bytes")
-    assert contents_hash(a) == contents_hash(b)   # where the folder is does not count
-    (b / "t1" / "train" / "cat" / "0.png").rename(b / "t1" / "train" / "cat" / "1.png")
-    assert contents_hash(a) != contents_hash(b)
-    (b / "t1" / "train" / "cat" / "1.png").rename(b / "t1" / "train" / "cat" / "0.png")
-    (b / "t1" / "train" / "cat" / "0.png").write_bytes(b"png bytez")
-    assert contents_hash(a) != contents_hash(b)
+def test_a_folder_is_known_by_its_files_names_sizes_and_times(tmp_path):
+    a = tmp_path / "a"
+    (a / "t1" / "train" / "cat").mkdir(parents=True)
+    png = a / "t1" / "train" / "cat" / "0.png"
+    png.write_bytes(b"png bytes")
+    first = contents_hash(a)
+    assert contents_hash(a) == first
+    # where the folder is does not count (a copy that keeps the files' times)
+    shutil.copytree(a, tmp_path / "b")
+    assert contents_hash(tmp_path / "b") == first
+    png.rename(png.with_name("1.png"))
+    assert contents_hash(a) != first
+    png.with_name("1.png").rename(png)
+    assert contents_hash(a) == first
+    png.write_bytes(b"png bytez")   # a file rewritten deep inside: its time moves
+    assert contents_hash(a) != first
+    (a / "t1" / "train" / "loop").symlink_to(a)   # a link back up is listed once
+    assert contents_hash(a) == contents_hash(a)
+
+
+def test_a_folder_of_more_files_than_a_dataset_is_refused(tmp_path, monkeypatch):
+    from bir_keras.sweeps import planning
+
+    monkeypatch.setattr(planning, "MAX_DATA_FILES", 3)
+    for k in range(5):
+        (tmp_path / f"{k}.png").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"--data_dir=.*: a folder of more than 3 files"):
+        stamp([*ARGS, f"--data_dir={tmp_path}"])
+
+
+def test_conv_weights_that_name_a_folder_are_a_setting(tmp_path, monkeypatch):
+    # a folder is no weights file (apps.train refuses it); it is not walked to plan
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w").mkdir()
+    before = stamp([*ARGS, "--conv_weights=w"])
+    (tmp_path / "w" / "x").write_bytes(b"x")
+    assert stamp([*ARGS, "--conv_weights=w"]) == before
 
 
 def test_names_that_are_not_paths_stamp_as_settings(tmp_path, monkeypatch):

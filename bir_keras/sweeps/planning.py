@@ -35,10 +35,13 @@ EXECUTION_FLAGS = frozenset({"data_dir", "jit_compile", "strategy", "num_logical
 # ... and those of them that cannot change a run's numbers at all: left out of its stamp, so
 # that a run is cached whatever they are
 NOT_STAMPED = frozenset({"progress_every", "tf_log", "checkpoint_every", "xla_cache_dir"})
-# apps.train flags whose value may name a file or folder that a run reads: where it does, the
-# stamp holds a hash of what is there, so that new data under an old name is a new run, not
-# a cached one
+# apps.train flags whose value may name what a run reads (a weights file; a data file or
+# folder): where it does, the stamp holds a fingerprint of it (``contents_hash``), so that
+# new data under an old name is a new run, not a cached one
 INPUT_FLAGS = frozenset({"data_dir", "conv_weights"})
+# the most files a --data_dir folder's fingerprint lists (a folder of images of a large
+# dataset holds some hundred thousand; more is not a dataset this package reads)
+MAX_DATA_FILES = 2_000_000
 # what a sweep value may keep in a file name as it is (nothing else: no '/', no NUL, no
 # leading '.', no '..'); a value with anything else, or longer than NAME_PART, is written as
 # a slug of it, '~' and a hash of the value ('~' never appears in a value kept as it is)
@@ -81,41 +84,66 @@ def flag_name(arg: str, among: frozenset[str] = EXECUTION_FLAGS) -> str:
 
 def stamp(args: Sequence[str]) -> str:
     """A short hash of a run's settings (its apps.train arguments, order-independent; the
-    flags that cannot change its numbers, ``NOT_STAMPED``, are left out) and of the
-    contents of the files an ``INPUT_FLAGS`` argument names (``contents_hash``; a name
-    that is not a path, such as ``--conv_weights=authors``, is a setting like any other).
-    Raises ``ConfigError`` for such a file that cannot be read."""
+    flags that cannot change its numbers, ``NOT_STAMPED``, are left out) and of what an
+    ``INPUT_FLAGS`` argument names (``contents_hash``: a ``--conv_weights`` file, a
+    ``--data_dir`` file or folder; a name that is none, such as ``--conv_weights=authors``,
+    is a setting like any other). Raises ``ConfigError`` where that cannot be read."""
     kept = sorted(a for a in args if flag_name(a, NOT_STAMPED) not in NOT_STAMPED)
     inputs = []
     for a in kept:
-        value = a.split("=", 1)[1] if "=" in a else ""
-        # a regular file or a folder (os.path: False for a name the file system cannot
-        # hold, too; a pipe or a device is not read here)
-        if flag_name(a) in INPUT_FLAGS and value and (
-                os.path.isfile(value) or os.path.isdir(value)):
-            inputs.append(f"{a}#{contents_hash(Path(value), a.split('=', 1)[0])}")
+        flag, _, value = a.partition("=")
+        name = flag_name(a)
+        # os.path: False for a name the file system cannot hold, too; a pipe or a device
+        # is not read here
+        if name in INPUT_FLAGS and value and (
+                os.path.isfile(value) or name == "data_dir" and os.path.isdir(value)):
+            inputs.append(f"{a}#{contents_hash(Path(value), flag)}")
     # without input files, the stamp of earlier versions (the cache key of runs on disk)
     key = json.dumps([kept, inputs] if inputs else kept)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def contents_hash(path: Path, flag: str = "--data_dir") -> str:
-    """A hash of a file's bytes, or of a folder's files (their paths in it and bytes);
-    each file read once per process while its size and modification time stay."""
-    files = [path] if not path.is_dir() else sorted(
-        (f for f in path.rglob("*") if f.is_file()), key=lambda f: f.relative_to(path).parts)
-    h = hashlib.sha256()
-    for f in files:
+    """A fingerprint of a file, its bytes (read once per process while its size and
+    modification time stay), or of a folder, the paths, sizes and modification times of
+    its files (a folder of images is not read whole to plan a sweep; a file changed in it
+    changes its time). Raises ``ConfigError`` for what cannot be read, or a folder of more
+    than ``MAX_DATA_FILES`` files."""
+    def refuse(f, e):
+        return ConfigError(f"{flag}={path}: cannot read {f} ({e.strerror or e})")
+
+    if not path.is_dir():
         try:
-            st = f.stat()
-            digest = _file_hash(str(f.resolve()), st.st_size, st.st_mtime_ns)
+            st = path.stat()
+            return _file_hash(str(path.resolve()), st.st_size, st.st_mtime_ns)[:16]
         except OSError as e:
-            raise ConfigError(f"{flag}={path}: cannot read {f} ({e.strerror or e})") from None
-        h.update(json.dumps([list(f.relative_to(path).parts), digest]).encode())
-    return h.hexdigest()[:16]
+            raise refuse(path, e) from None
+    listing, stack, seen = [], [path], set()
+    while stack:
+        folder = stack.pop()
+        try:
+            st = folder.stat()
+            if (st.st_dev, st.st_ino) in seen:   # a link back up: listed once
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir():
+                        stack.append(Path(entry.path))
+                    elif entry.is_file():
+                        st = entry.stat()
+                        listing.append((Path(entry.path).relative_to(path).parts,
+                                        st.st_size, st.st_mtime_ns))
+        except OSError as e:
+            raise refuse(folder, e) from None
+        if len(listing) > MAX_DATA_FILES:
+            raise ConfigError(f"{flag}={path}: a folder of more than {MAX_DATA_FILES:,} "
+                              "files, not a dataset this package reads")
+    listing.sort()
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=1024)
 def _file_hash(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
