@@ -10,9 +10,9 @@ arguments and ``apps.train``'s own checks (``check_run``).
 
 Every apps.train flag (``--iters``, ``--data_dir``, ...) passes through to apps.train; each is
 checked as apps.train checks it, and every planned run's settings as a whole, before any run
-starts. Each run is cached under ``output_dir/runs/`` by a stamp of its settings and of the
-contents of the files its ``--data_dir`` and ``--conv_weights`` name: a repeated compare runs
-only what is new or changed (flags that only change how a run reports or
+starts. Each run is cached under ``output_dir/runs/`` by a stamp of its settings and of what
+its ``--data_dir`` and ``--conv_weights`` name (``sweeps.planning.stamp``): a repeated compare
+runs only what is new or changed (flags that only change how a run reports or
 checkpoints, ``--checkpoint_every``, ``--progress_every``, do not change the stamp). Writes
 ``table.md``, ``table.csv`` and ``accuracy.png`` (average accuracy against the number of
 tasks, mean and standard-error band), and ``sweep.png`` with ``--sweep``.
